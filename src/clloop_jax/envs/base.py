@@ -1,0 +1,153 @@
+"""Base class for multi-modal continual-learning worlds (gymnax 1.x compatible) and the task score.
+
+A :class:`MultiModalEnv` is a gymnax ``Environment`` whose observation is a stack of
+``num_modalities`` views, each of ``observation_dim`` features, and whose action is a float
+vector of ``action_dim`` entries. On top of the gymnax contract it promises two things the
+continual-learning loop relies on:
+
+* ``info["feedback"]``: the external feedback vector of the transition, of ``feedback_dim``
+  entries. Unless ``step_env`` supplies its own, it is ``[reward, action_0, ..., action_{A-1}]``.
+* ``info["target"]``: the expert action for the state of the *returned* observation (after an
+  automatic reset, the reset state), given by :meth:`MultiModalEnv.expert_action`.
+
+``step`` checks the action's shape and dtype before anything is traced.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from gymnax.environments import environment, spaces
+
+
+class MultiModalEnv(environment.Environment):
+    """A gymnax environment with multi-modal observations, float actions, feedback and an expert.
+
+    Subclasses provide ``num_modalities``, ``observation_dim`` and ``action_dim`` (properties or
+    plain attributes holding Python ints), ``reset_env(key, params) -> (obs, state)``,
+    ``step_env(key, state, action, params) -> (obs, state, reward, terminated, info)`` (the
+    gymnax 1.x hooks; ``state.time`` counts steps and ``params.max_steps_in_episode`` truncates),
+    ``default_params`` and ``expert_action(state, params)``.
+
+    Observations have shape ``(num_modalities, observation_dim)``; actions ``(action_dim,)``.
+    """
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_modalities(self) -> int:
+        """Number of observation modalities (rows of an observation)."""
+        raise NotImplementedError
+
+    @property
+    def observation_dim(self) -> int:
+        """Features per modality (columns of an observation)."""
+        raise NotImplementedError
+
+    @property
+    def action_dim(self) -> int:
+        """Length of the action vector."""
+        raise NotImplementedError
+
+    @property
+    def feedback_dim(self) -> int:
+        """Length of ``info["feedback"]``; the default layout is ``[reward, action...]``."""
+        return 1 + self.action_dim
+
+    @property
+    def num_actions(self) -> int:
+        """gymnax name for the action size: the action dimension of the continuous action."""
+        return self.action_dim
+
+    # ------------------------------------------------------------------ spaces
+    def observation_space(self, params) -> spaces.Box:
+        """Unbounded float32 box of shape ``(num_modalities, observation_dim)``."""
+        del params
+        return spaces.Box(
+            -jnp.inf, jnp.inf, (self.num_modalities, self.observation_dim), jnp.float32
+        )
+
+    def action_space(self, params) -> spaces.Box:
+        """Unbounded float32 box of shape ``(action_dim,)``; bounded worlds override this."""
+        del params
+        return spaces.Box(-jnp.inf, jnp.inf, (self.action_dim,), jnp.float32)
+
+    # ------------------------------------------------------------------ episode ends
+    def is_terminated(self, state, params) -> jax.Array:
+        """No natural terminal states by default: episodes end by truncation only."""
+        del state, params
+        return jnp.array(False)
+
+    # ------------------------------------------------------------------ expert and feedback
+    def expert_action(self, state, params) -> jax.Array:
+        """Expert action (the imitation target) for ``state``; shape ``(action_dim,)``."""
+        raise NotImplementedError
+
+    def feedback(self, reward: jax.Array, action: jax.Array) -> jax.Array:
+        """Default feedback vector ``[reward, action...]`` (float32, length ``1 + action_dim``)."""
+        reward = jnp.reshape(jnp.asarray(reward, jnp.float32), (1,))
+        return jnp.concatenate([reward, jnp.asarray(action, jnp.float32)])
+
+    # ------------------------------------------------------------------ checked step
+    def check_action(self, action: Any) -> None:
+        """Raise ``ValueError`` unless ``action`` is a floating array of shape ``(action_dim,)``."""
+        shape = tuple(jnp.shape(action))
+        dtype = getattr(action, "dtype", None)
+        if dtype is None:
+            dtype = np.asarray(action).dtype
+        expected = (self.action_dim,)
+        if shape != expected or not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"action must be a floating array of shape {expected}; "
+                f"received shape {shape} and dtype {np.dtype(dtype).name}"
+            )
+
+    def step(self, key: jax.Array, state, action, params=None):
+        """gymnax ``step`` with automatic reset, after checking ``action``.
+
+        Returns ``(obs, state, reward, terminated, truncated, info)``; ``info`` holds gymnax's
+        ``terminated``, ``truncated`` and ``final_observation`` plus ``feedback`` and ``target``.
+        """
+        self.check_action(action)
+        return self._checked_step(key, state, action, params)
+
+    @partial(jax.jit, static_argnames=("self",))
+    def _checked_step(self, key, state, action, params):
+        if params is None:
+            params = self.default_params
+        obs, state, reward, terminated, truncated, info = environment.Environment.step(
+            self, key, state, action, params
+        )
+        info = dict(info)
+        if "feedback" not in info:
+            info["feedback"] = self.feedback(reward, action)
+        info["target"] = self.expert_action(state, params)
+        return obs, state, reward, terminated, truncated, info
+
+
+def normalized_score(actions, targets, clip_min: float | None = -1.0, axis=None) -> jax.Array:
+    """Imitation score ``1 - sum |a - a*|^2 / sum |a*|^2``, clipped below at ``clip_min``.
+
+    Sums run over ``axis`` (default: every axis, i.e. all given steps, envs and action entries).
+    1 means the expert, 0 the zero action; the lower clip keeps one forgotten task from wrecking
+    an average (``clip_min=None`` disables it). A target sum of zero counts as a perfect score
+    when the actions match it exactly and as ``clip_min`` otherwise.
+    """
+    actions = jnp.asarray(actions)
+    targets = jnp.asarray(targets)
+    if actions.shape != targets.shape:
+        raise ValueError(
+            "actions and targets must have the same shape; received actions "
+            f"{actions.shape} and targets {targets.shape}"
+        )
+    dtype = jnp.result_type(actions.dtype, targets.dtype, jnp.float32)
+    actions = actions.astype(dtype)
+    targets = targets.astype(dtype)
+    err = jnp.sum(jnp.square(actions - targets), axis=axis)
+    ref = jnp.sum(jnp.square(targets), axis=axis)
+    score = 1.0 - err / jnp.maximum(ref, jnp.finfo(dtype).tiny)
+    if clip_min is not None:
+        score = jnp.maximum(score, jnp.asarray(clip_min, dtype))
+    return score

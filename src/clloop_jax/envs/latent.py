@@ -1,0 +1,251 @@
+"""The default closed-loop world: a linear latent system seen through several noisy views.
+
+Dynamics (``L = latent_dim``, ``A = action_dim``, ``M = num_modalities``, ``D = observation_dim``)::
+
+    z_0      ~ N(0, init_scale^2 I)
+    a_t      = clip(action_t, -max_action, max_action)            (a bounded actuator)
+    z_{t+1}  = T z_t + B a_t + process_noise * eps_t              (eps_t ~ N(0, I_L))
+    obs_t[m] = C_m z_t + cue_task[m] + obs_noise * eta_t[m]       (eta_t ~ N(0, I_D))
+    target_t = clip(K_task z_t, -max_action, max_action)          (the expert action)
+    reward_t = -|a_t - target_t|^2 / A                            (minus the mean squared error)
+
+Shared by every task (the same sensors and dynamics), drawn from ``jax.random.key(world_seed)``:
+``T = open_loop_radius * R`` with ``R`` a random orthogonal ``L x L`` matrix; ``B`` a random
+``L x A`` matrix with unit singular values (``B B^T = I`` when ``A >= L``); views
+``C_m`` with i.i.d. ``N(0, 1/L)`` entries, so a unit-variance latent gives each observed feature
+unit variance and each modality's signal a norm of about ``sqrt(D)``.
+
+Per task ``k`` (drawn from ``fold_in(task_root, k)``, so a traced ``k`` works): a closed loop
+``F_k = closed_loop_radius * R_k`` with ``R_k`` random orthogonal, the expert gain
+``K_k = B^T (F_k - T)`` (with ``A >= L`` the expert's closed loop ``T + B K_k`` is exactly ``F_k``,
+stable since the radius is below 1), and a cue ``cue_k[m]`` of norm ``cue_scale * sqrt(D)``
+(``cue_scale`` times the signal norm of a unit-variance latent) in a random direction, which
+lets the agent tell tasks apart from what it observes.
+
+With the defaults (``closed_loop_radius = 0.8``, ``process_noise = 0.6 = sqrt(1 - 0.8^2)``,
+``init_scale = 1``) the latent stays exactly N(0, I) under every task's expert. Because tasks draw
+independent ``R_k``, task ``k``'s expert scores about ``1 - 2 rho^2 / (rho^2 + r^2)`` on task ``j``
+(``rho``, ``r`` the closed- and open-loop radii; -0.44 with the defaults).
+
+The feedback vector ``info["feedback"]`` is ``[reward, a_0, ..., a_{A-1}]`` (the clipped action
+that acted), so ``feedback_dim = 1 + action_dim``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from gymnax.environments import spaces
+
+from clloop_jax.envs.base import MultiModalEnv
+
+
+@struct.dataclass
+class EnvState:
+    """State of :class:`LatentWorld`: the latent vector ``[L]`` and the step count in the episode."""
+
+    latent: jax.Array
+    time: jax.Array
+
+
+@struct.dataclass
+class EnvParams:
+    """One task of :class:`LatentWorld` (every field is an array leaf, so tasks stack and vmap).
+
+    Shapes: ``transition [L, L]``, ``control [L, A]``, ``views [M, D, L]``, ``gain [A, L]``,
+    ``cue [M, D]``; the rest are scalars.
+    """
+
+    transition: jax.Array
+    control: jax.Array
+    views: jax.Array
+    gain: jax.Array
+    cue: jax.Array
+    obs_noise: jax.Array
+    process_noise: jax.Array
+    init_scale: jax.Array
+    max_action: jax.Array
+    task_id: jax.Array
+    max_steps_in_episode: jax.Array
+
+
+def _random_orthonormal(key: jax.Array, rows: int, cols: int) -> jax.Array:
+    """Haar-random ``rows x cols`` matrix with orthonormal columns (or rows, if wider than tall)."""
+    big, small = max(rows, cols), min(rows, cols)
+    q, r = jnp.linalg.qr(jax.random.normal(key, (big, small)))
+    q = q * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0)
+    return q if rows >= cols else q.T
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; received {value!r}")
+
+
+def _check_float(name: str, value, low: float, high: float = math.inf, *, open_low=False,
+                 open_high=False) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if open_low else value >= low) and (
+            value < high if open_high else value <= high
+        )
+    if not ok:
+        lo = "(" if open_low else "["
+        hi = ")" if open_high else "]"
+        raise ValueError(f"{name} must be a finite number in {lo}{low}, {high}{hi}; received {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentWorld(MultiModalEnv):
+    """Linear latent world with ``num_modalities`` noisy views, a per-task expert gain and cue.
+
+    See the module docstring for the dynamics. A task is an :class:`EnvParams` value:
+    ``task_params(k)`` gives task ``k``, ``tasks()`` stacks ``num_tasks`` of them, and
+    ``default_params`` is task 0. The object is static configuration (frozen, hashable by value),
+    so equal configurations share compiled code.
+    """
+
+    observation_dim: int = 64
+    action_dim: int = 32
+    num_modalities: int = 2
+    latent_dim: int = 8
+    num_tasks: int = 3
+    episode_length: int = 40
+    obs_noise: float = 0.1
+    process_noise: float = 0.6
+    cue_scale: float = 2.0
+    open_loop_radius: float = 0.5
+    closed_loop_radius: float = 0.8
+    init_scale: float = 1.0
+    max_action: float = 5.0
+    world_seed: int = 0
+
+    def __post_init__(self):
+        for name in ("observation_dim", "action_dim", "num_modalities", "latent_dim",
+                     "num_tasks", "episode_length"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("world_seed", self.world_seed, 0)
+        for name in ("obs_noise", "process_noise", "cue_scale", "open_loop_radius",
+                     "init_scale"):
+            _check_float(name, getattr(self, name), 0.0)
+        _check_float("closed_loop_radius", self.closed_loop_radius, 0.0, 1.0, open_high=True)
+        _check_float("max_action", self.max_action, 0.0, open_low=True)
+
+    # ------------------------------------------------------------------ tasks
+    def task_params(self, task_id=0, world_key: jax.Array | None = None) -> EnvParams:
+        """Parameters of task ``task_id`` (int or traced int array).
+
+        The shared matrices come from ``world_key`` (default ``jax.random.key(world_seed)``),
+        the task's gain and cue from ``fold_in`` of it with ``task_id``; a traced ``world_key``
+        gives vmappable worlds.
+        """
+        if isinstance(task_id, numbers.Integral) and not isinstance(task_id, bool) and task_id < 0:
+            raise ValueError(f"task_id must be >= 0; received {task_id}")
+        if jnp.ndim(task_id) != 0:
+            raise ValueError(f"task_id must be a scalar; received shape {jnp.shape(task_id)}")
+        if world_key is None:
+            world_key = jax.random.key(self.world_seed)
+        return self._task_params(jnp.asarray(task_id, jnp.int32), world_key)
+
+    @partial(jax.jit, static_argnames=("self",))
+    def _task_params(self, task_id: jax.Array, world_key: jax.Array) -> EnvParams:
+        L, A, M, D = self.latent_dim, self.action_dim, self.num_modalities, self.observation_dim
+        shared_key, task_root = jax.random.split(world_key)
+        k_transition, k_control, k_views = jax.random.split(shared_key, 3)
+        transition = self.open_loop_radius * _random_orthonormal(k_transition, L, L)
+        control = _random_orthonormal(k_control, L, A)
+        views = jax.random.normal(k_views, (M, D, L)) / math.sqrt(L)
+
+        k_loop, k_cue = jax.random.split(jax.random.fold_in(task_root, task_id))
+        closed_loop = self.closed_loop_radius * _random_orthonormal(k_loop, L, L)
+        gain = control.T @ (closed_loop - transition)
+        direction = jax.random.normal(k_cue, (M, D))
+        direction = direction / jnp.linalg.norm(direction, axis=-1, keepdims=True)
+        cue = self.cue_scale * math.sqrt(D) * direction
+
+        f32 = jnp.float32
+        return EnvParams(
+            transition=transition.astype(f32),
+            control=control.astype(f32),
+            views=views.astype(f32),
+            gain=gain.astype(f32),
+            cue=cue.astype(f32),
+            obs_noise=jnp.asarray(self.obs_noise, f32),
+            process_noise=jnp.asarray(self.process_noise, f32),
+            init_scale=jnp.asarray(self.init_scale, f32),
+            max_action=jnp.asarray(self.max_action, f32),
+            task_id=task_id,
+            max_steps_in_episode=jnp.asarray(self.episode_length, jnp.int32),
+        )
+
+    def tasks(self, num_tasks: int | None = None, world_key: jax.Array | None = None) -> EnvParams:
+        """``num_tasks`` (default ``self.num_tasks``) tasks stacked on a leading axis."""
+        num_tasks = self.num_tasks if num_tasks is None else num_tasks
+        _check_int("num_tasks", num_tasks, 1)
+        if world_key is None:
+            world_key = jax.random.key(self.world_seed)
+        return self._tasks(num_tasks, world_key)
+
+    @partial(jax.jit, static_argnames=("self", "num_tasks"))
+    def _tasks(self, num_tasks: int, world_key: jax.Array) -> EnvParams:
+        ids = jnp.arange(num_tasks, dtype=jnp.int32)
+        return jax.vmap(self._task_params, in_axes=(0, None))(ids, world_key)
+
+    @property
+    def default_params(self) -> EnvParams:
+        """Task 0."""
+        return self.task_params(0)
+
+    # ------------------------------------------------------------------ dynamics
+    @property
+    def name(self) -> str:
+        return "LatentWorld"
+
+    def _noise(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One normal draw split into the latent part ``[L]`` and the observation part ``[M, D]``."""
+        L, M, D = self.latent_dim, self.num_modalities, self.observation_dim
+        eps = jax.random.normal(key, (L + M * D,), jnp.float32)
+        return eps[:L], eps[L:].reshape(M, D)
+
+    def _emit(self, latent: jax.Array, eta: jax.Array, params: EnvParams) -> jax.Array:
+        signal = jnp.einsum("mdl,l->md", params.views, latent)
+        return signal + params.cue + params.obs_noise * eta
+
+    def observe(self, key, state: EnvState, action, params: EnvParams) -> jax.Array:
+        """A fresh noisy observation ``[M, D]`` of ``state``."""
+        del action
+        _, eta = self._noise(key)
+        return self._emit(state.latent, eta, params)
+
+    def reset_env(self, key: jax.Array, params: EnvParams):
+        eps, eta = self._noise(key)
+        latent = params.init_scale * eps
+        state = EnvState(latent=latent, time=jnp.zeros((), jnp.int32))
+        return self._emit(latent, eta, params), state
+
+    def step_env(self, key: jax.Array, state: EnvState, action, params: EnvParams):
+        applied = jnp.clip(jnp.asarray(action, jnp.float32), -params.max_action, params.max_action)
+        target = self.expert_action(state, params)
+        reward = -jnp.sum(jnp.square(applied - target)) / self.action_dim
+        eps, eta = self._noise(key)
+        latent = (params.transition @ state.latent + params.control @ applied
+                  + params.process_noise * eps)
+        new_state = EnvState(latent=latent, time=state.time + 1)
+        info = {"feedback": self.feedback(reward, applied)}
+        return self._emit(latent, eta, params), new_state, reward, jnp.array(False), info
+
+    def expert_action(self, state: EnvState, params: EnvParams) -> jax.Array:
+        """``clip(K_task z, -max_action, max_action)`` for the state's latent ``z``."""
+        return jnp.clip(params.gain @ state.latent, -params.max_action, params.max_action)
+
+    def action_space(self, params: EnvParams) -> spaces.Box:
+        """Float32 box ``[-max_action, max_action]^A``; larger actions are clipped when applied."""
+        return spaces.Box(-params.max_action, params.max_action, (self.action_dim,), jnp.float32)
+
+
+Environment = LatentWorld

@@ -1,0 +1,330 @@
+"""Continual-learning metrics over the performance matrix, confidence intervals, and report tables.
+
+The performance matrix ``R`` is ``T x T``: ``R[i, j]`` is the score on task ``j`` after training on tasks
+``0..i`` (row = how far training has gone, column = the task evaluated). ``b[j]`` is the score of the untrained
+agent on task ``j``. Every metric accepts leading batch axes (``R [..., T, T]``, ``b [..., T]``), for example one
+axis of seeds or of swept hyperparameters, and returns one value per run (``[...]``).
+
+Metrics (``T`` tasks):
+
+* ``average_performance`` (ACC, Lopez-Paz & Ranzato 2017): ``mean_j R[T-1, j]``.
+* ``backward_transfer`` (BWT, ibid.): ``1/(T-1) sum_{i<T-1} (R[T-1, i] - R[i, i])``; negative means forgetting.
+* ``forward_transfer`` (FWT, ibid.): ``1/(T-1) sum_{i>=1} (R[i-1, i] - b[i])``.
+* ``average_forgetting`` (Chaudhry et al. 2018): ``1/(T-1) sum_{j<T-1} max_{l in 0..T-2} (R[l, j] - R[T-1, j])``.
+  The maximum runs over every earlier row, as in the paper; it is negative when the final score of a task
+  exceeds all its earlier scores.
+* ``learning_accuracy`` (Riemer et al. 2019): ``mean_i R[i, i]``, the score of each task just after learning it.
+
+With a single task (``T == 1``) nothing can be transferred or forgotten and the three transfer/forgetting
+metrics have no terms: they are defined as ``nan`` (not 0), so that a one-task run is never mistaken for a run
+with exactly no forgetting.
+
+Array namespace: NumPy inputs are computed in float64 with NumPy and return NumPy values; JAX inputs (including
+tracers, so the functions can be used inside ``jit``/``vmap``) are computed with ``jax.numpy``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "average_performance",
+    "backward_transfer",
+    "forward_transfer",
+    "average_forgetting",
+    "learning_accuracy",
+    "summarize",
+    "t_quantile",
+    "mean_ci",
+    "format_matrix",
+    "format_summary",
+    "METRIC_NAMES",
+]
+
+#: The scalar metrics that :func:`summarize` reports, in report order.
+METRIC_NAMES = (
+    "average_performance",
+    "backward_transfer",
+    "forward_transfer",
+    "average_forgetting",
+    "learning_accuracy",
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input handling
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _namespace(*arrays):
+    """``jnp`` when any input is a JAX array (or tracer), otherwise ``np``."""
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+def _as_matrix(R, name: str = "R"):
+    xp = _namespace(R)
+    R = xp.asarray(R, dtype=np.float64) if xp is np else jnp.asarray(R)
+    if not (xp is np) and not jnp.issubdtype(R.dtype, jnp.floating):
+        R = R.astype(jnp.float32)
+    if R.ndim < 2 or R.shape[-1] != R.shape[-2]:
+        raise ValueError(f"{name} must be a square performance matrix of shape [..., T, T], got shape {R.shape}")
+    if R.shape[-1] < 1:
+        raise ValueError(f"{name} must have at least one task (T >= 1), got shape {R.shape}")
+    return xp, R
+
+
+def _as_baseline(b, R, xp):
+    T = R.shape[-1]
+    b = xp.asarray(b, dtype=R.dtype)
+    if b.ndim < 1 or b.shape[-1] != T:
+        raise ValueError(f"b must have shape [..., T] with T={T} (the tasks of R, shape {R.shape}), "
+                         f"got shape {b.shape}")
+    try:
+        np.broadcast_shapes(b.shape[:-1], R.shape[:-2])
+    except ValueError:
+        raise ValueError(f"b's batch axes {b.shape[:-1]} do not broadcast with R's batch axes {R.shape[:-2]} "
+                         f"(b shape {b.shape}, R shape {R.shape})") from None
+    return b
+
+
+def _nan_like(xp, R):
+    return xp.full(R.shape[:-2], xp.nan, dtype=R.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def average_performance(R):
+    """ACC: the mean final score over all tasks, ``mean_j R[T-1, j]``; shape ``R.shape[:-2]``."""
+    xp, R = _as_matrix(R)
+    return xp.mean(R[..., -1, :], axis=-1)
+
+
+def learning_accuracy(R):
+    """LA: the mean score of each task right after learning it, ``mean_i R[i, i]``; shape ``R.shape[:-2]``."""
+    xp, R = _as_matrix(R)
+    return xp.mean(xp.diagonal(R, axis1=-2, axis2=-1), axis=-1)
+
+
+def backward_transfer(R):
+    """BWT: ``1/(T-1) sum_{i<T-1} (R[T-1, i] - R[i, i])``; ``nan`` when ``T == 1``. Negative = forgetting."""
+    xp, R = _as_matrix(R)
+    T = R.shape[-1]
+    if T == 1:
+        return _nan_like(xp, R)
+    diag = xp.diagonal(R, axis1=-2, axis2=-1)
+    return xp.mean(R[..., -1, :-1] - diag[..., :-1], axis=-1)
+
+
+def forward_transfer(R, b):
+    """FWT: ``1/(T-1) sum_{i>=1} (R[i-1, i] - b[i])``; ``nan`` when ``T == 1``.
+
+    ``b [..., T]``: the untrained agent's score on each task (broadcast against ``R``'s batch axes).
+    """
+    xp, R = _as_matrix(R)
+    xp = _namespace(R, b)
+    if xp is jnp:
+        R = jnp.asarray(R)
+    b = _as_baseline(b, R, xp)
+    T = R.shape[-1]
+    if T == 1:
+        return _nan_like(xp, R) + 0 * b[..., 0]
+    superdiag = xp.diagonal(R, offset=1, axis1=-2, axis2=-1)  # R[i-1, i] for i = 1..T-1
+    return xp.mean(superdiag - b[..., 1:], axis=-1)
+
+
+def average_forgetting(R):
+    """Average forgetting (Chaudhry et al. 2018).
+
+    ``1/(T-1) sum_{j<T-1} max_{l in 0..T-2} (R[l, j] - R[T-1, j])``; ``nan`` when ``T == 1``. The maximum is
+    over all earlier rows, so a task whose final score beats every earlier score contributes a negative amount.
+    """
+    xp, R = _as_matrix(R)
+    T = R.shape[-1]
+    if T == 1:
+        return _nan_like(xp, R)
+    best = xp.max(R[..., :-1, :-1], axis=-2)  # max over l in 0..T-2, for each j in 0..T-2
+    return xp.mean(best - R[..., -1, :-1], axis=-1)
+
+
+def summarize(R, b=None) -> dict:
+    """All metrics of ``R`` (and ``b``) in one dict.
+
+    Keys: the names in :data:`METRIC_NAMES` (each of shape ``R.shape[:-2]``; ``forward_transfer`` is ``nan``
+    when ``b`` is None) and ``"final"`` (the last row ``R[..., T-1, :]``).
+    With ``R [S, T, T]`` every metric has shape ``[S]``, equal to the metric of each run on its own.
+    """
+    xp, R_ = _as_matrix(R)
+    if b is None:
+        fwt = _nan_like(xp, R_)
+    else:
+        fwt = forward_transfer(R, b)
+    return {
+        "average_performance": average_performance(R),
+        "backward_transfer": backward_transfer(R),
+        "forward_transfer": fwt,
+        "average_forgetting": average_forgetting(R),
+        "learning_accuracy": learning_accuracy(R),
+        "final": R_[..., -1, :],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Confidence intervals
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _t_two_sided_mass(t: float, df: int) -> float:
+    """``P(|T| <= t)`` for Student's t with integer ``df``.
+
+    A closed-form finite series in ``theta = atan(t / sqrt(df))`` (Abramowitz & Stegun 26.7.3).
+    """
+    theta = math.atan(t / math.sqrt(df))
+    s, c = math.sin(theta), math.cos(theta)
+    if df % 2 == 1:
+        # (2/pi) [theta + sin(theta) (cos + 2/3 cos^3 + (2*4)/(3*5) cos^5 + ...)], terms up to cos^(df-2).
+        total, term = 0.0, c
+        for k in range(1, (df - 1) // 2 + 1):
+            total += term
+            term *= c * c * (2 * k) / (2 * k + 1)
+        return (2.0 / math.pi) * (theta + s * total)
+    # sin(theta) [1 + 1/2 cos^2 + (1*3)/(2*4) cos^4 + ...], terms up to cos^(df-2).
+    total, term = 0.0, 1.0
+    for k in range(1, df // 2 + 1):
+        total += term
+        term *= c * c * (2 * k - 1) / (2 * k)
+    return s * total
+
+
+def _normal_quantile(p: float) -> float:
+    """Inverse standard normal CDF by bisection on ``erf`` (accurate to ~1e-14)."""
+    lo, hi = -40.0, 40.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if 0.5 * (1.0 + math.erf(mid / math.sqrt(2.0))) < p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def t_quantile(confidence: float, df: int) -> float:
+    """The two-sided Student t critical value: ``t`` with ``P(|T_df| <= t) = confidence``.
+
+    Exact for every integer ``df >= 1`` (a closed-form CDF inverted by bisection); for ``df > 2000`` the
+    Cornish-Fisher expansion around the normal quantile is used (error below 1e-9). Needs no SciPy.
+    """
+    if not (0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if int(df) != df or df < 1:
+        raise ValueError(f"df must be an integer >= 1, got {df!r}")
+    df = int(df)
+    if df > 2000:
+        z = _normal_quantile(0.5 + 0.5 * confidence)
+        g1 = (z ** 3 + z) / 4
+        g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
+        g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
+        return z + g1 / df + g2 / df ** 2 + g3 / df ** 3
+    lo, hi = 0.0, 1.0
+    while _t_two_sided_mass(hi, df) < confidence:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _t_two_sided_mass(mid, df) < confidence:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-13 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def mean_ci(x, axis: int = 0, confidence: float = 0.95) -> Tuple[Any, Any]:
+    """Mean and the half-width of its Student t confidence interval along ``axis``.
+
+    ``half_width = t_{df=n-1} * std(x, ddof=1) / sqrt(n)`` with ``n = x.shape[axis]``; ``nan`` when ``n == 1``.
+    Returns ``(mean, half_width)``, both with ``axis`` removed (NumPy float64 for NumPy input, ``jnp`` for JAX).
+    """
+    xp = _namespace(x)
+    x = np.asarray(x, dtype=np.float64) if xp is np else jnp.asarray(x)
+    if x.ndim == 0:
+        raise ValueError(f"x must have at least one axis to average over, got shape {x.shape}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis={axis} is out of range for x of shape {x.shape}")
+    n = x.shape[axis]
+    if n < 1:
+        raise ValueError(f"x must have at least one sample along axis {axis}, got shape {x.shape}")
+    mean = xp.mean(x, axis=axis)
+    if n == 1:
+        return mean, xp.full(mean.shape, xp.nan, dtype=mean.dtype)
+    t = t_quantile(confidence, n - 1)
+    return mean, t * xp.std(x, axis=axis, ddof=1) / math.sqrt(n)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report tables (markdown)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _fmt(v: float, precision: int) -> str:
+    return "nan" if not np.isfinite(v) else f"{v:+.{precision}f}"
+
+
+def format_matrix(R, names: Optional[Sequence[str]] = None, b=None, precision: int = 3) -> str:
+    """The performance matrix as a markdown table: one row per training stage, one column per evaluated task.
+
+    ``names``: task names (default ``t0, t1, ...``); ``b``: optional untrained scores, shown as a first row.
+    A batched ``R [..., T, T]`` is shown as its mean over the batch axes.
+    """
+    _, R = _as_matrix(np.asarray(R))
+    T = R.shape[-1]
+    if R.ndim > 2:
+        R = R.reshape((-1, T, T)).mean(axis=0)
+    names = [f"t{j}" for j in range(T)] if names is None else [str(n) for n in names]
+    if len(names) != T:
+        raise ValueError(f"names must have T={T} entries (one per task of R, shape {R.shape}), got {len(names)}")
+    header = "| after \\ on | " + " | ".join(names) + " |"
+    rule = "|---|" + "---:|" * T
+    lines = [header, rule]
+    if b is not None:
+        b = _as_baseline(np.asarray(b, dtype=np.float64), R, np)
+        b = b.reshape((-1, T)).mean(axis=0)
+        lines.append("| untrained | " + " | ".join(_fmt(v, precision) for v in b) + " |")
+    for i in range(T):
+        lines.append(f"| {names[i]} | " + " | ".join(_fmt(v, precision) for v in R[i]) + " |")
+    return "\n".join(lines)
+
+
+def format_summary(summary: Mapping[str, Any], confidence: float = 0.95, precision: int = 3,
+                   title: Optional[str] = None) -> str:
+    """The scalar metrics of :func:`summarize` as a markdown table.
+
+    Unbatched metrics print as values; metrics with a leading batch axis of runs (``[S]``) print as
+    ``mean ± half-width`` of the ``confidence`` Student t interval over the runs, with ``n = S``.
+    """
+    rows = []
+    n_runs = None
+    for name in METRIC_NAMES:
+        if name not in summary:
+            continue
+        v = np.asarray(summary[name], dtype=np.float64)
+        if v.ndim == 0:
+            rows.append((name, _fmt(float(v), precision)))
+            continue
+        v = v.reshape(-1)
+        n_runs = v.size
+        m, h = mean_ci(v, axis=0, confidence=confidence)
+        rows.append((name, f"{_fmt(float(m), precision)} ± {abs(float(h)):.{precision}f}"
+                     if np.isfinite(h) else _fmt(float(m), precision)))
+    head = "value" if n_runs is None else f"mean ± {int(round(confidence * 100))}% CI (n={n_runs})"
+    lines = [] if title is None else [f"**{title}**", ""]
+    lines += [f"| metric | {head} |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)

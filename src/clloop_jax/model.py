@@ -1,0 +1,336 @@
+"""The cross-modal recurrent agent.
+
+One step of :class:`CrossModalModel` maps ``(carry, obs, feedback)`` to ``(carry', output)``:
+
+1. **Encoders.** Each modality ``m`` has its own ``Dense(hidden_dim) -> gelu`` encoder that turns
+   its observation ``x_m`` (width ``D_m``) into a token of width ``hidden_dim``. The internal
+   recurrent state (the carry) is encoded the same way into a *state token*, and, when
+   ``feedback_dim > 0``, the external feedback vector into a *feedback token* of its own (a
+   separate token rather than a sum with the state token, so attention can weigh "what I
+   remember" and "what the world just told me" independently). A learned per-token embedding
+   (``token_embedding``, one row per token kind) is added after the nonlinearity.
+2. **Cross-modal attention.** The token set ``[modality_1, ..., modality_M, state(, feedback)]``
+   goes through one multi-head dot-product attention in which every token queries every token
+   (``mha(tokens, tokens)``): modality tokens read from each other and from the state, and the
+   state token reads from every modality. Residual connection, then LayerNorm.
+3. **Fusion.** The attended tokens are concatenated in their fixed order and mapped by
+   ``Dense(hidden_dim) -> gelu`` to one vector, so modality identity is kept by position.
+4. **Recurrence.** ``nn.GRUCell(hidden_dim)`` updates the carry from the fused vector.
+5. **Head.** A linear layer on the new carry gives ``output_dim`` numbers (an action mean for
+   control, logits for classification: the objective decides). Its kernel is initialised with a
+   small scale (``head_init_scale``) and its bias with zeros, so an untrained agent outputs
+   near-zero actions.
+
+Shapes: any number of leading batch dimensions (or none). ``obs`` is either one array
+``[..., M, D]`` (only when all modality sizes are equal) or a tuple/list of ``M`` arrays
+``[..., D_m]``; ``carry`` is ``[..., hidden_dim]``; ``feedback`` is ``[..., feedback_dim]``.
+All inputs must share exactly the same leading (batch) shape. Shapes are checked in Python
+before any computation, with a ``ValueError`` naming the argument, the expected and the received
+shape.
+
+Typical use::
+
+    model = CrossModalModel(input_dim=(64, 16), hidden_dim=64, output_dim=4,
+                            num_modalities=2, feedback_dim=3)
+    variables = model.init_params(jax.random.key(0))
+    carry = model.initial_carry((8,))
+    carry, action = model.apply(variables, carry, (x_vis, x_aud), fb)           # one step
+    carry, actions = model.apply(variables, carry, obs_seq, fb_seq,
+                                 method=CrossModalModel.sequence)                 # T steps
+"""
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["CrossModalModel"]
+
+Array = jax.Array
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    """Static shape of an array-like, without converting tracers."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        shape = np.shape(x)
+    return tuple(shape)
+
+
+class CrossModalModel(nn.Module):
+    """Cross-modal recurrent model: per-modality encoders, attention over modality and state
+    tokens, a GRU cell and a linear head. See the module docstring for the architecture.
+
+    Attributes:
+      input_dim: feature size of every modality (an int), or one size per modality (a sequence
+        of length ``num_modalities``).
+      hidden_dim: width of tokens, of the fused vector and of the recurrent carry.
+      output_dim: size of the output (action mean or logits).
+      num_modalities: number of observation modalities ``M``.
+      num_heads: attention heads; must divide ``hidden_dim``.
+      feedback_dim: size of the external feedback vector; 0 means no feedback input.
+      head_init_scale: variance scale of the output head's kernel initialiser (fan-in, truncated
+        normal); small values make an untrained agent output near zero.
+    """
+
+    input_dim: int | Sequence[int]
+    hidden_dim: int
+    output_dim: int
+    num_modalities: int = 1
+    num_heads: int = 4
+    feedback_dim: int = 0
+    head_init_scale: float = 1e-2
+
+    def __post_init__(self):
+        def positive(field: str, value: Any) -> None:
+            if not _is_int(value) or value <= 0:
+                raise ValueError(f"CrossModalModel.{field}: expected a positive int, got {value!r}")
+
+        positive("num_modalities", self.num_modalities)
+        if _is_int(self.input_dim):
+            positive("input_dim", self.input_dim)
+        elif isinstance(self.input_dim, Sequence) and not isinstance(self.input_dim, str):
+            dims = tuple(self.input_dim)
+            if len(dims) != self.num_modalities:
+                raise ValueError(
+                    f"CrossModalModel.input_dim: expected one size per modality "
+                    f"(length num_modalities={self.num_modalities}), got {dims!r} of length {len(dims)}"
+                )
+            for m, d in enumerate(dims):
+                positive(f"input_dim[{m}]", d)
+            # Store as a tuple of Python ints so the module stays hashable.
+            object.__setattr__(self, "input_dim", tuple(int(d) for d in dims))
+        else:
+            raise ValueError(
+                f"CrossModalModel.input_dim: expected a positive int or a sequence of "
+                f"{self.num_modalities} positive ints, got {self.input_dim!r}"
+            )
+        positive("hidden_dim", self.hidden_dim)
+        positive("output_dim", self.output_dim)
+        positive("num_heads", self.num_heads)
+        if not _is_int(self.feedback_dim) or self.feedback_dim < 0:
+            raise ValueError(
+                f"CrossModalModel.feedback_dim: expected a non-negative int, got {self.feedback_dim!r}"
+            )
+        if self.hidden_dim % self.num_heads != 0:
+            raise ValueError(
+                f"CrossModalModel.hidden_dim: expected a multiple of num_heads={self.num_heads}, "
+                f"got {self.hidden_dim}"
+            )
+        if (
+            not isinstance(self.head_init_scale, numbers.Real)
+            or isinstance(self.head_init_scale, bool)
+            or not self.head_init_scale > 0
+        ):
+            raise ValueError(
+                f"CrossModalModel.head_init_scale: expected a positive float, got {self.head_init_scale!r}"
+            )
+        super().__post_init__()
+
+    # ------------------------------------------------------------------ static helpers
+
+    @property
+    def modality_dims(self) -> tuple[int, ...]:
+        """Feature size of each modality, length ``num_modalities``."""
+        if _is_int(self.input_dim):
+            return (int(self.input_dim),) * self.num_modalities
+        return tuple(self.input_dim)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens attended over per step: one per modality, the state token, the feedback token."""
+        return self.num_modalities + 1 + (1 if self.feedback_dim > 0 else 0)
+
+    @nn.nowrap
+    def initial_carry(self, batch_shape: Sequence[int] | int = ()) -> Array:
+        """Zero carry of shape ``[*batch_shape, hidden_dim]``; needs no parameters."""
+        if _is_int(batch_shape):
+            batch_shape = (batch_shape,)
+        batch_shape = tuple(batch_shape)
+        if not all(_is_int(b) and b >= 0 for b in batch_shape):
+            raise ValueError(
+                f"initial_carry: batch_shape: expected a tuple of non-negative ints, got {batch_shape!r}"
+            )
+        return jnp.zeros(batch_shape + (self.hidden_dim,), jnp.float32)
+
+    @nn.nowrap
+    def dummy_inputs(self, batch_shape: Sequence[int] = ()) -> tuple[Array, tuple[Array, ...], Array | None]:
+        """Zero ``(carry, obs, feedback)`` of the right shapes (obs as a tuple of modalities)."""
+        batch_shape = tuple(batch_shape)
+        carry = self.initial_carry(batch_shape)
+        obs = tuple(jnp.zeros(batch_shape + (d,), jnp.float32) for d in self.modality_dims)
+        feedback = jnp.zeros(batch_shape + (self.feedback_dim,), jnp.float32) if self.feedback_dim > 0 else None
+        return carry, obs, feedback
+
+    @nn.nowrap
+    def init_params(self, key: Array) -> dict:
+        """Initialise the variables with unbatched dummy inputs (``{'params': ...}``)."""
+        carry, obs, feedback = self.dummy_inputs(())
+        return self.init(key, carry, obs, feedback)
+
+    # ------------------------------------------------------------------ validation
+
+    @nn.nowrap
+    def _check_obs(self, obs: Any, name: str, lead: str) -> tuple[tuple[Any, ...], tuple[int, ...]]:
+        """Split ``obs`` into a tuple of per-modality arrays and return their common leading shape.
+
+        ``lead`` is a human-readable prefix for the expected shapes ("..." or "T, ...").
+        """
+        M, dims = self.num_modalities, self.modality_dims
+        if isinstance(obs, (tuple, list)):
+            if len(obs) != M:
+                raise ValueError(
+                    f"{name}: expected a tuple of {M} modality arrays with shapes "
+                    f"{[f'[{lead}, {d}]' for d in dims]}, received {len(obs)} arrays with shapes "
+                    f"{[_shape(o) for o in obs]}"
+                )
+            shapes = [_shape(o) for o in obs]
+            for m, (s, d) in enumerate(zip(shapes, dims)):
+                if len(s) == 0 or s[-1] != d:
+                    raise ValueError(
+                        f"{name}[{m}]: expected shape [{lead}, {d}] (modality {m} has {d} features), "
+                        f"received {s}"
+                    )
+            batch = shapes[0][:-1]
+            for m, s in enumerate(shapes):
+                if s[:-1] != batch:
+                    raise ValueError(
+                        f"{name}[{m}]: expected leading shape {batch} (that of {name}[0]), "
+                        f"received {s[:-1]} (full shape {s})"
+                    )
+            return tuple(obs), batch
+        s = _shape(obs)
+        if len(set(dims)) != 1:
+            raise ValueError(
+                f"{name}: modalities have different sizes {dims}, so expected a tuple of {M} arrays "
+                f"with shapes {[f'[{lead}, {d}]' for d in dims]}, received one array of shape {s}"
+            )
+        d = dims[0]
+        if len(s) < 2 or s[-2] != M or s[-1] != d:
+            raise ValueError(f"{name}: expected shape [{lead}, {M}, {d}] (M={M} modalities of {d} features), received {s}")
+        return tuple(obs[..., m, :] for m in range(M)), s[:-2]
+
+    @nn.nowrap
+    def _check_feedback(self, feedback: Any, name: str, lead: str, batch: tuple[int, ...]) -> Any:
+        F = self.feedback_dim
+        if F == 0:
+            if feedback is not None:
+                raise ValueError(
+                    f"{name}: the model has feedback_dim=0, so expected None, received an array of "
+                    f"shape {_shape(feedback)}"
+                )
+            return None
+        if feedback is None:
+            raise ValueError(f"{name}: expected an array of shape [{lead}, {F}] (feedback_dim={F}), received None")
+        s = _shape(feedback)
+        if len(s) == 0 or s[-1] != F or s[:-1] != batch:
+            raise ValueError(
+                f"{name}: expected shape {batch + (F,)} ([{lead}, feedback_dim={F}]), received {s}"
+            )
+        return feedback
+
+    @nn.nowrap
+    def _check_carry(self, carry: Any, batch: tuple[int, ...], obs_name: str) -> None:
+        s = _shape(carry)
+        H = self.hidden_dim
+        if len(s) == 0 or s[-1] != H:
+            raise ValueError(f"carry: expected shape [..., {H}] (hidden_dim={H}), received {s}")
+        if s[:-1] != batch:
+            raise ValueError(
+                f"carry: expected shape {batch + (H,)} (batch shape {batch} of {obs_name}), received {s}"
+            )
+
+    # ------------------------------------------------------------------ layers
+
+    def setup(self):
+        H = self.hidden_dim
+        self.encoders = [nn.Dense(H, name=f"encoder_{m}") for m in range(self.num_modalities)]
+        self.state_encoder = nn.Dense(H)
+        self.feedback_encoder = nn.Dense(H) if self.feedback_dim > 0 else None
+        self.token_embedding = self.param(
+            "token_embedding", nn.initializers.normal(stddev=0.02), (self.num_tokens, H), jnp.float32
+        )
+        self.attention = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, qkv_features=H, out_features=H
+        )
+        self.attention_norm = nn.LayerNorm()
+        self.fusion = nn.Dense(H)
+        self.gru = nn.GRUCell(features=H)
+        self.head = nn.Dense(
+            self.output_dim,
+            kernel_init=nn.initializers.variance_scaling(self.head_init_scale, "fan_in", "truncated_normal"),
+            bias_init=nn.initializers.zeros_init(),
+        )
+
+    def _step(self, carry: Array, obs: tuple[Array, ...], feedback: Array | None) -> tuple[Array, Array]:
+        """One step on validated inputs: ``obs`` is a tuple of ``[..., D_m]`` arrays."""
+        tokens = [nn.gelu(enc(x)) for enc, x in zip(self.encoders, obs)]
+        tokens.append(nn.gelu(self.state_encoder(carry)))
+        if self.feedback_encoder is not None:
+            tokens.append(nn.gelu(self.feedback_encoder(feedback)))
+        tok_BxNxH = jnp.stack(tokens, axis=-2) + self.token_embedding
+        att_BxNxH = self.attention(tok_BxNxH, tok_BxNxH)
+        tok_BxNxH = self.attention_norm(tok_BxNxH + att_BxNxH)
+        flat = tok_BxNxH.reshape(tok_BxNxH.shape[:-2] + (self.num_tokens * self.hidden_dim,))
+        fused = nn.gelu(self.fusion(flat))
+        new_carry, _ = self.gru(carry, fused)
+        return new_carry, self.head(new_carry)
+
+    # ------------------------------------------------------------------ public calls
+
+    def __call__(
+        self, carry: Array, obs: Array | Sequence[Array], feedback: Array | None = None
+    ) -> tuple[Array, Array]:
+        """One step: returns ``(new_carry [..., hidden_dim], output [..., output_dim])``."""
+        obs_t, batch = self._check_obs(obs, "obs", "...")
+        feedback = self._check_feedback(feedback, "feedback", "...", batch)
+        self._check_carry(carry, batch, "obs")
+        return self._step(carry, obs_t, feedback)
+
+    def sequence(
+        self,
+        carry: Array,
+        obs_seq: Array | Sequence[Array],
+        feedback_seq: Array | None = None,
+    ) -> tuple[Array, Array]:
+        """Run the step over time (axis 0) with ``nn.scan``, sharing parameters with ``__call__``.
+
+        Args:
+          carry: ``[..., hidden_dim]``.
+          obs_seq: ``[T, ..., M, D]`` or a tuple/list of ``M`` arrays ``[T, ..., D_m]``.
+          feedback_seq: ``[T, ..., feedback_dim]``, or None iff ``feedback_dim == 0``.
+
+        Returns:
+          ``(final_carry [..., hidden_dim], outputs [T, ..., output_dim])``.
+        """
+        obs_t, lead = self._check_obs(obs_seq, "obs_seq", "T, ...")
+        if len(lead) == 0:
+            raise ValueError(
+                f"obs_seq: expected a leading time axis, shape [T, ..., D]; received per-modality "
+                f"shapes {[_shape(o) for o in obs_t]}"
+            )
+        batch = lead[1:]
+        feedback_seq = self._check_feedback(feedback_seq, "feedback_seq", "T, ...", lead)
+        self._check_carry(carry, batch, "obs_seq (after the time axis)")
+
+        def body(mdl: CrossModalModel, c: Array, xs: tuple) -> tuple[Array, Array]:
+            o, f = xs
+            return mdl._step(c, o, f)
+
+        scan = nn.scan(
+            body,
+            variable_broadcast="params",
+            split_rngs={"params": False},
+            in_axes=0,
+            out_axes=0,
+        )
+        return scan(self, carry, (obs_t, feedback_seq))

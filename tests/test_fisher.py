@@ -1,0 +1,524 @@
+"""Tests for clloop_jax.fisher against NumPy float64 references.
+
+Two small models: a 1-hidden-layer tanh MLP (reference: hand-written float64 backprop and the closed-form
+Jacobian) applied to one input or per position of a short sequence, and an Elman RNN over 3 steps (reference:
+float64 central finite differences of each sample's log-likelihood).
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clloop_jax import fisher as F
+
+D, H, K = 3, 4, 3          # input, hidden, classes/outputs
+N = 7                      # samples (7 so that chunk sizes 2, 3, 4 do not divide it)
+T = 2                      # positions of the sequence-shaped MLP input
+SIGMA = 0.7
+
+STATIC = ("apply_fn", "likelihood", "variant", "num_samples", "chunk_size")
+fisher_jit = jax.jit(F.fisher_diagonal, static_argnames=STATIC)
+psg_jit = jax.jit(F.per_sample_grads, static_argnames=("loss_fn", "chunk_size"))
+mas_jit = jax.jit(F.mas_importance, static_argnames=("apply_fn", "chunk_size"))
+
+LIKELIHOODS = {"categorical": F.Categorical(), "gaussian": F.Gaussian(sigma=SIGMA)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models: JAX versions and float64 NumPy references
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def mlp_apply(p, x):
+    """x [D] -> [K], or x [T, D] -> [T, K] (the same MLP at each position)."""
+    h = jnp.tanh(x @ p["W1"].T + p["b1"])
+    return h @ p["W2"].T + p["b2"]
+
+
+def rnn_apply(p, xs):
+    """Elman RNN: xs [T, D] -> logits/means [T, K]."""
+    def step(h, x):
+        h = jnp.tanh(p["Wx"] @ x + p["Wh"] @ h + p["b"])
+        return h, p["Wo"] @ h + p["bo"]
+
+    _, out = jax.lax.scan(step, jnp.zeros(p["b"].shape, p["b"].dtype), xs)
+    return out
+
+
+def np_mlp_forward(p, x):
+    x = np.atleast_2d(x)
+    h = np.tanh(x @ p["W1"].T + p["b1"])
+    return h, h @ p["W2"].T + p["b2"]
+
+
+def np_mlp_vjp(p, x, g):
+    """Hand-derived backprop: sum over positions of J_t^T g_t, for x [T, D] (or [D]) and g [T, K] (or [K])."""
+    x, g = np.atleast_2d(x), np.atleast_2d(g)
+    h, _ = np_mlp_forward(p, x)
+    da = (g @ p["W2"]) * (1.0 - h ** 2)
+    return {"W1": da.T @ x, "b1": da.sum(0), "W2": g.T @ h, "b2": g.sum(0)}
+
+
+def np_rnn_forward(p, xs):
+    h = np.zeros(p["b"].shape)
+    out = []
+    for x in xs:
+        h = np.tanh(p["Wx"] @ x + p["Wh"] @ h + p["b"])
+        out.append(p["Wo"] @ h + p["bo"])
+    return np.stack(out)
+
+
+def np_softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_log_prob(kind, out, y):
+    """Per-sample log-likelihood (sum over positions), float64."""
+    if kind == "categorical":
+        logp = np.log(np_softmax(out))
+        return np.take_along_axis(logp, np.asarray(y)[..., None], -1).sum()
+    k = out.shape[-1]
+    pos = out.size // k
+    return (-0.5 * np.sum(((y - out) / SIGMA) ** 2) - pos * k * np.log(SIGMA)
+            - 0.5 * pos * k * np.log(2 * np.pi))
+
+
+def np_fd_grad(fun, p, eps=1e-6):
+    """Central finite differences of the scalar fun(params) in float64, a dict like p."""
+    grads = {}
+    for name, value in p.items():
+        g = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            plus = {k: v.copy() for k, v in p.items()}
+            minus = {k: v.copy() for k, v in p.items()}
+            plus[name][idx] += eps
+            minus[name][idx] -= eps
+            g[idx] = (fun(plus) - fun(minus)) / (2 * eps)
+        grads[name] = g
+    return grads
+
+
+def tree_sq_mean(list_of_trees):
+    return {k: np.mean([t[k] ** 2 for t in list_of_trees], axis=0) for k in list_of_trees[0]}
+
+
+def to_jax(tree, dtype):
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), tree)
+
+
+def assert_tree_close(actual, expected, rtol, atol=0.0):
+    assert set(actual) == set(expected)
+    for k in expected:
+        np.testing.assert_allclose(np.asarray(actual[k]), expected[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+def tree_rel_err(a, b):
+    num = sum(np.sum((np.asarray(a[k], np.float64) - b[k]) ** 2) for k in b)
+    den = sum(np.sum(np.asarray(b[k], np.float64) ** 2) for k in b)
+    return float(np.sqrt(num / den))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    rng = np.random.default_rng(0)
+    p = {"W1": rng.normal(size=(H, D)), "b1": 0.3 * rng.normal(size=H),
+         "W2": rng.normal(size=(K, H)), "b2": 0.3 * rng.normal(size=K)}
+    x_seq = rng.normal(size=(N, T, D))
+    data = {
+        # (inputs, categorical targets, gaussian targets) for one input per sample and for T positions
+        "single": (x_seq[:, 0], rng.integers(0, K, size=N), rng.normal(size=(N, K))),
+        "seq": (x_seq, rng.integers(0, K, size=(N, T)), rng.normal(size=(N, T, K))),
+    }
+    return p, data
+
+
+@pytest.fixture(scope="module")
+def rnn():
+    rng = np.random.default_rng(1)
+    Tr, Hr, Nr = 3, 3, 3
+    p = {"Wx": rng.normal(size=(Hr, D)), "Wh": 0.8 * rng.normal(size=(Hr, Hr)), "b": 0.2 * rng.normal(size=Hr),
+         "Wo": rng.normal(size=(K, Hr)), "bo": 0.2 * rng.normal(size=K)}
+    xs = rng.normal(size=(Nr, Tr, D))
+    return p, xs, rng.integers(0, K, size=(Nr, Tr)), rng.normal(size=(Nr, Tr, K))
+
+
+def targets_for(kind, data):
+    x, yc, yg = data
+    return x, (yc if kind == "categorical" else yg)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NumPy references for the MLP
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def ref_mlp_empirical(kind, p, x, y):
+    grads = []
+    for xi, yi in zip(x, y):
+        _, out = np_mlp_forward(p, xi)
+        if kind == "categorical":
+            g = np.eye(K)[np.atleast_1d(yi)] - np_softmax(out)
+        else:
+            g = (np.atleast_2d(yi) - out) / SIGMA ** 2
+        grads.append(np_mlp_vjp(p, xi, g))
+    return tree_sq_mean(grads)
+
+
+def ref_mlp_exact_categorical(p, x):
+    """Enumerate every joint label assignment over the positions: E_y[(grad log p(y|x))^2]."""
+    out_acc = []
+    for xi in x:
+        _, out = np_mlp_forward(p, xi)
+        probs = np_softmax(out)                       # [P, K]
+        acc = {k: np.zeros_like(v) for k, v in p.items()}
+        for labels in itertools.product(range(K), repeat=out.shape[0]):
+            weight = np.prod(probs[np.arange(out.shape[0]), labels])
+            g = np_mlp_vjp(p, xi, np.eye(K)[list(labels)] - probs)
+            for k in acc:
+                acc[k] += weight * g[k] ** 2
+        out_acc.append(acc)
+    return {k: np.mean([a[k] for a in out_acc], axis=0) for k in p}
+
+
+def ref_mlp_exact_gaussian(p, x):
+    """Closed form diag(J^T J) / sigma^2 for out = W2 tanh(W1 x + b1) + b2, summed over positions."""
+    acc = {k: np.zeros_like(v) for k, v in p.items()}
+    for xi in x:
+        h, _ = np_mlp_forward(p, xi)                  # [P, H]
+        s = (1 - h ** 2) ** 2                         # [P, H]
+        w2 = (p["W2"] ** 2).sum(0)                    # [H]: sum_k W2[k, j]^2
+        xs = np.atleast_2d(xi)
+        acc["W2"] += np.broadcast_to((h ** 2).sum(0), (K, H))
+        acc["b2"] += np.full(K, h.shape[0], dtype=np.float64)
+        acc["W1"] += (w2[None, :, None] * s[:, :, None] * (xs ** 2)[:, None, :]).sum(0)
+        acc["b1"] += (w2[None, :] * s).sum(0)
+    return {k: v / (len(x) * SIGMA ** 2) for k, v in acc.items()}
+
+
+def ref_mlp_mas(p, x):
+    grads = [np_mlp_vjp(p, xi, 2 * np_mlp_forward(p, xi)[1]) for xi in x]
+    return {k: np.mean([np.abs(g[k]) for g in grads], axis=0) for k in p}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Likelihoods
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_log_probs_match_numpy():
+    rng = np.random.default_rng(2)
+    out = rng.normal(size=(2, 5, K))
+    yg = rng.normal(size=(2, 5, K))
+    yc = rng.integers(0, K, size=(2, 5))
+    with jax.enable_x64(True):
+        g = np.asarray(F.Gaussian(SIGMA).log_prob(jnp.asarray(out), jnp.asarray(yg)))
+        c = np.asarray(F.Categorical().log_prob(jnp.asarray(out), jnp.asarray(yc)))
+        soft = np_softmax(rng.normal(size=(2, 5, K)))
+        cs = np.asarray(F.Categorical().log_prob(jnp.asarray(out), jnp.asarray(soft)))
+    ref_g = (-0.5 * (((yg - out) / SIGMA) ** 2).sum(-1) - K * np.log(SIGMA) - 0.5 * K * np.log(2 * np.pi))
+    logp = np.log(np_softmax(out))
+    np.testing.assert_allclose(g, ref_g, rtol=1e-12)
+    np.testing.assert_allclose(c, np.take_along_axis(logp, yc[..., None], -1)[..., 0], rtol=1e-12)
+    np.testing.assert_allclose(cs, (soft * logp).sum(-1), rtol=1e-12)
+
+
+def test_fisher_factors_reproduce_output_fisher():
+    """L L^T is the output-space Fisher: diag(p) - p p^T (categorical), I / sigma^2 (Gaussian)."""
+    logits = np.array([[0.3, -1.0, 2.0], [0.0, 0.0, 0.0]])
+    with jax.enable_x64(True):
+        lc = np.asarray(F.Categorical().fisher_factor(jnp.asarray(logits)))
+        lg = np.asarray(F.Gaussian(SIGMA).fisher_factor(jnp.asarray(logits)))
+    for row, l_c, l_g in zip(logits, lc, lg):
+        p = np_softmax(row)
+        np.testing.assert_allclose(l_c @ l_c.T, np.diag(p) - np.outer(p, p), atol=1e-14)
+        np.testing.assert_allclose(l_g @ l_g.T, np.eye(K) / SIGMA ** 2, atol=1e-14)
+
+
+def test_samples_follow_the_predictive_distribution():
+    out = jnp.array([[0.5, -1.0, 1.0]])
+    key = jax.random.key(3)
+    draws = jax.vmap(lambda k: F.Categorical().sample(k, out))(jax.random.split(key, 20000))
+    assert draws.shape == (20000, 1) and jnp.issubdtype(draws.dtype, jnp.integer)
+    freq = np.bincount(np.asarray(draws[:, 0]), minlength=K) / 20000
+    np.testing.assert_allclose(freq, np_softmax(np.asarray(out[0], np.float64)), atol=0.015)
+    g = jax.vmap(lambda k: F.Gaussian(SIGMA).sample(k, out))(jax.random.split(key, 20000))
+    np.testing.assert_allclose(np.asarray(g.mean(0)), np.asarray(out), atol=0.02)
+    np.testing.assert_allclose(np.asarray(g.std(0)), SIGMA, rtol=0.02)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-sample gradients
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def mlp_ce_loss(p, x, y):
+    return -jnp.sum(F.Categorical().log_prob(mlp_apply(p, x), y))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 7, 10])
+def test_per_sample_grads_match_hand_backprop(mlp, chunk_size):
+    p, data = mlp
+    x, y, _ = data["seq"]
+    with jax.enable_x64(True):
+        got = psg_jit(mlp_ce_loss, to_jax(p, jnp.float64), jnp.asarray(x), jnp.asarray(y),
+                                 chunk_size=chunk_size)
+        got = jax.tree_util.tree_map(np.asarray, got)
+    for i in range(N):
+        _, out = np_mlp_forward(p, x[i])
+        ref = np_mlp_vjp(p, x[i], -(np.eye(K)[y[i]] - np_softmax(out)))
+        for k in p:
+            assert got[k].shape == (N,) + p[k].shape
+            np.testing.assert_allclose(got[k][i], ref[k], rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fisher diagonals on the MLP (hand backprop / closed form / enumeration)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["single", "seq"])
+@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
+@pytest.mark.parametrize("variant", ["empirical", "exact"])
+def test_mlp_fisher_matches_float64_reference(mlp, shape, kind, variant):
+    p, data = mlp
+    x, y = targets_for(kind, data[shape])
+    if variant == "empirical":
+        ref = ref_mlp_empirical(kind, p, x, y)
+    elif kind == "categorical":
+        ref = ref_mlp_exact_categorical(p, x)
+    else:
+        ref = ref_mlp_exact_gaussian(p, x)
+    with jax.enable_x64(True):
+        got = fisher_jit(mlp_apply, to_jax(p, jnp.float64), jnp.asarray(x), jnp.asarray(y),
+                         likelihood=LIKELIHOODS[kind], variant=variant)
+        got = jax.tree_util.tree_map(np.asarray, got)
+    assert all(got[k].dtype == np.float64 for k in got)
+    assert_tree_close(got, ref, rtol=1e-10, atol=1e-13)
+    if shape == "single":
+        return
+    # float32 (the default) agrees to float32 accuracy
+    got32 = fisher_jit(mlp_apply, to_jax(p, jnp.float32), jnp.asarray(x, jnp.float32),
+                       jnp.asarray(y, jnp.int32 if kind == "categorical" else jnp.float32),
+                       likelihood=LIKELIHOODS[kind], variant=variant)
+    assert_tree_close(got32, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_exact_is_the_expectation_of_the_empirical_fisher(mlp):
+    """Exact categorical Fisher = sum over labels of p(y|x) * empirical Fisher with target y (per sample)."""
+    p, data = mlp
+    x = data["single"][0][:1]
+    with jax.enable_x64(True):
+        pj = to_jax(p, jnp.float64)
+        probs = jax.nn.softmax(mlp_apply(pj, jnp.asarray(x[0])))
+        exact = fisher_jit(mlp_apply, pj, jnp.asarray(x), likelihood=F.Categorical(), variant="exact")
+        mix = None
+        for c in range(K):
+            emp = fisher_jit(mlp_apply, pj, jnp.asarray(x), jnp.array([c]), likelihood=F.Categorical(),
+                             variant="empirical")
+            term = jax.tree_util.tree_map(lambda a: probs[c] * a, emp)
+            mix = term if mix is None else jax.tree_util.tree_map(jnp.add, mix, term)
+        assert_tree_close(jax.tree_util.tree_map(np.asarray, exact),
+                          jax.tree_util.tree_map(np.asarray, mix), rtol=1e-12, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fisher diagonals on the Elman RNN (finite differences)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def ref_rnn(kind, variant, p, xs, y):
+    per_sample = []
+    for i, x in enumerate(xs):
+        if variant == "empirical":
+            g = np_fd_grad(lambda q: np_log_prob(kind, np_rnn_forward(q, x), y[i]), p)
+            per_sample.append({k: v ** 2 for k, v in g.items()})
+        elif kind == "categorical":     # enumerate all K^T label sequences
+            probs = np_softmax(np_rnn_forward(p, x))
+            acc = {k: np.zeros_like(v) for k, v in p.items()}
+            for labels in itertools.product(range(K), repeat=len(x)):
+                w = np.prod(probs[np.arange(len(x)), labels])
+                g = np_fd_grad(lambda q: np_log_prob(kind, np_rnn_forward(q, x), np.array(labels)), p)
+                for k in acc:
+                    acc[k] += w * g[k] ** 2
+            per_sample.append(acc)
+        else:                            # diag(J^T J) / sigma^2 with J by finite differences of the outputs
+            acc = {k: np.zeros_like(v) for k, v in p.items()}
+            for t, j in np.ndindex(len(x), K):
+                g = np_fd_grad(lambda q: np_rnn_forward(q, x)[t, j], p)
+                for k in acc:
+                    acc[k] += g[k] ** 2 / SIGMA ** 2
+            per_sample.append(acc)
+    return {k: np.mean([s[k] for s in per_sample], axis=0) for k in p}
+
+
+@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
+@pytest.mark.parametrize("variant", ["empirical", "exact"])
+def test_rnn_fisher_matches_finite_differences(rnn, kind, variant):
+    p, xs, yc, yg = rnn
+    y = yc if kind == "categorical" else yg
+    ref = ref_rnn(kind, variant, p, xs, y)
+    with jax.enable_x64(True):
+        got = fisher_jit(rnn_apply, to_jax(p, jnp.float64), jnp.asarray(xs), jnp.asarray(y),
+                         likelihood=LIKELIHOODS[kind], variant=variant, chunk_size=2)
+        got = jax.tree_util.tree_map(np.asarray, got)
+    assert_tree_close(got, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_rnn_mas_matches_finite_differences(rnn):
+    p, xs, _, _ = rnn
+    grads = [np_fd_grad(lambda q: np.sum(np_rnn_forward(q, x) ** 2), p) for x in xs]
+    ref = {k: np.mean([np.abs(g[k]) for g in grads], axis=0) for k in p}
+    with jax.enable_x64(True):
+        got = jax.tree_util.tree_map(np.asarray, mas_jit(rnn_apply, to_jax(p, jnp.float64), jnp.asarray(xs)))
+    assert_tree_close(got, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_mlp_mas_matches_hand_backprop(mlp):
+    p, data = mlp
+    x = data["seq"][0]
+    with jax.enable_x64(True):
+        got = jax.tree_util.tree_map(np.asarray, mas_jit(mlp_apply, to_jax(p, jnp.float64), jnp.asarray(x)))
+    assert_tree_close(got, ref_mlp_mas(p, x), rtol=1e-10, atol=1e-13)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampled Fisher converges to the exact one
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
+def test_sampled_converges_to_exact(mlp, kind):
+    p, data = mlp
+    x = data["seq"][0]
+    pj = to_jax(p, jnp.float32)
+    xj = jnp.asarray(x, jnp.float32)
+    lik = LIKELIHOODS[kind]
+    exact = jax.tree_util.tree_map(np.asarray, fisher_jit(mlp_apply, pj, xj, likelihood=lik, variant="exact"))
+    errs = {}
+    for m in (2, 4000):
+        est = fisher_jit(mlp_apply, pj, xj, likelihood=lik, variant="sampled", key=jax.random.key(4),
+                         num_samples=m)
+        errs[m] = tree_rel_err(est, exact)
+    assert errs[4000] < 0.05, errs
+    assert errs[2] > 3 * errs[4000], errs
+    # different keys give different estimates, the same key the same one
+    a = fisher_jit(mlp_apply, pj, xj, likelihood=lik, variant="sampled", key=jax.random.key(5), num_samples=2)
+    b = fisher_jit(mlp_apply, pj, xj, likelihood=lik, variant="sampled", key=jax.random.key(5), num_samples=2)
+    c = fisher_jit(mlp_apply, pj, xj, likelihood=lik, variant="sampled", key=jax.random.key(6), num_samples=2)
+    assert tree_rel_err(a, jax.tree_util.tree_map(np.asarray, b)) == 0.0
+    assert tree_rel_err(a, jax.tree_util.tree_map(np.asarray, c)) > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chunking
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant,chunk_size", [("empirical", 1), ("empirical", 3), ("sampled", 3),
+                                                ("exact", 3), ("exact", 50)])
+def test_chunked_equals_unchunked(mlp, variant, chunk_size):
+    p, data = mlp
+    x, y = targets_for("categorical", data["seq"])
+    args = (mlp_apply, to_jax(p, jnp.float32), jnp.asarray(x, jnp.float32), jnp.asarray(y))
+    kw = dict(likelihood=F.Categorical(), variant=variant, key=jax.random.key(7), num_samples=3)
+    full = jax.tree_util.tree_map(np.asarray, fisher_jit(*args, **kw))
+    chunked = jax.tree_util.tree_map(np.asarray, fisher_jit(*args, chunk_size=chunk_size, **kw))
+    assert_tree_close(chunked, full, rtol=1e-5, atol=1e-7)
+    if variant == "empirical":
+        mas_full = mas_jit(mlp_apply, args[1], args[2])
+        mas_chunked = mas_jit(mlp_apply, args[1], args[2], chunk_size=chunk_size)
+        assert_tree_close(mas_chunked, jax.tree_util.tree_map(np.asarray, mas_full), rtol=1e-5, atol=1e-7)
+
+
+def test_eager_equals_jit(mlp):
+    p, data = mlp
+    x, y = targets_for("gaussian", data["single"])
+    args = (mlp_apply, to_jax(p, jnp.float32), jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
+    kw = dict(likelihood=F.Gaussian(SIGMA), variant="exact", chunk_size=3)
+    assert_tree_close(F.fisher_diagonal(*args, **kw),
+                      jax.tree_util.tree_map(np.asarray, fisher_jit(*args, **kw)), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Not the squared batch gradient
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
+def test_squared_batch_gradient_is_smaller(mlp, kind):
+    p, data = mlp
+    x, y = targets_for(kind, data["seq"])
+    with jax.enable_x64(True):
+        pj, xj, yj = to_jax(p, jnp.float64), jnp.asarray(x), jnp.asarray(y)
+        sq = jax.tree_util.tree_map(np.asarray, F.squared_batch_gradient(mlp_apply, pj, xj, yj,
+                                                                         likelihood=LIKELIHOODS[kind]))
+        emp = jax.tree_util.tree_map(np.asarray, fisher_jit(mlp_apply, pj, xj, yj, likelihood=LIKELIHOODS[kind],
+                                                             variant="empirical"))
+    # reference: the square of the mean of the hand-computed per-sample scores
+    grads = []
+    for xi, yi in zip(x, y):
+        _, out = np_mlp_forward(p, xi)
+        g = (np.eye(K)[yi] - np_softmax(out)) if kind == "categorical" else (yi - out) / SIGMA ** 2
+        grads.append(np_mlp_vjp(p, xi, g))
+    ref = {k: np.mean([g[k] for g in grads], axis=0) ** 2 for k in p}
+    assert_tree_close(sq, ref, rtol=1e-10, atol=1e-14)
+    # Jensen: (mean g)^2 <= mean g^2 elementwise, strictly smaller in total
+    for k in p:
+        assert np.all(sq[k] <= emp[k] * (1 + 1e-12)), k
+    total = lambda t: sum(float(np.sum(v)) for v in t.values())
+    assert total(sq) < 0.5 * total(emp)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_raises_value_errors(mlp):
+    p, data = mlp
+    x, y, _ = data["single"]
+    pj, xj, yj = to_jax(p, jnp.float32), jnp.asarray(x, jnp.float32), jnp.asarray(y)
+    cat = F.Categorical()
+    with pytest.raises(ValueError, match="variant.*empirical.*sampled.*exact.*'fisher'"):
+        F.fisher_diagonal(mlp_apply, pj, xj, yj, likelihood=cat, variant="fisher")
+    with pytest.raises(ValueError, match="key"):
+        F.fisher_diagonal(mlp_apply, pj, xj, likelihood=cat, variant="sampled")
+    with pytest.raises(ValueError, match="key"):
+        F.fisher_diagonal(mlp_apply, pj, xj, likelihood=cat, variant="sampled", key=3)
+    with pytest.raises(ValueError, match="targets"):
+        F.fisher_diagonal(mlp_apply, pj, xj, likelihood=cat, variant="empirical")
+    with pytest.raises(ValueError, match="num_samples"):
+        F.fisher_diagonal(mlp_apply, pj, xj, likelihood=cat, variant="sampled", key=jax.random.key(0),
+                          num_samples=0)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            F.fisher_diagonal(mlp_apply, pj, xj, yj, likelihood=cat, variant="empirical", chunk_size=bad)
+        with pytest.raises(ValueError, match="chunk_size"):
+            F.per_sample_grads(mlp_ce_loss, pj, xj, yj, chunk_size=bad)
+        with pytest.raises(ValueError, match="chunk_size"):
+            F.mas_importance(mlp_apply, pj, xj, chunk_size=bad)
+    with pytest.raises(ValueError, match=r"targets has 6 samples.*inputs has 7"):
+        F.fisher_diagonal(mlp_apply, pj, xj, yj[:6], likelihood=cat, variant="empirical")
+    with pytest.raises(ValueError, match=r"inputs.*leading sample axis.*\[7, 5\]"):
+        F.fisher_diagonal(mlp_apply, pj, {"a": xj, "b": xj[:5]}, likelihood=cat)
+    with pytest.raises(ValueError, match=r"batch\[1\] has 6 samples"):
+        F.per_sample_grads(mlp_ce_loss, pj, xj, yj[:6])
+    with pytest.raises(ValueError, match="targets has 5"):
+        F.squared_batch_gradient(mlp_apply, pj, xj, yj[:5], likelihood=cat)
+    with pytest.raises(ValueError, match="likelihood.*fisher_factor"):
+        F.fisher_diagonal(mlp_apply, pj, xj, likelihood=object(), variant="exact")
+    with pytest.raises(ValueError, match="sigma"):
+        F.Gaussian(sigma=0.0)
+    with pytest.raises(ValueError, match="target"):
+        F.fisher_diagonal(mlp_apply, pj, xj, yj[:, None], likelihood=cat, variant="empirical")
+    with pytest.raises(ValueError, match="target"):
+        F.fisher_diagonal(mlp_apply, pj, xj, yj, likelihood=F.Gaussian(), variant="empirical")
