@@ -70,7 +70,8 @@ def check_like(name: str, tree: PyTree, ref: PyTree, ref_name: str = "params") -
                              f"expected shape {_shape(ref_leaf)}, got {_shape(leaf)}")
 
 
-def _tree_sum(tree: PyTree) -> jax.Array:
+def tree_sum(tree: PyTree) -> jax.Array:
+    """The sum of every element of every leaf (0 for an empty tree)."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.zeros(())
@@ -83,7 +84,7 @@ def _tree_sum(tree: PyTree) -> jax.Array:
 
 
 def _squared_distance(params: PyTree, anchor: PyTree) -> jax.Array:
-    return _tree_sum(jax.tree.map(lambda p, a: jnp.square(p - a), params, anchor))
+    return tree_sum(jax.tree.map(lambda p, a: jnp.square(p - a), params, anchor))
 
 
 def l2_distance(params: PyTree, anchor: PyTree) -> jax.Array:
@@ -95,7 +96,7 @@ def l2_distance(params: PyTree, anchor: PyTree) -> jax.Array:
 def relative_change(params: PyTree, anchor: PyTree, eps: float = 1e-8) -> jax.Array:
     """``||theta - theta*||_2 / (||theta*||_2 + eps)``: the distance as a fraction of the reference's norm."""
     check_like("anchor", anchor, params)
-    anchor_norm = jnp.sqrt(_tree_sum(jax.tree.map(jnp.square, anchor)))
+    anchor_norm = jnp.sqrt(tree_sum(jax.tree.map(jnp.square, anchor)))
     return jnp.sqrt(_squared_distance(params, anchor)) / (anchor_norm + eps)
 
 
@@ -103,7 +104,7 @@ def fisher_weighted_distance(params: PyTree, anchor: PyTree, fisher: PyTree) -> 
     """``sum_i F_i (theta_i - theta*_i)^2`` with ``F`` a diagonal importance (Fisher, MAS, ...) like ``params``."""
     check_like("anchor", anchor, params)
     check_like("fisher", fisher, params)
-    return _tree_sum(jax.tree.map(lambda p, a, f: f * jnp.square(p - a), params, anchor, fisher))
+    return tree_sum(jax.tree.map(lambda p, a, f: f * jnp.square(p - a), params, anchor, fisher))
 
 
 def parameter_divergence(params: PyTree, anchor: PyTree, fisher: Optional[PyTree] = None) -> Dict[str, jax.Array]:

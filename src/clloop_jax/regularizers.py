@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from clloop_jax.divergence import check_like
+from clloop_jax.divergence import check_like, tree_sum as _tree_sum
 
 __all__ = [
     "STRATEGIES",
@@ -160,13 +160,6 @@ def _validate(name, lam, gamma, xi, num_tasks, budget, dual_lr) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # The shared quadratic
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _tree_sum(tree: PyTree) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros(())
-    return sum(jnp.sum(leaf) for leaf in leaves)
 
 
 def quadratic_form(state: RegularizerState, params: PyTree) -> jax.Array:
