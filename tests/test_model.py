@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clloop_jax.model import CrossModalModel
+from clloop_jax.model import CrossModalModel, reflection_orthogonal
 
 # Small sizes keep compilation cheap; unequal modality sizes and feedback exercise every branch.
 MAIN = dict(input_dim=(5, 3), hidden_dim=8, output_dim=3, num_modalities=2, num_heads=2, feedback_dim=2)
@@ -385,3 +385,32 @@ def test_bad_sequence_inputs_raise_with_shapes(main):
     for args, pattern in cases:
         with pytest.raises(ValueError, match=pattern):
             seq(*args)
+
+
+# ---------------------------------------------------------------- initialisation without QR
+@pytest.mark.parametrize("shape", [(16, 16), (9, 4), (4, 9)])
+def test_reflection_orthogonal_is_orthonormal_and_seeded(shape):
+    init = reflection_orthogonal(scale=2.0)
+    q = np.asarray(init(jax.random.key(0), shape), np.float64) / 2.0
+    assert q.shape == shape
+    small = min(shape)
+    gram = q.T @ q if shape[0] >= shape[1] else q @ q.T
+    np.testing.assert_allclose(gram, np.eye(small), atol=1e-5)
+    np.testing.assert_array_equal(init(jax.random.key(0), shape), init(jax.random.key(0), shape))
+    assert not np.allclose(init(jax.random.key(0), shape), init(jax.random.key(1), shape))
+    with pytest.raises(ValueError, match="2-D shape"):
+        init(jax.random.key(0), (2, 2, 2))
+
+
+def test_vmapped_init_has_no_lapack_call():
+    # Many seeds initialise under vmap as plain array programs: no custom call (a batched QR's CPU kernels can
+    # deadlock), and the recurrent kernels come out orthonormal.
+    model = CrossModalModel(input_dim=4, hidden_dim=8, output_dim=2, num_modalities=1, num_heads=2)
+    keys = jax.random.split(jax.random.key(0), 3)
+    init = jax.jit(jax.vmap(model.init_params))
+    assert "custom_call" not in init.lower(keys).as_text()
+    params = init(keys)
+    for name in ("hr", "hz", "hn"):
+        k = np.asarray(params["params"]["gru"][name]["kernel"], np.float64)   # [3, 8, 8]
+        np.testing.assert_allclose(np.einsum("sij,sik->sjk", k, k), np.broadcast_to(np.eye(8), (3, 8, 8)),
+                                   atol=1e-5)

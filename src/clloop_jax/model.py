@@ -15,7 +15,8 @@ One step of :class:`CrossModalModel` maps ``(carry, obs, feedback)`` to ``(carry
    state token reads from every modality. Residual connection, then LayerNorm.
 3. **Fusion.** The attended tokens are concatenated in their fixed order and mapped by
    ``Dense(hidden_dim) -> gelu`` to one vector, so modality identity is kept by position.
-4. **Recurrence.** ``nn.GRUCell(hidden_dim)`` updates the carry from the fused vector.
+4. **Recurrence.** ``nn.GRUCell(hidden_dim)`` updates the carry from the fused vector (orthogonal recurrent
+   kernels from :func:`reflection_orthogonal`, which needs no QR, so many seeds initialise under ``vmap``).
 5. **Head.** A linear layer on the new carry gives ``output_dim`` numbers (an action mean for
    control, logits for classification: the objective decides). Its kernel is initialised with a
    small scale (``head_init_scale``) and its bias with zeros, so an untrained agent outputs
@@ -37,6 +38,10 @@ Typical use::
     carry, action = model.apply(variables, carry, (x_vis, x_aud), fb)           # one step
     carry, actions = model.apply(variables, carry, obs_seq, fb_seq,
                                  method=CrossModalModel.sequence)                 # T steps
+
+Two classifiers for labelled task streams live here too: :class:`MLP`, the fully connected ReLU baseline of
+the continual-learning literature, and :class:`SequenceClassifier`, which lets a ``CrossModalModel`` read a
+1-D signal as a sequence of chunks and classify it from its last output.
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CrossModalModel"]
+__all__ = ["CrossModalModel", "MLP", "SequenceClassifier", "reflection_orthogonal"]
 
 Array = jax.Array
 
@@ -64,6 +69,31 @@ def _shape(x: Any) -> tuple[int, ...]:
     if shape is None:
         shape = np.shape(x)
     return tuple(shape)
+
+
+def reflection_orthogonal(scale: float = 1.0):
+    """An initializer of matrices with orthonormal columns (or rows, when wider than tall), from products only.
+
+    ``Q = H_0 H_1 ... H_{n-1}`` with ``H_k = I - 2 v_k v_k^T / |v_k|^2`` and ``v_k`` Gaussian on the coordinates
+    ``k..n-1``, then cut to ``shape`` and scaled. Unlike a QR decomposition it needs no LAPACK call, so a model
+    initialised inside ``jax.vmap`` (many seeds at once) stays one batched matrix product: a batched QR's CPU
+    kernels can deadlock on machines with few cores.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        if len(shape) != 2:
+            raise ValueError(f"reflection_orthogonal: expected a 2-D shape, got {tuple(shape)}")
+        n = max(shape)
+        on_subspace = jnp.arange(n)[None, :] >= jnp.arange(n)[:, None]  # row k: coordinates k..n-1
+        v = jax.random.normal(key, (n, n), jnp.float32) * on_subspace
+
+        def reflect(q, vk):
+            return q - (2.0 / jnp.sum(vk * vk)) * jnp.outer(q @ vk, vk), None
+
+        q, _ = jax.lax.scan(reflect, jnp.eye(n, dtype=jnp.float32), v)
+        return (scale * q[: shape[0], : shape[1]]).astype(dtype)
+
+    return init
 
 
 class CrossModalModel(nn.Module):
@@ -264,7 +294,7 @@ class CrossModalModel(nn.Module):
         )
         self.attention_norm = nn.LayerNorm()
         self.fusion = nn.Dense(H)
-        self.gru = nn.GRUCell(features=H)
+        self.gru = nn.GRUCell(features=H, recurrent_kernel_init=reflection_orthogonal())
         self.head = nn.Dense(
             self.output_dim,
             kernel_init=nn.initializers.variance_scaling(self.head_init_scale, "fan_in", "truncated_normal"),
@@ -334,3 +364,87 @@ class CrossModalModel(nn.Module):
             out_axes=0,
         )
         return scan(self, carry, (obs_t, feedback_seq))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classifiers for labelled task streams
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network: ``Dense(h_1) -> relu -> ... -> Dense(h_L) -> relu -> Dense(output_dim)``.
+
+    The baseline network of the continual-learning literature (two hidden layers of 400 units for split and
+    permuted MNIST in van de Ven & Tolias 2019). Maps ``x [..., D]`` to logits ``[..., output_dim]``; the input
+    size is read from the first call (``init``).
+
+    Attributes:
+      output_dim: number of outputs (the classification head's size).
+      hidden: widths of the hidden layers (may be empty: a linear model).
+    """
+
+    output_dim: int
+    hidden: Sequence[int] = (400, 400)
+
+    def __post_init__(self):
+        if not _is_int(self.output_dim) or self.output_dim <= 0:
+            raise ValueError(f"MLP.output_dim: expected a positive int, got {self.output_dim!r}")
+        if isinstance(self.hidden, (str, bytes)) or not isinstance(self.hidden, Sequence):
+            raise ValueError(f"MLP.hidden: expected a sequence of positive ints, got {self.hidden!r}")
+        for i, h in enumerate(self.hidden):
+            if not _is_int(h) or h <= 0:
+                raise ValueError(f"MLP.hidden[{i}]: expected a positive int, got {h!r} (hidden={self.hidden!r})")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if len(_shape(x)) == 0:
+            raise ValueError("MLP: x: expected shape [..., D] with a feature axis, received a scalar")
+        h = jnp.asarray(x, jnp.float32)
+        for i, width in enumerate(self.hidden):
+            h = nn.relu(nn.Dense(width, name=f"hidden_{i}")(h))
+        return nn.Dense(self.output_dim, name="head")(h)
+
+
+class SequenceClassifier(nn.Module):
+    """Reads a 1-D signal ``x [..., L]`` as ``L / chunk`` consecutive chunks, one per step of ``model``, and
+    returns ``model``'s output at the last step (logits ``[..., model.output_dim]``).
+
+    ``model`` must be a one-modality :class:`CrossModalModel` with ``input_dim == chunk`` and no feedback; its
+    carry starts at zero for every signal. Its parameters live under ``params['params']['model']``.
+
+    Attributes:
+      model: the recurrent model that reads the chunks.
+      chunk: the number of signal values read per step; must divide ``L``.
+    """
+
+    model: CrossModalModel
+    chunk: int
+
+    def __post_init__(self):
+        if not _is_int(self.chunk) or self.chunk <= 0:
+            raise ValueError(f"SequenceClassifier.chunk: expected a positive int, got {self.chunk!r}")
+        if not isinstance(self.model, CrossModalModel):
+            raise ValueError(f"SequenceClassifier.model: expected a CrossModalModel, got {type(self.model).__name__}")
+        if self.model.num_modalities != 1:
+            raise ValueError(f"SequenceClassifier.model: expected num_modalities=1 (one signal), "
+                             f"got {self.model.num_modalities}")
+        if self.model.modality_dims != (self.chunk,):
+            raise ValueError(f"SequenceClassifier.model: expected input_dim={self.chunk} (= chunk), "
+                             f"got {self.model.input_dim!r}")
+        if self.model.feedback_dim != 0:
+            raise ValueError(f"SequenceClassifier.model: expected feedback_dim=0, got {self.model.feedback_dim}")
+        super().__post_init__()
+
+    def __call__(self, x: Array) -> Array:
+        s = _shape(x)
+        if len(s) == 0 or s[-1] % self.chunk != 0:
+            raise ValueError(f"SequenceClassifier: x: expected shape [..., L] with L a multiple of "
+                             f"chunk={self.chunk}, received {s}")
+        batch = s[:-1]
+        steps = s[-1] // self.chunk
+        seq_TxBxC = jnp.moveaxis(jnp.asarray(x, jnp.float32).reshape(batch + (steps, self.chunk)), -2, 0)
+        carry = self.model.initial_carry(batch)
+        _, out_TxBxK = self.model.sequence(carry, (seq_TxBxC,), None)
+        return out_TxBxK[-1]

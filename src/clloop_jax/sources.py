@@ -23,11 +23,12 @@ Two sources ship here: :class:`EnvSource` (the closed loop: an agent acting in a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
 
+from clloop_jax import datasets as data_lib
 from clloop_jax import fisher as fisher_lib
 from clloop_jax.envs.rollout import Trajectory, rollout
 from clloop_jax.envs.base import normalized_score
@@ -178,3 +179,154 @@ class EnvSource:
         _, actions = self.model.apply(params, self.model.initial_carry(), obs, feedback,
                                       method=self.model.sequence)
         return actions
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Labelled task streams
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SupervisedBatch(NamedTuple):
+    """A minibatch of one task: inputs ``x [B, D]``, labels ``y [B]`` and the task's training mask ``mask [C]``
+    (the head outputs active in the softmax)."""
+
+    x: jax.Array
+    y: jax.Array
+    mask: jax.Array
+
+
+def _positive_int(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        expected = "an integer >= 1 or None" if allow_none else "an integer >= 1"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisedSource:
+    """Labelled tasks: one task of a :class:`~clloop_jax.datasets.TaskStream` (permuted or split) per task.
+
+    ``tasks`` is the stream itself (every leaf has a leading task axis, so the trainer slices one task with a
+    traced index). The model is any flax module mapping one input ``x [D]`` (or a batch ``[..., D]``) to logits
+    ``[..., stream.num_classes]``: :class:`~clloop_jax.model.MLP`, or a
+    :class:`~clloop_jax.model.SequenceClassifier` around a ``CrossModalModel``.
+
+    * ``batch``: ``batch_size`` training samples of the task drawn without replacement with the key, and the
+      task's ``train_mask`` (:class:`SupervisedBatch`). Streams hold no padded samples (split tasks are cut to
+      equal size by :func:`~clloop_jax.datasets.split_stream`), so every row of a task may be drawn.
+    * ``loss``: :func:`~clloop_jax.datasets.masked_cross_entropy` under the training mask; ``aux["score"]`` is
+      the batch accuracy under the same mask.
+    * ``score``: test accuracy under the task's ``test_mask``, in ``[0, 1]``, on all test samples
+      (``eval_size=None``) or on ``eval_size`` of them drawn with the key.
+    * ``likelihood``: :class:`~clloop_jax.fisher.Categorical`. Use ``RunConfig(fisher_variant="exact")``: with
+      ``C`` head outputs it costs ``C`` backward passes per sample, and it has no sampling noise.
+    * ``fisher_data``: ``fisher_size`` training samples of the task drawn with the key. Inputs are pairs
+      ``(x [n, D], mask [n, C])`` of the samples and the task's training mask; targets are the labels.
+    * ``predict(params, (x, mask))``: one sample's masked logits, ``masked_logits(model(x), mask)``.
+
+    Which outputs the Fisher ranges over: the masked-out logits are set to
+    :data:`~clloop_jax.datasets.MASK_VALUE`, so their probability is exactly 0 and they carry no gradient. The
+    Fisher's expectation over labels therefore runs over the outputs the task was trained on (the task's
+    ``train_mask``): the task's own block in task-incremental learning, the whole head in domain-incremental
+    learning, and all classes seen so far in class-incremental learning (as in van de Ven & Tolias 2019). The
+    same masked outputs feed MAS's output-norm importance (masked outputs contribute nothing to its gradient)
+    and the functional-divergence probes, each probe keeping the mask of the task it was drawn from.
+
+    Joint training (:func:`~clloop_jax.loop.make_joint_run`) uses each task's training mask too; in the
+    class-incremental scenario that never trains early tasks against later classes. :meth:`joint` returns the
+    source whose training masks are the evaluation masks, the multi-task upper bound of the literature.
+
+    Args:
+      model: a flax module, ``model.apply(params, x [..., D]) -> logits [..., stream.num_classes]``.
+      stream: the :class:`~clloop_jax.datasets.TaskStream` to learn.
+      batch_size: training samples per update (at most the task's number of training samples).
+      eval_size: test samples per score; None uses every test sample of the task.
+      fisher_size: training samples per Fisher diagonal (and MAS importance); None uses
+        ``min(256, number of training samples)``.
+    """
+
+    model: Any
+    stream: data_lib.TaskStream
+    batch_size: int = 128
+    eval_size: Optional[int] = None
+    fisher_size: Optional[int] = None
+
+    def __post_init__(self):
+        if not isinstance(self.stream, data_lib.TaskStream):
+            raise ValueError(f"stream must be a clloop_jax.datasets.TaskStream, got {type(self.stream).__name__}")
+        n_train, n_test = int(self.stream.x.shape[1]), int(self.stream.x_test.shape[1])
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("eval_size", self.eval_size, allow_none=True)
+        _positive_int("fisher_size", self.fisher_size, allow_none=True)
+        if self.batch_size > n_train:
+            raise ValueError(f"batch_size must be at most the task's {n_train} training samples, "
+                             f"got {self.batch_size}")
+        if self.eval_size is not None and self.eval_size > n_test:
+            raise ValueError(f"eval_size must be at most the task's {n_test} test samples (or None), "
+                             f"got {self.eval_size}")
+        if self.fisher_size is None:
+            object.__setattr__(self, "fisher_size", min(256, n_train))
+        elif self.fisher_size > n_train:
+            raise ValueError(f"fisher_size must be at most the task's {n_train} training samples (or None), "
+                             f"got {self.fisher_size}")
+        x0 = self.stream.x[0, 0]
+        out = jax.eval_shape(lambda k: self.model.apply(self.model.init(k, x0), x0), jax.random.key(0))
+        if tuple(out.shape) != (self.stream.num_classes,):
+            raise ValueError(f"model must map one input of shape {tuple(x0.shape)} to logits of shape "
+                             f"({self.stream.num_classes},) (stream.num_classes for the {self.stream.scenario!r} "
+                             f"scenario), got shape {tuple(out.shape)}")
+
+    # ----- the task-source interface ------------------------------------------------------------------------
+    @property
+    def num_tasks(self) -> int:
+        return self.stream.num_tasks
+
+    @property
+    def tasks(self) -> data_lib.TaskStream:
+        return self.stream
+
+    @property
+    def likelihood(self):
+        return fisher_lib.Categorical()
+
+    def init_params(self, key):
+        return self.model.init(key, self.stream.x[0, 0])
+
+    def batch(self, key, params, task, hparams):
+        del params, hparams
+        idx = jax.random.choice(key, task.x.shape[0], (self.batch_size,), replace=False)
+        return SupervisedBatch(task.x[idx], task.y[idx], task.train_mask)
+
+    def loss(self, params, batch, hparams):
+        del hparams
+        logits = self.model.apply(params, batch.x)
+        loss = data_lib.masked_cross_entropy(logits, batch.y, batch.mask)
+        return loss, {"score": data_lib.accuracy(logits, batch.y, batch.mask)}
+
+    def score(self, key, params, task, hparams):
+        del hparams
+        x, y = task.x_test, task.y_test
+        if self.eval_size is not None and self.eval_size < x.shape[0]:
+            idx = jax.random.choice(key, x.shape[0], (self.eval_size,), replace=False)
+            x, y = x[idx], y[idx]
+        return data_lib.accuracy(self.model.apply(params, x), y, task.test_mask)
+
+    def fisher_data(self, key, params, task, hparams):
+        del params, hparams
+        n = self.fisher_size
+        idx = jax.random.choice(key, task.x.shape[0], (n,), replace=False)
+        mask = jnp.broadcast_to(task.train_mask, (n,) + task.train_mask.shape)
+        return (task.x[idx], mask), task.y[idx]
+
+    def predict(self, params, x):
+        inputs, mask = x
+        return data_lib.masked_logits(self.model.apply(params, inputs), mask)
+
+    # ----- helpers -------------------------------------------------------------------------------------------
+    def joint(self) -> "SupervisedSource":
+        """The same source with every task trained under its evaluation mask (``train_mask = test_mask``): the
+        multi-task upper bound, for :func:`~clloop_jax.loop.make_joint_run`. Identical to ``self`` in the task-
+        and domain-incremental scenarios, where the two masks agree."""
+        stream = self.stream.replace(train_mask=self.stream.test_mask)
+        return dataclasses.replace(self, stream=stream)
