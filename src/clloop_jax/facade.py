@@ -10,7 +10,8 @@ It holds the model, the environment, the hyperparameters and what the last cycle
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,11 @@ class ContinualLearningLoop:
                  **config: Any):
         check_model_matches_env(model, environment)
         hp_fields = {k: config.pop(k) for k in list(config) if k in HParams._fields}
+        run_fields = {f.name for f in dataclasses.fields(RunConfig)} - {"strategy", "episodes_per_task"}
+        unknown = sorted(set(config) - run_fields)
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown}; valid ones are the RunConfig fields {sorted(run_fields)} "
+                             f"and the HParams fields {list(HParams._fields)}")
         self.hparams = HParams.create(learning_rate=learning_rate, reg_lambda=ewc_lambda,
                                       feedback_weight=feedback_weight, **hp_fields)
         self.model, self.environment = model, environment
@@ -54,6 +60,7 @@ class ContinualLearningLoop:
         self.results = None
         self._runs: dict = {}
         self._train_step = None
+        self._opt_state = None
 
     def _run_for(self, num_tasks: int, episodes_per_task: int):
         cache_key = (num_tasks, episodes_per_task)
@@ -72,7 +79,7 @@ class ContinualLearningLoop:
         untrained ``baseline`` scores. The final state stays on the object (``params``, ``state``, ``results``).
         """
         for name, value in (("num_tasks", num_tasks), ("episodes_per_task", episodes_per_task)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         run = self._run_for(int(num_tasks), int(episodes_per_task))
 
@@ -84,6 +91,7 @@ class ContinualLearningLoop:
 
         self.state, self.results = run.run_stepwise(self.key, self.hparams, callback=report)
         self.params = self.state.params
+        self._opt_state = None  # train_step starts a fresh optimizer from the new parameters
         R, baseline = np.asarray(self.results.R), np.asarray(self.results.baseline)
         summary = {k: float(v) for k, v in metrics_lib.summarize(R, baseline).items() if np.ndim(v) == 0}
         summary.update(R=R.tolist(), baseline=baseline.tolist())
@@ -102,8 +110,13 @@ class ContinualLearningLoop:
         """
         obs = jnp.asarray(observations, jnp.float32)
         target = jnp.asarray(target, jnp.float32)
-        if obs.ndim not in (2, 3, 4):
-            raise ValueError(f"observations must be [M, D], [B, M, D] or [T, B, M, D], got shape {obs.shape}")
+        M, dims = self.model.num_modalities, tuple(self.model.modality_dims)
+        if len(set(dims)) != 1:
+            raise ValueError(f"observations must be one array [..., M, D], which needs equal modality sizes; the "
+                             f"model has modality sizes {dims}")
+        if obs.ndim not in (2, 3, 4) or obs.shape[-2:] != (M, dims[0]):
+            raise ValueError(f"observations must have shape [M, D], [B, M, D] or [T, B, M, D] with (M, D) = "
+                             f"{(M, dims[0])}, got shape {obs.shape}")
         lead = obs.shape[:-2]
         if target.shape != lead + (self.model.output_dim,):
             raise ValueError(f"target must have shape {lead + (self.model.output_dim,)} for observations of shape "
@@ -119,6 +132,7 @@ class ContinualLearningLoop:
             obs, target, feedback = obs[None], target[None], feedback[None]
         if self._train_step is None:
             self._train_step = self._make_train_step()
+        if self._opt_state is None:
             self._opt_state = self._optimizer.init(self.params)
         reg_state = self.state.reg_state if self.state is not None else None
         self.params, self._opt_state, loss = self._train_step(self.params, self._opt_state, reg_state, obs,
@@ -134,7 +148,8 @@ class ContinualLearningLoop:
         def step(params, opt_state, reg_state, obs, feedback, target):
             def loss_fn(p):
                 carry = model.initial_carry(obs.shape[1:2])
-                _, actions = model.apply(p, carry, obs, feedback, method=model.sequence)
+                fb = feedback if model.feedback_dim > 0 else None  # a model without feedback input takes None
+                _, actions = model.apply(p, carry, obs, fb, method=model.sequence)
                 loss = jnp.mean(jnp.sum((actions - target) ** 2, axis=-1))
                 if reg_state is not None:
                     loss = loss + make_regularizer(self.strategy, hp, num_tasks()).penalty(reg_state, p)

@@ -70,6 +70,18 @@ class HParams(NamedTuple):
         hp.validate()
         return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), hp)
 
+    @classmethod
+    def sweep_axes(cls, *names: str) -> "HParams":
+        """``in_axes`` for ``jax.vmap`` that batches the named fields (axis 0) and broadcasts the others::
+
+            hp = hp._replace(reg_lambda=jnp.array([0.0, 1.0, 10.0]))
+            jax.vmap(run, in_axes=(None, HParams.sweep_axes("reg_lambda")))(key, hp)
+        """
+        unknown = set(names) - set(cls._fields)
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)}; valid names are {list(cls._fields)}")
+        return cls(**{f: (0 if f in names else None) for f in cls._fields})
+
     def validate(self) -> None:
         """Checks concrete values (traced ones are skipped): non-negative rates and strengths, gamma in [0, 1]."""
         for name in ("learning_rate", "reg_lambda", "feedback_weight", "budget", "dual_lr"):
