@@ -117,6 +117,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=pathlib.Path,
+                        default=pathlib.Path(__file__).parent / "results" / "bench_env.json")
     args = parser.parse_args()
 
     env = LatentWorld()
@@ -134,7 +136,7 @@ def main():
               f"{row['loop_steps_per_s']:>14.0f} {row['scan_over_loop']:>10.1f} "
               f"{row['scan_compile_s']:>15.2f} {row['max_abs_action_diff_scan_vs_loop']:>10.2e}")
 
-    out = pathlib.Path(__file__).parent / "results" / "bench_env.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "bench_env",

@@ -40,15 +40,10 @@ another stem (a bare name goes to ``experiments/results/``, a path is used as gi
 
 from __future__ import annotations
 
-import os
-
-# XLA's multi-threaded Eigen pool on CPU can deadlock while running large vmapped programs (seen with jax 0.10 on
-# 2-core machines); one intra-op thread avoids it. Set before jax starts; it has no effect on GPU or TPU.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import time
 

@@ -1,0 +1,132 @@
+"""Forgetting in the closed loop: fine-tuning vs EWC, online EWC and the other penalties, over many seeds.
+
+The agent (the default ``CrossModalModel``) learns the default world's tasks one after another, imitating each
+task's expert along its own trajectories. Every strategy runs all seeds at once (``jax.vmap`` over run keys, one
+compilation per strategy); the multi-task joint run is the upper bound. Prints, and writes as markdown and JSON, the
+mean and 95% Student t interval over seeds of each metric, and the mean performance matrix of each strategy::
+
+    python experiments/forgetting.py                       # 3 tasks, 5 seeds, 150 episodes per task
+    python experiments/forgetting.py --seeds 2 --episodes 20 --strategies none,ewc   # a quick look
+
+Scores are normalized per task: 1 = the task's expert, 0 = the zero action (the untrained agent is near 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from clloop_jax import metrics
+from clloop_jax.envs import Environment
+from clloop_jax.loop import HParams, RunConfig, make_joint_run, make_run
+from clloop_jax.model import CrossModalModel
+from clloop_jax.sources import EnvSource
+
+#: Penalty strength per strategy (chosen on seed 0 of a 100-episode run; see the README's results section).
+DEFAULT_LAMBDA = {"none": 0.0, "l2": 0.3, "ewc": 3.0, "online_ewc": 3.0, "si": 30.0, "mas": 1.0, "ewc_budget": 3.0}
+
+
+def parse_strategies(text: str) -> list[tuple[str, float]]:
+    """``"none,ewc:10,si"`` -> ``[("none", 0.0), ("ewc", 10.0), ("si", 30.0)]`` (default lambdas where omitted)."""
+    out = []
+    for item in text.split(","):
+        name, _, lam = item.strip().partition(":")
+        if name not in DEFAULT_LAMBDA:
+            raise ValueError(f"--strategies: unknown strategy {name!r}; choose from {sorted(DEFAULT_LAMBDA)}")
+        out.append((name, float(lam) if lam else DEFAULT_LAMBDA[name]))
+    return out
+
+
+def build(args):
+    env = Environment(observation_dim=64, action_dim=32, num_modalities=2, num_tasks=args.tasks)
+    model = CrossModalModel(input_dim=64, hidden_dim=args.hidden, output_dim=32, num_modalities=2,
+                            feedback_dim=env.feedback_dim)
+    source = EnvSource(model, env, num_tasks=args.tasks, num_envs=args.num_envs)
+    return env, model, source
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--episodes", type=int, default=150, help="updates (closed-loop episodes) per task")
+    p.add_argument("--num-envs", type=int, default=8, help="parallel environments per episode")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--feedback-weight", type=float, default=0.3)
+    p.add_argument("--gamma", type=float, default=0.9, help="online EWC's decay")
+    p.add_argument("--strategies", default="none,ewc,online_ewc,si,mas,l2",
+                   help="comma-separated names, each optionally with :lambda")
+    p.add_argument("--no-joint", action="store_true", help="skip the joint-training upper bound")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "forgetting"),
+                   help="output path without extension (.md and .json are written)")
+    args = p.parse_args(argv)
+    strategies = parse_strategies(args.strategies)
+
+    _, _, source = build(args)
+    keys = jax.random.split(jax.random.key(0), args.seeds)
+    results, timing = {}, {}
+    for name, lam in strategies:
+        hp = HParams.create(learning_rate=args.learning_rate, reg_lambda=lam, feedback_weight=args.feedback_weight,
+                            gamma=args.gamma if name == "online_ewc" else 1.0)
+        run = make_run(RunConfig(strategy=name, episodes_per_task=args.episodes, num_probes=4), source)
+        t0 = time.perf_counter()
+        _, res = jax.vmap(run, in_axes=(0, None))(keys, hp)
+        R, b = np.asarray(res.R, np.float64), np.asarray(res.baseline, np.float64)
+        timing[name] = time.perf_counter() - t0
+        results[name] = {"lambda": lam, "R": R, "baseline": b,
+                         "functional_divergence_end": np.asarray(res.traces.functional[:, -1, -1]),
+                         "fisher_distance_end": np.asarray(res.traces.fisher_distance[:, -1, -1])}
+        acc, h = metrics.mean_ci(metrics.average_performance(R))
+        print(f"{name:>10} (lambda {lam:g}): ACC {acc:+.3f} ± {h:.3f}  [{timing[name]:.0f} s]", flush=True)
+
+    joint = None
+    if not args.no_joint:
+        hp = HParams.create(learning_rate=args.learning_rate, feedback_weight=args.feedback_weight)
+        joint_fn = make_joint_run(RunConfig(strategy="none", episodes_per_task=args.episodes), source)
+        t0 = time.perf_counter()
+        joint = np.asarray(jax.vmap(joint_fn, in_axes=(0, None))(keys, hp), np.float64)  # [S, T]
+        timing["joint"] = time.perf_counter() - t0
+        m, h = metrics.mean_ci(joint.mean(axis=1))
+        print(f"{'joint':>10}: mean score over tasks {m:+.3f} ± {h:.3f}  [{timing['joint']:.0f} s]", flush=True)
+
+    text = report(args, results, joint)
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".md", "w") as f:
+        f.write(text + "\n")
+    blob = {"settings": vars(args), "device": str(jax.devices()[0]), "seconds": timing,
+            "joint": None if joint is None else joint.tolist(),
+            "strategies": {k: {kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv) for kk, vv in v.items()}
+                           for k, v in results.items()}}
+    with open(args.out + ".json", "w") as f:
+        json.dump(blob, f, indent=1)
+
+
+def _cell(values) -> str:
+    m, h = metrics.mean_ci(np.asarray(values, np.float64))
+    return f"{m:+.3f} ± {h:.3f}" if np.isfinite(h) else f"{m:+.3f}"
+
+
+def report(args, results: dict, joint) -> str:
+    cols = ["average_performance", "backward_transfer", "average_forgetting", "learning_accuracy",
+            "forward_transfer"]
+    lines = [f"Default world, {args.tasks} tasks, {args.episodes} episodes per task ({args.num_envs} parallel "
+             f"environments x 40 steps), {args.seeds} seeds; mean ± 95% t interval over seeds.", "",
+             "| strategy | lambda | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for name, r in results.items():
+        s = metrics.summarize(r["R"], r["baseline"])
+        lines.append(f"| {name} | {r['lambda']:g} | " + " | ".join(_cell(s[c]) for c in cols) + " |")
+    if joint is not None:
+        lines.append("| joint (upper bound) | - | " + _cell(joint.mean(axis=1)) + " | - | - | - | - |")
+    for name, r in results.items():
+        lines += ["", f"Mean performance matrix, {name}:", "", metrics.format_matrix(r["R"], b=r["baseline"])]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
