@@ -83,8 +83,7 @@ def main(argv=None):
     config = RunConfig(strategy="none", episodes_per_task=args.episodes, num_probes=0)
     _, res = jax.vmap(make_run(config, source), in_axes=(0, None))(keys, hp)
     R, base = np.asarray(res.R, np.float64), np.asarray(res.baseline, np.float64)
-    joint_fn = make_joint_run(config, source)
-    joint = np.stack([np.asarray(joint_fn(k, hp), np.float64) for k in keys])
+    joint = np.asarray(jax.vmap(make_joint_run(config, source), in_axes=(0, None))(keys, hp), np.float64)
 
     def cell(x):
         m, h = metrics.mean_ci(np.ravel(x))

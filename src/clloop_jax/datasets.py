@@ -500,23 +500,23 @@ def masked_logits(logits, mask):
     return jnp.where(mask, logits, jnp.asarray(MASK_VALUE, logits.dtype))
 
 
-def masked_cross_entropy(logits, y, mask=None):
-    """Mean softmax cross-entropy of integer labels ``y [...]`` under ``masked_logits(logits [..., C], mask)``."""
-    logits = jnp.asarray(logits)
-    y = jnp.asarray(y)
+def _check_labels(logits, y):
+    logits, y = jnp.asarray(logits), jnp.asarray(y)
     if y.shape != logits.shape[:-1]:
         raise ValueError(f"y must have shape {logits.shape[:-1]} (the logits' shape without the class axis), "
                          f"got {y.shape}")
+    return logits, y
+
+
+def masked_cross_entropy(logits, y, mask=None):
+    """Mean softmax cross-entropy of integer labels ``y [...]`` under ``masked_logits(logits [..., C], mask)``."""
+    logits, y = _check_labels(logits, y)
     logp = jax.nn.log_softmax(masked_logits(logits, mask), axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp, y[..., None].astype(jnp.int32), axis=-1)[..., 0])
 
 
 def accuracy(logits, y, mask=None):
     """Fraction of samples whose highest unmasked logit is the label ``y``; ``logits [..., C]``, ``y [...]``."""
-    logits = jnp.asarray(logits)
-    y = jnp.asarray(y)
-    if y.shape != logits.shape[:-1]:
-        raise ValueError(f"y must have shape {logits.shape[:-1]} (the logits' shape without the class axis), "
-                         f"got {y.shape}")
+    logits, y = _check_labels(logits, y)
     pred = jnp.argmax(masked_logits(logits, mask), axis=-1)
     return jnp.mean((pred == y).astype(jnp.float32))

@@ -20,7 +20,7 @@ import optax
 
 from clloop_jax import metrics as metrics_lib
 from clloop_jax.loop import HParams, RunConfig, make_regularizer, make_run
-from clloop_jax.sources import EnvSource, check_model_matches_env
+from clloop_jax.sources import EnvSource, check_model_matches_env, sequence_mse
 
 
 class ContinualLearningLoop:
@@ -147,10 +147,7 @@ class ContinualLearningLoop:
         @jax.jit
         def step(params, opt_state, reg_state, obs, feedback, target):
             def loss_fn(p):
-                carry = model.initial_carry(obs.shape[1:2])
-                fb = feedback if model.feedback_dim > 0 else None  # a model without feedback input takes None
-                _, actions = model.apply(p, carry, obs, fb, method=model.sequence)
-                loss = jnp.mean(jnp.sum((actions - target) ** 2, axis=-1))
+                loss, _ = sequence_mse(model, p, obs, feedback, target)
                 if reg_state is not None:
                     loss = loss + make_regularizer(self.strategy, hp, num_tasks()).penalty(reg_state, p)
                 return loss

@@ -80,13 +80,19 @@ def imitation_loss(model) -> Callable:
     """
 
     def loss(params, traj: Trajectory, hparams=None):
-        num_envs = traj.obs.shape[1]
-        carry = model.initial_carry((num_envs,))
-        _, actions = model.apply(params, carry, traj.obs, traj.feedback, method=model.sequence)
-        err = jnp.mean(jnp.sum((actions - traj.target) ** 2, axis=-1))
+        err, actions = sequence_mse(model, params, traj.obs, traj.feedback, traj.target)
         return err, {"score": normalized_score(actions, traj.target)}
 
     return loss
+
+
+def sequence_mse(model, params, obs, feedback, target):
+    """``(mean over steps and sequences of |action - target|^2, actions)`` for time-major ``obs [T, B, M, D]``,
+    ``feedback [T, B, F]`` and ``target [T, B, A]``, the model run from its initial carry with backpropagation
+    through time."""
+    carry = model.initial_carry(obs.shape[1:2])
+    _, actions = model.apply(params, carry, obs, feedback, method=model.sequence)
+    return jnp.mean(jnp.sum((actions - target) ** 2, axis=-1)), actions
 
 
 @dataclasses.dataclass(frozen=True)
