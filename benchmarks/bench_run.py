@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from clloop_jax.envs import Environment
-from clloop_jax.loop import HParams, RunConfig, make_run
+from clloop_jax.loop import RunConfig, make_run
 from clloop_jax.model import CrossModalModel
 from clloop_jax.sources import EnvSource
 
@@ -99,7 +99,7 @@ def main() -> None:
         args.episodes = min(args.episodes, 2)
 
     env, model, source, config, run = build(args.small, args.episodes)
-    hp = HParams.create(learning_rate=3e-4, reg_lambda=10.0)
+    hp = run.hparams(learning_rate=3e-4, lam=10.0)
     params = model.init_params(jax.random.key(0))
     n_params = int(sum(x.size for x in jax.tree.leaves(params)))
     steps = env_steps(source, config)

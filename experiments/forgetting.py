@@ -22,7 +22,7 @@ import numpy as np
 
 from clloop_jax import metrics
 from clloop_jax.envs import Environment
-from clloop_jax.loop import HParams, RunConfig, make_joint_run, make_run
+from clloop_jax.loop import RunConfig, make_joint_run, make_run
 from clloop_jax.model import CrossModalModel
 from clloop_jax.sources import EnvSource
 
@@ -58,7 +58,7 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--feedback-weight", type=float, default=0.3)
-    p.add_argument("--gamma", type=float, default=0.9, help="online EWC's decay")
+    p.add_argument("--gamma", type=float, default=0.9, help="the online decay of online_ewc and ewc_budget")
     p.add_argument("--strategies", default="none,ewc,online_ewc,si,mas,l2",
                    help="comma-separated names, each optionally with :lambda")
     p.add_argument("--no-joint", action="store_true", help="skip the joint-training upper bound")
@@ -71,23 +71,28 @@ def main(argv=None):
     keys = jax.random.split(jax.random.key(0), args.seeds)
     results, timing = {}, {}
     for name, lam in strategies:
-        hp = HParams.create(learning_rate=args.learning_rate, reg_lambda=lam, feedback_weight=args.feedback_weight,
-                            gamma=args.gamma if name == "online_ewc" else 1.0)
-        run = make_run(RunConfig(strategy=name, episodes_per_task=args.episodes, num_probes=4), source)
+        run = make_run(RunConfig(strategy=name, episodes_per_task=args.episodes,
+                                 monitors=("parameter", "fisher", "functional")), source)
+        names = run.hparams().names()
+        extra = {"gamma": args.gamma} if "gamma" in names else {}
+        extra.update({"lam": lam} if "lam" in names else {})
+        hp = run.hparams(learning_rate=args.learning_rate, feedback_weight=args.feedback_weight, **extra)
         t0 = time.perf_counter()
         _, res = jax.vmap(run, in_axes=(0, None))(keys, hp)
         R, b = np.asarray(res.R, np.float64), np.asarray(res.baseline, np.float64)
         timing[name] = time.perf_counter() - t0
         results[name] = {"lambda": lam, "R": R, "baseline": b,
-                         "functional_divergence_end": np.asarray(res.traces.functional[:, -1, -1]),
-                         "fisher_distance_end": np.asarray(res.traces.fisher_distance[:, -1, -1])}
+                         "functional_divergence_end": np.asarray(res.traces["functional"][:, -1, -1]),
+                         "fisher_distance_end": np.asarray(res.traces["fisher_distance"][:, -1, -1])}
         acc, h = metrics.mean_ci(metrics.average_performance(R))
         print(f"{name:>10} (lambda {lam:g}): ACC {acc:+.3f} ± {h:.3f}  [{timing[name]:.0f} s]", flush=True)
 
     joint = None
     if not args.no_joint:
-        hp = HParams.create(learning_rate=args.learning_rate, feedback_weight=args.feedback_weight)
-        joint_fn = make_joint_run(RunConfig(strategy="none", episodes_per_task=args.episodes), source)
+        joint_config = RunConfig(strategy="none", episodes_per_task=args.episodes)
+        hp = make_run(joint_config, source).hparams(learning_rate=args.learning_rate,
+                                                    feedback_weight=args.feedback_weight)
+        joint_fn = make_joint_run(joint_config, source)
         t0 = time.perf_counter()
         joint = np.asarray(jax.vmap(joint_fn, in_axes=(0, None))(keys, hp), np.float64)  # [S, T]
         timing["joint"] = time.perf_counter() - t0

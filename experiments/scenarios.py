@@ -184,11 +184,14 @@ def make_source(stream, setup: Setup, exp: Experiment = Experiment()) -> Supervi
 
 def run_config(strategy: str, setup: Setup) -> RunConfig:
     return RunConfig(strategy=strategy, episodes_per_task=setup.steps, fisher_variant="exact",
-                     fisher_chunk_size=64, max_grad_norm=None, num_probes=0, reset_optimizer=True)
+                     fisher_chunk_size=64, max_grad_norm=None, monitors=(), reset_optimizer=True)
 
 
-def hparams(setup: Setup, lam: float = 0.0) -> HParams:
-    return HParams.create(learning_rate=setup.learning_rate, reg_lambda=lam, gamma=setup.gamma, xi=setup.xi)
+def hparams(run, setup: Setup, lam: float = 0.0) -> HParams:
+    """The run's hyperparameters: the learning rate, and those of ``lam``, ``gamma``, ``xi`` the strategy has."""
+    names = run.hparams().names()
+    own = {k: v for k, v in (("lam", lam), ("gamma", setup.gamma), ("xi", setup.xi)) if k in names}
+    return run.hparams(learning_rate=setup.learning_rate, **own)
 
 
 def strength(cell: str, strategy: str, lambdas=None) -> float:
@@ -202,14 +205,15 @@ def seed_keys(setup: Setup):
 def run_cell(source, strategy, setup: Setup, lam: float):
     """All seeds of one strategy in one compiled run: ``R [S, T, T]`` (NumPy)."""
     run = make_run(run_config(strategy, setup), source)
-    _, res = jax.jit(jax.vmap(run, in_axes=(0, None)))(seed_keys(setup), hparams(setup, lam))
+    _, res = jax.jit(jax.vmap(run, in_axes=(0, None)))(seed_keys(setup), hparams(run, setup, lam))
     return np.asarray(res.R, np.float64)
 
 
 def run_joint(source, setup: Setup):
     """The multi-task upper bound (every task's evaluation mask as its training mask): ``[S, T]``."""
     joint = make_joint_run(run_config("none", setup), source.joint())
-    scores = jax.jit(jax.vmap(joint, in_axes=(0, None)))(seed_keys(setup), hparams(setup))
+    hp = hparams(make_run(run_config("none", setup), source.joint()), setup)
+    scores = jax.jit(jax.vmap(joint, in_axes=(0, None)))(seed_keys(setup), hp)
     return np.asarray(scores, np.float64)
 
 
@@ -222,8 +226,8 @@ def tune(data, setup: Setup, exp: Experiment = Experiment()):
         for strategy, grid in exp.tune_grid.items():
             run = make_run(run_config(strategy, setup), source)
             lams = jnp.asarray(grid, jnp.float32)
-            hp = hparams(setup)._replace(reg_lambda=lams)
-            in_axes = (None, HParams(*[0 if f == "reg_lambda" else None for f in HParams._fields]))
+            hp = hparams(run, setup).replace(lam=lams)
+            in_axes = (None, hp.axes("lam"))
             _, res = jax.jit(jax.vmap(run, in_axes=in_axes))(key, hp)
             acc = np.asarray(metrics.average_performance(np.asarray(res.R, np.float64)))
             out[f"{kind}/{scenario}/{strategy}"] = dict(zip(map(float, grid), map(float, acc)))

@@ -25,7 +25,7 @@ import numpy as np
 
 from clloop_jax import metrics
 from clloop_jax.envs import Environment, PrivilegedPolicy, normalized_score, rollout
-from clloop_jax.loop import HParams, RunConfig, make_joint_run, make_run
+from clloop_jax.loop import RunConfig, make_joint_run, make_run
 from clloop_jax.model import CrossModalModel
 from clloop_jax.sources import EnvSource
 
@@ -78,10 +78,11 @@ def main(argv=None):
     model = CrossModalModel(input_dim=64, hidden_dim=64, output_dim=32, num_modalities=2,
                             feedback_dim=env.feedback_dim)
     source = EnvSource(model, env, num_tasks=args.tasks, num_envs=8)
-    hp = HParams.create(learning_rate=1e-3, feedback_weight=0.3)
     keys = jax.random.split(jax.random.key(0), args.seeds)
-    config = RunConfig(strategy="none", episodes_per_task=args.episodes, num_probes=0)
-    _, res = jax.vmap(make_run(config, source), in_axes=(0, None))(keys, hp)
+    config = RunConfig(strategy="none", episodes_per_task=args.episodes, monitors=())
+    run = make_run(config, source)
+    hp = run.hparams(learning_rate=1e-3, feedback_weight=0.3)
+    _, res = jax.vmap(run, in_axes=(0, None))(keys, hp)
     R, base = np.asarray(res.R, np.float64), np.asarray(res.baseline, np.float64)
     joint = np.asarray(jax.vmap(make_joint_run(config, source), in_axes=(0, None))(keys, hp), np.float64)
 

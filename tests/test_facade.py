@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from clloop_jax import ContinualLearningLoop, CrossModalModel, Environment
-from clloop_jax.loop import make_regularizer
+from clloop_jax.envs.rollout import Trajectory
+from clloop_jax.loop import DivergenceError, _jit_evaluate, _jit_init, _jit_task_step
 
 NUM_TASKS = 3
 
@@ -56,15 +57,26 @@ def test_documented_example_reports_floats_and_the_matrix(cycled):
     assert any(line.startswith("| average_performance |") for line in lines)
 
 
-def test_second_cycle_reuses_the_compiled_run(cycled, capsys):
+def test_a_second_loop_and_a_second_cycle_reuse_the_compiled_run_and_continue(cycled, capsys):
     loop, metrics, _ = cycled
-    again = loop.continual_learning_cycle(num_tasks=NUM_TASKS, episodes_per_task=10)
+    sizes = [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)]
+    model, env = tiny_world()
+    other = ContinualLearningLoop(model=model, environment=env, learning_rate=1e-3, ewc_lambda=0.5,
+                                  feedback_weight=0.3)
+    first = other.continual_learning_cycle(num_tasks=NUM_TASKS, episodes_per_task=10)
+    # An identical configuration in another object: same numbers, nothing compiled again.
+    np.testing.assert_array_equal(np.asarray(first["R"]), np.asarray(metrics["R"]))
+    again = other.continual_learning_cycle(num_tasks=NUM_TASKS, episodes_per_task=10)
     assert capsys.readouterr().out == ""  # not verbose
-    run = loop._runs[(NUM_TASKS, 10)]
-    assert len(loop._runs) == 1
-    for fn in (run._jit_init, run._jit_train_task, run._jit_evaluate):
-        assert fn._cache_size() == 1
-    np.testing.assert_array_equal(np.asarray(again["R"]), np.asarray(metrics["R"]))
+    assert [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)] == sizes
+    # The second cycle continues from the first one's agent, with the same evaluation keys: its baseline is the
+    # first cycle's last row.
+    np.testing.assert_array_equal(np.asarray(again["baseline"]), np.asarray(first["R"])[-1])
+    assert int(other.state.tasks_done) == 2 * NUM_TASKS
+    other.reset()
+    assert other.state is None
+    np.testing.assert_array_equal(jax.tree.leaves(other.params)[0], jax.tree.leaves(ContinualLearningLoop(
+        model=model, environment=env).params)[0])
 
 
 def test_train_step_accepts_every_layout_and_learns_a_fixed_batch(cycled):
@@ -77,7 +89,8 @@ def test_train_step_accepts_every_layout_and_learns_a_fixed_batch(cycled):
     obs, target = rng.standard_normal((M, D)).astype(np.float32), np.full((A,), 0.5, np.float32)
     params = loop.params
     _, action = model.apply(params, model.initial_carry(), obs, jnp.zeros((model.feedback_dim,)))
-    penalty = make_regularizer("ewc", loop.hparams, NUM_TASKS).penalty(loop.state.reg_state, params)
+    run = loop._step_run()
+    penalty = run.strategy.penalty(loop.state.strategy, params, loop.hparams.strategy)
     expected = float(jnp.sum((action - target) ** 2) + penalty)
     assert loop.train_step(obs, target) == pytest.approx(expected, rel=1e-4)
 
@@ -91,6 +104,47 @@ def test_train_step_accepts_every_layout_and_learns_a_fixed_batch(cycled):
     losses = [loop.train_step(obs, target) for _ in range(25)]
     assert np.all(np.diff(losses) < 0) and losses[-1] < 0.8 * losses[0], losses
     assert all(np.isfinite(losses))
+
+
+def test_train_step_is_the_runs_update_and_a_cycle_continues_from_it():
+    model, env = tiny_world()
+    loop = ContinualLearningLoop(model=model, environment=env, learning_rate=1e-2)
+    rng = np.random.default_rng(1)
+    obs = rng.standard_normal((3, 4, 2, 8)).astype(np.float32)
+    target = np.full((3, 4, 4), 0.5, np.float32)
+    run = loop._step_run()
+    state = loop._state_for(run)
+    zeros = jnp.zeros((3, 4))
+    batch = Trajectory(jnp.asarray(obs), jnp.zeros((3, 4, env.feedback_dim)), jnp.zeros((3, 4, 4)),
+                       jnp.asarray(target), zeros, zeros.astype(bool))
+    expected, trace = run.update(state, batch, jax.random.key(5), loop.hparams)
+    loss = loop.train_step(obs, target)
+    assert loss == pytest.approx(float(trace["loss"] + trace["penalty"]), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(loop.params), jax.tree.leaves(expected.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # Clipping and the optimizer are the run's: the step moved the parameters, by Adam's first step (lr per entry).
+    moved = [np.max(np.abs(np.asarray(a) - np.asarray(b))) for a, b in zip(jax.tree.leaves(loop.params),
+                                                                              jax.tree.leaves(state.params))]
+    assert max(moved) == pytest.approx(1e-2, rel=1e-3)
+    # A cycle after the step starts from the stepped agent: its baseline is that agent's score.
+    stepped = loop.params
+    metrics = loop.continual_learning_cycle(num_tasks=2, episodes_per_task=2)
+    cycle_run = loop._step_run()
+    np.testing.assert_allclose(metrics["baseline"], cycle_run.evaluate(stepped, loop._run_key(2), loop.hparams), atol=1e-6)
+
+
+def test_train_step_refuses_non_finite_input_and_divergence(cycled):
+    loop, _, _ = cycled
+    with pytest.raises(ValueError, match="observations must be finite"):
+        loop.train_step(np.full((2, 8), np.nan), np.zeros((4,)))
+    model, env = tiny_world()
+    wild = ContinualLearningLoop(model=model, environment=env, learning_rate=1e30)
+    before = jax.tree.leaves(wild.params)
+    with pytest.raises(DivergenceError):
+        for _ in range(5):
+            wild.train_step(np.full((2, 8), 1e30, np.float32), np.full((4,), 1e30, np.float32))
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(wild.params))
+    assert len(before) == len(jax.tree.leaves(wild.params))
 
 
 def test_train_step_rejects_bad_shapes(cycled):
@@ -117,6 +171,10 @@ def test_bad_configuration_is_rejected_eagerly():
                             feedback_dim=env.feedback_dim)
     with pytest.raises(ValueError, match="output_dim"):
         ContinualLearningLoop(wrong, env)
+    with pytest.raises(ValueError, match="gamma"):
+        ContinualLearningLoop(model, env, gamma=0.9)  # EWC has no decay: refused rather than ignored
+    with pytest.raises(ValueError, match="seed"):
+        ContinualLearningLoop(model, env, seed=-1)
     loop = ContinualLearningLoop(model, env)
     with pytest.raises(ValueError, match="num_tasks"):
         loop.continual_learning_cycle(num_tasks=0)

@@ -16,11 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from clloop_jax import monitors as monitors_lib
 from clloop_jax import regularizers as reg_lib
 from clloop_jax.envs import LatentWorld, normalized_score
-from clloop_jax.loop import HParams, RunConfig, make_run
+from clloop_jax.loop import RunConfig, _jit_run, _jit_task_step, make_run
 from clloop_jax.model import CrossModalModel
 from clloop_jax.sources import EnvSource
+
+ALL_MONITORS = ("parameter", "fisher", "functional")
 
 # float32 programs compiled differently (op by op, batched by vmap, or whole) may reorder reductions and fuse
 # differently; the differences seen are ~1e-6, so agreement is asserted to these tolerances.
@@ -33,8 +36,8 @@ def setup():
     model = CrossModalModel(input_dim=8, hidden_dim=16, output_dim=8, num_modalities=2, num_heads=2,
                             feedback_dim=env.feedback_dim)
     source = EnvSource(model, env, num_tasks=2, num_envs=4, eval_envs=4)
-    run = make_run(RunConfig(strategy="ewc", episodes_per_task=3), source)
-    hp = HParams.create(reg_lambda=10.0)
+    run = make_run(RunConfig(strategy="ewc", episodes_per_task=3, monitors=ALL_MONITORS), source)
+    hp = run.hparams(lam=10.0)
     return env, model, run, hp
 
 
@@ -44,12 +47,15 @@ def test_run_is_deterministic_and_stepwise_equals_scanned(setup):
     _, res_b = run(jax.random.key(0), hp)
     _, res_c = run(jax.random.key(1), hp)
     _, res_s = run.run_stepwise(jax.random.key(0), hp)
-    assert res_a.R.shape == (2, 2) and res_a.traces.loss.shape == (2, 3)
+    assert res_a.R.shape == (2, 2) and res_a.traces["loss"].shape == (2, 3)
     np.testing.assert_array_equal(res_a.R, res_b.R)
     assert not np.allclose(res_a.R, res_c.R)
     np.testing.assert_allclose(res_s.R, res_a.R, atol=1e-5)
+    np.testing.assert_allclose(res_s.baseline, res_a.baseline, atol=1e-5)
     # The per-task function compiled once and served both tasks.
-    assert run._jit_train_task._cache_size() == 1
+    before = _jit_task_step._cache_size()
+    run.train_task(run.init(jax.random.key(0), hp), jax.random.key(0), 1, hp)
+    assert _jit_task_step._cache_size() == before
 
 
 def test_bad_input_is_rejected_before_compiling(setup):
@@ -61,7 +67,15 @@ def test_bad_input_is_rejected_before_compiling(setup):
     with pytest.raises(ValueError, match="episodes_per_task"):
         RunConfig(episodes_per_task=0)
     with pytest.raises(ValueError, match="learning_rate"):
-        HParams.create(learning_rate=-1e-3)
+        setup[2].hparams(learning_rate=-1e-3)
+    with pytest.raises(ValueError, match="unknown hyperparameter 'gamma'.*'lam'"):
+        setup[2].hparams(gamma=0.9)  # EWC has no decay: refused, not silently ignored
+    with pytest.raises(TypeError, match="key"):
+        setup[2](0, setup[3])
+    with pytest.raises(TypeError, match="hp"):
+        setup[2](jax.random.key(0), dict(lam=1.0))
+    with pytest.raises(ValueError, match="task_id"):
+        setup[2].train_task(setup[2].init(jax.random.key(0), setup[3]), jax.random.key(0), 5, setup[3])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -110,9 +124,10 @@ def tiny():
     env = LatentWorld(observation_dim=8, action_dim=8, num_modalities=2, latent_dim=4, episode_length=4)
     model = LinearPolicy(num_modalities=2, observation_dim=8, output_dim=8, feedback_dim=env.feedback_dim)
     source = EnvSource(model, env, num_tasks=2, num_envs=16, eval_envs=16)
-    config = RunConfig(strategy="ewc", episodes_per_task=TINY_EPISODES, num_probes=2)
+    config = RunConfig(strategy="ewc", episodes_per_task=TINY_EPISODES,
+                       monitors=("parameter", "fisher", monitors_lib.functional_divergence(2)))
     run = make_run(config, source)
-    hp = HParams.create(learning_rate=TINY_LR, reg_lambda=1.0)
+    hp = run.hparams(learning_rate=TINY_LR, lam=1.0)
     key = jax.random.key(0)
     state, results = run(key, hp)
     return dict(env=env, model=model, source=source, config=config, run=run, hp=hp, key=key, state=state,
@@ -127,7 +142,7 @@ def _assert_results_close(actual, expected):
 def test_jit_and_no_jit_agree_on_closed_loop_evaluation(tiny):
     # The fast version of the test below: the closed-loop rollouts and scores of the trained agent, op by op.
     run, params = tiny["run"], tiny["state"].params
-    jitted = run._jit_evaluate(params, tiny["key"], tiny["hp"])
+    jitted = run.evaluate(params, tiny["key"], tiny["hp"])
     with jax.disable_jit():
         eager = run.evaluate(params, tiny["key"], tiny["hp"])
     np.testing.assert_allclose(eager, jitted, rtol=RTOL, atol=ATOL)
@@ -137,7 +152,7 @@ def test_jit_and_no_jit_agree_on_closed_loop_evaluation(tiny):
 @pytest.mark.slow  # about 20 s: op-by-op execution compiles every primitive of the run on its own
 def test_jit_and_no_jit_agree(tiny):
     with jax.disable_jit():
-        _, eager = tiny["run"]._run(tiny["key"], tiny["hp"])
+        _, eager = tiny["run"](tiny["key"], tiny["hp"])
     _assert_results_close(eager, tiny["results"])
 
 
@@ -146,8 +161,8 @@ def sweep(tiny):
     """Seeds x penalty strengths, vmapped in one compiled program: ``R [seeds, lambdas, T, T]``."""
     keys = jax.random.split(jax.random.key(7), 2)
     lambdas = jnp.array([0.0, 10.0])
-    hp = tiny["hp"]._replace(reg_lambda=lambdas)
-    hp_axes = HParams.sweep_axes("reg_lambda")
+    hp = tiny["hp"].replace(lam=lambdas)
+    hp_axes = hp.axes("lam")
     per_lambda = jax.vmap(tiny["run"], in_axes=(None, hp_axes))
     _, results = jax.vmap(per_lambda, in_axes=(0, None))(keys, hp)
     return keys, lambdas, results
@@ -159,37 +174,41 @@ def test_vmapped_seeds_and_lambda_sweep_equal_individual_runs(tiny, sweep):
     assert batched.R.shape == (2, 2, 2, 2)
     for i in range(len(keys)):
         for j in range(len(lambdas)):
-            _, single = run(keys[i], hp._replace(reg_lambda=lambdas[j]))
+            before = _jit_run._cache_size()
+            _, single = run(keys[i], hp.replace(lam=lambdas[j]))
             _assert_results_close(jax.tree.map(lambda x: x[i, j], batched), single)
+            # The whole run compiled once for every individual run.
+            assert _jit_run._cache_size() <= before + (i == j == 0)
     # Both axes matter: the seeds redraw the runs, and a strong penalty changes how task 1 is learned.
     assert not np.allclose(batched.R[0], batched.R[1])
-    assert not np.allclose(batched.traces.loss[:, 0, 1], batched.traces.loss[:, 1, 1])
-    np.testing.assert_array_equal(batched.traces.reg_lambda[:, 1], 10.0)
-    # The whole run compiled once for every individual run above.
-    assert run._jit_run._cache_size() == 1
+    assert not np.allclose(batched.traces["loss"][:, 0, 1], batched.traces["loss"][:, 1, 1])
+    assert not np.allclose(batched.traces["penalty"][:, 0, 1], batched.traces["penalty"][:, 1, 1])
 
 
 @pytest.fixture(scope="module")
 def importances(tiny):
     """The run's own Fisher diagonal and MAS importance at the end of the tiny run, on task 0."""
-    run, hp = tiny["run"], tiny["hp"]
-    task = jax.tree.map(lambda x: x[0], tiny["source"].tasks)
+    run, hp, source = tiny["run"], tiny["hp"], tiny["source"]
+    task = jax.tree.map(lambda x: x[0], source.tasks)
+    data = source.fisher_data(tiny["key"], tiny["state"].params, task, hp.source)
     importance = jax.jit(run.importance, static_argnames="kind")
-    return {kind: importance(tiny["key"], tiny["state"].params, task, hp, kind=kind) for kind in ("fisher", "mas")}
+    return {kind: importance(tiny["key"], tiny["state"].params, data, hp, kind=kind) for kind in ("fisher", "mas")}
 
 
 @pytest.mark.parametrize("strategy", reg_lib.STRATEGIES)
 def test_every_strategy_plugs_into_the_run(tiny, importances, strategy):
     run = make_run(dataclasses.replace(tiny["config"], strategy=strategy), tiny["source"])
-    shapes = jax.eval_shape(run._run, tiny["key"], tiny["hp"])[1]
-    expected = jax.tree.map(lambda x: (x.shape, x.dtype), tiny["results"])
-    assert jax.tree.map(lambda x: (x.shape, x.dtype), shapes) == expected
+    hp = run.hparams(learning_rate=TINY_LR)
+    shapes = jax.eval_shape(run, tiny["key"], hp)[1]
+    expected = {k: (v.shape, v.dtype) for k, v in tiny["results"].traces.items() if k not in ("reg_lambda",)}
+    got = {k: (v.shape, v.dtype) for k, v in shapes.traces.items() if k not in ("reg_lambda",)}
+    assert got == expected and shapes.R.shape == tiny["results"].R.shape
+    assert ("reg_lambda" in shapes.traces) == (strategy == "ewc_budget")
 
-    # The run's regularizer, consolidated after a first task with the run's own importance, penalises a move away
+    # The run's strategy, consolidated after a first task with the run's own importance, penalises a move away
     # from the end of that task (and "none" never does).
-    hp = tiny["hp"]
     start, end = run.init(tiny["key"], hp).params, tiny["state"].params
-    reg = run.regularizer(hp)
+    reg = reg_lib.make_regularizer(strategy, **({} if strategy == "none" else {"lam": 1.0}))
     task_grads = jax.tree.map(jnp.subtract, start, end)  # a descent direction of the step start -> end
     reg_state = reg.accumulate(reg.init(start), start, end, task_grads)
     reg_state = reg.consolidate(reg_state, end, importances.get(reg.importance_kind))
@@ -204,12 +223,12 @@ def test_every_strategy_plugs_into_the_run(tiny, importances, strategy):
 
 def test_traces_make_sense(tiny, sweep):
     res = tiny["results"]
-    tr = res.traces
+    tr = {k: np.asarray(v) for k, v in res.traces.items()}
     T, E = 2, TINY_EPISODES
-    assert tr.loss.shape == (T, E)
+    assert tr["loss"].shape == (T, E) and tr["finite"].all()
     # The objective falls over each task: the mean of the last two episodes is well below that of the first two
     # (averaged over tasks, seeds and penalty strengths of the sweep as well).
-    losses = np.concatenate([np.asarray(tr.loss)[None], np.asarray(sweep[2].traces.loss).reshape(-1, T, E)])
+    losses = np.concatenate([tr["loss"][None], np.asarray(sweep[2].traces["loss"]).reshape(-1, T, E)])
     first, last = losses[..., :2].mean(), losses[..., -2:].mean()
     assert last < 0.7 * first, (first, last)
     # Task 0 is learned (its score after training beats the untrained model's); so is task 1 without a penalty
@@ -221,20 +240,21 @@ def test_traces_make_sense(tiny, sweep):
     # Adam's first step from a fresh state moves every parameter by exactly the learning rate (m/sqrt(v) = sign g),
     # so the distance from the task's start after the first episode is lr * sqrt(#params), and it grows after.
     n_params = tiny["model"].num_inputs * 8 + 8
-    np.testing.assert_allclose(tr.param_l2[:, 0], TINY_LR * np.sqrt(n_params), rtol=1e-3)
-    assert np.all(tr.param_l2[:, -1] > tr.param_l2[:, 0])
-    assert np.all(tr.param_relative > 0)
+    np.testing.assert_allclose(tr["param_l2"][:, 0], TINY_LR * np.sqrt(n_params), rtol=1e-3)
+    assert np.all(tr["param_l2"][:, -1] > tr["param_l2"][:, 0])
+    assert np.all(tr["param_relative"] > 0)
     # Before the first consolidation there is nothing to remember: no penalty, no Fisher weight, no old outputs.
-    np.testing.assert_array_equal(tr.penalty[0], 0.0)
-    np.testing.assert_array_equal(tr.fisher_distance[0], 0.0)
-    np.testing.assert_array_equal(tr.functional[0], 0.0)
+    np.testing.assert_array_equal(tr["penalty"][0], 0.0)
+    np.testing.assert_array_equal(tr["fisher_distance"][0], 0.0)
+    # The functional divergence is measured once per task, after its last episode (NaN on the others).
+    assert np.all(np.isnan(tr["functional"][:, :-1]))
+    assert tr["functional"][0, -1] == 0.0
     # During task 1 the agent moves away from task 0's end: the penalty (zero at the anchor, episode 0), the
     # Fisher-weighted distance and the output change on task 0's probes are all positive.
-    assert abs(float(tr.penalty[1, 0])) < 1e-6
-    assert np.all(tr.penalty[1, 1:] > 0)
-    assert np.all(tr.fisher_distance[1] > 0) and np.all(tr.functional[1] > 0)
-    np.testing.assert_array_equal(tr.reg_lambda, 1.0)
-    assert np.all(np.isfinite(tr.score)) and np.all(tr.score <= 1.0)
+    assert abs(float(tr["penalty"][1, 0])) < 1e-6
+    assert np.all(tr["penalty"][1, 1:] > 0)
+    assert np.all(tr["fisher_distance"][1] > 0) and tr["functional"][1, -1] > 0
+    assert np.all(np.isfinite(tr["score"])) and np.all(tr["score"] <= 1.0)
 
 
 def test_custom_objective_is_used(tiny):
@@ -251,15 +271,15 @@ def test_custom_objective_is_used(tiny):
     run = make_run(tiny["config"], source)
     state, res = run(tiny["key"], tiny["hp"])
     traj = source.rollout(jax.random.key(3), state.params, jax.tree.map(lambda x: x[1], source.tasks),
-                          tiny["hp"], 16)
+                          tiny["hp"].source, 16)
     assert float(jnp.mean(traj.action)) > 0.5  # from about 0 before training, towards the constant 1
     # The default objective learns task 0 (score > 0.5); the constant one scores below the zero action on both.
     assert float(tiny["results"].R[0, 0]) > 0.5
     assert np.all(np.diag(np.asarray(res.R)) < 0.0)
     assert float(normalized_score(traj.action, traj.target)) < 0.0
-    # A bare loss has no score: the trace says so with NaN, and the objective's value is what is recorded.
-    assert np.all(np.isnan(res.traces.score))
-    assert float(res.traces.loss[1, -1]) < 0.5 * float(res.traces.loss[0, 0])
+    # A bare loss has no score: no score is recorded, and the objective's value is what is recorded.
+    assert "score" not in res.traces
+    assert float(res.traces["loss"][1, -1]) < 0.5 * float(res.traces["loss"][0, 0])
 
 
 @pytest.mark.slow
@@ -267,8 +287,8 @@ def test_custom_objective_is_used(tiny):
 def test_every_strategy_runs_end_to_end(tiny, strategy):
     """A whole run per strategy: no penalty during task 0, a positive one during task 1 (zero for ``none``)."""
     run = make_run(dataclasses.replace(tiny["config"], strategy=strategy), tiny["source"])
-    _, res = run(tiny["key"], tiny["hp"])
-    pen = np.asarray(res.traces.penalty)
+    _, res = run(tiny["key"], run.hparams(learning_rate=TINY_LR))
+    pen = np.asarray(res.traces["penalty"])
     np.testing.assert_array_equal(pen[0], 0.0)
     if strategy == "none":
         np.testing.assert_array_equal(pen[1], 0.0)

@@ -31,13 +31,18 @@ def test_custom_world_example_prints_expert_score_one():
     assert printed.strip() == "(50, 4, 2, 2) 1.0"
 
 
+def test_own_strategy_example_runs():
+    printed = run_block(block_with("class PullHP(NamedTuple)"))
+    assert printed.strip() == "(2, 5)"
+
+
 @pytest.mark.slow
 def test_functional_api_example_runs_seeds_and_sweep():
-    printed = run_block(block_with("make_run(RunConfig("))
+    printed = run_block(block_with("summarize(results.R"))
     assert printed.startswith("(4, 3, 3) [")
 
 
 @pytest.mark.slow
 def test_seed_example_runs():
-    printed = run_block(block_with("ContinualLearningLoop(model=model"))
+    printed = run_block(block_with("ContinualLearningLoop(model=model, environment=environment"))
     assert "task 3/3" in printed and "average_performance" in printed

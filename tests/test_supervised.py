@@ -7,7 +7,8 @@ import pytest
 
 from clloop_jax.datasets import load_digits_data, split_stream, permuted_stream
 from clloop_jax.fisher import Categorical, fisher_diagonal
-from clloop_jax.loop import HParams, RunConfig, make_joint_run, make_run
+from clloop_jax.monitors import functional_divergence
+from clloop_jax.loop import RunConfig, make_joint_run, make_run
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
 from clloop_jax.sources import SupervisedBatch, SupervisedSource
 
@@ -72,7 +73,7 @@ def test_loss_and_batch_accuracy_match_numpy_on_a_masked_hand_case(tiny):
     _, logits = np_forward(params, x)
     logp = np_log_softmax_masked(logits, mask)
     batch = SupervisedBatch(jnp.asarray(x[keep]), jnp.asarray(y[keep]), jnp.asarray(mask))
-    loss, aux = source.loss(params, batch, HParams())
+    loss, aux = source.loss(params, batch, source.hparams)
     ref = -np.mean(logp[np.arange(5), y][keep])
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
     pred = np.argmax(np.where(mask, logits, -np.inf), axis=-1)[keep]
@@ -89,7 +90,7 @@ def test_score_is_test_accuracy_under_the_test_mask(streams, tiny):
         src = SupervisedSource(source.model, stream, batch_size=8)
         for t in range(stream.num_tasks):
             task = stream.task(t)
-            got = float(src.score(jax.random.key(0), params, task, HParams()))
+            got = float(src.score(jax.random.key(0), params, task, src.hparams))
             _, logits = np_forward(params, np.asarray(task.x_test))
             mask = np.asarray(task.test_mask)
             pred = np.argmax(np.where(mask, logits, -np.inf), axis=-1)
@@ -102,7 +103,7 @@ def test_batch_draws_distinct_samples_of_the_task_with_its_train_mask(streams, t
     source, params = tiny
     stream = streams["class"]
     task = stream.task(1)
-    b = source.batch(jax.random.key(7), params, task, HParams())
+    b = source.batch(jax.random.key(7), params, task, source.hparams)
     assert b.x.shape == (8, 64) and b.y.shape == (8,)
     rows = {tuple(r) for r in np.asarray(task.x).tolist()}
     got = [tuple(r) for r in np.asarray(b.x).tolist()]
@@ -142,8 +143,8 @@ def test_exact_fisher_of_the_source_equals_enumeration_over_active_classes(strea
     task = streams["class"].task(0)                       # train mask: classes 0..4 of 10
     run = make_run(RunConfig(strategy="ewc", episodes_per_task=1, fisher_variant="exact"), source)
     key = jax.random.key(11)
-    fisher = run.importance(key, params, task, HParams(), "fisher")
-    inputs, targets = source.fisher_data(key, params, task, HParams())
+    inputs, targets = source.fisher_data(key, params, task, source.hparams)
+    fisher = run.importance(key, params, (inputs, targets), run.hparams(), "fisher")
     assert inputs[0].shape == (2, 64) and inputs[1].shape == (2, 10) and targets.shape == (2,)
     ref = np_exact_fisher(params, *inputs)
     got = np_params(fisher)
@@ -165,15 +166,17 @@ CHANCE = {"task": 0.2, "domain": 0.2, "class": 0.1}
 
 @pytest.fixture(scope="module")
 def runs(streams):
-    """Each scenario: a 2-task EWC run (2 seeds vmapped) and the joint bound, on a small MLP."""
+    """Each scenario: a 2-task EWC run of 60 updates per task (2 seeds vmapped) and the joint bound, on a small MLP."""
     out = {}
-    hp = HParams.create(learning_rate=1e-2, reg_lambda=10.0)
     keys = jax.random.split(jax.random.key(0), 2)
     for scenario, stream in streams.items():
         source = SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(16,)), stream, batch_size=32,
                                   fisher_size=16, eval_size=100)
-        config = RunConfig(strategy="ewc", episodes_per_task=30, fisher_variant="exact", num_probes=2)
-        _, res = jax.vmap(make_run(config, source), in_axes=(0, None))(keys, hp)
+        config = RunConfig(strategy="ewc", episodes_per_task=60, fisher_variant="exact",
+                           monitors=(functional_divergence(2),))
+        run = make_run(config, source)
+        hp = run.hparams(learning_rate=1e-2, lam=10.0)
+        _, res = jax.vmap(run, in_axes=(0, None))(keys, hp)
         # The joint bound where its masks differ from sequential training's (class-incremental).
         joint = make_joint_run(config, source.joint())(keys[0], hp) if scenario == "class" else None
         out[scenario] = (stream, res, joint)
@@ -185,7 +188,7 @@ def test_run_learns_task_zero_and_reports_accuracies(runs, scenario):
     stream, res, _ = runs[scenario]
     R, b = np.asarray(res.R), np.asarray(res.baseline)
     assert R.shape == (2, 2, 2) and b.shape == (2, 2)
-    assert np.all((R >= 0) & (R <= 1)) and np.all(np.isfinite(res.traces.functional))
+    assert np.all((R >= 0) & (R <= 1)) and np.all(np.isfinite(res.traces["functional"][..., -1]))
     # Training on task 0 lifts it far above chance (and above the untrained model).
     assert np.all(R[:, 0, 0] > CHANCE[scenario] + 0.4), R[:, 0, 0]
     assert np.all(R[:, 0, 0] > b[:, 0] + 0.3)
@@ -251,8 +254,8 @@ def test_sequence_classifier_serves_as_the_model_of_a_source(digits):
     clf = SequenceClassifier(CrossModalModel(input_dim=8, hidden_dim=8, output_dim=10, num_heads=2), chunk=8)
     source = SupervisedSource(clf, stream, batch_size=4, fisher_size=2)
     params = jax.jit(source.init_params)(jax.random.key(0))
-    batch = jax.jit(source.batch)(jax.random.key(1), params, stream.task(0), HParams())
-    loss, aux = jax.jit(source.loss)(params, batch, HParams())
+    batch = jax.jit(source.batch)(jax.random.key(1), params, stream.task(0), source.hparams)
+    loss, aux = jax.jit(source.loss)(params, batch, source.hparams)
     # An untrained head (small initial scale) predicts near uniform: loss close to log(10).
     np.testing.assert_allclose(float(loss), np.log(10.0), atol=0.1)
     assert 0.0 <= float(aux["score"]) <= 1.0

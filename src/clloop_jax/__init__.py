@@ -4,33 +4,41 @@ The public names are gathered here; each lives in the module named next to it:
 
 * the agent: :class:`CrossModalModel`, :class:`SequenceClassifier`, :class:`MLP` (``model``);
 * the world: :class:`Environment` / :class:`LatentWorld`, :class:`MultiModalEnv`, :func:`rollout` (``envs``);
-* the science: :func:`fisher_diagonal`, :func:`per_sample_grads`, :func:`mas_importance` (``fisher``),
-  :func:`make_regularizer` (``regularizers``), :func:`parameter_divergence`, :func:`functional_divergence`
-  (``divergence``), :func:`summarize` and the field's metrics (``metrics``);
+* the science: :func:`fisher_diagonal`, :func:`per_sample_grads`, :func:`mas_importance` (``fisher``), the
+  strategies behind one interface, :class:`Strategy` and :func:`get_strategy` (``strategies``), a strategy bound to
+  its numbers, :func:`make_regularizer` (``regularizers``), :func:`parameter_divergence`,
+  :func:`functional_divergence` (``divergence``), opt-in monitors (``monitors``), :func:`summarize` and the field's
+  metrics (``metrics``);
 * the run: :func:`make_run`, :func:`make_joint_run`, :class:`RunConfig`, :class:`HParams` (``loop``) over a task
-  source, :class:`EnvSource` and :class:`SupervisedSource` (``sources``);
+  source, :class:`EnvSource` and :class:`SupervisedSource` (``sources``); :func:`enable_compilation_cache` for entry
+  points (``compilation``);
 * the object API: :class:`ContinualLearningLoop` (``facade``).
 """
 
+from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax.divergence import functional_divergence, output_divergence, parameter_divergence
 from clloop_jax.envs import (EnvParams, EnvState, Environment, LatentWorld, MultiModalEnv, PrivilegedPolicy,
                              Trajectory, expert_policy, normalized_score, rollout)
 from clloop_jax.facade import ContinualLearningLoop
 from clloop_jax.fisher import Categorical, Gaussian, fisher_diagonal, mas_importance, per_sample_grads
-from clloop_jax.loop import HParams, RunConfig, RunResults, make_joint_run, make_run
+from clloop_jax.loop import DivergenceError, HParams, RunConfig, RunResults, TrainState, make_joint_run, make_run
 from clloop_jax.metrics import (average_forgetting, average_performance, backward_transfer, forward_transfer,
                                 mean_ci, summarize)
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
 from clloop_jax.regularizers import STRATEGIES, make_regularizer, penalty_gradient_transform
-from clloop_jax.sources import EnvSource, SupervisedBatch, SupervisedSource
+from clloop_jax.monitors import Monitor
+from clloop_jax.sources import EnvHParams, EnvSource, SupervisedBatch, SupervisedSource
+from clloop_jax.strategies import Strategy, get_strategy, register
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Categorical", "ContinualLearningLoop", "CrossModalModel", "EnvParams", "EnvSource", "EnvState", "Environment",
-    "Gaussian", "HParams", "LatentWorld", "MLP", "MultiModalEnv", "PrivilegedPolicy", "RunConfig", "RunResults",
-    "STRATEGIES", "SequenceClassifier", "SupervisedBatch", "SupervisedSource", "Trajectory", "average_forgetting", "average_performance", "backward_transfer", "expert_policy",
-    "fisher_diagonal", "forward_transfer", "functional_divergence", "make_joint_run", "make_regularizer",
-    "make_run", "mas_importance", "mean_ci", "normalized_score", "output_divergence", "parameter_divergence",
-    "penalty_gradient_transform", "per_sample_grads", "rollout", "summarize",
+    "Categorical", "ContinualLearningLoop", "CrossModalModel", "DivergenceError", "EnvHParams", "EnvParams",
+    "EnvSource", "EnvState", "Environment", "Gaussian", "HParams", "LatentWorld", "MLP", "Monitor", "MultiModalEnv",
+    "PrivilegedPolicy", "RunConfig", "RunResults", "STRATEGIES", "SequenceClassifier", "Strategy",
+    "SupervisedBatch", "SupervisedSource", "TrainState", "Trajectory", "average_forgetting", "average_performance",
+    "backward_transfer", "enable_compilation_cache", "expert_policy", "fisher_diagonal", "forward_transfer",
+    "functional_divergence", "get_strategy", "make_joint_run", "make_regularizer", "make_run", "mas_importance",
+    "mean_ci", "normalized_score", "output_divergence", "parameter_divergence", "penalty_gradient_transform",
+    "per_sample_grads", "register", "rollout", "summarize",
 ]

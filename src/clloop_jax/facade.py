@@ -1,97 +1,154 @@
 """``ContinualLearningLoop``: a small stateful object over the pure run, handy in a notebook.
 
-It holds the model, the environment, the hyperparameters and what the last cycle learned, and delegates all work to
-:func:`clloop_jax.loop.make_run` (compiled once per configuration and reused across calls)::
+It holds the model, the environment, the hyperparameters and the agent's current state, and delegates all work to
+:func:`clloop_jax.loop.make_run` (compiled once per configuration, shared by every loop with that configuration)::
 
     loop = ContinualLearningLoop(model=model, environment=env, learning_rate=1e-3, ewc_lambda=0.5,
                                  feedback_weight=0.3)
     metrics = loop.continual_learning_cycle(num_tasks=3, episodes_per_task=10, verbose=True)
+    loss = loop.train_step(observations, target)      # one update through the run's own update step
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import numbers
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from clloop_jax import metrics as metrics_lib
-from clloop_jax.loop import HParams, RunConfig, make_regularizer, make_run
-from clloop_jax.sources import EnvSource, check_model_matches_env, sequence_mse
+from clloop_jax.envs.rollout import Trajectory
+from clloop_jax.loop import DivergenceError, HParams, RunConfig, TrainState, check_finite, make_run
+from clloop_jax.sources import EnvSource, check_model_matches_env, imitation_loss, pair_with_env, squared_error
+
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in ("strategy", "episodes_per_task"))
+
+
+def _check_count(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class ContinualLearningLoop:
     """An agent learning task after task in a closed loop with an environment.
 
     Args:
-      model: a :class:`~clloop_jax.model.CrossModalModel` whose sizes match ``environment``.
+      model: a :class:`~clloop_jax.model.CrossModalModel` whose sizes match ``environment`` (built without
+        ``feedback_dim``, it takes the environment's).
       environment: a :class:`~clloop_jax.envs.MultiModalEnv` with a task family (``tasks(num_tasks)``).
-      learning_rate: Adam's step size.
-      ewc_lambda: the penalty strength lambda of the strategy.
+      learning_rate: the optimizer's step size.
+      ewc_lambda: the strategy's penalty strength ``lam`` (ignored by ``strategy="none"``).
       feedback_weight: scale of the environment's feedback (reward, previous action) fed back to the model.
-      strategy: ``none``, ``l2``, ``ewc``, ``online_ewc``, ``si``, ``mas`` or ``ewc_budget``.
-      seed: the run's seed (a ``jax.random.key``).
+      strategy: a registered strategy name (``none``, ``l2``, ``ewc``, ``online_ewc``, ``si``, ``mas``,
+        ``ewc_budget``) or a :class:`~clloop_jax.strategies.Strategy`.
+      seed: the run's seed, an integer in ``[0, 2**32)``.
       num_envs: parallel environments per training episode.
-      **config: further :class:`~clloop_jax.loop.RunConfig` fields (``fisher_variant``, ``num_probes``, ...) or
-        :class:`~clloop_jax.loop.HParams` fields (``gamma``, ``xi``, ``budget``, ``dual_lr``).
+      loss_fn: ``loss_fn(actions, targets) -> scalar``, the imitation error of the cycle and of ``train_step``
+        (default: mean squared error summed over action dimensions).
+      objective: a whole closed-loop objective ``(params, trajectory, hparams) -> (loss, aux)`` instead of
+        ``loss_fn`` (see :class:`~clloop_jax.sources.EnvSource`); ``train_step`` then needs none of its own.
+      **config: further :class:`~clloop_jax.loop.RunConfig` fields (``fisher_variant``, ``monitors``, ...) or the
+        strategy's other hyperparameters (``gamma``, ``xi``, ``budget``, ``dual_lr``).
     """
 
     def __init__(self, model, environment, learning_rate: float = 1e-3, ewc_lambda: float = 0.5,
-                 feedback_weight: float = 0.3, *, strategy: str = "ewc", seed: int = 0, num_envs: int = 8,
-                 **config: Any):
+                 feedback_weight: float = 0.3, *, strategy: Any = "ewc", seed: int = 0, num_envs: int = 8,
+                 loss_fn: Optional[Callable] = None, objective: Optional[Callable] = None, **config: Any):
+        model = pair_with_env(model, environment)
         check_model_matches_env(model, environment)
-        hp_fields = {k: config.pop(k) for k in list(config) if k in HParams._fields}
-        run_fields = {f.name for f in dataclasses.fields(RunConfig)} - {"strategy", "episodes_per_task"}
-        unknown = sorted(set(config) - run_fields)
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown}; valid ones are the RunConfig fields {sorted(run_fields)} "
-                             f"and the HParams fields {list(HParams._fields)}")
-        self.hparams = HParams.create(learning_rate=learning_rate, reg_lambda=ewc_lambda,
-                                      feedback_weight=feedback_weight, **hp_fields)
+        if loss_fn is not None and objective is not None:
+            raise ValueError("give loss_fn or objective, not both")
+        for name, fn in (("loss_fn", loss_fn), ("objective", objective)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+        self.num_envs = _check_count("num_envs", num_envs)
+        run_fields = {k: config.pop(k) for k in list(config) if k in _RUN_FIELDS}
+        self.config_overrides = run_fields
         self.model, self.environment = model, environment
-        self.strategy, self.num_envs, self.config_overrides = strategy, num_envs, config
-        RunConfig(strategy=strategy, **config)  # validate eagerly
+        self.loss_fn = loss_fn or squared_error
+        self.objective = objective or imitation_loss(model, self.loss_fn)
+        probe = self._run_for(1, 1, strategy)  # validates the configuration eagerly
+        self.strategy = probe.strategy
+        strategy_hp = {"lam": ewc_lambda} if "lam" in self.strategy.hparams._fields else {}
+        try:
+            self.hparams: HParams = probe.hparams(learning_rate=learning_rate, feedback_weight=feedback_weight,
+                                                  **strategy_hp, **config)
+        except ValueError as err:
+            if "unknown hyperparameter" in str(err):
+                raise ValueError(f"{err}; other options are the RunConfig fields {list(_RUN_FIELDS)}") from None
+            raise
         self.key = jax.random.key(seed)
-        self.params = model.init_params(jax.random.fold_in(self.key, 1))
-        self.state = None
+        self.reset()
+
+    # ----- state ------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Back to the untrained agent (the parameters the loop started with); forgets what cycles learned."""
+        self.state: Optional[TrainState] = None
+        self.params = self.model.init_params(self._run_key(1))
         self.results = None
-        self._runs: dict = {}
-        self._train_step = None
-        self._opt_state = None
+        self._step_state: Optional[TrainState] = None  # train_step's own state (optimizer moments)
+        self._step_count = 0
 
-    def _run_for(self, num_tasks: int, episodes_per_task: int):
-        cache_key = (num_tasks, episodes_per_task)
-        if cache_key not in self._runs:
-            source = EnvSource(self.model, self.environment, num_tasks=num_tasks, num_envs=self.num_envs)
-            config = RunConfig(strategy=self.strategy, episodes_per_task=episodes_per_task, **self.config_overrides)
-            self._runs[cache_key] = make_run(config, source)
-        return self._runs[cache_key]
+    def _run_key(self, i):
+        return jax.random.fold_in(self.key, i)
 
+    def _run_for(self, num_tasks: int, episodes_per_task: int, strategy=None):
+        source = EnvSource(self.model, self.environment, num_tasks=num_tasks, num_envs=self.num_envs,
+                           objective=self.objective)
+        config = RunConfig(strategy=strategy if strategy is not None else self.strategy,
+                           episodes_per_task=episodes_per_task, **self.config_overrides)
+        return make_run(config, source)
+
+    def _state_for(self, run) -> TrainState:
+        """The loop's current state in ``run``'s layout: the current parameters with the strategy's memory of earlier
+        cycles when the shapes agree, else a fresh strategy state around the current parameters."""
+        fresh = run.init(self._run_key(0), self._hparams_for(run))
+        fresh = fresh._replace(params=self.params, strategy=run.strategy.init(self.params, self.hparams.strategy))
+        if self.state is not None and jax.tree.structure(self.state) == jax.tree.structure(fresh) and all(
+                a.shape == b.shape for a, b in zip(jax.tree.leaves(self.state), jax.tree.leaves(fresh))):
+            return self.state._replace(params=self.params)
+        return fresh
+
+    def _hparams_for(self, run) -> HParams:
+        return self.hparams
+
+    # ----- the cycle --------------------------------------------------------------------------------------
     def continual_learning_cycle(self, num_tasks: int = 3, episodes_per_task: int = 10,
                                  verbose: bool = False) -> dict:
-        """Learns ``num_tasks`` tasks in sequence, evaluating on all of them after each one.
+        """Learns ``num_tasks`` tasks of the environment's family in sequence, evaluating on all of them after each.
+
+        The cycle continues from the loop's current agent: its parameters (as left by ``train_step`` or an earlier
+        cycle) and its strategy's memory of the tasks consolidated before. ``reset()`` starts afresh. Scores use the same
+        evaluation keys in every cycle, so a cycle's ``baseline`` is the previous cycle's last row of ``R``.
 
         Returns a dict of Python floats and lists: ``average_performance``, ``backward_transfer``,
-        ``forward_transfer``, ``average_forgetting``, the performance matrix ``R`` (list of rows) and the
-        untrained ``baseline`` scores. The final state stays on the object (``params``, ``state``, ``results``).
+        ``forward_transfer``, ``average_forgetting``, the performance matrix ``R`` (list of rows) and the scores
+        before the cycle, ``baseline``. The final state stays on the object (``params``, ``state``, ``results``).
         """
-        for name, value in (("num_tasks", num_tasks), ("episodes_per_task", episodes_per_task)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        run = self._run_for(int(num_tasks), int(episodes_per_task))
+        num_tasks = _check_count("num_tasks", num_tasks)
+        episodes_per_task = _check_count("episodes_per_task", episodes_per_task)
+        run = self._run_for(num_tasks, episodes_per_task)
+        # Every cycle uses the same run key, hence the same evaluation keys: a cycle's baseline is the previous
+        # cycle's last row. The training data still differ: they are rollouts of the agent as it is now.
+        key = self._run_key(2)
 
         def report(task_id, state, row, trace):
             if verbose:
                 scores = " ".join(f"{s:+.3f}" for s in np.asarray(row))
-                print(f"task {task_id + 1}/{num_tasks}: loss {float(trace.loss[-1]):.4f}  "
-                      f"penalty {float(trace.penalty[-1]):.4f}  scores on all tasks [{scores}]", flush=True)
+                print(f"task {task_id + 1}/{num_tasks}: loss {float(trace['loss'][-1]):.4f}  "
+                      f"penalty {float(trace['penalty'][-1]):.4f}  scores on all tasks [{scores}]", flush=True)
 
-        self.state, self.results = run.run_stepwise(self.key, self.hparams, callback=report)
+        state = self._state_for(run)
+        self.state, self.results = run.run_stepwise(key, self.hparams, callback=report, state=state)
         self.params = self.state.params
-        self._opt_state = None  # train_step starts a fresh optimizer from the new parameters
+        self._step_state = None  # the next train_step starts from the new agent with a fresh optimizer
+        check_finite(self.results.traces["finite"], where="continual_learning_cycle")
         R, baseline = np.asarray(self.results.R), np.asarray(self.results.baseline)
         summary = {k: float(v) for k, v in metrics_lib.summarize(R, baseline).items() if np.ndim(v) == 0}
         summary.update(R=R.tolist(), baseline=baseline.tolist())
@@ -100,13 +157,16 @@ class ContinualLearningLoop:
             print(metrics_lib.format_summary(metrics_lib.summarize(R, baseline)))
         return summary
 
+    # ----- one step ---------------------------------------------------------------------------------------
     def train_step(self, observations, target, feedback=None) -> float:
-        """One Adam step of the model towards ``target`` actions on given observations; returns the loss.
+        """One update of the agent towards ``target`` actions on given observations; returns the loss.
 
         ``observations``: ``[M, D]`` (one step), ``[B, M, D]`` (a batch of single steps) or ``[T, B, M, D]``
         (time-major sequences, trained with backpropagation through time); ``target``: the same leading axes
         with ``output_dim`` last; ``feedback``: the same leading axes with ``feedback_dim`` last (zeros if None).
-        The penalty of the last consolidated task is added when a cycle has run.
+        The step is the run's own update (same optimizer, clipping and strategy penalty, so after a cycle the
+        consolidated tasks stay protected); the loss returned is the objective plus the penalty. Non-finite inputs
+        are refused; a step that would make the parameters non-finite raises and leaves them unchanged.
         """
         obs = jnp.asarray(observations, jnp.float32)
         target = jnp.asarray(target, jnp.float32)
@@ -126,34 +186,34 @@ class ContinualLearningLoop:
         feedback = jnp.asarray(feedback, jnp.float32)
         if feedback.shape != lead + (self.model.feedback_dim,):
             raise ValueError(f"feedback must have shape {lead + (self.model.feedback_dim,)}, got {feedback.shape}")
+        for name, x in (("observations", obs), ("target", target), ("feedback", feedback)):
+            if not bool(jnp.all(jnp.isfinite(x))):
+                raise ValueError(f"{name} must be finite; got NaN or infinite values")
         if obs.ndim == 2:
             obs, target, feedback = obs[None, None], target[None, None], feedback[None, None]
         elif obs.ndim == 3:
             obs, target, feedback = obs[None], target[None], feedback[None]
-        if self._train_step is None:
-            self._train_step = self._make_train_step()
-        if self._opt_state is None:
-            self._opt_state = self._optimizer.init(self.params)
-        reg_state = self.state.reg_state if self.state is not None else None
-        self.params, self._opt_state, loss = self._train_step(self.params, self._opt_state, reg_state, obs,
-                                                              feedback, target)
-        return float(loss)
+        run = self._step_run()
+        if self._step_state is None:
+            self._step_state = self._state_for(run)
+        zeros = jnp.zeros(target.shape[:-1])
+        batch = Trajectory(obs, feedback, jnp.zeros_like(target), target, zeros, zeros.astype(bool))
+        self._step_count += 1
+        state, trace = _jit_update(run, self._step_state, batch, jax.random.fold_in(self._run_key(4),
+                                                                                     self._step_count), self.hparams)
+        if not bool(trace["finite"]):
+            raise DivergenceError("train_step: the loss, gradient or new parameters were not finite; the parameters "
+                                  "were left unchanged")
+        self._step_state = state
+        self.params = state.params
+        return float(trace["loss"] + trace["penalty"])
 
-    def _make_train_step(self):
-        model, hp = self.model, self.hparams
-        self._optimizer = optax.adam(hp.learning_rate)
-        num_tasks = lambda: self.results.R.shape[0]  # noqa: E731  (the consolidated run's task count)
+    def _step_run(self):
+        """The run whose update ``train_step`` uses: that of the last cycle, or a one-task run before any."""
+        tasks = 1 if self.results is None else int(np.shape(self.results.R)[0])
+        episodes = 1 if self.results is None else int(np.shape(self.results.traces["loss"])[1])
+        return self._run_for(tasks, episodes)
 
-        @jax.jit
-        def step(params, opt_state, reg_state, obs, feedback, target):
-            def loss_fn(p):
-                loss, _ = sequence_mse(model, p, obs, feedback, target)
-                if reg_state is not None:
-                    loss = loss + make_regularizer(self.strategy, hp, num_tasks()).penalty(reg_state, p)
-                return loss
 
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-            updates, opt_state = self._optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
 
-        return step
+_jit_update = jax.jit(lambda run, state, batch, key, hp: run.update(state, batch, key, hp), static_argnums=0)

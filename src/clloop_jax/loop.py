@@ -1,101 +1,137 @@
-"""The continual-learning run: one jittable program over any task source.
+"""The continual-learning run: one jittable program over any task source, built from small parts.
 
 ``make_run(config, source)`` returns a :class:`Run`. Calling it, ``run(key, hparams)``, trains on every task of the
-source in sequence and evaluates on every task after each one, as one compiled program::
+source in sequence and evaluates on every task before the first and after each one, as one compiled program::
 
-    for task in scan(tasks):
-        for episode in scan(episodes):
-            batch = source.batch(key, params, task)          # a closed-loop rollout, or a minibatch
-            loss  = source.loss(params, batch) + regularizer.penalty(params)
-            params, opt_state = optax update
-            regularizer.accumulate(...)                       # SI's path integral, the budget's dual step
-            record loss, penalty, score, divergences
-        consolidate: Fisher / MAS importance, anchor
-        R[task, :] = score on every task (fixed evaluation keys)
+    for phase in scan(num_tasks + 1):
+        R[phase - 1] = score on every task (one vmapped evaluation, fixed keys)    # phase 0: the baseline
+        if phase < num_tasks:
+            for episode in scan(episodes):
+                batch = source.batch(key, params, task)           # a closed-loop rollout, or a minibatch
+                state, trace = run.update(state, batch, key, hp)  # the one update step
+            consolidate: one draw of the task's data serves the importance (Fisher / MAS, only if asked for),
+                         the strategy and the monitors
 
-The same per-task function is also exposed on its own (``run.init``, ``run.train_task``, ``run.evaluate``), jitted
-once and reused for every task, so a host loop can report progress, checkpoint or resume between tasks without
-recompiling; ``run.run_stepwise`` does exactly that and gives the same numbers as ``run(key, hparams)``.
+The parts:
 
-Numbers users sweep (learning rate, penalty strength, feedback weight, ...) are fields of :class:`HParams`, traced
-arrays: ``jax.vmap(run, in_axes=(0, None))(keys, hparams)`` runs many seeds with one compilation, and a batched
-``HParams`` field sweeps a hyperparameter.
+* the **task source** (:mod:`clloop_jax.sources`): batches, the loss, the score and per-sample data of each task;
+* the **strategy** (:mod:`clloop_jax.strategies`): a penalty, accumulators, a consolidation, rehearsal hooks;
+* the **monitors** (:mod:`clloop_jax.monitors`): opt-in divergence measurements, absent from the program when off;
+* the **update step** :meth:`Run.update` ``(state, batch, key, hp) -> (state, trace)``, which the continual run,
+  the joint upper bound (:func:`make_joint_run`) and the facade's ``train_step`` all use.
+
+Hyperparameters are one traced pytree, :class:`HParams` ``(learning_rate, strategy, source)``, each part reaching
+only what uses it; ``run.hparams(lam=3.0, feedback_weight=0.3)`` builds it by name, ``hp.replace(lam=...)`` changes
+fields by name and ``hp.axes("lam")`` gives the ``in_axes`` that sweep them::
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    state, results = jax.vmap(run, in_axes=(0, None))(keys, hp)               # 4 seeds, one compilation
+    sweep = hp.replace(lam=jnp.array([0.0, 1.0, 10.0]))
+    _, swept = jax.vmap(run, in_axes=(None, sweep.axes("lam")))(keys[0], sweep)
+
+Compiled programs are cached per configuration, not per object: the task arrays are arguments of the program, so
+two runs with equal configurations, sources and strategies (whatever their tasks' values) share one compilation.
+The per-task function (``run.train_task``) is compiled once for all tasks, for host-side progress, checkpoints and
+resume; ``run.run_stepwise`` gives the same numbers as ``run(key, hp)``.
+
+A non-finite loss, gradient or parameter never reaches the state: that update is skipped (the last good state is
+kept) and the episode's ``finite`` trace entry is False, so the host can stop and say where
+(:func:`clloop_jax.runs.check_finite` does it for a whole run).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+import numbers
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from clloop_jax import divergence as div_lib
 from clloop_jax import fisher as fisher_lib
-from clloop_jax import regularizers as reg_lib
+from clloop_jax.monitors import Monitor, get_monitor
+from clloop_jax.strategies.base import NoHParams, Strategy, check_hparams, concrete, get_strategy
 
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
 
+__all__ = ["HParams", "RunConfig", "Run", "RunResults", "TrainState", "make_run", "make_joint_run", "task_at",
+           "FISHER_VARIANTS", "DivergenceError", "check_finite", "check_key"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hyperparameters
+# ----------------------------------------------------------------------------------------------------------------
+
 
 class HParams(NamedTuple):
-    """Numeric hyperparameters, traced (vmap any field to sweep it).
-
-    Attributes:
-      learning_rate: the optimizer's step size.
-      reg_lambda: the penalty strength lambda (the initial one for ``ewc_budget``).
-      feedback_weight: scale of the environment's feedback before it reaches the model.
-      gamma: online EWC's decay of the running Fisher.
-      xi: SI's damping.
-      budget: the Fisher-weighted divergence budget (``ewc_budget``).
-      dual_lr: the dual-ascent step size of lambda (``ewc_budget``).
-    """
+    """Numeric hyperparameters of a run, traced: ``learning_rate`` (the optimizer's), ``strategy`` (the strategy's
+    own ``NamedTuple``) and ``source`` (the task source's). Build it with :meth:`Run.hparams`."""
 
     learning_rate: Any = 1e-3
-    reg_lambda: Any = 1.0
-    feedback_weight: Any = 1.0
-    gamma: Any = 1.0
-    xi: Any = 0.1
-    budget: Any = 1.0
-    dual_lr: Any = 0.1
+    strategy: Any = NoHParams()
+    source: Any = NoHParams()
 
-    @classmethod
-    def create(cls, **kwargs) -> "HParams":
-        """Builds validated float32 hyperparameters; unknown names and out-of-range values raise ``ValueError``."""
-        unknown = set(kwargs) - set(cls._fields)
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)}; valid names are {list(cls._fields)}")
-        hp = cls(**kwargs)
+    def _owner(self, name: str) -> str:
+        owners = [part for part in ("strategy", "source") if name in getattr(self, part)._fields]
+        if name == "learning_rate":
+            owners.append("learning_rate")
+        if len(owners) != 1:
+            valid = self.names()
+            if not owners:
+                raise ValueError(f"unknown hyperparameter {name!r}; this run has {valid}")
+            raise ValueError(f"hyperparameter {name!r} is ambiguous: both {owners} have it")
+        return owners[0]
+
+    def names(self) -> list:
+        """Every hyperparameter's name, flat."""
+        return ["learning_rate", *self.strategy._fields, *self.source._fields]
+
+    def flat(self) -> Dict[str, Any]:
+        """``{name: value}`` for every hyperparameter."""
+        return {"learning_rate": self.learning_rate, **self.strategy._asdict(), **self.source._asdict()}
+
+    def replace(self, **values) -> "HParams":
+        """The same hyperparameters with the named ones changed (names as in :meth:`names`), validated."""
+        hp = self
+        for name, value in values.items():
+            owner = hp._owner(name)
+            if owner == "learning_rate":
+                hp = hp._replace(learning_rate=value)
+            else:
+                hp = hp._replace(**{owner: getattr(hp, owner)._replace(**{name: value})})
         hp.validate()
         return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), hp)
 
-    @classmethod
-    def sweep_axes(cls, *names: str) -> "HParams":
-        """``in_axes`` for ``jax.vmap`` that batches the named fields (axis 0) and broadcasts the others::
-
-            hp = hp._replace(reg_lambda=jnp.array([0.0, 1.0, 10.0]))
-            jax.vmap(run, in_axes=(None, HParams.sweep_axes("reg_lambda")))(key, hp)
-        """
-        unknown = set(names) - set(cls._fields)
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)}; valid names are {list(cls._fields)}")
-        return cls(**{f: (0 if f in names else None) for f in cls._fields})
+    def axes(self, *names: str) -> "HParams":
+        """``in_axes`` for ``jax.vmap`` that batch the named fields (axis 0) and broadcast the others."""
+        for name in names:
+            self._owner(name)
+        part = lambda tup: type(tup)(*[0 if f in names else None for f in tup._fields])  # noqa: E731
+        return HParams(0 if "learning_rate" in names else None, part(self.strategy), part(self.source))
 
     def validate(self) -> None:
-        """Checks concrete values (traced ones are skipped): non-negative rates and strengths, gamma in [0, 1]."""
-        for name in ("learning_rate", "reg_lambda", "feedback_weight", "budget", "dual_lr"):
-            _check_concrete(name, getattr(self, name), lambda v: v >= 0, ">= 0")
-        _check_concrete("gamma", self.gamma, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
-        _check_concrete("xi", self.xi, lambda v: v > 0, "> 0")
+        """Checks concrete values (traced ones are skipped): finite numbers, a positive learning rate, and each
+        part's own ranges. Raises ``ValueError``/``TypeError`` naming the field."""
+        from clloop_jax.strategies.base import check_hparam
+        for part in ("strategy", "source"):
+            value = getattr(self, part)
+            if not (isinstance(value, tuple) and hasattr(value, "_fields")):
+                raise TypeError(f"HParams.{part} must be a NamedTuple of hyperparameters, got "
+                                f"{type(value).__name__}")
+        check_hparam("learning_rate", self.learning_rate, lambda v: v > 0, "a finite number > 0")
+        check_hparams(self.strategy, "strategy")
+        check_hparams(self.source, "source")
 
 
-def _check_concrete(name, value, ok, expected):
-    if isinstance(value, jax.core.Tracer):
-        return
-    arr = np.asarray(value)
-    if not np.all(ok(arr)):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,92 +139,87 @@ class RunConfig:
     """Static configuration of a continual-learning run (changing it recompiles).
 
     Attributes:
-      strategy: a regularizer name of :mod:`clloop_jax.regularizers` (``none``, ``l2``, ``ewc``, ``online_ewc``,
-        ``si``, ``mas``, ``ewc_budget``).
+      strategy: a registered strategy name (``none``, ``l2``, ``ewc``, ``online_ewc``, ``si``, ``mas``,
+        ``ewc_budget``, ...) or a :class:`~clloop_jax.strategies.Strategy`.
       episodes_per_task: optimizer updates per task, one per episode (batch).
       fisher_variant: ``empirical``, ``sampled`` or ``exact`` (see :func:`clloop_jax.fisher.fisher_diagonal`).
       fisher_samples: label draws per input for the ``sampled`` Fisher.
       fisher_chunk_size: per-sample gradients computed this many at a time (bounds memory); None = all at once.
-      num_probes: inputs kept per task to measure functional divergence (0 turns it off).
+      monitors: the measurements recorded in the traces: names (``"parameter"``, ``"fisher"``, ``"functional"``)
+        or :class:`~clloop_jax.monitors.Monitor` values; those not named are not in the program.
+      measure_every: the monitors' ``measure`` (functional divergence) runs every this many episodes; None = once per
+        task, after its last episode. Must divide ``episodes_per_task``.
       max_grad_norm: global-norm clipping of the gradient before the optimizer (None = no clipping).
       reset_optimizer: start each task with a fresh optimizer state.
       optimizer: ``learning_rate -> optax.GradientTransformation``; Adam by default.
     """
 
-    strategy: str = "ewc"
+    strategy: Union[str, Strategy] = "ewc"
     episodes_per_task: int = 10
     fisher_variant: str = "sampled"
     fisher_samples: int = 1
     fisher_chunk_size: Optional[int] = None
-    num_probes: int = 4
+    monitors: Tuple[Union[str, Monitor], ...] = ("parameter",)
+    measure_every: Optional[int] = None
     max_grad_norm: Optional[float] = 1.0
     reset_optimizer: bool = True
     optimizer: Callable[[Any], optax.GradientTransformation] = optax.adam
 
     def __post_init__(self):
-        if self.strategy not in reg_lib.STRATEGIES:
-            raise ValueError(f"strategy must be one of {list(reg_lib.STRATEGIES)}, got {self.strategy!r}")
-        if not isinstance(self.episodes_per_task, int) or self.episodes_per_task < 1:
+        get_strategy(self.strategy)  # a clear error for an unknown name or a wrong type
+        if not _is_int(self.episodes_per_task) or self.episodes_per_task < 1:
             raise ValueError(f"episodes_per_task must be an integer >= 1, got {self.episodes_per_task!r}")
         if self.fisher_variant not in FISHER_VARIANTS:
             raise ValueError(f"fisher_variant must be one of {list(FISHER_VARIANTS)}, got {self.fisher_variant!r}")
-        if not isinstance(self.fisher_samples, int) or self.fisher_samples < 1:
+        if not _is_int(self.fisher_samples) or self.fisher_samples < 1:
             raise ValueError(f"fisher_samples must be an integer >= 1, got {self.fisher_samples!r}")
-        if self.fisher_chunk_size is not None and (
-                not isinstance(self.fisher_chunk_size, int) or self.fisher_chunk_size < 1):
+        if self.fisher_chunk_size is not None and (not _is_int(self.fisher_chunk_size) or self.fisher_chunk_size < 1):
             raise ValueError(f"fisher_chunk_size must be an integer >= 1 or None, got {self.fisher_chunk_size!r}")
-        if not isinstance(self.num_probes, int) or self.num_probes < 0:
-            raise ValueError(f"num_probes must be an integer >= 0, got {self.num_probes!r}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+        if isinstance(self.monitors, (str, Monitor)) or not isinstance(self.monitors, (tuple, list)):
+            raise ValueError(f"monitors must be a tuple of monitor names or Monitor values, got {self.monitors!r}")
+        object.__setattr__(self, "monitors", tuple(self.monitors))
+        names = [get_monitor(m).name for m in self.monitors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"monitors must not repeat a monitor, got {names}")
+        if self.measure_every is not None and (not _is_int(self.measure_every) or self.measure_every < 1
+                                               or self.episodes_per_task % self.measure_every):
+            raise ValueError(f"measure_every must be None or an integer >= 1 dividing episodes_per_task="
+                             f"{self.episodes_per_task}, got {self.measure_every!r}")
+        if self.max_grad_norm is not None:
+            if isinstance(self.max_grad_norm, bool) or not isinstance(self.max_grad_norm, numbers.Real) \
+                    or not np.isfinite(self.max_grad_norm) or not self.max_grad_norm > 0:
+                raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {self.max_grad_norm!r}")
+        if not isinstance(self.reset_optimizer, bool):
+            raise ValueError(f"reset_optimizer must be True or False, got {self.reset_optimizer!r}")
+        if not callable(self.optimizer):
+            raise ValueError(f"optimizer must be a callable learning_rate -> optax.GradientTransformation, "
+                             f"got {self.optimizer!r}")
 
 
-class ProbeMemory(NamedTuple):
-    """Inputs of earlier tasks and the model's outputs on them when each task ended (functional divergence)."""
-
-    inputs: Any      # leaves [num_tasks, num_probes, ...]
-    outputs: Any     # [num_tasks, num_probes, ...]
-    seen: jax.Array  # [num_tasks] bool
+# ----------------------------------------------------------------------------------------------------------------
+# State and results
+# ----------------------------------------------------------------------------------------------------------------
 
 
 class TrainState(NamedTuple):
-    """Everything a run carries from one episode (and task) to the next."""
+    """Everything a run carries from one update (and task) to the next."""
 
     params: Any
     opt_state: Any
-    reg_state: reg_lib.RegularizerState
-    task_start: Any      # params when the current task began: the reference of the parameter divergence
-    fisher_sum: Any      # sum of the Fisher diagonals of the tasks so far: weights the monitored divergence
-    probes: ProbeMemory
+    strategy: Any        # the strategy's own state
+    monitors: tuple      # one state per monitor, in the config's order
     tasks_done: jax.Array
-
-
-class EpisodeTrace(NamedTuple):
-    """Per-episode records of a task (leaves [episodes_per_task]; [num_tasks, episodes] for a whole run)."""
-
-    loss: jax.Array
-    penalty: jax.Array
-    score: jax.Array
-    reg_lambda: jax.Array
-    param_l2: jax.Array
-    param_relative: jax.Array
-    fisher_distance: jax.Array
-    functional: jax.Array
 
 
 class RunResults(NamedTuple):
     """What a run reports: ``R[i, j]`` = score on task j after training on tasks 0..i; ``baseline[j]`` = score of
-    the untrained model; ``traces`` = per-episode records. Metrics: :func:`clloop_jax.metrics.summarize`."""
+    the untrained model; ``traces`` = ``{name: [num_tasks, episodes_per_task]}`` per-episode records (``loss``,
+    ``penalty``, ``finite``, what the objective returns in ``aux`` such as ``score``, the strategy's and the
+    monitors' entries). Metrics: :func:`clloop_jax.metrics.summarize`."""
 
     R: jax.Array
     baseline: jax.Array
-    traces: EpisodeTrace
-
-
-def make_regularizer(strategy: str, hp: HParams, num_tasks: int) -> reg_lib.Regularizer:
-    """The strategy ``strategy`` with its numbers taken from ``hp`` (traced values are fine)."""
-    return reg_lib.make_regularizer(strategy, lam=hp.reg_lambda, gamma=hp.gamma, xi=hp.xi, budget=hp.budget,
-                                    dual_lr=hp.dual_lr, num_tasks=num_tasks)
+    traces: Dict[str, jax.Array]
 
 
 def task_at(tasks, task_id):
@@ -196,160 +227,308 @@ def task_at(tasks, task_id):
     return jax.tree.map(lambda x: x[task_id], tasks)
 
 
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _is_key(key) -> bool:
+    if isinstance(key, jax.core.Tracer):
+        return True
+    dtype = getattr(key, "dtype", None)
+    if dtype is None:
+        return False
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return True
+    return dtype == jnp.uint32 and getattr(key, "shape", None) == (2,)
+
+
+def check_key(name: str, key) -> None:
+    """``TypeError`` unless ``key`` is a JAX random key (typed, or a legacy uint32[2] array)."""
+    if not _is_key(key):
+        raise TypeError(f"{name} must be a JAX random key such as jax.random.key(0), got {type(key).__name__} "
+                        f"{key!r}"[:300])
+
+
+class DivergenceError(FloatingPointError):
+    """A run (or a step) met a non-finite loss, gradient or parameter. ``seed``, ``task`` and ``episode`` say where
+    (None when not applicable); the updates from there on were skipped, so the state holds the last good values."""
+
+    def __init__(self, message: str, seed=None, task=None, episode=None):
+        super().__init__(message)
+        self.seed, self.task, self.episode = seed, task, episode
+
+
+def check_finite(finite, where: str = "the run") -> None:
+    """Raises :class:`DivergenceError` at the first False of ``finite`` (``[tasks, episodes]`` or
+    ``[seeds, tasks, episodes]``, the run's ``traces["finite"]``), naming the seed, task and episode."""
+    finite = np.asarray(finite, bool)
+    if finite.ndim not in (2, 3):
+        raise ValueError(f"finite must have shape [tasks, episodes] or [seeds, tasks, episodes], got {finite.shape}")
+    bad = np.argwhere(~finite.reshape((-1,) + finite.shape[-2:]))
+    if bad.size == 0:
+        return
+    seed, task, episode = (int(v) for v in min(bad.tolist(), key=lambda b: (b[1], b[2], b[0])))
+    seed_text = f"seed {seed}, " if finite.ndim == 3 else ""
+    raise DivergenceError(f"{where} diverged at {seed_text}task {task}, episode {episode}: the loss, a gradient or "
+                          f"the parameters became non-finite (lower the learning rate or the penalty strength); "
+                          f"the updates from there on were skipped", seed=seed if finite.ndim == 3 else None,
+                          task=task, episode=episode)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------------
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """A compiled continual-learning run over ``source``, built by :func:`make_run`."""
+    """A continual-learning run over ``source``, built by :func:`make_run` (see the module docstring)."""
 
     config: RunConfig
     source: Any
+    strategy: Strategy
+    monitors: Tuple[Monitor, ...]
 
-    # ----- pieces --------------------------------------------------------------------------------------------
-    def regularizer(self, hp: HParams) -> reg_lib.Regularizer:
-        return make_regularizer(self.config.strategy, hp, self.source.num_tasks)
+    # ----- hyperparameters --------------------------------------------------------------------------------
+    def hparams(self, **values) -> HParams:
+        """The run's hyperparameters: the strategy's and the source's defaults, with ``values`` (flat names such
+        as ``learning_rate``, ``lam``, ``gamma``, ``feedback_weight``) set; validated, float32."""
+        base = HParams(1e-3, self.strategy.hparams, getattr(self.source, "hparams", NoHParams()))
+        return base.replace(**values)
 
+    def check_hparams(self, hp) -> None:
+        """``TypeError``/``ValueError`` unless ``hp`` is this run's :class:`HParams` with valid concrete values."""
+        if not isinstance(hp, HParams):
+            raise TypeError(f"hp must be the run's HParams (from run.hparams(...)), got {type(hp).__name__}")
+        for part, default in (("strategy", self.strategy.hparams),
+                              ("source", getattr(self.source, "hparams", NoHParams()))):
+            if type(getattr(hp, part)) is not type(default):
+                raise TypeError(f"hp.{part} must be {type(default).__name__} for this run, got "
+                                f"{type(getattr(hp, part)).__name__}; build hp with run.hparams(...)")
+        hp.validate()
+
+    def _checked(self, key, hp):
+        check_key("key", key)
+        self.check_hparams(hp)
+
+    # ----- pieces -----------------------------------------------------------------------------------------
     def optimizer(self, hp: HParams) -> optax.GradientTransformation:
         opt = self.config.optimizer(hp.learning_rate)
         if self.config.max_grad_norm is not None:
             opt = optax.chain(optax.clip_by_global_norm(self.config.max_grad_norm), opt)
         return opt
 
-    def _keys(self, key):
+    @staticmethod
+    def _keys(key):
         k_init, k_eval, k_tasks = jax.random.split(key, 3)
         return k_init, k_eval, k_tasks
 
-    def init(self, key, hp: HParams) -> TrainState:
-        """The state before the first task (``key`` is the run's key, as given to ``run``)."""
+    def _importance_kinds(self):
+        kinds = {self.strategy.importance} | {m.importance for m in self.monitors}
+        return sorted(k for k in kinds if k is not None)
+
+    def _needs_data(self) -> bool:
+        return bool(self._importance_kinds()) or self.strategy.uses_data or any(m.uses_data for m in self.monitors)
+
+    def _init(self, tasks, key, hp: HParams) -> TrainState:
         k_init, _, k_tasks = self._keys(key)
         params = self.source.init_params(k_init)
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        probe_shape = jax.eval_shape(self._probe, params, task_at(self.source.tasks, 0), k_tasks, hp)
-        stack = lambda s: jnp.zeros((self.source.num_tasks,) + s.shape, s.dtype)  # noqa: E731
-        probes = ProbeMemory(jax.tree.map(stack, probe_shape[0]), jax.tree.map(stack, probe_shape[1]),
-                             jnp.zeros((self.source.num_tasks,), bool))
-        return TrainState(params, self.optimizer(hp).init(params), self.regularizer(hp).init(params), params,
-                          zeros, probes, jnp.zeros((), jnp.int32))
+        data_shape = None
+        if any(m.uses_data for m in self.monitors):
+            data_shape = jax.eval_shape(self.source.fisher_data, k_tasks, params, task_at(tasks, 0), hp.source)
+        monitors = tuple(m.init(params, data_shape, self.source.num_tasks, self.source) for m in self.monitors)
+        return TrainState(params, self.optimizer(hp).init(params), self.strategy.init(params, hp.strategy),
+                          monitors, jnp.zeros((), jnp.int32))
 
-    def _probe(self, params, task, key, hp):
-        n = self.config.num_probes
-        inputs, _ = self.source.fisher_data(key, params, task, hp)
-        inputs = jax.tree.map(lambda x: x[:n], inputs)
-        return inputs, jax.vmap(self.source.predict, in_axes=(None, 0))(params, inputs)
-
-    def functional_divergence(self, params, probes: ProbeMemory):
-        """Mean output divergence from each earlier task's end, over the tasks seen (0 before any)."""
-        kind = "kl" if isinstance(self.source.likelihood, fisher_lib.Categorical) else "mse"
-        flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
-        outputs = jax.vmap(self.source.predict, in_axes=(None, 0))(params, jax.tree.map(flat, probes.inputs))
-        per_probe = div_lib.output_divergence(outputs, flat(probes.outputs), kind=kind)
-        per_task = per_probe.reshape(probes.seen.shape[0], -1).mean(axis=1)
-        count = jnp.maximum(probes.seen.sum(), 1)
-        return jnp.sum(jnp.where(probes.seen, per_task, 0.0)) / count
-
-    def importance(self, key, params, task, hp, kind: str):
-        """The importance a consolidation needs: the Fisher diagonal or MAS's output-norm sensitivity."""
-        inputs, targets = self.source.fisher_data(key, params, task, hp)
+    def importance(self, key, params, data, hp: HParams, kind: str):
+        """The diagonal importance ``kind`` (``"fisher"`` or ``"mas"``) of ``params`` on per-sample ``data``."""
+        inputs, targets = data
         if kind == "mas":
             return fisher_lib.mas_importance(self.source.predict, params, inputs,
                                              chunk_size=self.config.fisher_chunk_size)
         return fisher_lib.fisher_diagonal(
             self.source.predict, params, inputs, targets, likelihood=self.source.likelihood,
-            variant=self.config.fisher_variant, key=jax.random.fold_in(key, 1),
-            num_samples=self.config.fisher_samples, chunk_size=self.config.fisher_chunk_size)
+            variant=self.config.fisher_variant, key=key, num_samples=self.config.fisher_samples,
+            chunk_size=self.config.fisher_chunk_size)
 
-    # ----- one task ------------------------------------------------------------------------------------------
-    def _train_task(self, state: TrainState, key, task_id, hp: HParams):
-        task = task_at(self.source.tasks, task_id)
-        reg, opt = self.regularizer(hp), self.optimizer(hp)
+    # ----- the update step --------------------------------------------------------------------------------
+    def update(self, state: TrainState, batch, key, hp: HParams):
+        """One optimizer step on ``batch``: ``(state, trace)``, trace a dict of scalars.
+
+        The gradient is that of the source's loss (plus the strategy's replay loss), plus the penalty's; the
+        strategy may project it; the optimizer (with clipping) applies it; the strategy accumulates and observes.
+        A non-finite loss, gradient or new parameter leaves ``state`` unchanged and records ``finite = False``.
+        """
+        strat, src = self.strategy, self.source
+        k_replay, k_project, k_observe = jax.random.split(key, 3)
+        params = state.params
+
+        def task_loss(p):
+            loss, aux = src.loss(p, batch, hp.source)
+            if strat.replay_loss is not None:
+                replay = strat.replay_loss(state.strategy, p, src, k_replay, hp.strategy)
+                aux = {**aux, "replay_loss": replay}
+                loss = loss + replay
+            return loss, aux
+
+        (loss, aux), task_grads = jax.value_and_grad(task_loss, has_aux=True)(params)
+        grads = task_grads
+        penalty = jnp.zeros((), jnp.float32)
+        if strat.penalty is not None:
+            penalty, pen_grads = jax.value_and_grad(lambda p: strat.penalty(state.strategy, p, hp.strategy))(params)
+            grads = jax.tree.map(jnp.add, task_grads, pen_grads)
+        if strat.project is not None:
+            grads = strat.project(state.strategy, params, grads, src, k_project, hp.strategy)
+        updates, opt_state = self.optimizer(hp).update(grads, state.opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        strategy_state = state.strategy
+        if strat.accumulate is not None:
+            strategy_state = strat.accumulate(strategy_state, params, new_params, task_grads, hp.strategy)
+        if strat.observe is not None:
+            strategy_state = strat.observe(strategy_state, new_params, src.samples(batch), src, k_observe,
+                                           hp.strategy)
+        finite = jnp.isfinite(loss) & jnp.isfinite(penalty) & _all_finite(grads) & _all_finite(new_params)
+        new = state._replace(params=new_params, opt_state=opt_state, strategy=strategy_state)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        trace = {"loss": loss, "penalty": penalty, "finite": finite}
+        trace.update({k: v for k, v in aux.items() if jnp.ndim(v) == 0})
+        if strat.trace is not None:
+            trace.update(strat.trace(new.strategy))
+        for monitor, m_state in zip(self.monitors, new.monitors):
+            if monitor.update is not None:
+                trace.update(monitor.update(m_state, new.params))
+        return new, trace
+
+    # ----- one task ---------------------------------------------------------------------------------------
+    def _train_task(self, state: TrainState, tasks, key, task_id, hp: HParams):
+        task = task_at(tasks, task_id)
         if self.config.reset_optimizer:
-            state = state._replace(opt_state=opt.init(state.params))
-        state = state._replace(task_start=state.params)
+            state = state._replace(opt_state=self.optimizer(hp).init(state.params))
 
         def episode(st: TrainState, k):
-            batch = self.source.batch(k, st.params, task, hp)
-            (loss, aux), task_grads = jax.value_and_grad(self.source.loss, has_aux=True)(st.params, batch, hp)
-            penalty, pen_grads = jax.value_and_grad(lambda p: reg.penalty(st.reg_state, p))(st.params)
-            grads = jax.tree.map(jnp.add, task_grads, pen_grads)
-            updates, opt_state = opt.update(grads, st.opt_state, st.params)
-            params = optax.apply_updates(st.params, updates)
-            reg_state = reg.accumulate(st.reg_state, st.params, params, task_grads)
-            pdiv = div_lib.parameter_divergence(params, st.task_start, st.fisher_sum)
-            functional = (self.functional_divergence(params, st.probes) if self.config.num_probes
-                          else jnp.zeros(()))
-            trace = EpisodeTrace(loss, penalty, aux.get("score", jnp.nan), st.reg_state.lam, pdiv["l2"],
-                                 pdiv["relative"], pdiv["fisher_weighted"], functional)
-            return st._replace(params=params, opt_state=opt_state, reg_state=reg_state), trace
+            k_batch, k_update = jax.random.split(k)
+            return self.update(st, self.source.batch(k_batch, st.params, task, hp.source), k_update, hp)
 
-        keys = jax.random.split(jax.random.fold_in(key, 0), self.config.episodes_per_task)
-        state, trace = jax.lax.scan(episode, state, keys)
-        return self._consolidate(state, jax.random.fold_in(key, 1), task_id, task, hp, reg), trace
+        E = self.config.episodes_per_task
+        keys = jax.random.split(jax.random.fold_in(key, 0), E)
+        measuring = [(m, i) for i, m in enumerate(self.monitors) if m.measure is not None]
+        if not measuring:
+            state, trace = jax.lax.scan(episode, state, keys)
+        else:
+            every = self.config.measure_every or E
 
-    def _consolidate(self, state: TrainState, key, task_id, task, hp, reg):
-        k_fisher, k_probe = jax.random.split(key)
-        fisher = self.importance(k_fisher, state.params, task, hp, "fisher")
-        kind = reg.importance_kind
-        task_importance = {"fisher": fisher, "none": None}.get(kind)
-        if kind == "mas":
-            task_importance = self.importance(k_fisher, state.params, task, hp, "mas")
-        reg_state = reg.consolidate(state.reg_state, state.params, task_importance)
-        probes = state.probes
-        if self.config.num_probes:
-            inputs, outputs = self._probe(state.params, task, k_probe, hp)
-            put = lambda stack, x: stack.at[task_id].set(x)  # noqa: E731
-            probes = ProbeMemory(jax.tree.map(put, probes.inputs, inputs), jax.tree.map(put, probes.outputs, outputs),
-                                 probes.seen.at[task_id].set(True))
-        return state._replace(reg_state=reg_state, fisher_sum=jax.tree.map(jnp.add, state.fisher_sum, fisher),
-                              probes=probes, tasks_done=state.tasks_done + 1)
+            def chunk(st, ks):
+                st, tr = jax.lax.scan(episode, st, ks)
+                for monitor, i in measuring:
+                    for name, value in monitor.measure(st.monitors[i], st.params, self.source).items():
+                        tr[name] = jnp.full((every,), jnp.nan, jnp.result_type(value)).at[-1].set(value)
+                return st, tr
 
-    def _evaluate(self, params, key, hp):
+            state, trace = jax.lax.scan(chunk, state, keys.reshape((E // every, every)))
+            trace = jax.tree.map(lambda x: x.reshape((E,)), trace)
+        return self._consolidate(state, jax.random.fold_in(key, 1), task_id, task, hp), trace
+
+    def _consolidate(self, state: TrainState, key, task_id, task, hp: HParams) -> TrainState:
+        if not self._needs_data() and self.strategy.consolidate is None \
+                and all(m.consolidate is None for m in self.monitors):
+            return state._replace(tasks_done=state.tasks_done + 1)
+        k_data, k_importance = jax.random.split(key)
+        data = self.source.fisher_data(k_data, state.params, task, hp.source) if self._needs_data() else None
+        importance = {kind: self.importance(k_importance, state.params, data, hp, kind)
+                      for kind in self._importance_kinds()}
+        strategy_state = state.strategy
+        if self.strategy.consolidate is not None:
+            strategy_state = self.strategy.consolidate(
+                strategy_state, state.params, hp.strategy, importance=importance.get(self.strategy.importance),
+                data=data if self.strategy.uses_data else None)
+        monitors = tuple(
+            m.consolidate(s, state.params, task_id, self.source, importance=importance.get(m.importance),
+                          data=data if m.uses_data else None) if m.consolidate is not None else s
+            for m, s in zip(self.monitors, state.monitors))
+        return state._replace(strategy=strategy_state, monitors=monitors, tasks_done=state.tasks_done + 1)
+
+    def _evaluate(self, params, tasks, key, hp: HParams):
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(self.source.num_tasks))
-        return jax.vmap(lambda task, k: self.source.score(k, params, task, hp))(self.source.tasks, keys)
+        return jax.vmap(lambda task, k: self.source.score(k, params, task, hp.source))(tasks, keys)
 
-    # ----- public, jitted ------------------------------------------------------------------------------------
-    def __post_init__(self):
-        object.__setattr__(self, "_jit_init", jax.jit(self.init))
-        object.__setattr__(self, "_jit_train_task", jax.jit(self._task_step))
-        object.__setattr__(self, "_jit_evaluate", jax.jit(self.evaluate))
-        object.__setattr__(self, "_jit_run", jax.jit(self._run))
-
-    def _task_step(self, state: TrainState, key, task_id, hp: HParams):
-        """Train on task ``task_id`` with the run key ``key``, then score every task: one row of R."""
+    def _task_step(self, state: TrainState, tasks, key, task_id, hp: HParams):
         _, k_eval, k_tasks = self._keys(key)
-        state, trace = self._train_task(state, jax.random.fold_in(k_tasks, task_id), task_id, hp)
-        return state, self._evaluate(state.params, k_eval, hp), trace
+        state, trace = self._train_task(state, tasks, jax.random.fold_in(k_tasks, task_id), task_id, hp)
+        return state, self._evaluate(state.params, tasks, k_eval, hp), trace
+
+    def _run(self, tasks, key, hp: HParams):
+        state = self._init(tasks, key, hp)
+        _, k_eval, k_tasks = self._keys(key)
+        n = self.source.num_tasks
+
+        def train(st, task_id):
+            return self._train_task(st, tasks, jax.random.fold_in(k_tasks, task_id), task_id, hp)
+
+        trace_shape = jax.eval_shape(train, state, jnp.int32(0))[1]
+
+        def phase(st, i):
+            row = self._evaluate(st.params, tasks, k_eval, hp)
+            skip = lambda s, _: (s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), trace_shape))  # noqa
+            st, trace = jax.lax.cond(i < n, train, skip, st, jnp.minimum(i, n - 1))
+            return st, (row, trace)
+
+        state, (rows, traces) = jax.lax.scan(phase, state, jnp.arange(n + 1))
+        return state, RunResults(rows[1:], rows[0], jax.tree.map(lambda x: x[:n], traces))
+
+    # ----- public, jitted ---------------------------------------------------------------------------------
+    def __call__(self, key, hp: HParams):
+        """The whole run, one compiled program: ``(final_state, RunResults)``."""
+        self._checked(key, hp)
+        return _jit_run(self, self.source.tasks, key, hp)
+
+    def init(self, key, hp: HParams) -> TrainState:
+        """The state before the first task (``key`` is the run's key, as given to ``run``)."""
+        self._checked(key, hp)
+        return _jit_init(self, self.source.tasks, key, hp)
+
+    def train_task(self, state: TrainState, key, task_id, hp: HParams):
+        """One task, compiled once for all tasks: ``(state, R_row, traces)``; ``key`` is the run key."""
+        self._checked(key, hp)
+        if not isinstance(state, TrainState):
+            raise TypeError(f"state must be a TrainState (from run.init or an earlier train_task), "
+                            f"got {type(state).__name__}")
+        if not isinstance(task_id, jax.core.Tracer):
+            if not _is_int(task_id) or not 0 <= task_id < self.source.num_tasks:
+                raise ValueError(f"task_id must be an integer in [0, {self.source.num_tasks}), got {task_id!r}")
+        return _jit_task_step(self, state, self.source.tasks, key, jnp.asarray(task_id, jnp.int32), hp)
 
     def evaluate(self, params, key, hp: HParams):
         """Scores of ``params`` on every task, with the run's fixed evaluation keys (derived from the run key)."""
-        return self._evaluate(params, self._keys(key)[1], hp)
+        self._checked(key, hp)
+        return _jit_evaluate(self.source, params, self.source.tasks, self._keys(key)[1], hp.source)
 
-    def _run(self, key, hp: HParams):
-        state = self.init(key, hp)
-        baseline = self.evaluate(state.params, key, hp)
-
-        def body(st, task_id):
-            st, row, trace = self._task_step(st, key, task_id, hp)
-            return st, (row, trace)
-
-        state, (R, traces) = jax.lax.scan(body, state, jnp.arange(self.source.num_tasks))
-        return state, RunResults(R, baseline, traces)
-
-    def __call__(self, key, hp: HParams):
-        """The whole run, compiled once: ``(final_state, RunResults)``."""
-        return self._jit_run(key, hp)
-
-    def train_task(self, state: TrainState, key, task_id, hp: HParams):
-        """One task, jitted once for all tasks: ``(state, R_row, EpisodeTrace)``; ``key`` is the run key."""
-        return self._jit_train_task(state, key, jnp.asarray(task_id, jnp.int32), hp)
-
-    def run_stepwise(self, key, hp: HParams, callback: Optional[Callable] = None):
+    def run_stepwise(self, key, hp: HParams, callback: Optional[Callable] = None, state: Optional[TrainState] = None,
+                     start_task: int = 0, results: Optional[RunResults] = None):
         """The same run as ``run(key, hp)``, stepped on the host one task at a time.
 
-        ``callback(task_id, state, row, trace)`` is called after each task (progress, checkpoints). Returns
-        ``(final_state, RunResults)`` with the same numbers as the compiled whole run.
+        ``callback(task_id, state, row, trace)`` is called after each task (progress, checkpoints). To resume, pass
+        the ``state`` after ``start_task`` tasks and the ``results`` recorded so far (their first ``start_task``
+        rows and traces). Returns ``(final_state, RunResults)`` with the same numbers as the compiled whole run.
         """
-        state = self._jit_init(key, hp)
-        baseline = self._jit_evaluate(state.params, key, hp)
+        self._checked(key, hp)
+        n = self.source.num_tasks
+        if not _is_int(start_task) or not 0 <= start_task <= n:
+            raise ValueError(f"start_task must be an integer in [0, {n}], got {start_task!r}")
+        if state is None:
+            if start_task:
+                raise ValueError("start_task > 0 needs the state after those tasks (state=...)")
+            state = self.init(key, hp)
         rows, traces = [], []
-        for task_id in range(self.source.num_tasks):
+        if results is not None:
+            rows = list(results.R[:start_task])
+            traces = [jax.tree.map(lambda x: x[i], results.traces) for i in range(start_task)]
+            baseline = results.baseline
+        else:
+            if start_task:
+                raise ValueError("start_task > 0 needs the results recorded so far (results=...)")
+            baseline = self.evaluate(state.params, key, hp)
+        for task_id in range(start_task, n):
             state, row, trace = self.train_task(state, key, task_id, hp)
             rows.append(row)
             traces.append(trace)
@@ -359,40 +538,88 @@ class Run:
         return state, RunResults(jnp.stack(rows), baseline, stacked)
 
 
+_jit_run = jax.jit(Run._run, static_argnums=0)
+_jit_init = jax.jit(Run._init, static_argnums=0)
+_jit_task_step = jax.jit(Run._task_step, static_argnums=0)
+
+
+def _evaluate_source(source, params, tasks, key, hp_source):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(source.num_tasks))
+    return jax.vmap(lambda task, k: source.score(k, params, task, hp_source))(tasks, keys)
+
+
+_jit_evaluate = jax.jit(_evaluate_source, static_argnums=0)
+
+
 def make_run(config: RunConfig, source) -> Run:
     """``run = make_run(config, source)``; ``run(key, hparams) -> (final_state, RunResults)``."""
-    return Run(config, source)
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
+    _check_source(source)
+    return Run(config, source, get_strategy(config.strategy), tuple(get_monitor(m) for m in config.monitors))
+
+
+_SOURCE_INTERFACE = ("num_tasks", "tasks", "likelihood", "init_params", "batch", "loss", "score", "fisher_data",
+                     "predict")
+
+
+def _check_source(source) -> None:
+    missing = [name for name in _SOURCE_INTERFACE if not hasattr(source, name)]
+    if source is None or missing:
+        raise TypeError(f"source must be a task source (EnvSource, SupervisedSource or one with {list(_SOURCE_INTERFACE)})"
+                        f", got {type(source).__name__}" + (f" missing {missing}" if source is not None else ""))
 
 
 def make_joint_run(config: RunConfig, source) -> Callable:
     """The multi-task upper bound: one model trained on all tasks at once, every update seeing every task.
 
-    Trains for ``episodes_per_task * num_tasks`` updates, each on a batch of every task (the mean of the task
-    losses), with no penalty. Returns a jitted ``joint(key, hparams) -> scores [num_tasks]``, evaluated with the
-    same fixed evaluation keys as :class:`Run` for the same run key.
+    Trains for ``episodes_per_task * num_tasks`` updates through the same update step as the continual run (without
+    a strategy's penalty), each on the mean loss of one batch of every task. Returns
+    ``joint(key, hparams) -> scores [num_tasks]``, compiled once, evaluated with the same fixed evaluation keys as
+    :class:`Run` for the same run key. ``hparams`` is that of ``make_run(config, source)``; its strategy part is
+    ignored.
     """
-    run = Run(dataclasses.replace(config, strategy="none"), source)
+    run = make_run(dataclasses.replace(config, strategy="none", monitors=()), source)
+    joint_source = _JointSource(source)
+    joint_run = Run(run.config, joint_source, run.strategy, ())
 
     def joint(key, hp: HParams):
-        k_init, _, k_tasks = run._keys(key)
-        params = source.init_params(k_init)
-        opt = run.optimizer(hp)
+        hp = hp._replace(strategy=NoHParams())
+        k_init, k_eval, k_tasks = Run._keys(key)
+        state = joint_run._init(source.tasks, key, hp)
         task_ids = jnp.arange(source.num_tasks)
 
-        def mean_loss(p, batches):
-            losses, _ = jax.vmap(lambda b: source.loss(p, b, hp))(batches)
-            return jnp.mean(losses)
-
-        def step(carry, k):
-            p, o = carry
+        def step(st, k):
             keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(task_ids)
-            batches = jax.vmap(lambda task, kk: source.batch(kk, p, task, hp))(source.tasks, keys)
-            grads = jax.grad(mean_loss)(p, batches)
-            updates, o = opt.update(grads, o, p)
-            return (optax.apply_updates(p, updates), o), None
+            batches = jax.vmap(lambda task, kk: source.batch(kk, st.params, task, hp.source))(source.tasks, keys)
+            st, _ = joint_run.update(st, batches, k, hp)
+            return st, None
 
         keys = jax.random.split(k_tasks, config.episodes_per_task * source.num_tasks)
-        (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), keys)
-        return run.evaluate(params, key, hp)
+        state, _ = jax.lax.scan(step, state, keys)
+        return _evaluate_source(source, state.params, source.tasks, k_eval, hp.source)
 
-    return jax.jit(joint)
+    jitted = jax.jit(joint)
+
+    def call(key, hp: HParams):
+        check_key("key", key)
+        if not isinstance(hp, HParams):
+            raise TypeError(f"hp must be the run's HParams (from run.hparams(...)), got {type(hp).__name__}")
+        hp.validate()
+        return jitted(key, hp)
+
+    return call
+
+
+@dataclasses.dataclass(frozen=True)
+class _JointSource:
+    """A source whose batch is one batch of every task (leading task axis) and whose loss is their mean."""
+
+    base: Any
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    def loss(self, params, batches, hp_source):
+        losses, aux = jax.vmap(lambda b: self.base.loss(params, b, hp_source))(batches)
+        return jnp.mean(losses), jax.tree.map(jnp.mean, aux)

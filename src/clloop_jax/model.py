@@ -107,17 +107,19 @@ class CrossModalModel(nn.Module):
       output_dim: size of the output (action mean or logits).
       num_modalities: number of observation modalities ``M``.
       num_heads: attention heads; must divide ``hidden_dim``.
-      feedback_dim: size of the external feedback vector; 0 means no feedback input.
+      feedback_dim: size of the external feedback vector; 0 means no feedback input. None (the default) means
+        "the environment's": whoever pairs the model with an environment (``EnvSource``, the facade) sets it to
+        ``environment.feedback_dim``; a model used on its own with None takes no feedback.
       head_init_scale: variance scale of the output head's kernel initialiser (fan-in, truncated
         normal); small values make an untrained agent output near zero.
     """
 
-    input_dim: int | Sequence[int]
-    hidden_dim: int
-    output_dim: int
+    input_dim: int | Sequence[int] = 64
+    hidden_dim: int = 128
+    output_dim: int = 32
     num_modalities: int = 1
     num_heads: int = 4
-    feedback_dim: int = 0
+    feedback_dim: int | None = None
     head_init_scale: float = 1e-2
 
     def __post_init__(self):
@@ -147,9 +149,9 @@ class CrossModalModel(nn.Module):
         positive("hidden_dim", self.hidden_dim)
         positive("output_dim", self.output_dim)
         positive("num_heads", self.num_heads)
-        if not _is_int(self.feedback_dim) or self.feedback_dim < 0:
+        if self.feedback_dim is not None and (not _is_int(self.feedback_dim) or self.feedback_dim < 0):
             raise ValueError(
-                f"CrossModalModel.feedback_dim: expected a non-negative int, got {self.feedback_dim!r}"
+                f"CrossModalModel.feedback_dim: expected a non-negative int or None, got {self.feedback_dim!r}"
             )
         if self.hidden_dim % self.num_heads != 0:
             raise ValueError(
@@ -178,7 +180,12 @@ class CrossModalModel(nn.Module):
     @property
     def num_tokens(self) -> int:
         """Tokens attended over per step: one per modality, the state token, the feedback token."""
-        return self.num_modalities + 1 + (1 if self.feedback_dim > 0 else 0)
+        return self.num_modalities + 1 + (1 if self.num_feedback > 0 else 0)
+
+    @property
+    def num_feedback(self) -> int:
+        """The size of the feedback input actually taken: ``feedback_dim``, with None counting as 0."""
+        return self.feedback_dim or 0
 
     @nn.nowrap
     def initial_carry(self, batch_shape: Sequence[int] | int = ()) -> Array:
@@ -198,7 +205,7 @@ class CrossModalModel(nn.Module):
         batch_shape = tuple(batch_shape)
         carry = self.initial_carry(batch_shape)
         obs = tuple(jnp.zeros(batch_shape + (d,), jnp.float32) for d in self.modality_dims)
-        feedback = jnp.zeros(batch_shape + (self.feedback_dim,), jnp.float32) if self.feedback_dim > 0 else None
+        feedback = jnp.zeros(batch_shape + (self.num_feedback,), jnp.float32) if self.num_feedback > 0 else None
         return carry, obs, feedback
 
     @nn.nowrap
@@ -251,7 +258,7 @@ class CrossModalModel(nn.Module):
 
     @nn.nowrap
     def _check_feedback(self, feedback: Any, name: str, lead: str, batch: tuple[int, ...]) -> Any:
-        F = self.feedback_dim
+        F = self.num_feedback
         if F == 0:
             if feedback is not None:
                 raise ValueError(
@@ -285,7 +292,7 @@ class CrossModalModel(nn.Module):
         H = self.hidden_dim
         self.encoders = [nn.Dense(H, name=f"encoder_{m}") for m in range(self.num_modalities)]
         self.state_encoder = nn.Dense(H)
-        self.feedback_encoder = nn.Dense(H) if self.feedback_dim > 0 else None
+        self.feedback_encoder = nn.Dense(H) if self.num_feedback > 0 else None
         self.token_embedding = self.param(
             "token_embedding", nn.initializers.normal(stddev=0.02), (self.num_tokens, H), jnp.float32
         )
@@ -433,7 +440,7 @@ class SequenceClassifier(nn.Module):
         if self.model.modality_dims != (self.chunk,):
             raise ValueError(f"SequenceClassifier.model: expected input_dim={self.chunk} (= chunk), "
                              f"got {self.model.input_dim!r}")
-        if self.model.feedback_dim != 0:
+        if self.model.num_feedback != 0:
             raise ValueError(f"SequenceClassifier.model: expected feedback_dim=0, got {self.model.feedback_dim}")
         super().__post_init__()
 

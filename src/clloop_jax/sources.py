@@ -7,14 +7,23 @@ arrays and keys:
   ``EnvParams``, or a labelled dataset's per-task arrays). The trainer indexes it with a traced task id, so
   switching task never recompiles.
 * ``init_params(key)``: the model's initial parameters.
+* ``hparams``: the source's own numeric hyperparameters, a ``NamedTuple`` (``EnvHParams(feedback_weight)`` for
+  the closed loop, none for labelled streams); the run hands the traced values back as ``hparams`` below.
 * ``batch(key, params, task, hparams)``: data to learn from (a closed-loop rollout, or a minibatch).
-* ``loss(params, batch, hparams) -> (loss, aux)``: the objective; ``aux["score"]`` is the batch's score.
+* ``loss(params, batch, hparams) -> (loss, aux)``: the objective; ``aux["score"]`` is the batch's score, and every
+  scalar in ``aux`` is recorded in the run's traces.
 * ``score(key, params, task, hparams)``: the task's normalized score (evaluation).
 * ``fisher_data(key, params, task, hparams) -> (inputs, targets)``: per-sample inputs (leading sample axis) and
-  observed targets for the Fisher diagonal, MAS importance and functional-divergence probes.
+  observed targets of the task: one draw serves, at a task's end, the Fisher diagonal, MAS importance, the
+  functional-divergence probes and a rehearsal memory.
+* ``samples(batch) -> (inputs, targets)``: a training batch in the same per-sample form (rehearsal memories).
+* ``sample_loss(params, inputs, targets)``: the objective on per-sample data (replay of remembered samples).
 * ``predict(params, x)``: one sample's model outputs, the function those importances differentiate.
 * ``likelihood``: the output distribution (:class:`~clloop_jax.fisher.Gaussian` or
   :class:`~clloop_jax.fisher.Categorical`), which names the Fisher's expectation and the divergence kind.
+
+Sources compare and hash by their configuration, not by their task arrays: the run passes the tasks to its compiled
+program as arguments, so equal configurations share one compilation.
 
 Two sources ship here: :class:`EnvSource` (the closed loop: an agent acting in an environment) and
 :class:`SupervisedSource` (labelled task streams: permuted and split digits).
@@ -23,6 +32,7 @@ Two sources ship here: :class:`EnvSource` (the closed loop: an agent acting in a
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import jax
@@ -30,8 +40,9 @@ import jax.numpy as jnp
 
 from clloop_jax import datasets as data_lib
 from clloop_jax import fisher as fisher_lib
-from clloop_jax.envs.rollout import Trajectory, rollout
 from clloop_jax.envs.base import normalized_score
+from clloop_jax.envs.rollout import Trajectory, rollout
+from clloop_jax.strategies.base import NoHParams, nonnegative
 
 
 class TaskSource(Protocol):
@@ -40,6 +51,7 @@ class TaskSource(Protocol):
     num_tasks: int
     tasks: Any
     likelihood: Any
+    hparams: Any
 
     def init_params(self, key): ...
 
@@ -51,7 +63,28 @@ class TaskSource(Protocol):
 
     def fisher_data(self, key, params, task, hparams): ...
 
+    def samples(self, batch): ...
+
+    def sample_loss(self, params, inputs, targets): ...
+
     def predict(self, params, x): ...
+
+
+class EnvHParams(NamedTuple):
+    """The closed loop's hyperparameters: ``feedback_weight``, the scale of the world's feedback (reward, previous
+    action) before it reaches the model (>= 0)."""
+
+    feedback_weight: Any = 1.0
+
+    def check(self):
+        nonnegative("feedback_weight", self.feedback_weight)
+
+
+def pair_with_env(model, env):
+    """``model`` ready to act in ``env``: a model built without ``feedback_dim`` (None) takes the environment's."""
+    if getattr(model, "feedback_dim", 0) is None:
+        return model.clone(feedback_dim=env.feedback_dim)
+    return model
 
 
 def check_model_matches_env(model, env) -> None:
@@ -71,28 +104,40 @@ def check_model_matches_env(model, env) -> None:
                          f"environment.feedback_dim={env.feedback_dim}")
 
 
-def imitation_loss(model) -> Callable:
-    """The default closed-loop objective: learn the environment's target action along the agent's own trajectory.
-
-    The loss is the mean squared error between the model's actions, recomputed from the recorded observations and
-    feedback with backpropagation through time over the whole episode, and the expert's actions. The environment's
-    transitions are not differentiated (the trajectory is data), as in on-policy imitation (DAgger).
-    """
-
-    def loss(params, traj: Trajectory, hparams=None):
-        err, actions = sequence_mse(model, params, traj.obs, traj.feedback, traj.target)
-        return err, {"score": normalized_score(actions, traj.target)}
-
-    return loss
+def squared_error(actions, targets):
+    """The default imitation error: mean over steps and sequences of ``|action - target|^2``."""
+    return jnp.mean(jnp.sum((actions - targets) ** 2, axis=-1))
 
 
-def sequence_mse(model, params, obs, feedback, target):
-    """``(mean over steps and sequences of |action - target|^2, actions)`` for time-major ``obs [T, B, M, D]``,
-    ``feedback [T, B, F]`` and ``target [T, B, A]``, the model run from its initial carry with backpropagation
-    through time."""
+def sequence_actions(model, params, obs, feedback):
+    """The model's actions for time-major ``obs [T, B, M, D]`` and ``feedback [T, B, F]``, run from its initial
+    carry (backpropagation through time when differentiated)."""
     carry = model.initial_carry(obs.shape[1:2])
     _, actions = model.apply(params, carry, obs, feedback, method=model.sequence)
-    return jnp.mean(jnp.sum((actions - target) ** 2, axis=-1)), actions
+    return actions
+
+
+@dataclasses.dataclass(frozen=True)
+class ImitationLoss:
+    """The default closed-loop objective: learn the environment's target action along the agent's own trajectory.
+
+    ``loss_fn(actions, targets)`` compares the model's actions, recomputed from the recorded observations and feedback
+    with backpropagation through time over the whole episode, with the expert's actions (default:
+    :func:`squared_error`). The environment's transitions are not differentiated (the trajectory is data), as in
+    on-policy imitation (DAgger). ``aux["score"]`` is the normalized score of the recomputed actions.
+    """
+
+    model: Any
+    loss_fn: Callable = squared_error
+
+    def __call__(self, params, traj: Trajectory, hparams=None):
+        actions = sequence_actions(self.model, params, traj.obs, traj.feedback)
+        return self.loss_fn(actions, traj.target), {"score": normalized_score(actions, traj.target)}
+
+
+def imitation_loss(model, loss_fn: Callable = squared_error) -> ImitationLoss:
+    """:class:`ImitationLoss` of ``model`` (kept as a function for symmetry with user objectives)."""
+    return ImitationLoss(model, loss_fn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,32 +164,41 @@ class EnvSource:
     eval_envs: int = 16
     objective: Optional[Callable] = None
     sigma: float = 1.0
-    tasks: Any = None
+    tasks: Any = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
         for name in ("num_tasks", "num_envs", "eval_envs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.num_steps is not None and (not isinstance(self.num_steps, int) or self.num_steps < 1):
-            raise ValueError(f"num_steps must be an integer >= 1 or None, got {self.num_steps!r}")
-        if not self.sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma!r}")
+            _positive_int(name, getattr(self, name))
+            object.__setattr__(self, name, int(getattr(self, name)))
+        _positive_int("num_steps", self.num_steps, allow_none=True)
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not 0 < self.sigma < float("inf"):
+            raise ValueError(f"sigma must be a finite number > 0, got {self.sigma!r}")
+        if self.objective is not None and not callable(self.objective):
+            raise TypeError(f"objective must be a callable (params, trajectory, hparams) -> (loss, aux), "
+                            f"got {type(self.objective).__name__}")
+        object.__setattr__(self, "model", pair_with_env(self.model, self.env))
         check_model_matches_env(self.model, self.env)
         if self.num_steps is None:
             object.__setattr__(self, "num_steps", int(self.env.episode_length))
         if self.tasks is None:
             object.__setattr__(self, "tasks", self.env.tasks(self.num_tasks))
         else:
-            sizes = {x.shape[0] for x in jax.tree.leaves(self.tasks)}
-            if sizes != {self.num_tasks}:
-                raise ValueError(f"tasks must have a leading axis of num_tasks={self.num_tasks}, got sizes {sizes}")
+            expected = jax.eval_shape(lambda: self.env.tasks(self.num_tasks))
+            got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), self.tasks)
+            if jax.tree.structure(got) != jax.tree.structure(expected) or jax.tree.leaves(got) != jax.tree.leaves(
+                    expected):
+                raise ValueError(f"tasks must be the environment's stacked task parameters for num_tasks="
+                                 f"{self.num_tasks} (as env.tasks({self.num_tasks}) gives: {expected}), got {got}")
         if self.objective is None:
             object.__setattr__(self, "objective", imitation_loss(self.model))
 
     @property
     def likelihood(self):
         return fisher_lib.Gaussian(sigma=self.sigma)
+
+    @property
+    def hparams(self) -> EnvHParams:
+        return EnvHParams()
 
     def init_params(self, key):
         return self.model.init_params(key)
@@ -175,10 +229,20 @@ class EnvSource:
         return normalized_score(traj.action, traj.target)
 
     def fisher_data(self, key, params, task, hparams):
-        traj = self.rollout(key, params, task, hparams, self.num_envs)
-        # Samples are whole episodes: move the env axis in front of time.
+        return self.samples(self.rollout(key, params, task, hparams, self.num_envs))
+
+    def samples(self, traj: Trajectory):
+        """Per-sample ``((obs, feedback), target)``: each sample is one whole episode (env axis first)."""
         inputs = (jnp.swapaxes(traj.obs, 0, 1), jnp.swapaxes(traj.feedback, 0, 1))
         return inputs, jnp.swapaxes(traj.target, 0, 1)
+
+    def sample_loss(self, params, inputs, targets):
+        """The objective on per-sample episodes: the trajectory rebuilt time-major, then ``objective``'s loss."""
+        obs, feedback = (jnp.swapaxes(x, 0, 1) for x in inputs)
+        target = jnp.swapaxes(targets, 0, 1)
+        zeros = jnp.zeros(target.shape[:-1])
+        traj = Trajectory(obs, feedback, jnp.zeros_like(target), target, zeros, zeros.astype(bool))
+        return self.loss(params, traj, self.hparams)[0]
 
     def predict(self, params, x):
         obs, feedback = x
@@ -204,7 +268,7 @@ class SupervisedBatch(NamedTuple):
 def _positive_int(name: str, value, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         expected = "an integer >= 1 or None" if allow_none else "an integer >= 1"
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
@@ -253,7 +317,7 @@ class SupervisedSource:
     """
 
     model: Any
-    stream: data_lib.TaskStream
+    stream: data_lib.TaskStream = dataclasses.field(compare=False)
     batch_size: int = 128
     eval_size: Optional[int] = None
     fisher_size: Optional[int] = None
@@ -296,8 +360,13 @@ class SupervisedSource:
     def likelihood(self):
         return fisher_lib.Categorical()
 
+    @property
+    def hparams(self) -> NoHParams:
+        return NoHParams()
+
     def init_params(self, key):
-        return self.model.init(key, self.stream.x[0, 0])
+        x = self.stream.x
+        return self.model.init(key, jnp.zeros(x.shape[2:], x.dtype))
 
     def batch(self, key, params, task, hparams):
         del params, hparams
@@ -322,8 +391,16 @@ class SupervisedSource:
         del params, hparams
         n = self.fisher_size
         idx = jax.random.choice(key, task.x.shape[0], (n,), replace=False)
-        mask = jnp.broadcast_to(task.train_mask, (n,) + task.train_mask.shape)
-        return (task.x[idx], mask), task.y[idx]
+        return self.samples(SupervisedBatch(task.x[idx], task.y[idx], task.train_mask))
+
+    def samples(self, batch: SupervisedBatch):
+        """Per-sample ``((x, mask), y)``, each sample keeping its task's training mask."""
+        mask = jnp.broadcast_to(batch.mask, batch.x.shape[:1] + batch.mask.shape)
+        return (batch.x, mask), batch.y
+
+    def sample_loss(self, params, inputs, targets):
+        """The masked cross-entropy on per-sample data (each sample under its own mask)."""
+        return data_lib.masked_cross_entropy(self.predict(params, inputs), targets, inputs[1])
 
     def predict(self, params, x):
         inputs, mask = x

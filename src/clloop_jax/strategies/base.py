@@ -1,0 +1,213 @@
+"""The strategy interface: a continual-learning method as a small value of pure functions, in the optax manner.
+
+A :class:`Strategy` owns a state (any pytree, usually a ``NamedTuple``) and its own hyperparameters (a
+``NamedTuple`` of numbers, traced inside the run so that ``jax.vmap`` can sweep them). The run calls
+
+* ``init(params, hp) -> state`` once, before the first task;
+* ``penalty(state, params, hp) -> scalar`` on every update: a term added to the loss (differentiated);
+* ``accumulate(state, params_old, params_new, grads, hp) -> state`` after every optimizer step, with ``grads`` the
+  gradient of the task loss alone at ``params_old`` (SI's path integral, a dual step on lambda, ...);
+* ``consolidate(state, params, hp, importance=None, data=None) -> state`` at the end of every task, with
+  ``importance`` the diagonal the strategy declared (``importance="fisher"``: the Fisher diagonal of the task,
+  ``"mas"``: MAS's output sensitivity; None otherwise) and ``data`` the task's per-sample ``(inputs, targets)``
+  when ``uses_data`` is set (a rehearsal memory filled at the task's end);
+* ``trace(state) -> dict`` of scalars recorded every episode (e.g. the adapted lambda);
+
+and, for rehearsal methods,
+
+* ``observe(state, params, samples, source, key, hp) -> state`` after every update, with ``samples`` the update's
+  batch as per-sample ``(inputs, targets)`` (a reservoir memory of the stream);
+* ``replay_loss(state, params, source, key, hp) -> scalar``: a loss on remembered samples added to the task loss
+  (its gradient is part of the task gradient);
+* ``project(state, params, grads, source, key, hp) -> grads``: a transformation of the gradient before the
+  optimizer (A-GEM's projection).
+
+Every hook is optional: one left as None is the identity (or zero) and is not traced into the program. The run knows
+only this interface, never a strategy's name; :func:`register` / :func:`get_strategy` map names to factories for
+configs and the command line. A strategy written in a user's own file runs through ``make_run`` unchanged::
+
+    class DecayHP(NamedTuple):
+        lam: float = 1.0
+
+    def my_penalty(state, params, hp):
+        return 0.5 * hp.lam * tree_sum(jax.tree.map(lambda p, a: (p - a) ** 2, params, state))
+
+    mine = Strategy("anchored", DecayHP(), init=lambda params, hp: params, penalty=my_penalty,
+                    consolidate=lambda state, params, hp, importance=None, data=None: params)
+    run = make_run(RunConfig(strategy=mine), source)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
+import jax
+import numpy as np
+
+PyTree = Any
+
+IMPORTANCE_KINDS = ("fisher", "mas")
+
+
+class NoHParams(NamedTuple):
+    """The hyperparameters of a part that has none."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """A continual-learning strategy (see the module docstring for each hook's contract).
+
+    Attributes:
+      name: a short name, used in traces and reports.
+      hparams: the default hyperparameters, a ``NamedTuple`` of numbers (``NoHParams()`` when there are none). A
+        ``check()`` method on it, if present, validates concrete values.
+      init: ``(params, hp) -> state``.
+      penalty, accumulate, consolidate, trace, observe, replay_loss, project: optional hooks (None: not used).
+      importance: ``"fisher"``, ``"mas"`` or None: the diagonal importance ``consolidate`` receives.
+      uses_data: whether ``consolidate`` receives the task's per-sample data.
+
+    Equality and hashing ignore ``hparams`` (they are traced values, not part of the compiled program), so two
+    strategies built with different default strengths share one compiled run.
+    """
+
+    name: str
+    hparams: Any = dataclasses.field(default=NoHParams(), compare=False)
+    init: Callable[[PyTree, Any], PyTree] = lambda params, hp: ()
+    penalty: Optional[Callable] = None
+    accumulate: Optional[Callable] = None
+    consolidate: Optional[Callable] = None
+    trace: Optional[Callable] = None
+    observe: Optional[Callable] = None
+    replay_loss: Optional[Callable] = None
+    project: Optional[Callable] = None
+    importance: Optional[str] = None
+    uses_data: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Strategy.name must be a non-empty string, got {self.name!r}")
+        if not (isinstance(self.hparams, tuple) and hasattr(self.hparams, "_fields")):
+            raise TypeError(f"Strategy.hparams must be a NamedTuple of numbers (e.g. NoHParams()), got "
+                            f"{type(self.hparams).__name__}")
+        for hook in ("init", "penalty", "accumulate", "consolidate", "trace", "observe", "replay_loss", "project"):
+            value = getattr(self, hook)
+            if value is not None and not callable(value):
+                raise TypeError(f"Strategy.{hook} must be callable or None, got {type(value).__name__}")
+        if self.importance is not None and self.importance not in IMPORTANCE_KINDS:
+            raise ValueError(f"Strategy.importance must be one of {list(IMPORTANCE_KINDS)} or None, "
+                             f"got {self.importance!r}")
+        if (self.importance is not None or self.uses_data) and self.consolidate is None:
+            raise ValueError(f"strategy {self.name!r} asks for importance or data at consolidation but has no "
+                             f"consolidate hook")
+
+    def with_hparams(self, **values) -> "Strategy":
+        """The same strategy with other default hyperparameters (validated)."""
+        hp = replace_hparams(self.hparams, values, owner=f"strategy {self.name!r}")
+        return dataclasses.replace(self, hparams=hp)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hyperparameter checks (concrete values only; traced ones are skipped)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def concrete(value) -> Optional[np.ndarray]:
+    """``value`` as a float64 NumPy array when it is concrete; None when it is traced.
+
+    Raises ``TypeError`` for what is not a real number or an array of them (None, strings, complex, bools).
+    """
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if value is None or isinstance(value, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"expected a real number or an array of them, got {value!r}")
+    if isinstance(value, (list, tuple)):
+        raise TypeError(f"expected a number or an array, got a Python {type(value).__name__} {value!r}; "
+                        f"use jnp.array(...) for a swept value")
+    arr = np.asarray(value)
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"expected a real number or an array of them, got {value!r} (dtype {arr.dtype})")
+    return arr.astype(np.float64)
+
+
+def check_hparam(name: str, value, ok: Callable[[np.ndarray], np.ndarray], expected: str) -> None:
+    """Raises ``ValueError``/``TypeError`` naming ``name`` unless the concrete ``value`` is finite and ``ok``."""
+    try:
+        arr = concrete(value)
+    except TypeError as err:
+        raise TypeError(f"{name}: {err}") from None
+    if arr is None:
+        return
+    if arr.size == 0 or not np.all(np.isfinite(arr)) or not np.all(ok(arr)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def nonnegative(name, value):
+    check_hparam(name, value, lambda v: v >= 0, "a finite number >= 0")
+
+
+def positive(name, value):
+    check_hparam(name, value, lambda v: v > 0, "a finite number > 0")
+
+
+def unit_interval(name, value):
+    check_hparam(name, value, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
+
+
+def check_hparams(hp, owner: str) -> None:
+    """Every concrete field of the ``NamedTuple`` ``hp`` is a finite real number; then ``hp.check()`` if it has one."""
+    for field in hp._fields:
+        check_hparam(f"{owner}: {field}", getattr(hp, field), lambda v: np.ones_like(v, bool), "a finite number")
+    if hasattr(hp, "check"):
+        hp.check()
+
+
+def replace_hparams(hp, values: Dict[str, Any], owner: str):
+    """``hp._replace(**values)`` with unknown names refused (``ValueError`` listing the valid ones)."""
+    unknown = sorted(set(values) - set(hp._fields))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown} for {owner}; it has {list(hp._fields)}")
+    new = hp._replace(**values)
+    check_hparams(new, owner)
+    return new
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The registry: names for configs and the command line
+# ----------------------------------------------------------------------------------------------------------------
+
+_REGISTRY: Dict[str, Callable[..., Strategy]] = {}
+
+
+def register(name: str, factory: Callable[..., Strategy], *, overwrite: bool = False) -> None:
+    """Makes ``get_strategy(name, **hp)`` call ``factory(**hp)``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"a strategy named {name!r} is registered already (pass overwrite=True to replace it)")
+    _REGISTRY[name] = factory
+
+
+def registered() -> tuple:
+    """The registered strategy names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get_strategy(strategy, **hparams) -> Strategy:
+    """A :class:`Strategy` from a registered name (``hparams`` passed to its factory) or a strategy itself."""
+    if isinstance(strategy, Strategy):
+        return strategy.with_hparams(**hparams) if hparams else strategy
+    if isinstance(strategy, str):
+        if strategy not in _REGISTRY:
+            raise ValueError(f"strategy must be one of {list(_REGISTRY)} or a Strategy, got {strategy!r}")
+        return _REGISTRY[strategy](**hparams)
+    raise TypeError(f"strategy must be a registered name ({list(_REGISTRY)}) or a Strategy, "
+                    f"got {type(strategy).__name__}")
+
+
+def is_finite_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
