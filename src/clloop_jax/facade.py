@@ -21,7 +21,7 @@ import numpy as np
 
 from clloop_jax import metrics as metrics_lib
 from clloop_jax.envs.rollout import Trajectory
-from clloop_jax.loop import DivergenceError, HParams, RunConfig, TrainState, check_finite, make_run
+from clloop_jax.loop import _Program, DivergenceError, HParams, RunConfig, TrainState, check_finite, make_run
 from clloop_jax.sources import EnvSource, check_model_matches_env, imitation_loss, pair_with_env, squared_error
 
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in ("strategy", "episodes_per_task"))
@@ -90,7 +90,7 @@ class ContinualLearningLoop:
     def reset(self) -> None:
         """Back to the untrained agent (the parameters the loop started with); forgets what cycles learned."""
         self.state: Optional[TrainState] = None
-        self.params = self.model.init_params(self._run_key(1))
+        self.params = _init_params(self.model, self._run_key(1))
         self.results = None
         self._step_state: Optional[TrainState] = None  # train_step's own state (optimizer moments)
         self._step_count = 0
@@ -216,4 +216,5 @@ class ContinualLearningLoop:
 
 
 
-_jit_update = jax.jit(lambda run, state, batch, key, hp: run.update(state, batch, key, hp), static_argnums=0)
+_init_params = _Program(lambda model, key: model.init_params(key))
+_jit_update = _Program(lambda run, state, batch, key, hp: run.update(state, batch, key, hp))

@@ -462,9 +462,9 @@ class Run:
         _, k_eval, k_tasks = self._keys(key)
         n = self.source.num_tasks
 
-        def train(st, task_id):
-            return self._train_task(st, tasks, jax.random.fold_in(k_tasks, task_id), task_id, hp)
-
+        # Traced once: the shapes for the skipped branch come from the same (cached) trace the cond then reuses.
+        train = jax.jit(lambda st, task_id: self._train_task(st, tasks, jax.random.fold_in(k_tasks, task_id),
+                                                             task_id, hp))
         trace_shape = jax.eval_shape(train, state, jnp.int32(0))[1]
 
         def phase(st, i):
@@ -538,9 +538,42 @@ class Run:
         return state, RunResults(jnp.stack(rows), baseline, stacked)
 
 
-_jit_run = jax.jit(Run._run, static_argnums=0)
-_jit_init = jax.jit(Run._init, static_argnums=0)
-_jit_task_step = jax.jit(Run._task_step, static_argnums=0)
+#: XLA options for the run's programs on a CPU: LLVM's most expensive passes off, backend optimisation level 1. On the
+#: demo's configuration they cut the whole run's compile time by about a fifth and leave its steady state as fast
+#: (``benchmarks/bench_compile.py``). Set to ``{}`` to compile with XLA's defaults.
+CPU_COMPILER_OPTIONS = {"xla_llvm_disable_expensive_passes": True, "xla_backend_optimization_level": 1}
+
+
+class _Program:
+    """``jax.jit(fn, static_argnums=0)`` with :data:`CPU_COMPILER_OPTIONS` on a CPU backend (unless the session already
+    asked for unoptimised programs with ``jax_disable_most_optimizations``); one compilation cache per variant."""
+
+    def __init__(self, fn):
+        self._fn = fn
+        self._variants = {}
+
+    def _jitted(self):
+        options = {}
+        if jax.default_backend() == "cpu" and not jax.config.read("jax_disable_most_optimizations"):
+            options = dict(CPU_COMPILER_OPTIONS)
+        variant = tuple(sorted(options.items()))
+        if variant not in self._variants:
+            self._variants[variant] = jax.jit(self._fn, static_argnums=0, compiler_options=options or None)
+        return self._variants[variant]
+
+    def __call__(self, *args):
+        return self._jitted()(*args)
+
+    def lower(self, *args):
+        return self._jitted().lower(*args)
+
+    def _cache_size(self) -> int:
+        return self._jitted()._cache_size()
+
+
+_jit_run = _Program(Run._run)
+_jit_init = _Program(Run._init)
+_jit_task_step = _Program(Run._task_step)
 
 
 def _evaluate_source(source, params, tasks, key, hp_source):
@@ -548,7 +581,7 @@ def _evaluate_source(source, params, tasks, key, hp_source):
     return jax.vmap(lambda task, k: source.score(k, params, task, hp_source))(tasks, keys)
 
 
-_jit_evaluate = jax.jit(_evaluate_source, static_argnums=0)
+_jit_evaluate = _Program(_evaluate_source)
 
 
 def make_run(config: RunConfig, source) -> Run:
