@@ -328,9 +328,6 @@ class Run:
         kinds = {self.strategy.importance} | {m.importance for m in self.monitors}
         return sorted(k for k in kinds if k is not None)
 
-    def _needs_data(self) -> bool:
-        return bool(self._importance_kinds()) or self.strategy.uses_data or any(m.uses_data for m in self.monitors)
-
     def _init(self, tasks, key, hp: HParams) -> TrainState:
         k_init, _, k_tasks = self._keys(key)
         params = self.source.init_params(k_init)
@@ -430,20 +427,26 @@ class Run:
         return self._consolidate(state, jax.random.fold_in(key, 1), task_id, task, hp), trace
 
     def _consolidate(self, state: TrainState, key, task_id, task, hp: HParams) -> TrainState:
-        if not self._needs_data() and self.strategy.consolidate is None \
-                and all(m.consolidate is None for m in self.monitors):
-            return state._replace(tasks_done=state.tasks_done + 1)
-        k_data, k_importance = jax.random.split(key)
-        data = self.source.fisher_data(k_data, state.params, task, hp.source) if self._needs_data() else None
-        importance = {kind: self.importance(k_importance, state.params, data, hp, kind)
-                      for kind in self._importance_kinds()}
+        k_data, k_consolidate = jax.random.split(key)
+        data = self.source.fisher_data(k_data, state.params, task, hp.source) if self.needs_data() else None
+        return self.consolidate(state, k_consolidate, task_id, data, hp)
+
+    def needs_data(self) -> bool:
+        """Whether a consolidation uses the task's data (an importance, a strategy or a monitor asks for it)."""
+        return bool(self._importance_kinds()) or self.strategy.uses_data or any(m.uses_data for m in self.monitors)
+
+    def consolidate(self, state: TrainState, key, slot, data, hp: HParams) -> TrainState:
+        """The end of a task: the importance the strategy and the monitors ask for (computed once, on ``data``, the
+        task's per-sample ``(inputs, targets)``; None when :meth:`needs_data` is False), then the strategy's and the
+        monitors' consolidation. ``slot`` is the task's index (where monitors keep what they remember of it)."""
+        importance = {kind: self.importance(key, state.params, data, hp, kind) for kind in self._importance_kinds()}
         strategy_state = state.strategy
         if self.strategy.consolidate is not None:
             strategy_state = self.strategy.consolidate(
                 strategy_state, state.params, hp.strategy, importance=importance.get(self.strategy.importance),
                 data=data if self.strategy.uses_data else None)
         monitors = tuple(
-            m.consolidate(s, state.params, task_id, self.source, importance=importance.get(m.importance),
+            m.consolidate(s, state.params, slot, self.source, importance=importance.get(m.importance),
                           data=data if m.uses_data else None) if m.consolidate is not None else s
             for m, s in zip(self.monitors, state.monitors))
         return state._replace(strategy=strategy_state, monitors=monitors, tasks_done=state.tasks_done + 1)
