@@ -20,6 +20,7 @@ import time
 import jax
 import numpy as np
 
+from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax import metrics
 from clloop_jax.envs import Environment
 from clloop_jax.loop import RunConfig, make_joint_run, make_run
@@ -64,7 +65,9 @@ def main(argv=None):
     p.add_argument("--no-joint", action="store_true", help="skip the joint-training upper bound")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "forgetting"),
                    help="output path without extension (.md and .json are written)")
+    p.add_argument("--no-cache", action="store_true", help="leave JAX's persistent compilation cache off")
     args = p.parse_args(argv)
+    enable_compilation_cache(enabled=not args.no_cache)
     strategies = parse_strategies(args.strategies)
 
     _, _, source = build(args)

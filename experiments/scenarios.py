@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax import metrics
 from clloop_jax.datasets import load_dataset, permuted_stream, split_stream
 from clloop_jax.loop import HParams, RunConfig, make_joint_run, make_run
@@ -415,7 +416,9 @@ def main():
     parser.add_argument("--out", default=None,
                         help="output stem (default scenarios, or scenarios_sequence for --model sequence; "
                              "--quick appends _quick, --tune writes <stem>_tune.json)")
+    parser.add_argument("--no-cache", action="store_true", help="leave JAX's persistent compilation cache off")
     args = parser.parse_args()
+    enable_compilation_cache(enabled=not args.no_cache)
 
     cells = None
     if args.cells:

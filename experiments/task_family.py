@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax import metrics
 from clloop_jax.envs import Environment, PrivilegedPolicy, normalized_score, rollout
 from clloop_jax.loop import RunConfig, make_joint_run, make_run
@@ -64,7 +65,9 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="training seeds")
     p.add_argument("--episodes", type=int, default=150)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "task_family"))
+    p.add_argument("--no-cache", action="store_true", help="leave JAX's persistent compilation cache off")
     args = p.parse_args(argv)
+    enable_compilation_cache(enabled=not args.no_cache)
 
     env = Environment(observation_dim=64, action_dim=32, num_modalities=2, num_tasks=args.tasks)
     # 1-2: experts, the zero action and cross-task experts, over several world draws.
