@@ -128,7 +128,7 @@ def test_train_step_is_the_runs_update_and_a_cycle_continues_from_it():
     assert max(moved) == pytest.approx(1e-2, rel=1e-3)
     # A cycle after the step starts from the stepped agent: its baseline is that agent's score.
     stepped = loop.params
-    metrics = loop.continual_learning_cycle(num_tasks=2, episodes_per_task=2)
+    metrics = loop.continual_learning_cycle(num_tasks=NUM_TASKS, episodes_per_task=10)  # compiled for `cycled`
     cycle_run = loop._step_run()
     np.testing.assert_allclose(metrics["baseline"], cycle_run.evaluate(stepped, loop._run_key(2), loop.hparams), atol=1e-6)
 

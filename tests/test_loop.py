@@ -23,8 +23,6 @@ from clloop_jax.loop import RunConfig, _jit_run, _jit_task_step, make_run
 from clloop_jax.model import CrossModalModel
 from clloop_jax.sources import EnvSource
 
-ALL_MONITORS = ("parameter", "fisher", "functional")
-
 # float32 programs compiled differently (op by op, batched by vmap, or whole) may reorder reductions and fuse
 # differently; the differences seen are ~1e-6, so agreement is asserted to these tolerances.
 RTOL, ATOL = 1e-4, 1e-5
@@ -36,26 +34,9 @@ def setup():
     model = CrossModalModel(input_dim=8, hidden_dim=16, output_dim=8, num_modalities=2, num_heads=2,
                             feedback_dim=env.feedback_dim)
     source = EnvSource(model, env, num_tasks=2, num_envs=4, eval_envs=4)
-    run = make_run(RunConfig(strategy="ewc", episodes_per_task=3, monitors=ALL_MONITORS), source)
+    run = make_run(RunConfig(strategy="ewc", episodes_per_task=3), source)
     hp = run.hparams(lam=10.0)
     return env, model, run, hp
-
-
-def test_run_is_deterministic_and_stepwise_equals_scanned(setup):
-    _, _, run, hp = setup
-    _, res_a = run(jax.random.key(0), hp)
-    _, res_b = run(jax.random.key(0), hp)
-    _, res_c = run(jax.random.key(1), hp)
-    _, res_s = run.run_stepwise(jax.random.key(0), hp)
-    assert res_a.R.shape == (2, 2) and res_a.traces["loss"].shape == (2, 3)
-    np.testing.assert_array_equal(res_a.R, res_b.R)
-    assert not np.allclose(res_a.R, res_c.R)
-    np.testing.assert_allclose(res_s.R, res_a.R, atol=1e-5)
-    np.testing.assert_allclose(res_s.baseline, res_a.baseline, atol=1e-5)
-    # The per-task function compiled once and served both tasks.
-    before = _jit_task_step._cache_size()
-    run.train_task(run.init(jax.random.key(0), hp), jax.random.key(0), 1, hp)
-    assert _jit_task_step._cache_size() == before
 
 
 def test_bad_input_is_rejected_before_compiling(setup):
@@ -137,6 +118,21 @@ def tiny():
 def _assert_results_close(actual, expected):
     for name, a, e in zip(expected._fields, actual, expected):
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL, err_msg=name), a, e)
+
+
+def test_run_is_deterministic_and_stepwise_equals_scanned(tiny):
+    run, hp, res_a = tiny["run"], tiny["hp"], tiny["results"]
+    _, res_b = run(jax.random.key(0), hp)
+    _, res_c = run(jax.random.key(1), hp)
+    _, res_s = run.run_stepwise(jax.random.key(0), hp)
+    assert res_a.R.shape == (2, 2) and res_a.traces["loss"].shape == (2, TINY_EPISODES)
+    np.testing.assert_array_equal(res_a.R, res_b.R)
+    assert not np.allclose(res_a.R, res_c.R)
+    _assert_results_close(res_s, res_a)
+    # The per-task function compiled once and served both tasks.
+    before = _jit_task_step._cache_size()
+    run.train_task(run.init(jax.random.key(0), hp), jax.random.key(0), 1, hp)
+    assert _jit_task_step._cache_size() == before
 
 
 def test_jit_and_no_jit_agree_on_closed_loop_evaluation(tiny):

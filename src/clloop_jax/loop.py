@@ -52,7 +52,7 @@ import optax
 
 from clloop_jax import fisher as fisher_lib
 from clloop_jax.monitors import Monitor, get_monitor
-from clloop_jax.strategies.base import NoHParams, Strategy, check_hparams, concrete, get_strategy
+from clloop_jax.strategies.base import NoHParams, Strategy, check_hparam, check_hparams, get_strategy
 
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
 
@@ -114,7 +114,6 @@ class HParams(NamedTuple):
     def validate(self) -> None:
         """Checks concrete values (traced ones are skipped): finite numbers, a positive learning rate, and each
         part's own ranges. Raises ``ValueError``/``TypeError`` naming the field."""
-        from clloop_jax.strategies.base import check_hparam
         for part in ("strategy", "source"):
             value = getattr(self, part)
             if not (isinstance(value, tuple) and hasattr(value, "_fields")):
