@@ -548,15 +548,18 @@ CPU_COMPILER_OPTIONS = {"xla_llvm_disable_expensive_passes": True, "xla_backend_
 
 class _Program:
     """``jax.jit(fn, static_argnums=0)`` with :data:`CPU_COMPILER_OPTIONS` on a CPU backend (unless the session already
-    asked for unoptimised programs with ``jax_disable_most_optimizations``); one compilation cache per variant."""
+    asked for unoptimised programs with ``jax_disable_most_optimizations``); one compilation cache per variant.
+
+    JAX accepts compiler options only on a top-level ``jit``: called inside another ``jit`` (``jax.jit(jax.vmap(run))``)
+    the program is traced into the caller's, compiled with the caller's options."""
 
     def __init__(self, fn):
         self._fn = fn
         self._variants = {}
 
-    def _jitted(self):
+    def _jitted(self, top_level: bool = True):
         options = {}
-        if jax.default_backend() == "cpu" and not jax.config.read("jax_disable_most_optimizations"):
+        if top_level and jax.default_backend() == "cpu" and not jax.config.read("jax_disable_most_optimizations"):
             options = dict(CPU_COMPILER_OPTIONS)
         variant = tuple(sorted(options.items()))
         if variant not in self._variants:
@@ -564,7 +567,12 @@ class _Program:
         return self._variants[variant]
 
     def __call__(self, *args):
-        return self._jitted()(*args)
+        try:
+            return self._jitted()(*args)
+        except ValueError as err:
+            if "compiler_options" not in str(err):
+                raise
+            return self._jitted(top_level=False)(*args)
 
     def lower(self, *args):
         return self._jitted().lower(*args)
