@@ -1,0 +1,6 @@
+"""``python -m clloop_jax``: the ``clloop`` command line."""
+import sys
+
+from clloop_jax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""The ``clloop`` command line over the typed configurations of :mod:`clloop_jax.config`.
+
+::
+
+    clloop run --out runs/ewc --strategy ewc --seeds 5                # one configuration, seeds vmapped
+    clloop compare --out runs/cmp --strategies none,ewc,online_ewc,si,mas,l2
+    clloop run --preset tiny --out /tmp/tiny                           # a few seconds after compilation
+    clloop run --help                                                  # every field with its default
+
+``--resume`` continues an interrupted run from its last checkpoint (bitwise the result of an uninterrupted one),
+``--overwrite`` replaces an existing folder (refused otherwise), ``--quiet`` silences the progress bar (also off when
+the output is not a terminal). JAX's persistent compilation cache is on (``--no-cache`` turns it off).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+from clloop_jax import report
+from clloop_jax.config import PRESETS, ExperimentConfig
+from clloop_jax.loop import DivergenceError
+
+__all__ = ["main", "RunArgs", "CompareArgs", "run_command", "compare_command"]
+
+try:  # the experiment's fields appear without prefixes: --strategy, --seeds, --hidden-dim, --num-tasks, ...
+    import tyro
+    _Experiment = tyro.conf.OmitArgPrefixes[ExperimentConfig]
+except ImportError:  # the command line needs the "workflow" extra; the functions below work without it
+    _Experiment = ExperimentConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RunArgs:
+    """Run one configuration over several seeds into a run folder."""
+
+    out: str
+    """the run folder"""
+    experiment: _Experiment = ExperimentConfig()
+    overwrite: bool = False
+    resume: bool = False
+    quiet: bool = False
+    no_cache: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareArgs:
+    """Run several strategies on the same seeds; one table, paired differences and one figure."""
+
+    out: str
+    """the folder: one run folder per strategy inside, and the comparison's table and figure"""
+    strategies: str = "none,ewc,online_ewc,si,mas,l2"
+    """comma-separated strategy names, each optionally with :lambda"""
+    experiment: _Experiment = ExperimentConfig()
+    overwrite: bool = False
+    resume: bool = False
+    quiet: bool = False
+    no_cache: bool = False
+
+
+def _progress(quiet: bool, total: int, label: str):
+    if quiet or not sys.stdout.isatty():
+        return None, None
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=label, unit="task")
+    return (lambda done, n: bar.update(1)), bar
+
+
+def run_command(args: RunArgs, label: Optional[str] = None):
+    """``clloop run``: returns the run's results (leading seed axis)."""
+    from clloop_jax.compilation import enable_compilation_cache
+    from clloop_jax.runs import RunFolder, execute
+    enable_compilation_cache(enabled=not args.no_cache)
+    experiment = args.experiment
+    folder = RunFolder(args.out, overwrite=args.overwrite, resume=args.resume)
+    run, hp = experiment.build()
+    seeds = list(range(experiment.seeds))
+    update, bar = _progress(args.quiet, run.source.num_tasks, label or experiment.train.strategy)
+    try:
+        _, results = execute(run, hp, seeds, folder=folder, config=experiment, progress=update,
+                              label=label or experiment.train.strategy)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        print(open(folder.file("summary.md")).read())
+    return results
+
+
+def _parse_strategies(text: str):
+    out = []
+    for item in text.split(","):
+        name, _, lam = item.strip().partition(":")
+        out.append((name, float(lam) if lam else None))
+    if not out or any(not n for n, _ in out):
+        raise ValueError(f"--strategies must be comma-separated names, got {text!r}")
+    return out
+
+
+def compare_command(args: CompareArgs):
+    """``clloop compare``: one run folder per strategy, then ``comparison.md`` / ``.json`` and ``comparison.png``."""
+    from clloop_jax.runs import RunFolder, write_atomic, jsonable
+    import json
+    strategies = _parse_strategies(args.strategies)
+    base = args.experiment
+    experiments = {name: base.with_strategy(name, lam) for name, lam in strategies}  # every one checked first
+    if os.path.isdir(args.out) and os.listdir(args.out) and not (args.overwrite or args.resume):
+        raise FileExistsError(f"the folder {args.out!r} exists and is not empty; pass --overwrite or --resume")
+    results = {}
+    for name, experiment in experiments.items():
+        res = run_command(RunArgs(out=os.path.join(args.out, name), experiment=experiment,
+                                  overwrite=args.overwrite, resume=args.resume and os.path.exists(
+                                      os.path.join(args.out, name, "config.json")),
+                                  quiet=True, no_cache=args.no_cache), label=name)
+        results[name] = (np.asarray(res.R, np.float64), np.asarray(res.baseline, np.float64))
+        if not args.quiet:
+            print(f"{name}: {report.cell(report.summary(*results[name])['average_performance']['values'])} "
+                  f"average performance", flush=True)
+    lams = {name: {"lambda": f"{e.train.strength:g}"} for name, e in experiments.items()}
+    text = report.summary_table(results, extra=lams)
+    if "none" in results and len(results) > 1:
+        text += "\n\n" + report.paired_table(results, "none")
+    write_atomic(os.path.join(args.out, "comparison.md"), text + "\n")
+    write_atomic(os.path.join(args.out, "comparison.json"), json.dumps(jsonable(
+        {"summary": {n: report.summary(*r) for n, r in results.items()},
+         "paired_vs_none": report.paired_differences(results, "none") if "none" in results and len(results) > 1
+         else None, "config": base}), indent=1) + "\n")
+    report.plot_comparison(results, os.path.join(args.out, "comparison.png"))
+    if not args.quiet:
+        print(text)
+    return results
+
+
+def _split_preset(argv: Sequence[str]):
+    argv = list(argv)
+    preset = "default"
+    for i, a in enumerate(argv):
+        if a == "--preset" and i + 1 < len(argv):
+            preset = argv[i + 1]
+            del argv[i:i + 2]
+            break
+        if a.startswith("--preset="):
+            preset = a.split("=", 1)[1]
+            del argv[i]
+            break
+    if preset not in PRESETS:
+        raise SystemExit(f"--preset must be one of {list(PRESETS)}, got {preset!r}")
+    return PRESETS[preset], argv
+
+
+def main(argv: Optional[Sequence[str]] = None):
+    """Entry point of ``clloop`` and ``python -m clloop_jax``."""
+    import tyro
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("run", "compare"):
+        print("usage: clloop {run,compare} [--preset tiny|default] [options]  (clloop run --help lists them)")
+        return 2 if argv and argv[0] not in ("-h", "--help") else 0
+    command, rest = argv[0], argv[1:]
+    experiment, rest = _split_preset(rest)
+    try:
+        if command == "run":
+            args = tyro.cli(RunArgs, args=rest, default=RunArgs(out="", experiment=experiment),
+                            prog="clloop run")
+            if not args.out:
+                raise SystemExit("clloop run: --out is required")
+            run_command(args)
+        else:
+            args = tyro.cli(CompareArgs, args=rest, default=CompareArgs(out="", experiment=experiment),
+                            prog="clloop compare")
+            if not args.out:
+                raise SystemExit("clloop compare: --out is required")
+            compare_command(args)
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, DivergenceError) as err:
+        raise SystemExit(f"clloop {command}: {err}") from None
+    return 0
