@@ -21,14 +21,14 @@ import jax
 import numpy as np
 
 from clloop_jax.compilation import enable_compilation_cache
+from clloop_jax.config import DEFAULT_LAMBDA
 from clloop_jax import metrics
 from clloop_jax.envs import Environment
 from clloop_jax.loop import RunConfig, make_joint_run, make_run
 from clloop_jax.model import CrossModalModel
+from clloop_jax.report import cell, paired_table, summary_table
 from clloop_jax.sources import EnvSource
 
-#: Penalty strength per strategy (chosen on seed 0 of a 100-episode run; see the README's results section).
-DEFAULT_LAMBDA = {"none": 0.0, "l2": 0.3, "ewc": 3.0, "online_ewc": 3.0, "si": 30.0, "mas": 1.0, "ewc_budget": 3.0}
 
 
 def parse_strategies(text: str) -> list[tuple[str, float]]:
@@ -115,22 +115,15 @@ def main(argv=None):
         json.dump(blob, f, indent=1)
 
 
-def _cell(values) -> str:
-    m, h = metrics.mean_ci(np.asarray(values, np.float64))
-    return f"{m:+.3f} ± {h:.3f}" if np.isfinite(h) else f"{m:+.3f}"
-
-
 def report(args, results: dict, joint) -> str:
-    cols = ["average_performance", "backward_transfer", "average_forgetting", "learning_accuracy",
-            "forward_transfer"]
+    table = summary_table({name: (r["R"], r["baseline"]) for name, r in results.items()},
+                          extra={name: {"lambda": f"{r['lambda']:g}"} for name, r in results.items()})
     lines = [f"Default world, {args.tasks} tasks, {args.episodes} episodes per task ({args.num_envs} parallel "
-             f"environments x 40 steps), {args.seeds} seeds; mean ± 95% t interval over seeds.", "",
-             "| strategy | lambda | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
-    for name, r in results.items():
-        s = metrics.summarize(r["R"], r["baseline"])
-        lines.append(f"| {name} | {r['lambda']:g} | " + " | ".join(_cell(s[c]) for c in cols) + " |")
+             f"environments x 40 steps), {args.seeds} seeds; mean ± 95% t interval over seeds.", "", table]
     if joint is not None:
-        lines.append("| joint (upper bound) | - | " + _cell(joint.mean(axis=1)) + " | - | - | - | - |")
+        lines.append("| joint (upper bound) | - | " + cell(joint.mean(axis=1)) + " | - | - | - | - |")
+    if "none" in results and len(results) > 1:
+        lines += ["", paired_table({name: (r["R"], r["baseline"]) for name, r in results.items()}, "none")]
     for name, r in results.items():
         lines += ["", f"Mean performance matrix, {name}:", "", metrics.format_matrix(r["R"], b=r["baseline"])]
     return "\n".join(lines)
