@@ -104,7 +104,10 @@ def describe(value) -> str:
     if isinstance(value, (bool, int, float, complex, str, bytes)):
         return f"{type(value).__name__} {_repr.repr(value)}"
     if isinstance(value, np.generic):
-        return f"{type(value).__name__} {value!r}"
+        try:
+            return f"numpy.{type(value).__name__} {_repr.repr(value.item())}"
+        except Exception:  # pragma: no cover - exotic NumPy scalars
+            return f"numpy.{type(value).__name__}"
     if isinstance(value, (np.ndarray, jax.Array)):
         shape = tuple(value.shape)
         if _is_key_dtype(value.dtype):
