@@ -303,3 +303,77 @@ def test_mnist1d_regenerates_over_a_corrupt_cache(tmp_path, mnist1d_module):
     np.testing.assert_array_equal(ref[0], again[0])
     with pytest.raises(ValueError, match="num_samples must be an integer >= 10"):
         D.load_mnist1d(cache_dir=tmp_path, num_samples=5)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "corrupted_member"])
+def test_mnist1d_regenerates_an_empty_or_truncated_cache(tmp_path, mnist1d_module, damage):
+    ref = D.load_mnist1d(cache_dir=tmp_path, seed=5, num_samples=50)
+    (path,) = list(tmp_path.iterdir())
+    whole = path.read_bytes()
+    if damage == "empty":          # np.load alone raises EOFError
+        path.write_bytes(b"")
+    elif damage == "truncated":    # np.load alone raises zipfile.BadZipFile (no central directory)
+        path.write_bytes(whole[: len(whole) // 2])
+    else:                          # a flipped byte inside x_train: a CRC error on reading the member
+        data = bytearray(whole)
+        data[200] ^= 0xFF
+        path.write_bytes(bytes(data))
+    again = D.load_mnist1d(cache_dir=tmp_path, seed=5, num_samples=50)
+    for u, v in zip(ref, again):
+        np.testing.assert_array_equal(u, v)
+    assert path.read_bytes() == whole  # the file was replaced by a complete one
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("kwargs,error,pattern", [
+    (dict(num_samples=None), TypeError, r"num_samples must be an integer >= 10, got None"),
+    (dict(num_samples=True), TypeError, r"num_samples must be an integer >= 10, got bool True"),
+    (dict(num_samples=100.0), TypeError, r"num_samples .* got float 100.0; pass 100"),
+    (dict(seed=-1), ValueError, r"seed must be an integer in \[0, 4294967295\], got int -1"),
+    (dict(seed="3"), TypeError, r"seed must be an integer"),
+    (dict(cache_dir=3), TypeError, r"cache_dir must be a path"),
+])
+def test_mnist1d_arguments_are_checked_before_generating(tmp_path, kwargs, error, pattern):
+    kwargs.setdefault("cache_dir", tmp_path)
+    with pytest.raises(error, match=pattern):
+        D.load_mnist1d(**kwargs)
+    assert not any(tmp_path.iterdir())  # nothing generated or written
+
+
+@pytest.mark.parametrize("seed,error", [(-1, ValueError), (1.5, TypeError), ("0", TypeError), (True, TypeError),
+                                        (None, TypeError), (jax.random.split(jax.random.key(0), 2), ValueError)])
+def test_stream_seeds_are_checked(small, seed, error):
+    x, y, xt, yt = small
+    calls = [lambda: D.permuted_stream(x, y, 2, seed=seed, x_test=xt, y_test=yt),
+             lambda: D.split_stream(x, y, 2, seed=seed, x_test=xt, y_test=yt),
+             lambda: D.train_test_split(x, y, seed=seed)]
+    for call in calls:
+        with pytest.raises(error, match=r"^seed must be"):
+            call()
+
+
+def test_stream_arguments_are_checked(small):
+    x, y, xt, yt = small
+    with pytest.raises(TypeError, match="num_tasks must be an integer >= 1, got bool True"):
+        D.permuted_stream(x, y, True)
+    with pytest.raises(TypeError, match="num_tasks .* got float 2.0"):
+        D.permuted_stream(x, y, 2.0)
+    assert D.permuted_stream(x, y, np.int64(2), x_test=xt, y_test=yt).num_tasks == 2
+    with pytest.raises(TypeError, match="classes_per_task"):
+        D.split_stream(x, y, "2")
+    with pytest.raises(TypeError, match="first_identity must be True or False"):
+        D.permuted_stream(x, y, 2, first_identity="yes")
+    with pytest.raises(ValueError, match=r"scenario must be one of .*did you mean 'domain'"):
+        D.permuted_stream(x, y, 2, scenario="domian")
+    with pytest.raises(TypeError, match=r"test_fraction must be a finite number in \(0, 1\), got str"):
+        D.train_test_split(x, y, test_fraction="0.2")
+    with pytest.raises(ValueError, match=r"test_fraction must be a finite number in \(0, 1\), got float nan"):
+        D.permuted_stream(x, y, 2, test_fraction=float("nan"))
+    with pytest.raises(TypeError, match=r"^x must be a real numeric array"):
+        D.train_test_split([["a", "b"]], [0])
+    with pytest.raises(TypeError, match=r"^y must be a real numeric array, got None"):
+        D.train_test_split(x, None)
+    with pytest.raises(ValueError, match=r"^x must hold finite numbers"):
+        D.train_test_split(np.full((4, 2), np.nan), np.arange(4))
+    with pytest.raises(ValueError, match=r"name must be one of \['digits', 'mnist1d'\]"):
+        D.load_dataset("mnist")

@@ -207,3 +207,14 @@ def test_functional_bad_input_raises():
         div.output_divergence(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match="outputs"):
         div.output_divergence(jnp.zeros((2,)), jnp.zeros((2,)), "kl")
+
+
+def test_arguments_of_the_wrong_kind_are_named():
+    params = {"w": jnp.ones((2,))}
+    with pytest.raises(ValueError, match=r"^kind must be one of \['mse', 'kl'\], got str 'KL'"):
+        div.output_divergence(jnp.ones((2, 3)), jnp.ones((2, 3)), kind="KL")
+    with pytest.raises(TypeError, match=r"^apply_fn must be callable"):
+        div.functional_divergence("f", params, params, jnp.ones((2, 2)))
+    for eps, error in ((-1e-8, ValueError), ("1e-8", TypeError), (float("nan"), ValueError)):
+        with pytest.raises(error, match=r"^eps must be a finite number > 0"):
+            div.relative_change(params, params, eps=eps)

@@ -445,3 +445,87 @@ def test_bad_rollout_arguments_raise(tasks):
     with pytest.raises(ValueError, match="task_id"):
         ENV.task_params(-1)
     assert isinstance(ENV.default_params, EnvParams)
+
+
+@pytest.mark.parametrize("kwargs,error,pattern", [
+    (dict(world_seed=2 ** 64), ValueError, r"^world_seed must be an integer in \[0, 2\*\*32\)"),
+    (dict(world_seed=2 ** 32), ValueError, r"^world_seed must be an integer in \[0, 2\*\*32\)"),
+    (dict(world_seed="8"), TypeError, r"^world_seed must be an integer .* got str '8'"),
+    (dict(obs_noise=3e38), ValueError, r"^obs_noise must be a finite number in \[0, 1000000\], got float 3e\+38"),
+    (dict(obs_noise=float("inf")), ValueError, r"^obs_noise must be a finite number"),
+    (dict(cue_scale="2"), TypeError, r"^cue_scale must be a finite number .* got str '2'"),
+    (dict(max_action=jnp.ones(2)), TypeError, r"^max_action .* pass a single number"),
+    (dict(episode_length=True), TypeError, r"^episode_length must be an integer >= 1, got bool True"),
+    (dict(latent_dim=4.0), TypeError, r"^latent_dim must be an integer >= 1, got float 4.0; pass 4"),
+])
+def test_bad_world_configuration_is_refused_at_construction(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        Environment(**kwargs)
+
+
+def test_world_configuration_accepts_numpy_numbers_and_stays_hashable():
+    env = LatentWorld(observation_dim=np.int64(D), action_dim=np.int32(A), num_modalities=M, latent_dim=L,
+                      num_tasks=3, episode_length=EPISODE, world_seed=np.uint32(0), obs_noise=np.float64(0.1))
+    assert env == ENV and hash(env) == hash(ENV)  # equal configurations share compiled code
+    assert type(env.observation_dim) is int and type(env.obs_noise) is float
+    assert LatentWorld(world_seed=2 ** 32 - 1).world_seed == 2 ** 32 - 1
+
+
+def test_action_space_without_params_uses_the_default_task_as_gymnax_does():
+    box = ENV.action_space(None)
+    assert box.shape == (A,) and float(box.high) == ENV.max_action and float(box.low) == -ENV.max_action
+    assert ENV.action_space(ENV.default_params).shape == box.shape
+    assert ENV.observation_space(None).shape == (M, D)
+
+
+def test_task_ids_and_keys_are_checked(tasks):
+    with pytest.raises(TypeError, match=r"^task_id must be an integer >= 0, got float 1.5"):
+        ENV.task_params(1.5)
+    with pytest.raises(TypeError, match=r"^task_id must be an integer .* got bool True"):
+        ENV.task_params(True)
+    with pytest.raises(ValueError, match=r"^task_id must be an integer >= 0, got numpy.int64 -1"):
+        ENV.task_params(np.int64(-1))
+    # Concrete NumPy/JAX integers and traced integers work, and give the same task.
+    ref = ENV.task_params(1)
+    for task_id in (np.int64(1), jnp.array(1)):
+        jax.tree.map(np.testing.assert_array_equal, ENV.task_params(task_id), ref)
+    traced = jax.jit(lambda i: ENV.task_params(i).gain)(1)
+    np.testing.assert_array_equal(traced, ref.gain)
+    with pytest.raises(TypeError, match=r"^task_id must be an integer array"):
+        jax.jit(lambda i: ENV.task_params(i).gain)(1.0)
+    with pytest.raises(TypeError, match=r"^world_key must be a single jax.random.key\(...\), got int 3"):
+        ENV.tasks(2, world_key=3)
+    params = jax.tree.map(lambda x: x[0], tasks)
+    with pytest.raises(TypeError, match=r"^key must be a single jax.random.key\(...\), got int 0; "
+                                        r"use jax.random.key\(0\)"):
+        rollout(0, ENV, params, EXPERT, (), 3)
+    with pytest.raises(TypeError, match=r"^policy must be callable"):
+        rollout(jax.random.key(0), ENV, params, "expert", (), 3)
+    with pytest.raises(TypeError, match=r"^env must be an instance of MultiModalEnv, got the class LatentWorld; "
+                                        r"pass an instance LatentWorld\(\)"):
+        rollout(jax.random.key(0), LatentWorld, params, EXPERT, (), 3)
+    with pytest.raises(TypeError, match=r"^num_steps must be an integer >= 1, got bool True"):
+        rollout(jax.random.key(0), ENV, params, EXPERT, (), True)
+    with pytest.raises(TypeError, match=r"^feedback_weight must be a finite number, got str"):
+        rollout(jax.random.key(0), ENV, params, EXPERT, (), 3, feedback_weight="0.3")
+
+
+def test_normalized_score_arguments_are_checked():
+    a, t = jnp.ones((3, 2)), jnp.full((3, 2), 2.0)
+    with pytest.raises(TypeError, match=r"^axis must be an integer axis in \[-2, 2\).* got float 1.5"):
+        normalized_score(a, t, axis=1.5)
+    with pytest.raises(ValueError, match=r"^axis must be an integer axis .* got int 2"):
+        normalized_score(a, t, axis=2)
+    with pytest.raises(ValueError, match=r"^clip_min must be a number <= 1 or None, got float nan"):
+        normalized_score(a, t, clip_min=float("nan"))
+    with pytest.raises(TypeError, match=r"^clip_min must be a number <= 1 or None, got str"):
+        normalized_score(a, t, clip_min="-1")
+    with pytest.raises(TypeError, match=r"^actions must be a real numeric array, got None"):
+        normalized_score(None, t)
+    with pytest.raises(TypeError, match=r"^targets must be a real numeric array, got str"):
+        normalized_score(a, "t")
+    # Valid choices still compute the definition: per row, 1 - |a - t|^2 / |t|^2 = 1 - 2/8.
+    np.testing.assert_allclose(normalized_score(a, t, axis=1), [0.75, 0.75, 0.75])
+    np.testing.assert_allclose(normalized_score(a, t, axis=(0, 1), clip_min=-math.inf), 0.75)
+    np.testing.assert_allclose(normalized_score(-5 * a, t, clip_min=None), 1 - 49 / 4)  # unclipped
+    np.testing.assert_allclose(normalized_score(-5 * a, t), -1.0)  # the default clip

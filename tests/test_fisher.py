@@ -522,3 +522,36 @@ def test_bad_input_raises_value_errors(mlp):
         F.fisher_diagonal(mlp_apply, pj, xj, yj[:, None], likelihood=cat, variant="empirical")
     with pytest.raises(ValueError, match="target"):
         F.fisher_diagonal(mlp_apply, pj, xj, yj, likelihood=F.Gaussian(), variant="empirical")
+
+
+def test_arguments_of_the_wrong_kind_are_named(mlp):
+    p, data = mlp
+    x, y, _ = data["single"]
+    pj, xj, yj = to_jax(p, jnp.float32), jnp.asarray(x, jnp.float32), jnp.asarray(y)
+    # The class instead of an instance: said so, with the fix.
+    with pytest.raises(TypeError, match=r"^likelihood must be an object with methods .*got the class Gaussian; "
+                                        r"pass an instance Gaussian\(\)"):
+        F.fisher_diagonal(mlp_apply, pj, xj, likelihood=F.Gaussian)
+    with pytest.raises(TypeError, match=r"got the class Categorical; pass an instance Categorical\(\)"):
+        F.squared_batch_gradient(mlp_apply, pj, xj, yj, likelihood=F.Categorical)
+    with pytest.raises(TypeError, match=r"^key must be a single jax.random.key\(...\), got int 3; "
+                                        r"use jax.random.key\(3\)"):
+        F.fisher_diagonal(mlp_apply, pj, xj, likelihood=F.Categorical(), variant="sampled", key=3)
+    with pytest.raises(TypeError, match=r"^num_samples must be an integer >= 1, got bool True"):
+        F.fisher_diagonal(mlp_apply, pj, xj, likelihood=F.Categorical(), variant="sampled",
+                          key=jax.random.key(0), num_samples=True)
+    with pytest.raises(TypeError, match=r"^apply_fn must be callable"):
+        F.fisher_diagonal("mlp", pj, xj, likelihood=F.Categorical())
+    with pytest.raises(TypeError, match=r"^loss_fn must be callable"):
+        F.per_sample_grads(None, pj, xj)
+    with pytest.raises(TypeError, match=r"^apply_fn must be callable"):
+        F.mas_importance(3, pj, xj)
+    for sigma, error in (("1", TypeError), (float("inf"), ValueError), (True, TypeError), (-1.0, ValueError)):
+        with pytest.raises(error, match=r"^Gaussian.sigma must be a finite number > 0"):
+            F.Gaussian(sigma=sigma)
+    # A legacy uint32[2] key still works and gives the typed key's numbers.
+    typed = F.fisher_diagonal(mlp_apply, pj, xj, likelihood=F.Categorical(), variant="sampled",
+                              key=jax.random.key(1))
+    legacy = F.fisher_diagonal(mlp_apply, pj, xj, likelihood=F.Categorical(), variant="sampled",
+                               key=jax.random.PRNGKey(1))
+    jax.tree.map(np.testing.assert_array_equal, typed, legacy)

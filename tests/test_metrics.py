@@ -189,12 +189,44 @@ def test_mean_ci_hand_worked():
 
 
 def test_mean_ci_validation():
-    with pytest.raises(ValueError, match="confidence must be in"):
+    with pytest.raises(ValueError, match=r"confidence must be a finite number in \(0, 1\), got float 1.5"):
         M.mean_ci(np.ones(3), confidence=1.5)
-    with pytest.raises(ValueError, match=r"axis=2 is out of range.*\(3,\)"):
+    with pytest.raises(TypeError, match=r"confidence must be a finite number in \(0, 1\), got str '0.9'"):
+        M.mean_ci(np.ones(3), confidence="0.9")
+    with pytest.raises(ValueError, match=r"confidence .* got float nan"):
+        M.mean_ci(np.ones(3), confidence=float("nan"))
+    with pytest.raises(ValueError, match=r"axis must be an integer axis in \[-1, 1\).*got int 2.*\(3,\)"):
         M.mean_ci(np.ones(3), axis=2)
-    with pytest.raises(ValueError, match="df must be an integer"):
+    with pytest.raises(TypeError, match=r"axis must be an integer axis .* got float 0.5"):
+        M.mean_ci(np.ones(3), axis=0.5)
+    with pytest.raises(TypeError, match=r"^x must be a real numeric array, got None"):
+        M.mean_ci(None)
+    with pytest.raises(TypeError, match=r"^x must be a real numeric array, got str"):
+        M.mean_ci("abc")
+    with pytest.raises(ValueError, match="df must be an integer >= 1, got int 0"):
         M.t_quantile(0.95, 0)
+    with pytest.raises(TypeError, match="df must be an integer >= 1, got float 2.0; pass 2"):
+        M.t_quantile(0.95, 2.0)
+    with pytest.raises(TypeError, match=r"^R must be a real numeric array, got None"):
+        M.summarize(None)
+    with pytest.raises(TypeError, match=r"^b must be a real numeric array, got str"):
+        M.forward_transfer(np.eye(2), "ab")
+    with pytest.raises(TypeError, match=r"precision must be an integer >= 0"):
+        M.format_matrix(np.eye(2), precision=1.5)
+    with pytest.raises(TypeError, match=r"confidence must be"):
+        M.format_summary(M.summarize(np.eye(2)[None].repeat(3, 0)), confidence="95%")
+
+
+def test_mean_ci_over_every_element_with_axis_none():
+    x = np.arange(12.0).reshape(3, 4) ** 1.5
+    m, h = M.mean_ci(x, axis=None, confidence=0.9)
+    m_flat, h_flat = M.mean_ci(x.reshape(-1), axis=0, confidence=0.9)
+    assert m == m_flat and h == h_flat
+    # Against the definition: t_{0.95, 11} = 1.7958848187 (tables), std with ddof=1, n = 12.
+    assert m == pytest.approx(x.mean())
+    assert h == pytest.approx(1.7958848187 * x.std(ddof=1) / np.sqrt(12), rel=1e-9)
+    jm, jh = M.mean_ci(jnp.asarray(x, jnp.float32), axis=None, confidence=0.9)
+    np.testing.assert_allclose([jm, jh], [m, h], rtol=1e-5)
 
 
 def test_format_matrix_and_summary():

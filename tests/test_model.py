@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clloop_jax.model import CrossModalModel, reflection_orthogonal
+from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier, reflection_orthogonal
 
 # Small sizes keep compilation cheap; unequal modality sizes and feedback exercise every branch.
 MAIN = dict(input_dim=(5, 3), hidden_dim=8, output_dim=3, num_modalities=2, num_heads=2, feedback_dim=2)
@@ -414,3 +414,41 @@ def test_vmapped_init_has_no_lapack_call():
         k = np.asarray(params["params"]["gru"][name]["kernel"], np.float64)   # [3, 8, 8]
         np.testing.assert_allclose(np.einsum("sij,sik->sjk", k, k), np.broadcast_to(np.eye(8), (3, 8, 8)),
                                    atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,error,pattern", [
+    (dict(head_init_scale=float("inf")), ValueError, r"^CrossModalModel.head_init_scale must be a finite number > 0, got float inf"),
+    (dict(head_init_scale=float("nan")), ValueError, r"^CrossModalModel.head_init_scale .* got float nan"),
+    (dict(head_init_scale="0.01"), TypeError, r"^CrossModalModel.head_init_scale .* got str '0.01'"),
+    (dict(hidden_dim=True), TypeError, r"^CrossModalModel.hidden_dim must be an integer >= 1, got bool True"),
+    (dict(output_dim=True), TypeError, r"^CrossModalModel.output_dim .* got bool True"),
+    (dict(num_heads=True), TypeError, r"^CrossModalModel.num_heads .* got bool True"),
+    (dict(feedback_dim=True), TypeError, r"^CrossModalModel.feedback_dim must be an integer >= 0 or None, got bool True"),
+    (dict(input_dim=True), ValueError, r"^CrossModalModel.input_dim"),
+    (dict(input_dim=[4, True], num_modalities=2), TypeError, r"^CrossModalModel.input_dim\[1\] .* got bool True"),
+])
+def test_counts_refuse_bools_and_scales_must_be_finite(kwargs, error, pattern):
+    base = dict(input_dim=4, hidden_dim=8, output_dim=2, num_heads=2)
+    base.update(kwargs)
+    with pytest.raises(error, match=pattern):
+        CrossModalModel(**base)
+
+
+def test_numpy_integers_are_counts_and_other_constructors_are_checked():
+    model = CrossModalModel(input_dim=np.int64(4), hidden_dim=np.int32(8), output_dim=np.int64(2), num_heads=2)
+    assert model.modality_dims == (4,)
+    assert model.initial_carry(np.int64(3)).shape == (3, 8)
+    assert model.initial_carry((np.int64(2), 3)).shape == (2, 3, 8)
+    with pytest.raises(TypeError, match=r"^batch_shape must be an integer >= 0, got bool True"):
+        model.initial_carry(True)
+    with pytest.raises(TypeError, match=r"^batch_shape\[1\] must be an integer >= 0, got float 2.0"):
+        model.initial_carry((3, 2.0))
+    with pytest.raises(TypeError, match=r"^MLP.output_dim must be an integer >= 1, got bool True"):
+        MLP(output_dim=True)
+    with pytest.raises(TypeError, match=r"^MLP.hidden\[0\] must be an integer >= 1, got float 4.5"):
+        MLP(output_dim=2, hidden=(4.5,))
+    with pytest.raises(TypeError, match=r"^SequenceClassifier.model must be an instance of CrossModalModel, "
+                                        r"got the class CrossModalModel; pass an instance CrossModalModel\(\)"):
+        SequenceClassifier(model=CrossModalModel, chunk=4)
+    with pytest.raises(TypeError, match=r"^SequenceClassifier.chunk must be an integer >= 1, got bool True"):
+        SequenceClassifier(model=model, chunk=True)

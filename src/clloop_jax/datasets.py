@@ -51,12 +51,17 @@ import json
 import os
 import random
 import tempfile
+import zipfile
+import zlib
 from typing import Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from clloop_jax.validation import (check_array, check_bool, check_choice, check_float, check_int, check_key,
+                                   check_path)
 
 __all__ = [
     "SCENARIOS",
@@ -208,6 +213,29 @@ def _atomic_savez(path: str, arrays: dict) -> None:
         raise
 
 
+def _read_mnist1d_cache(path: str, blob: str, keys) -> Optional[tuple]:
+    """The cached arrays when ``path`` holds a complete cache for the arguments ``blob``; None otherwise.
+
+    An empty or truncated file (``EOFError``, ``BadZipFile``), a corrupted member (``zlib.error``, a CRC
+    ``BadZipFile``), a foreign file (missing keys, other arguments) or arrays of inconsistent shapes all count as
+    no cache: the caller regenerates the data and replaces the file.
+    """
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["args"]) != blob:
+                return None
+            out = tuple(np.asarray(f[k]) for k in keys)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
+    x_train, y_train, x_test, y_test = out
+    if (x_train.ndim != 2 or x_test.ndim != 2 or y_train.shape != x_train.shape[:1]
+            or y_test.shape != x_test.shape[:1] or x_train.shape[1] != x_test.shape[1]):
+        return None
+    return out
+
+
 def load_mnist1d(cache_dir=None, seed: int = 42, num_samples: int = 5000
                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """MNIST-1D, generated locally with the ``mnist1d`` package's procedural generator (never downloaded).
@@ -218,23 +246,23 @@ def load_mnist1d(cache_dir=None, seed: int = 42, num_samples: int = 5000
     all generator arguments, written atomically (temporary file + ``os.replace``). The caller's global
     ``np.random`` and ``random`` states are left exactly as they were.
 
+    A cache file that cannot be read back whole (empty, truncated, corrupted, or written for other arguments) is
+    regenerated and replaced.
+
     Returns ``(x_train [N, 40] float32, y_train [N] int32, x_test [M, 40] float32, y_test [M] int32)``.
     """
-    if int(num_samples) != num_samples or num_samples < 10:
-        raise ValueError(f"num_samples must be an integer >= 10 (one sample per class at least), got {num_samples!r}")
+    check_path("cache_dir", cache_dir, allow_none=True)
+    seed = check_int("seed", seed, min=0, max=2 ** 32 - 1)  # the generator seeds NumPy's legacy global RNG
+    num_samples = check_int("num_samples", num_samples, min=10)  # one sample per class at least
     args = _mnist1d_args(seed, num_samples)
     blob = json.dumps(args, sort_keys=True)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
     directory = _cache_dir(cache_dir)
     path = os.path.join(directory, f"mnist1d-{digest}.npz")
     keys = ("x_train", "y_train", "x_test", "y_test")
-    if os.path.exists(path):
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                if str(f["args"]) == blob:
-                    return tuple(np.asarray(f[k]) for k in keys)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable or foreign file: regenerate and replace it
+    cached = _read_mnist1d_cache(path, blob, keys)
+    if cached is not None:
+        return cached
     data = _generate_mnist1d(args)
     os.makedirs(directory, exist_ok=True)
     _atomic_savez(path, dict(data, args=np.asarray(blob)))
@@ -248,8 +276,7 @@ def train_test_split(x, y, test_fraction: float = 0.2, seed=0):
     test split; both splits are shuffled.
     """
     x, y = _check_xy(x, y)
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    check_float("test_fraction", test_fraction, min=0, max=1, open_min=True, open_max=True, scalar=True)
     rng = _rng(seed)
     test_idx, train_idx = [], []
     for c in np.unique(y):
@@ -271,6 +298,8 @@ def load_dataset(name: str, seed: Optional[int] = None, cache_dir=None, test_fra
     ``"mnist1d"``: :func:`load_mnist1d` with the generator's own split (``seed`` is the generator's seed and
     defaults to 42, the seed of the reference MNIST-1D data; ``test_fraction`` is not used).
     """
+    check_choice("name", name, ("digits", "mnist1d"))
+    check_int("seed", seed, min=0, allow_none=True)
     if name == "digits":
         x, y = load_digits_data()
         return train_test_split(x, y, test_fraction=test_fraction, seed=0 if seed is None else seed)
@@ -286,18 +315,19 @@ def load_dataset(name: str, seed: Optional[int] = None, cache_dir=None, test_fra
 
 def _rng(seed) -> np.random.Generator:
     """A local NumPy Generator from an integer seed or a typed JAX key (``jax.random.key``)."""
-    if isinstance(seed, jax.Array) and seed.ndim == 0 and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
-        key = seed
+    if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+        key = check_key("seed", seed)
         words = np.asarray(jax.random.bits(key, (4,), dtype=jnp.uint32))
         return np.random.default_rng([int(w) for w in words])
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer or a typed JAX key (jax.random.key), got {seed!r}")
-    return np.random.default_rng(int(seed))
+    try:
+        return np.random.default_rng(check_int("seed", seed, min=0))
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{err} (a seed is an integer >= 0 or a jax.random.key)") from None
 
 
 def _check_xy(x, y, xname: str = "x", yname: str = "y"):
-    x = np.asarray(x)
-    y = np.asarray(y)
+    x = np.asarray(check_array(xname, x, allow_bool=True))
+    y = np.asarray(check_array(yname, y))
     if x.ndim != 2:
         raise ValueError(f"{xname} must have shape [N, D], got shape {x.shape}")
     if y.shape != (x.shape[0],):
@@ -305,6 +335,9 @@ def _check_xy(x, y, xname: str = "x", yname: str = "y"):
                          f"got shape {y.shape}")
     if x.shape[0] < 1:
         raise ValueError(f"{xname} must hold at least one sample, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{xname} must hold finite numbers, got {np.size(x) - np.isfinite(x).sum()} nan/inf "
+                         f"value(s)")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{yname} must hold integer class labels, got dtype {y.dtype}")
     if y.min() < 0:
@@ -314,6 +347,7 @@ def _check_xy(x, y, xname: str = "x", yname: str = "y"):
 
 def _train_test(x, y, x_test, y_test, seed, test_fraction):
     x, y = _check_xy(x, y)
+    check_float("test_fraction", test_fraction, min=0, max=1, open_min=True, open_max=True, scalar=True)
     if (x_test is None) != (y_test is None):
         raise ValueError("x_test and y_test must be given together (or both left out for a seeded split)")
     if x_test is None:
@@ -326,8 +360,7 @@ def _train_test(x, y, x_test, y_test, seed, test_fraction):
 
 
 def _check_scenario(scenario: str) -> None:
-    if scenario not in SCENARIOS:
-        raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
+    check_choice("scenario", scenario, SCENARIOS)
 
 
 def _masks(scenario: str, mask: np.ndarray):
@@ -368,8 +401,8 @@ def permuted_stream(x, y, num_tasks: int, seed=0, *, x_test=None, y_test=None, s
       a :class:`TaskStream` with ``kind="permuted"``.
     """
     _check_scenario(scenario)
-    if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
-        raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
+    num_tasks = check_int("num_tasks", num_tasks, min=1)
+    first_identity = check_bool("first_identity", first_identity)
     rng = _rng(seed)
     split_seed = int(rng.integers(2 ** 31 - 1))
     x, y, x_test, y_test = _train_test(x, y, x_test, y_test, split_seed, test_fraction)
@@ -420,9 +453,7 @@ def split_stream(x, y, classes_per_task: int = 2, seed=0, *, class_order: Union[
       a :class:`TaskStream` with ``kind="split"`` and identity ``permutations``.
     """
     _check_scenario(scenario)
-    if isinstance(classes_per_task, bool) or not isinstance(classes_per_task, (int, np.integer)) \
-            or classes_per_task < 1:
-        raise ValueError(f"classes_per_task must be an integer >= 1, got {classes_per_task!r}")
+    classes_per_task = check_int("classes_per_task", classes_per_task, min=1)
     rng = _rng(seed)
     split_seed = int(rng.integers(2 ** 31 - 1))
     x, y, x_test, y_test = _train_test(x, y, x_test, y_test, split_seed, test_fraction)

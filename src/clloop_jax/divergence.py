@@ -29,6 +29,8 @@ from typing import Any, Callable, Dict, Optional
 import jax
 import jax.numpy as jnp
 
+from clloop_jax.validation import check_callable, check_choice, check_float
+
 __all__ = [
     "KINDS",
     "l2_distance",
@@ -96,6 +98,7 @@ def l2_distance(params: PyTree, anchor: PyTree) -> jax.Array:
 def relative_change(params: PyTree, anchor: PyTree, eps: float = 1e-8) -> jax.Array:
     """``||theta - theta*||_2 / (||theta*||_2 + eps)``: the distance as a fraction of the reference's norm."""
     check_like("anchor", anchor, params)
+    check_float("eps", eps, min=0, open_min=True, scalar=True)
     anchor_norm = jnp.sqrt(tree_sum(jax.tree.map(jnp.square, anchor)))
     return jnp.sqrt(_squared_distance(params, anchor)) / (anchor_norm + eps)
 
@@ -128,8 +131,7 @@ def parameter_divergence(params: PyTree, anchor: PyTree, fisher: Optional[PyTree
 
 
 def _check_kind(kind) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    check_choice("kind", kind, KINDS)
 
 
 def output_divergence(outputs: jax.Array, anchor_outputs: jax.Array, kind: str = "mse") -> jax.Array:
@@ -168,6 +170,7 @@ def functional_divergence(apply_fn: Callable, params: PyTree, anchor_params: PyT
       probe_inputs: a pytree whose leaves share a leading probe axis ``N``.
       kind: ``"mse"`` or ``"kl"`` (``KL(p_anchor || p_params)``, outputs are logits).
     """
+    check_callable("apply_fn", apply_fn, signature="(params, x) -> output")
     _check_kind(kind)
     check_like("anchor_params", anchor_params, params)
     leaves = jax.tree.leaves(probe_inputs)

@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from clloop_jax.validation import check_callable, check_choice, check_float, check_int, check_key, check_methods
 
 __all__ = [
     "VARIANTS",
@@ -70,8 +71,7 @@ class Gaussian:
     sigma: float = 1.0
 
     def __post_init__(self):
-        if isinstance(self.sigma, numbers.Real) and not (self.sigma > 0 and math.isfinite(self.sigma)):
-            raise ValueError(f"Gaussian.sigma must be a finite number > 0, got {self.sigma!r}")
+        check_float("Gaussian.sigma", self.sigma, min=0, open_min=True, scalar=True)
 
     def log_prob(self, output: jax.Array, target: jax.Array) -> jax.Array:
         output, target = jnp.asarray(output), jnp.asarray(target)
@@ -132,10 +132,7 @@ class Categorical:
 
 
 def _check_chunk_size(chunk_size):
-    if chunk_size is None:
-        return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size, min=1, allow_none=True)
 
 
 def _leading_size(name: str, tree: PyTree) -> int:
@@ -213,23 +210,9 @@ def _mean_over_samples(per_sample: Callable, params: PyTree, batch: PyTree, n: i
     return jax.tree_util.tree_map(lambda t: t / n, total)
 
 
-def _as_typed_key(key, name="key"):
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(f"{name} must be a single PRNG key (shape ()), got shape {key.shape}")
-        return key
-    if key.dtype == jnp.uint32 and key.shape == (2,):
-        return jax.random.wrap_key_data(key)
-    raise ValueError(f"{name} must be a jax.random.key (typed PRNG key), got dtype {key.dtype} shape {key.shape}")
-
-
 def _check_likelihood(likelihood, need_factor: bool):
     needed = ("log_prob", "sample") + (("fisher_factor",) if need_factor else ())
-    missing = [m for m in needed if not callable(getattr(likelihood, m, None))]
-    if missing:
-        raise ValueError(f"likelihood must provide methods {list(needed)} (e.g. Gaussian() or Categorical()); "
-                         f"{likelihood!r} lacks {missing}")
+    check_methods("likelihood", likelihood, needed, example="Gaussian() or Categorical()")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,6 +237,7 @@ def per_sample_grads(loss_fn: Callable, params: PyTree, *batch: PyTree,
       A pytree like ``params`` whose leaves have a leading axis ``N``: leaf ``i`` is
       ``grad_params loss_fn(params, *sample_i)``.
     """
+    check_callable("loss_fn", loss_fn, signature="(params, *sample) -> scalar")
     _check_chunk_size(chunk_size)
     if not batch:
         raise ValueError("batch: per_sample_grads needs at least one batch argument with a leading sample axis")
@@ -340,8 +324,8 @@ def fisher_diagonal(apply_fn: Callable, params: PyTree, inputs: PyTree, targets:
       exact for a general model (random-projection estimators are unbiased but not exact; that is what
       ``"sampled"`` is).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
+    check_callable("apply_fn", apply_fn, signature="(params, x) -> output [..., K]")
+    check_choice("variant", variant, VARIANTS)
     _check_likelihood(likelihood, need_factor=(variant == "exact"))
     _check_chunk_size(chunk_size)
     sizes = [("inputs", _leading_size("inputs", inputs))]
@@ -354,9 +338,8 @@ def fisher_diagonal(apply_fn: Callable, params: PyTree, inputs: PyTree, targets:
     if variant == "sampled":
         if key is None:
             raise ValueError("key is required for variant='sampled' (a jax.random.key), got None")
-        key = _as_typed_key(key)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
-            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        key = check_key("key", key)
+        num_samples = check_int("num_samples", num_samples, min=1)
 
     def per_sample(i, sample):
         x, y = sample
@@ -388,6 +371,7 @@ def squared_batch_gradient(apply_fn: Callable, params: PyTree, inputs: PyTree, t
     score vanishes but per-sample scores do not). It is offered for comparison and as the cost lower bound of
     any per-sample computation (one batched backward pass).
     """
+    check_callable("apply_fn", apply_fn, signature="(params, x) -> output [..., K]")
     _check_likelihood(likelihood, need_factor=False)
     _check_same_n([("inputs", _leading_size("inputs", inputs)), ("targets", _leading_size("targets", targets))])
 
@@ -411,6 +395,7 @@ def mas_importance(apply_fn: Callable, params: PyTree, inputs: PyTree,
     ``Omega = (1/N) sum_i | grad_params ||apply_fn(params, x_i)||_2^2 |``, the squared L2 norm taken over the
     whole output of a sample (all positions). Needs no targets. ``chunk_size`` as in :func:`fisher_diagonal`.
     """
+    check_callable("apply_fn", apply_fn, signature="(params, x) -> output")
     _check_chunk_size(chunk_size)
     n = _leading_size("inputs", inputs)
 

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clloop_jax.validation import check_array, check_axis, check_float, check_int
+
 __all__ = [
     "average_performance",
     "backward_transfer",
@@ -67,6 +69,7 @@ def _namespace(*arrays):
 
 
 def _as_matrix(R, name: str = "R"):
+    R = check_array(name, R, allow_bool=True)
     xp = _namespace(R)
     R = xp.asarray(R, dtype=np.float64) if xp is np else jnp.asarray(R)
     if not (xp is np) and not jnp.issubdtype(R.dtype, jnp.floating):
@@ -80,7 +83,7 @@ def _as_matrix(R, name: str = "R"):
 
 def _as_baseline(b, R, xp):
     T = R.shape[-1]
-    b = xp.asarray(b, dtype=R.dtype)
+    b = xp.asarray(check_array("b", b, allow_bool=True), dtype=R.dtype)
     if b.ndim < 1 or b.shape[-1] != T:
         raise ValueError(f"b must have shape [..., T] with T={T} (the tasks of R, shape {R.shape}), "
                          f"got shape {b.shape}")
@@ -215,17 +218,19 @@ def _normal_quantile(p: float) -> float:
     return 0.5 * (lo + hi)
 
 
+def _check_confidence(confidence) -> float:
+    check_float("confidence", confidence, min=0, max=1, open_min=True, open_max=True, scalar=True)
+    return float(confidence)
+
+
 def t_quantile(confidence: float, df: int) -> float:
     """The two-sided Student t critical value: ``t`` with ``P(|T_df| <= t) = confidence``.
 
     Exact for every integer ``df >= 1`` (a closed-form CDF inverted by bisection); for ``df > 2000`` the
     Cornish-Fisher expansion around the normal quantile is used (error below 1e-9). Needs no SciPy.
     """
-    if not (0.0 < confidence < 1.0):
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    if int(df) != df or df < 1:
-        raise ValueError(f"df must be an integer >= 1, got {df!r}")
-    df = int(df)
+    _check_confidence(confidence)
+    df = check_int("df", df, min=1)
     if df > 2000:
         z = _normal_quantile(0.5 + 0.5 * confidence)
         g1 = (z ** 3 + z) / 4
@@ -246,18 +251,25 @@ def t_quantile(confidence: float, df: int) -> float:
     return 0.5 * (lo + hi)
 
 
-def mean_ci(x, axis: int = 0, confidence: float = 0.95) -> Tuple[Any, Any]:
+def mean_ci(x, axis: Optional[int] = 0, confidence: float = 0.95) -> Tuple[Any, Any]:
     """Mean and the half-width of its Student t confidence interval along ``axis``.
 
     ``half_width = t_{df=n-1} * std(x, ddof=1) / sqrt(n)`` with ``n = x.shape[axis]``; ``nan`` when ``n == 1``.
+    ``axis=None`` pools every element (``n = x.size``), as NumPy reductions do.
     Returns ``(mean, half_width)``, both with ``axis`` removed (NumPy float64 for NumPy input, ``jnp`` for JAX).
     """
+    x = check_array("x", x, allow_bool=True)
+    _check_confidence(confidence)
     xp = _namespace(x)
     x = np.asarray(x, dtype=np.float64) if xp is np else jnp.asarray(x)
     if x.ndim == 0:
         raise ValueError(f"x must have at least one axis to average over, got shape {x.shape}")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis={axis} is out of range for x of shape {x.shape}")
+    if axis is None:
+        x, axis = x.reshape(-1), 0
+    try:
+        axis = check_axis("axis", axis, x.ndim)
+    except ValueError as err:  # keep the shape of x in the message
+        raise type(err)(f"{err} (axis={axis!r} for x of shape {x.shape})") from None
     n = x.shape[axis]
     if n < 1:
         raise ValueError(f"x must have at least one sample along axis {axis}, got shape {x.shape}")
@@ -283,7 +295,8 @@ def format_matrix(R, names: Optional[Sequence[str]] = None, b=None, precision: i
     ``names``: task names (default ``t0, t1, ...``); ``b``: optional untrained scores, shown as a first row.
     A batched ``R [..., T, T]`` is shown as its mean over the batch axes.
     """
-    _, R = _as_matrix(np.asarray(R))
+    check_int("precision", precision, min=0)
+    _, R = _as_matrix(np.asarray(check_array("R", R, allow_bool=True)))
     T = R.shape[-1]
     if R.ndim > 2:
         R = R.reshape((-1, T, T)).mean(axis=0)
@@ -309,6 +322,8 @@ def format_summary(summary: Mapping[str, Any], confidence: float = 0.95, precisi
     Unbatched metrics print as values; metrics with a leading batch axis of runs (``[S]``) print as
     ``mean ± half-width`` of the ``confidence`` Student t interval over the runs, with ``n = S``.
     """
+    _check_confidence(confidence)
+    check_int("precision", precision, min=0)
     rows = []
     n_runs = None
     for name in METRIC_NAMES:

@@ -54,6 +54,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clloop_jax.validation import check_float, check_instance, check_int
+
 __all__ = ["CrossModalModel", "MLP", "SequenceClassifier", "reflection_orthogonal"]
 
 Array = jax.Array
@@ -124,8 +126,7 @@ class CrossModalModel(nn.Module):
 
     def __post_init__(self):
         def positive(field: str, value: Any) -> None:
-            if not _is_int(value) or value <= 0:
-                raise ValueError(f"CrossModalModel.{field}: expected a positive int, got {value!r}")
+            check_int(f"CrossModalModel.{field}", value, min=1)
 
         positive("num_modalities", self.num_modalities)
         if _is_int(self.input_dim):
@@ -149,23 +150,13 @@ class CrossModalModel(nn.Module):
         positive("hidden_dim", self.hidden_dim)
         positive("output_dim", self.output_dim)
         positive("num_heads", self.num_heads)
-        if self.feedback_dim is not None and (not _is_int(self.feedback_dim) or self.feedback_dim < 0):
-            raise ValueError(
-                f"CrossModalModel.feedback_dim: expected a non-negative int or None, got {self.feedback_dim!r}"
-            )
+        check_int("CrossModalModel.feedback_dim", self.feedback_dim, min=0, allow_none=True)
         if self.hidden_dim % self.num_heads != 0:
             raise ValueError(
                 f"CrossModalModel.hidden_dim: expected a multiple of num_heads={self.num_heads}, "
                 f"got {self.hidden_dim}"
             )
-        if (
-            not isinstance(self.head_init_scale, numbers.Real)
-            or isinstance(self.head_init_scale, bool)
-            or not self.head_init_scale > 0
-        ):
-            raise ValueError(
-                f"CrossModalModel.head_init_scale: expected a positive float, got {self.head_init_scale!r}"
-            )
+        check_float("CrossModalModel.head_init_scale", self.head_init_scale, min=0, open_min=True, scalar=True)
         super().__post_init__()
 
     # ------------------------------------------------------------------ static helpers
@@ -192,11 +183,9 @@ class CrossModalModel(nn.Module):
         """Zero carry of shape ``[*batch_shape, hidden_dim]``; needs no parameters."""
         if _is_int(batch_shape):
             batch_shape = (batch_shape,)
-        batch_shape = tuple(batch_shape)
-        if not all(_is_int(b) and b >= 0 for b in batch_shape):
-            raise ValueError(
-                f"initial_carry: batch_shape: expected a tuple of non-negative ints, got {batch_shape!r}"
-            )
+        if not isinstance(batch_shape, Sequence) or isinstance(batch_shape, str):
+            check_int("batch_shape", batch_shape, min=0)  # raises: neither an int nor a sequence of ints
+        batch_shape = tuple(check_int(f"batch_shape[{i}]", b, min=0) for i, b in enumerate(batch_shape))
         return jnp.zeros(batch_shape + (self.hidden_dim,), jnp.float32)
 
     @nn.nowrap
@@ -394,13 +383,11 @@ class MLP(nn.Module):
     hidden: Sequence[int] = (400, 400)
 
     def __post_init__(self):
-        if not _is_int(self.output_dim) or self.output_dim <= 0:
-            raise ValueError(f"MLP.output_dim: expected a positive int, got {self.output_dim!r}")
+        check_int("MLP.output_dim", self.output_dim, min=1)
         if isinstance(self.hidden, (str, bytes)) or not isinstance(self.hidden, Sequence):
             raise ValueError(f"MLP.hidden: expected a sequence of positive ints, got {self.hidden!r}")
         for i, h in enumerate(self.hidden):
-            if not _is_int(h) or h <= 0:
-                raise ValueError(f"MLP.hidden[{i}]: expected a positive int, got {h!r} (hidden={self.hidden!r})")
+            check_int(f"MLP.hidden[{i}]", h, min=1)
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         super().__post_init__()
 
@@ -430,10 +417,8 @@ class SequenceClassifier(nn.Module):
     chunk: int
 
     def __post_init__(self):
-        if not _is_int(self.chunk) or self.chunk <= 0:
-            raise ValueError(f"SequenceClassifier.chunk: expected a positive int, got {self.chunk!r}")
-        if not isinstance(self.model, CrossModalModel):
-            raise ValueError(f"SequenceClassifier.model: expected a CrossModalModel, got {type(self.model).__name__}")
+        check_int("SequenceClassifier.chunk", self.chunk, min=1)
+        check_instance("SequenceClassifier.model", self.model, CrossModalModel)
         if self.model.num_modalities != 1:
             raise ValueError(f"SequenceClassifier.model: expected num_modalities=1 (one signal), "
                              f"got {self.model.num_modalities}")

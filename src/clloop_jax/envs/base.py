@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from gymnax.environments import environment, spaces
 
+from clloop_jax.validation import check_array, check_axis, check_float
+
 
 class MultiModalEnv(environment.Environment):
     """A gymnax environment with multi-modal observations, float actions, feedback and an expert.
@@ -135,8 +137,10 @@ def normalized_score(actions, targets, clip_min: float | None = -1.0, axis=None)
     an average (``clip_min=None`` disables it). A target sum of zero counts as a perfect score
     when the actions match it exactly and as ``clip_min`` otherwise.
     """
-    actions = jnp.asarray(actions)
-    targets = jnp.asarray(targets)
+    actions = jnp.asarray(check_array("actions", actions))
+    targets = jnp.asarray(check_array("targets", targets))
+    check_axis("axis", axis, actions.ndim, allow_tuple=True)
+    check_float("clip_min", clip_min, max=1, finite=False, allow_none=True, scalar=True)
     if actions.shape != targets.shape:
         raise ValueError(
             "actions and targets must have the same shape; received actions "

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from functools import partial
 
 import jax
@@ -43,6 +42,11 @@ from flax import struct
 from gymnax.environments import spaces
 
 from clloop_jax.envs.base import MultiModalEnv
+from clloop_jax.validation import check_array, check_float, check_int, check_key, check_seed, is_traced
+
+#: The largest noise, scale or action bound a world accepts: a million times the unit-variance signal is a
+#: configuration mistake (the signal is lost), and float32 sums of squared observations overflow not far above.
+MAX_SCALE = 1e6
 
 
 @struct.dataclass
@@ -82,24 +86,6 @@ def _random_orthonormal(key: jax.Array, rows: int, cols: int) -> jax.Array:
     return q if rows >= cols else q.T
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; received {value!r}")
-
-
-def _check_float(name: str, value, low: float, high: float = math.inf, *, open_low=False,
-                 open_high=False) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if open_low else value >= low) and (
-            value < high if open_high else value <= high
-        )
-    if not ok:
-        lo = "(" if open_low else "["
-        hi = ")" if open_high else "]"
-        raise ValueError(f"{name} must be a finite number in {lo}{low}, {high}{hi}; received {value!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class LatentWorld(MultiModalEnv):
     """Linear latent world with ``num_modalities`` noisy views, a per-task expert gain and cue.
@@ -126,15 +112,21 @@ class LatentWorld(MultiModalEnv):
     world_seed: int = 0
 
     def __post_init__(self):
+        # Checked, then stored as Python numbers: the world is static configuration, hashed by value.
+        def store(name, value):
+            object.__setattr__(self, name, value)
+
         for name in ("observation_dim", "action_dim", "num_modalities", "latent_dim",
                      "num_tasks", "episode_length"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("world_seed", self.world_seed, 0)
+            store(name, check_int(name, getattr(self, name), min=1))
+        store("world_seed", check_seed("world_seed", self.world_seed))
         for name in ("obs_noise", "process_noise", "cue_scale", "open_loop_radius",
                      "init_scale"):
-            _check_float(name, getattr(self, name), 0.0)
-        _check_float("closed_loop_radius", self.closed_loop_radius, 0.0, 1.0, open_high=True)
-        _check_float("max_action", self.max_action, 0.0, open_low=True)
+            store(name, float(check_float(name, getattr(self, name), min=0, max=MAX_SCALE, scalar=True)))
+        store("closed_loop_radius", float(check_float(
+            "closed_loop_radius", self.closed_loop_radius, min=0, max=1, open_max=True, scalar=True)))
+        store("max_action", float(check_float("max_action", self.max_action, min=0, max=MAX_SCALE,
+                                               open_min=True, scalar=True)))
 
     # ------------------------------------------------------------------ tasks
     def task_params(self, task_id=0, world_key: jax.Array | None = None) -> EnvParams:
@@ -144,12 +136,13 @@ class LatentWorld(MultiModalEnv):
         the task's gain and cue from ``fold_in`` of it with ``task_id``; a traced ``world_key``
         gives vmappable worlds.
         """
-        if isinstance(task_id, numbers.Integral) and not isinstance(task_id, bool) and task_id < 0:
-            raise ValueError(f"task_id must be >= 0; received {task_id}")
-        if jnp.ndim(task_id) != 0:
-            raise ValueError(f"task_id must be a scalar; received shape {jnp.shape(task_id)}")
+        if is_traced(task_id):
+            check_array("task_id", task_id, kind="integer", ndim=0)
+        else:
+            task_id = check_int("task_id", task_id, min=0)
         if world_key is None:
             world_key = jax.random.key(self.world_seed)
+        world_key = check_key("world_key", world_key)
         return self._task_params(jnp.asarray(task_id, jnp.int32), world_key)
 
     @partial(jax.jit, static_argnames=("self",))
@@ -185,10 +178,10 @@ class LatentWorld(MultiModalEnv):
 
     def tasks(self, num_tasks: int | None = None, world_key: jax.Array | None = None) -> EnvParams:
         """``num_tasks`` (default ``self.num_tasks``) tasks stacked on a leading axis."""
-        num_tasks = self.num_tasks if num_tasks is None else num_tasks
-        _check_int("num_tasks", num_tasks, 1)
+        num_tasks = self.num_tasks if num_tasks is None else check_int("num_tasks", num_tasks, min=1)
         if world_key is None:
             world_key = jax.random.key(self.world_seed)
+        world_key = check_key("world_key", world_key)
         return self._tasks(num_tasks, world_key)
 
     @partial(jax.jit, static_argnames=("self", "num_tasks"))
@@ -244,7 +237,11 @@ class LatentWorld(MultiModalEnv):
         return jnp.clip(params.gain @ state.latent, -params.max_action, params.max_action)
 
     def action_space(self, params: EnvParams) -> spaces.Box:
-        """Float32 box ``[-max_action, max_action]^A``; larger actions are clipped when applied."""
+        """Float32 box ``[-max_action, max_action]^A``; larger actions are clipped when applied.
+
+        ``params=None`` means :attr:`default_params`, as in gymnax."""
+        if params is None:
+            params = self.default_params
         return spaces.Box(-params.max_action, params.max_action, (self.action_dim,), jnp.float32)
 
 

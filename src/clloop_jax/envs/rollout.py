@@ -7,13 +7,13 @@ the environment state and the expert target (for scripted teachers and reference
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from clloop_jax.envs.base import MultiModalEnv
+from clloop_jax.validation import check_callable, check_float, check_instance, check_int, check_key
 
 
 class Trajectory(NamedTuple):
@@ -49,8 +49,7 @@ class PrivilegedPolicy:
 
 def expert_policy(env: MultiModalEnv) -> PrivilegedPolicy:
     """Policy that plays the expert action of the current state (its carry passes through)."""
-    if not isinstance(env, MultiModalEnv):
-        raise ValueError(f"env must be a MultiModalEnv; received {type(env).__name__}")
+    check_instance("env", env, MultiModalEnv)
 
     def play_target(carry, obs, feedback, key, env_state, target):
         del obs, feedback, key, env_state
@@ -60,8 +59,7 @@ def expert_policy(env: MultiModalEnv) -> PrivilegedPolicy:
 
 
 def _check_count(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; received {value!r}")
+    check_int(name, value, min=1)
 
 
 def rollout(
@@ -82,15 +80,14 @@ def rollout(
     ``feedback_weight`` scales the feedback input and may be traced. ``env``, ``policy``,
     ``num_steps`` and ``num_envs`` are static (mark them static when jitting).
     """
-    if not isinstance(env, MultiModalEnv):
-        raise ValueError(f"env must be a MultiModalEnv; received {type(env).__name__}")
+    key = check_key("key", key)
+    check_instance("env", env, MultiModalEnv)
+    if not isinstance(policy, PrivilegedPolicy):
+        check_callable("policy", policy, signature="(carry, obs, feedback, key) -> (carry, action)")
     _check_count("num_steps", num_steps)
     if num_envs is not None:
         _check_count("num_envs", num_envs)
-    if jnp.ndim(feedback_weight) != 0:
-        raise ValueError(
-            f"feedback_weight must be a scalar; received shape {jnp.shape(feedback_weight)}"
-        )
+    check_float("feedback_weight", feedback_weight, scalar=True)
     feedback_weight = jnp.asarray(feedback_weight, jnp.float32)
     privileged = isinstance(policy, PrivilegedPolicy)
     policy_carry = jax.tree.map(jnp.asarray, policy_carry)
