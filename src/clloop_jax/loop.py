@@ -334,8 +334,15 @@ class Run:
         if any(m.uses_data for m in self.monitors):
             data_shape = jax.eval_shape(self.source.fisher_data, k_tasks, params, task_at(tasks, 0), hp.source)
         monitors = tuple(m.init(params, data_shape, self.source.num_tasks, self.source) for m in self.monitors)
-        return TrainState(params, self.optimizer(hp).init(params), self.strategy.init(params, hp.strategy),
-                          monitors, jnp.zeros((), jnp.int32))
+        if self.strategy.init_with_example:
+            task0 = task_at(tasks, 0)
+            samples = jax.eval_shape(lambda: self.source.samples(self.source.batch(k_tasks, params, task0, hp.source)))
+            example = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), samples)
+            strategy_state = self.strategy.init(params, hp.strategy, example, self.source)
+        else:
+            strategy_state = self.strategy.init(params, hp.strategy)
+        return TrainState(params, self.optimizer(hp).init(params), strategy_state, monitors,
+                          jnp.zeros((), jnp.int32))
 
     def importance(self, key, params, data, hp: HParams, kind: str):
         """The diagonal importance ``kind`` (``"fisher"`` or ``"mas"``) of ``params`` on per-sample ``data``."""
@@ -359,11 +366,12 @@ class Run:
         strat, src = self.strategy, self.source
         k_replay, k_project, k_observe = jax.random.split(key, 3)
         params = state.params
+        samples = src.samples(batch) if (strat.replay_loss or strat.observe or strat.project) is not None else None
 
         def task_loss(p):
             loss, aux = src.loss(p, batch, hp.source)
             if strat.replay_loss is not None:
-                replay = strat.replay_loss(state.strategy, p, src, k_replay, hp.strategy)
+                replay = strat.replay_loss(state.strategy, p, samples, src, k_replay, hp.strategy)
                 aux = {**aux, "replay_loss": replay}
                 loss = loss + replay
             return loss, aux
@@ -375,15 +383,14 @@ class Run:
             penalty, pen_grads = jax.value_and_grad(lambda p: strat.penalty(state.strategy, p, hp.strategy))(params)
             grads = jax.tree.map(jnp.add, task_grads, pen_grads)
         if strat.project is not None:
-            grads = strat.project(state.strategy, params, grads, src, k_project, hp.strategy)
+            grads = strat.project(state.strategy, params, grads, samples, src, k_project, hp.strategy)
         updates, opt_state = self.optimizer(hp).update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
         strategy_state = state.strategy
         if strat.accumulate is not None:
             strategy_state = strat.accumulate(strategy_state, params, new_params, task_grads, hp.strategy)
         if strat.observe is not None:
-            strategy_state = strat.observe(strategy_state, new_params, src.samples(batch), src, k_observe,
-                                           hp.strategy)
+            strategy_state = strat.observe(strategy_state, params, samples, src, k_observe, hp.strategy)
         finite = jnp.isfinite(loss) & jnp.isfinite(penalty) & _all_finite(grads) & _all_finite(new_params)
         new = state._replace(params=new_params, opt_state=opt_state, strategy=strategy_state)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)

@@ -398,6 +398,11 @@ class SupervisedSource:
         mask = jnp.broadcast_to(batch.mask, batch.x.shape[:1] + batch.mask.shape)
         return (batch.x, mask), batch.y
 
+    def rehearse(self, inputs, current):
+        """Remembered ``(x, mask)`` put under the current training mask (that of the ``current`` samples)."""
+        x, mask = inputs
+        return x, jnp.broadcast_to(current[0][1][0], mask.shape)
+
     def sample_loss(self, params, inputs, targets):
         """The masked cross-entropy on per-sample data (each sample under its own mask)."""
         return data_lib.masked_cross_entropy(self.predict(params, inputs), targets, inputs[1])

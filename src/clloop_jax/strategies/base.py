@@ -3,7 +3,8 @@
 A :class:`Strategy` owns a state (any pytree, usually a ``NamedTuple``) and its own hyperparameters (a
 ``NamedTuple`` of numbers, traced inside the run so that ``jax.vmap`` can sweep them). The run calls
 
-* ``init(params, hp) -> state`` once, before the first task;
+* ``init(params, hp) -> state`` once, before the first task (``init(params, hp, example, source)`` when the
+  strategy sets ``init_with_example``: a rehearsal memory is sized from one sample's shapes);
 * ``penalty(state, params, hp) -> scalar`` on every update: a term added to the loss (differentiated);
 * ``accumulate(state, params_old, params_new, grads, hp) -> state`` after every optimizer step, with ``grads`` the
   gradient of the task loss alone at ``params_old`` (SI's path integral, a dual step on lambda, ...);
@@ -16,11 +17,12 @@ A :class:`Strategy` owns a state (any pytree, usually a ``NamedTuple``) and its 
 and, for rehearsal methods,
 
 * ``observe(state, params, samples, source, key, hp) -> state`` after every update, with ``samples`` the update's
-  batch as per-sample ``(inputs, targets)`` (a reservoir memory of the stream);
-* ``replay_loss(state, params, source, key, hp) -> scalar``: a loss on remembered samples added to the task loss
-  (its gradient is part of the task gradient);
-* ``project(state, params, grads, source, key, hp) -> grads``: a transformation of the gradient before the
-  optimizer (A-GEM's projection).
+  batch as per-sample ``(inputs, targets)`` and ``params`` those the batch was learned from (a reservoir memory of
+  the stream, with the model's outputs for DER);
+* ``replay_loss(state, params, samples, source, key, hp) -> scalar``: a loss added to the task loss, on remembered
+  samples or on the current batch's ``samples`` (distillation); its gradient is part of the task gradient;
+* ``project(state, params, grads, samples, source, key, hp) -> grads``: a transformation of the gradient before
+  the optimizer (A-GEM's projection).
 
 Every hook is optional: one left as None is the identity (or zero) and is not traced into the program. The run knows
 only this interface, never a strategy's name; :func:`register` / :func:`get_strategy` map names to factories for
@@ -68,6 +70,8 @@ class Strategy:
       penalty, accumulate, consolidate, trace, observe, replay_loss, project: optional hooks (None: not used).
       importance: ``"fisher"``, ``"mas"`` or None: the diagonal importance ``consolidate`` receives.
       uses_data: whether ``consolidate`` receives the task's per-sample data.
+      init_with_example: ``init`` is called as ``init(params, hp, example, source)``, with ``example`` the shapes
+        (``jax.ShapeDtypeStruct``) of one per-sample item ``(inputs, target)``: a memory of samples is sized from it.
 
     Equality and hashing ignore ``hparams`` (they are traced values, not part of the compiled program), so two
     strategies built with different default strengths share one compiled run.
@@ -85,6 +89,7 @@ class Strategy:
     project: Optional[Callable] = None
     importance: Optional[str] = None
     uses_data: bool = False
+    init_with_example: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
