@@ -375,5 +375,20 @@ def test_stream_arguments_are_checked(small):
         D.train_test_split(x, None)
     with pytest.raises(ValueError, match=r"^x must hold finite numbers"):
         D.train_test_split(np.full((4, 2), np.nan), np.arange(4))
-    with pytest.raises(ValueError, match=r"name must be one of \['digits', 'mnist1d'\]"):
-        D.load_dataset("mnist")
+    with pytest.raises(ValueError, match=r"name must be one of \['digits', 'mnist1d', 'mnist'\]"):
+        D.load_dataset("cifar")
+
+
+def test_real_mnist_split_is_fixed_balanced_and_scaled():
+    from clloop_jax.datasets import load_dataset, load_mnist
+    x, y, x_test, y_test = load_mnist()
+    assert x.shape == (4000, 784) and x_test.shape == (1000, 784) and x.dtype == np.float32
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    np.testing.assert_array_equal(np.bincount(y), 400)
+    np.testing.assert_array_equal(np.bincount(y_test), 100)
+    again = load_dataset("mnist")
+    for a, b in zip((x, y, x_test, y_test), again):
+        np.testing.assert_array_equal(a, b)
+    # Train and test images are disjoint (no image of the test split is in the training split).
+    train_rows = {r.tobytes() for r in x[y == 3]}
+    assert not any(r.tobytes() in train_rows for r in x_test[y_test == 3])
