@@ -87,8 +87,8 @@ def main(argv=None):
         results[name] = {"lambda": lam, "R": R, "baseline": b,
                          "functional_divergence_end": np.asarray(res.traces["functional"][:, -1, -1]),
                          "fisher_distance_end": np.asarray(res.traces["fisher_distance"][:, -1, -1])}
-        acc, h = metrics.mean_ci(metrics.average_performance(R))
-        print(f"{name:>10} (lambda {lam:g}): ACC {acc:+.3f} ± {h:.3f}  [{timing[name]:.0f} s]", flush=True)
+        print(f"{name:>10} (lambda {lam:g}): ACC {cell(metrics.average_performance(R))}  [{timing[name]:.0f} s]",
+              flush=True)
 
     joint = None
     if not args.no_joint:
@@ -99,8 +99,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         joint = np.asarray(jax.vmap(joint_fn, in_axes=(0, None))(keys, hp), np.float64)  # [S, T]
         timing["joint"] = time.perf_counter() - t0
-        m, h = metrics.mean_ci(joint.mean(axis=1))
-        print(f"{'joint':>10}: mean score over tasks {m:+.3f} ± {h:.3f}  [{timing['joint']:.0f} s]", flush=True)
+        print(f"{'joint':>10}: mean score over tasks {cell(joint.mean(axis=1))}  [{timing['joint']:.0f} s]", flush=True)
 
     text = report(args, results, joint)
     print(text)

@@ -54,6 +54,7 @@ import numpy as np
 from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax import metrics
 from clloop_jax.datasets import load_dataset, permuted_stream, split_stream
+from clloop_jax.report import cell as report_cell
 from clloop_jax.loop import HParams, RunConfig, make_joint_run, make_run
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
 from clloop_jax.sources import SupervisedSource
@@ -299,8 +300,7 @@ def table(results, setup: Setup, published_md: str, exp: Experiment = Experiment
         row = []
         for k, s in cells:
             cell = results[f"{k}/{s}"]
-            m, h = metrics.mean_ci(np.asarray(cell[strategy]["acc"]) - np.asarray(cell["none"]["acc"]))
-            row.append(f"{m:+.3f} ± {h:.3f}")
+            row.append(report_cell(np.asarray(cell[strategy]["acc"]) - np.asarray(cell["none"]["acc"])))
         lines.append(f"| {strategy} | " + " | ".join(row) + " |")
     lines += ["", published_md, "", findings(results, exp)]
     return "\n".join(lines) + "\n"
