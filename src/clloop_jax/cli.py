@@ -24,6 +24,7 @@ import numpy as np
 from clloop_jax import report
 from clloop_jax.config import PRESETS, ExperimentConfig
 from clloop_jax.loop import DivergenceError
+from clloop_jax.strategies import get_strategy
 
 __all__ = ["main", "RunArgs", "CompareArgs", "run_command", "compare_command"]
 
@@ -120,7 +121,8 @@ def compare_command(args: CompareArgs):
         if not args.quiet:
             print(f"{name}: {report.cell(report.summary(*results[name])['average_performance']['values'])} "
                   f"average performance", flush=True)
-    lams = {name: {"lambda": f"{e.train.strength:g}"} for name, e in experiments.items()}
+    lams = {name: {"lambda": f"{e.train.strength:g}" if "lam" in get_strategy(name).hparams._fields else "-"}
+            for name, e in experiments.items()}
     text = report.summary_table(results, extra=lams)
     if "none" in results and len(results) > 1:
         text += "\n\n" + report.paired_table(results, "none")
