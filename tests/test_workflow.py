@@ -164,3 +164,17 @@ def test_a_diverging_run_stops_naming_where_and_keeps_the_last_good_checkpoint(t
     with pytest.raises(DivergenceError) as err:
         execute(run, hp, [0, 1])
     assert err.value.task == 1 and err.value.episode is not None
+
+
+def test_compare_writes_one_table_paired_gains_and_one_figure(tmp_path):
+    out = str(tmp_path / "cmp")
+    cli.main(["compare", "--preset", "tiny", "--out", out, "--strategies", "none,ewc:5", "--quiet", "--no-cache"])
+    assert sorted(n for n in os.listdir(out)) == ["comparison.json", "comparison.md", "comparison.png", "ewc", "none"]
+    table = open(os.path.join(out, "comparison.md")).read()
+    assert "| none | - |" in table and "| ewc | 5 |" in table and "minus none's (paired by seed)" in table
+    blob = json.load(open(os.path.join(out, "comparison.json")))
+    assert blob["paired_vs_none"]["ewc"]["n"] == TINY.seeds
+    w, h = png_size(os.path.join(out, "comparison.png"))
+    assert w > 200 and h > 200
+    # Each strategy has a complete run folder of its own.
+    assert json.load(open(os.path.join(out, "ewc", "config.json")))["config"]["train"]["lam"] == 5.0

@@ -104,7 +104,7 @@ def _parse_strategies(text: str):
 
 def compare_command(args: CompareArgs):
     """``clloop compare``: one run folder per strategy, then ``comparison.md`` / ``.json`` and ``comparison.png``."""
-    from clloop_jax.runs import RunFolder, write_atomic, jsonable
+    from clloop_jax.runs import jsonable, write_atomic
     import json
     strategies = _parse_strategies(args.strategies)
     base = args.experiment

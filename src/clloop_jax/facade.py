@@ -108,15 +108,12 @@ class ContinualLearningLoop:
     def _state_for(self, run) -> TrainState:
         """The loop's current state in ``run``'s layout: the current parameters with the strategy's memory of earlier
         cycles when the shapes agree, else a fresh strategy state around the current parameters."""
-        fresh = run.init(self._run_key(0), self._hparams_for(run))
+        fresh = run.init(self._run_key(0), self.hparams)
         fresh = fresh._replace(params=self.params, strategy=run.strategy.init(self.params, self.hparams.strategy))
         if self.state is not None and jax.tree.structure(self.state) == jax.tree.structure(fresh) and all(
                 a.shape == b.shape for a, b in zip(jax.tree.leaves(self.state), jax.tree.leaves(fresh))):
             return self.state._replace(params=self.params)
         return fresh
-
-    def _hparams_for(self, run) -> HParams:
-        return self.hparams
 
     # ----- the cycle --------------------------------------------------------------------------------------
     def continual_learning_cycle(self, num_tasks: int = 3, episodes_per_task: int = 10,

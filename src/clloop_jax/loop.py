@@ -53,6 +53,7 @@ import optax
 from clloop_jax import fisher as fisher_lib
 from clloop_jax.monitors import Monitor, get_monitor
 from clloop_jax.strategies.base import NoHParams, Strategy, check_hparam, check_hparams, get_strategy
+from clloop_jax.validation import check_key
 
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
 
@@ -231,24 +232,6 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _is_key(key) -> bool:
-    if isinstance(key, jax.core.Tracer):
-        return True
-    dtype = getattr(key, "dtype", None)
-    if dtype is None:
-        return False
-    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        return True
-    return dtype == jnp.uint32 and getattr(key, "shape", None) == (2,)
-
-
-def check_key(name: str, key) -> None:
-    """``TypeError`` unless ``key`` is a JAX random key (typed, or a legacy uint32[2] array)."""
-    if not _is_key(key):
-        raise TypeError(f"{name} must be a JAX random key such as jax.random.key(0), got {type(key).__name__} "
-                        f"{key!r}"[:300])
-
-
 class DivergenceError(FloatingPointError):
     """A run (or a step) met a non-finite loss, gradient or parameter. ``seed``, ``task`` and ``episode`` say where
     (None when not applicable); the updates from there on were skipped, so the state holds the last good values."""
@@ -308,8 +291,10 @@ class Run:
         hp.validate()
 
     def _checked(self, key, hp):
-        check_key("key", key)
+        """The key as a typed key (``TypeError``/``ValueError`` unless it is one); ``hp`` checked."""
+        key = check_key("key", key)
         self.check_hparams(hp)
+        return key
 
     # ----- pieces -----------------------------------------------------------------------------------------
     def optimizer(self, hp: HParams) -> optax.GradientTransformation:
@@ -488,17 +473,17 @@ class Run:
     # ----- public, jitted ---------------------------------------------------------------------------------
     def __call__(self, key, hp: HParams):
         """The whole run, one compiled program: ``(final_state, RunResults)``."""
-        self._checked(key, hp)
+        key = self._checked(key, hp)
         return _jit_run(self, self.source.tasks, key, hp)
 
     def init(self, key, hp: HParams) -> TrainState:
         """The state before the first task (``key`` is the run's key, as given to ``run``)."""
-        self._checked(key, hp)
+        key = self._checked(key, hp)
         return _jit_init(self, self.source.tasks, key, hp)
 
     def train_task(self, state: TrainState, key, task_id, hp: HParams):
         """One task, compiled once for all tasks: ``(state, R_row, traces)``; ``key`` is the run key."""
-        self._checked(key, hp)
+        key = self._checked(key, hp)
         if not isinstance(state, TrainState):
             raise TypeError(f"state must be a TrainState (from run.init or an earlier train_task), "
                             f"got {type(state).__name__}")
@@ -509,7 +494,7 @@ class Run:
 
     def evaluate(self, params, key, hp: HParams):
         """Scores of ``params`` on every task, with the run's fixed evaluation keys (derived from the run key)."""
-        self._checked(key, hp)
+        key = self._checked(key, hp)
         return _jit_evaluate(self.source, params, self.source.tasks, self._keys(key)[1], hp.source)
 
     def run_stepwise(self, key, hp: HParams, callback: Optional[Callable] = None, state: Optional[TrainState] = None,
@@ -520,7 +505,7 @@ class Run:
         the ``state`` after ``start_task`` tasks and the ``results`` recorded so far (their first ``start_task``
         rows and traces). Returns ``(final_state, RunResults)`` with the same numbers as the compiled whole run.
         """
-        self._checked(key, hp)
+        key = self._checked(key, hp)
         n = self.source.num_tasks
         if not _is_int(start_task) or not 0 <= start_task <= n:
             raise ValueError(f"start_task must be an integer in [0, {n}], got {start_task!r}")
@@ -652,7 +637,7 @@ def make_joint_run(config: RunConfig, source) -> Callable:
     jitted = jax.jit(joint)
 
     def call(key, hp: HParams):
-        check_key("key", key)
+        key = check_key("key", key)
         if not isinstance(hp, HParams):
             raise TypeError(f"hp must be the run's HParams (from run.hparams(...)), got {type(hp).__name__}")
         hp.validate()

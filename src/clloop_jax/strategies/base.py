@@ -42,8 +42,6 @@ configs and the command line. A strategy written in a user's own file runs throu
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import jax
@@ -213,6 +211,3 @@ def get_strategy(strategy, **hparams) -> Strategy:
     raise TypeError(f"strategy must be a registered name ({list(_REGISTRY)}) or a Strategy, "
                     f"got {type(strategy).__name__}")
 
-
-def is_finite_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
