@@ -426,6 +426,7 @@ def test_vmapped_init_has_no_lapack_call():
     (dict(feedback_dim=True), TypeError, r"^CrossModalModel.feedback_dim must be an integer >= 0 or None, got bool True"),
     (dict(input_dim=True), ValueError, r"^CrossModalModel.input_dim"),
     (dict(input_dim=[4, True], num_modalities=2), TypeError, r"^CrossModalModel.input_dim\[1\] .* got bool True"),
+    (dict(input_dim=b"\x04\x04", num_modalities=2), ValueError, r"^CrossModalModel.input_dim"),  # bytes: no sizes
 ])
 def test_counts_refuse_bools_and_scales_must_be_finite(kwargs, error, pattern):
     base = dict(input_dim=4, hidden_dim=8, output_dim=2, num_heads=2)

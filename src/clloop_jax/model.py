@@ -131,7 +131,7 @@ class CrossModalModel(nn.Module):
         positive("num_modalities", self.num_modalities)
         if _is_int(self.input_dim):
             positive("input_dim", self.input_dim)
-        elif isinstance(self.input_dim, Sequence) and not isinstance(self.input_dim, str):
+        elif isinstance(self.input_dim, Sequence) and not isinstance(self.input_dim, (str, bytes)):
             dims = tuple(self.input_dim)
             if len(dims) != self.num_modalities:
                 raise ValueError(

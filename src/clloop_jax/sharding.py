@@ -165,7 +165,8 @@ class _ShardedVmap:
     def num_devices(self) -> int:
         return self.mesh.devices.size
 
-    def __call__(self, *args):
+    def _prepare(self, args):
+        """``(placed_args, batch, pad)``: the arguments padded and laid out on the mesh."""
         axes = _axes_per_leaf(self.in_axes, args)
         leaves, treedef = jax.tree.flatten(args)
         sizes = {}
@@ -195,10 +196,20 @@ class _ShardedVmap:
             else:
                 spec = PartitionSpec(*([None] * ax + [self.axis]))
                 placed.append(_place(_pad_rows(leaf, ax, pad), NamedSharding(self.mesh, spec)))
-        out = self._jit(*jax.tree.unflatten(treedef, placed))
+        return jax.tree.unflatten(treedef, placed), batch, pad
+
+    def __call__(self, *args):
+        placed, batch, pad = self._prepare(args)
+        out = self._jit(*placed)
         if pad:
             out = jax.tree.map(lambda x: x[:batch], out)
         return out
+
+    def lower(self, *args):
+        """``jax.jit(...).lower`` of the sharded program for these arguments (padded and placed as a call would
+        place them), to time tracing and compilation apart: ``sharded.lower(*args).compile()``."""
+        placed, _, _ = self._prepare(args)
+        return self._jit.lower(*placed)
 
     def _cache_size(self) -> int:
         return self._jit._cache_size()

@@ -265,6 +265,7 @@ def check_float(name: str, value, *, min: Optional[float] = None, max: Optional[
       finite: refuse ``+-inf`` and values beyond the float32 range (they would become ``inf``). NaN is always
         refused.
       allow_none: accept ``None`` (returned as is).
+      scalar: refuse arrays with axes (a single number is expected).
     """
     lo, hi = min, max
     rng = _range_text(lo, hi, open_min, open_max)

@@ -1,0 +1,325 @@
+"""Random invalid values fed to the public entry points: each must be refused with a ``ValueError`` or
+``TypeError`` whose message names the argument. No raw JAX, XLA, flax or NumPy error, and no silent acceptance.
+
+Every case below is one argument of one public function or constructor, called with valid values for every other
+argument and a value drawn from the invalid values of that argument's kind (wrong types, bools for counts, NaN,
+infinities, out-of-range numbers, classes for instances, non-callables, keys that are not keys, ...).
+
+CI runs the ``ci`` hypothesis profile (a few examples per case); locally,
+
+    python -m pytest tests/test_invalid_inputs.py --hypothesis-profile=thorough -s
+
+runs 200 examples per case and prints how many calls ended in each outcome class.
+"""
+import collections
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from clloop_jax import datasets as D
+from clloop_jax import divergence as div
+from clloop_jax import fisher as F
+from clloop_jax import metrics as M
+from clloop_jax import sharding as S
+from clloop_jax.envs import LatentWorld, MultiModalEnv, expert_policy, normalized_score, rollout
+from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
+
+# ----------------------------------------------------------------------------------------------------------------
+# Invalid values, by kind
+# ----------------------------------------------------------------------------------------------------------------
+
+CLASSES = st.sampled_from([F.Gaussian, F.Categorical, LatentWorld, CrossModalModel, MultiModalEnv, int, float,
+                           object])
+GARBAGE = st.one_of(
+    st.text(max_size=5), st.binary(max_size=3), st.complex_numbers(max_magnitude=1e6),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2), st.sets(st.integers(), max_size=2),
+    st.builds(object), CLASSES, st.just(Ellipsis), st.just(slice(2)),
+)
+BOOLS = st.sampled_from([True, False, np.bool_(True), np.bool_(False)])
+NONE = st.none()
+ANY_FLOAT = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                      st.floats(-1e6, 1e6).map(np.float32), st.integers(-5, 5).map(float))
+NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf, np.float32("nan"), np.float64("inf")])
+LISTS = st.one_of(st.lists(st.floats(0, 1), min_size=1, max_size=3), st.tuples(st.integers(1, 4)))
+ARRAYS = st.sampled_from([np.ones(2), jnp.ones((2, 2)), np.array([1, 2]), np.array(["a"]), np.array([1j])])
+INTS = st.one_of(st.integers(), st.integers(-2 ** 70, 2 ** 70))
+
+
+def numpy_int(bound):
+    return st.integers(-bound, bound).map(np.int64)
+
+
+def count(min_value: int, allow_none: bool = False):
+    """Integers >= min_value (or None) are valid."""
+    too_small = st.one_of(st.integers(max_value=min_value - 1), numpy_int(2 ** 31).filter(lambda v: v < min_value))
+    parts = [GARBAGE, BOOLS, ANY_FLOAT, too_small, LISTS, ARRAYS, st.just(jnp.asarray(2.0))]
+    return st.one_of(parts + ([] if allow_none else [NONE]))
+
+
+def bounded_count(min_value: int, max_value: int, allow_none: bool = False):
+    return st.one_of(count(min_value, allow_none), st.integers(min_value=max_value + 1))
+
+
+JAX_SEED = st.one_of(GARBAGE, BOOLS, ANY_FLOAT, NONE, LISTS, st.integers(max_value=-1),
+                     st.integers(min_value=2 ** 32))
+NUMPY_SEED = st.one_of(GARBAGE, BOOLS, ANY_FLOAT, NONE, LISTS, st.integers(max_value=-1),
+                       st.just(jax.random.split(jax.random.key(0), 2)), st.just(np.ones(2, np.float32)))
+
+
+def number(lo=None, hi=None, open_lo=False, open_hi=False, finite=True, allow_none=False, scalar=True):
+    parts = [GARBAGE, BOOLS, st.just(math.nan), LISTS]
+    if finite:
+        parts += [NON_FINITE, st.floats(min_value=3.5e38), st.floats(max_value=-3.5e38)]
+    if lo is not None:
+        parts.append(st.floats(max_value=lo, exclude_max=not open_lo))
+    if hi is not None:
+        parts.append(st.floats(min_value=hi, exclude_min=not open_hi))
+    if not allow_none:
+        parts.append(NONE)
+    if scalar:
+        parts.append(st.just(np.ones(2)))
+    return st.one_of(parts)
+
+
+def choice(*choices):
+    return st.one_of(GARBAGE, NONE, BOOLS, st.integers(), st.text(max_size=8)).filter(lambda v: v not in choices)
+
+
+KEY = st.one_of(GARBAGE, INTS, ANY_FLOAT, BOOLS, NONE, LISTS, st.just(np.ones(2, np.float32)),
+                st.just(jax.random.split(jax.random.key(0), 2)), st.just(jnp.zeros(3, jnp.uint32)))
+KEYS = st.one_of(GARBAGE, INTS, ANY_FLOAT, BOOLS, NONE, LISTS, st.just(jax.random.key(0)),
+                 st.just(jnp.zeros((2, 3), jnp.uint32)), st.just(np.ones((2, 2), np.float32)))
+NOT_CALLABLE = st.one_of(GARBAGE.filter(lambda v: not callable(v) or isinstance(v, type)), INTS, NONE, LISTS,
+                         ANY_FLOAT)
+NOT_BOOL = st.one_of(GARBAGE, st.integers(), ANY_FLOAT, NONE, st.sampled_from(["True", "false"]))
+
+
+def axis(ndim, allow_tuple=False):
+    parts = [GARBAGE, ANY_FLOAT, BOOLS, st.integers(min_value=ndim), st.integers(max_value=-ndim - 1),
+             st.lists(st.integers(0, 1), min_size=1, max_size=2)]
+    if allow_tuple:
+        parts.append(st.just((0, 0)))
+        parts.append(st.tuples(st.integers(min_value=ndim)))
+    return st.one_of(parts)
+
+
+NOT_ARRAY = st.one_of(GARBAGE.filter(lambda v: not isinstance(v, complex)), NONE,
+                      st.just([[1.0], [1.0, 2.0]]), st.just(np.array(["a", "b"])), st.just(jax.random.key(0)),
+                      st.just(np.array([1j, 2j])))
+NOT_PATH = st.one_of(st.integers(), ANY_FLOAT, BOOLS, LISTS, st.builds(object), CLASSES)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Valid surroundings
+# ----------------------------------------------------------------------------------------------------------------
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(24, 5)).astype(np.float32)
+Y = np.repeat(np.arange(4), 6).astype(np.int32)
+R = np.eye(3)
+ENV = LatentWorld(observation_dim=4, action_dim=3, num_modalities=2, latent_dim=2, episode_length=3)
+W = {"w": jnp.ones((3, 2))}
+INPUTS = jnp.ones((4, 3))
+LABELS = jnp.array([0, 1, 0, 1])
+
+
+def apply_fn(p, x):
+    return x @ p["w"]
+
+
+def loss_fn(p, x):
+    return jnp.sum(apply_fn(p, x) ** 2)
+
+
+def zero_policy(carry, obs, feedback, key):
+    return carry, jnp.zeros((ENV.action_dim,))
+
+
+_TASK = []
+
+
+def task():
+    if not _TASK:
+        _TASK.append(ENV.task_params(0))
+    return _TASK[0]
+
+
+MODEL = dict(input_dim=4, hidden_dim=8, output_dim=2, num_heads=2)
+SMALL_MODEL = CrossModalModel(input_dim=4, hidden_dim=8, output_dim=2, num_heads=2)
+WORLD = dict(observation_dim=4, action_dim=3, num_modalities=2, latent_dim=2, episode_length=3)
+
+
+def walk(key, scale):
+    return scale * jax.random.normal(key, (2,))
+
+
+KEYS4 = jax.random.split(jax.random.key(0), 4)
+
+
+class Case(NamedTuple):
+    entry: str
+    arg: str
+    values: st.SearchStrategy
+    call: Callable
+
+
+CASES = [
+    # datasets
+    Case("permuted_stream", "num_tasks", count(1), lambda v: D.permuted_stream(X, Y, v)),
+    Case("permuted_stream", "seed", NUMPY_SEED, lambda v: D.permuted_stream(X, Y, 2, seed=v)),
+    Case("permuted_stream", "scenario", choice(*D.SCENARIOS), lambda v: D.permuted_stream(X, Y, 2, scenario=v)),
+    Case("permuted_stream", "first_identity", NOT_BOOL, lambda v: D.permuted_stream(X, Y, 2, first_identity=v)),
+    Case("permuted_stream", "test_fraction", number(0, 1, True, True),
+         lambda v: D.permuted_stream(X, Y, 2, test_fraction=v)),
+    Case("permuted_stream", "x", NOT_ARRAY, lambda v: D.permuted_stream(v, Y, 2)),
+    Case("split_stream", "classes_per_task", count(1), lambda v: D.split_stream(X, Y, v)),
+    Case("split_stream", "seed", NUMPY_SEED, lambda v: D.split_stream(X, Y, 2, seed=v)),
+    Case("split_stream", "scenario", choice(*D.SCENARIOS), lambda v: D.split_stream(X, Y, 2, scenario=v)),
+    Case("train_test_split", "seed", NUMPY_SEED, lambda v: D.train_test_split(X, Y, seed=v)),
+    Case("train_test_split", "test_fraction", number(0, 1, True, True),
+         lambda v: D.train_test_split(X, Y, test_fraction=v)),
+    Case("train_test_split", "y", NOT_ARRAY, lambda v: D.train_test_split(X, v)),
+    Case("load_mnist1d", "num_samples", count(10), lambda v: D.load_mnist1d(cache_dir="/nonexistent",
+                                                                            num_samples=v)),
+    Case("load_mnist1d", "seed", st.one_of(NUMPY_SEED, st.integers(min_value=2 ** 32)),
+         lambda v: D.load_mnist1d(cache_dir="/nonexistent", seed=v)),
+    Case("load_mnist1d", "cache_dir", NOT_PATH, lambda v: D.load_mnist1d(cache_dir=v)),
+    Case("load_dataset", "name", choice("digits", "mnist1d"), lambda v: D.load_dataset(v)),
+    # metrics
+    Case("mean_ci", "x", NOT_ARRAY, lambda v: M.mean_ci(v)),
+    Case("mean_ci", "axis", axis(2), lambda v: M.mean_ci(np.ones((3, 2)), axis=v)),
+    Case("mean_ci", "confidence", number(0, 1, True, True), lambda v: M.mean_ci(np.ones(3), confidence=v)),
+    Case("t_quantile", "df", count(1), lambda v: M.t_quantile(0.95, v)),
+    Case("t_quantile", "confidence", number(0, 1, True, True), lambda v: M.t_quantile(v, 3)),
+    Case("summarize", "R", NOT_ARRAY, lambda v: M.summarize(v)),
+    Case("forward_transfer", "b", NOT_ARRAY, lambda v: M.forward_transfer(R, v)),
+    Case("format_matrix", "precision", count(0), lambda v: M.format_matrix(R, precision=v)),
+    Case("format_summary", "confidence", number(0, 1, True, True),
+         lambda v: M.format_summary(M.summarize(np.stack([R, R])), confidence=v)),
+    # fisher
+    Case("fisher_diagonal", "apply_fn", NOT_CALLABLE,
+         lambda v: F.fisher_diagonal(v, W, INPUTS, likelihood=F.Categorical())),
+    Case("fisher_diagonal", "likelihood", st.one_of(GARBAGE, NONE, st.integers()),
+         lambda v: F.fisher_diagonal(apply_fn, W, INPUTS, likelihood=v)),
+    Case("fisher_diagonal", "variant", choice(*F.VARIANTS),
+         lambda v: F.fisher_diagonal(apply_fn, W, INPUTS, LABELS, likelihood=F.Categorical(), variant=v)),
+    Case("fisher_diagonal", "key", KEY, lambda v: F.fisher_diagonal(apply_fn, W, INPUTS, likelihood=F.Categorical(),
+                                                                   variant="sampled", key=v)),
+    Case("fisher_diagonal", "num_samples", count(1),
+         lambda v: F.fisher_diagonal(apply_fn, W, INPUTS, likelihood=F.Categorical(), variant="sampled",
+                                     key=jax.random.key(0), num_samples=v)),
+    Case("fisher_diagonal", "chunk_size", count(1, allow_none=True),
+         lambda v: F.fisher_diagonal(apply_fn, W, INPUTS, likelihood=F.Categorical(), chunk_size=v)),
+    Case("per_sample_grads", "loss_fn", NOT_CALLABLE, lambda v: F.per_sample_grads(v, W, INPUTS)),
+    Case("per_sample_grads", "chunk_size", count(1, allow_none=True),
+         lambda v: F.per_sample_grads(loss_fn, W, INPUTS, chunk_size=v)),
+    Case("mas_importance", "apply_fn", NOT_CALLABLE, lambda v: F.mas_importance(v, W, INPUTS)),
+    Case("Gaussian", "sigma", number(0, open_lo=True), lambda v: F.Gaussian(sigma=v)),
+    # envs
+    *[Case("Environment", name, count(1), lambda v, name=name: LatentWorld(**{**WORLD, name: v}))
+      for name in ("observation_dim", "action_dim", "num_modalities", "latent_dim", "num_tasks", "episode_length")],
+    Case("Environment", "world_seed", JAX_SEED, lambda v: LatentWorld(**WORLD, world_seed=v)),
+    *[Case("Environment", name, number(0, 1e6), lambda v, name=name: LatentWorld(**{**WORLD, name: v}))
+      for name in ("obs_noise", "process_noise", "cue_scale", "open_loop_radius", "init_scale")],
+    Case("Environment", "closed_loop_radius", number(0, 1, open_hi=True),
+         lambda v: LatentWorld(**WORLD, closed_loop_radius=v)),
+    Case("Environment", "max_action", number(0, 1e6, open_lo=True), lambda v: LatentWorld(**WORLD, max_action=v)),
+    Case("Environment.task_params", "task_id", count(0), lambda v: ENV.task_params(v)),
+    Case("Environment.tasks", "num_tasks", count(1, allow_none=True), lambda v: ENV.tasks(v)),
+    Case("Environment.tasks", "world_key", KEY.filter(lambda v: v is not None),
+         lambda v: ENV.tasks(2, world_key=v)),
+    Case("rollout", "key", KEY, lambda v: rollout(v, ENV, task(), zero_policy, (), 2)),
+    Case("rollout", "env", st.one_of(GARBAGE, NONE, st.integers()),
+         lambda v: rollout(jax.random.key(0), v, task(), zero_policy, (), 2)),
+    Case("rollout", "policy", NOT_CALLABLE, lambda v: rollout(jax.random.key(0), ENV, task(), v, (), 2)),
+    Case("rollout", "num_steps", count(1), lambda v: rollout(jax.random.key(0), ENV, task(), zero_policy, (), v)),
+    Case("rollout", "num_envs", count(1, allow_none=True),
+         lambda v: rollout(jax.random.key(0), ENV, task(), zero_policy, (), 2, num_envs=v)),
+    Case("rollout", "feedback_weight", number(),
+         lambda v: rollout(jax.random.key(0), ENV, task(), zero_policy, (), 2, feedback_weight=v)),
+    Case("expert_policy", "env", st.one_of(GARBAGE, NONE, st.integers()), lambda v: expert_policy(v)),
+    Case("normalized_score", "actions", NOT_ARRAY, lambda v: normalized_score(v, np.ones(3))),
+    Case("normalized_score", "targets", NOT_ARRAY, lambda v: normalized_score(np.ones(3), v)),
+    Case("normalized_score", "axis", axis(2, allow_tuple=True).filter(lambda v: v is not None),
+         lambda v: normalized_score(np.ones((2, 3)), np.ones((2, 3)), axis=v)),
+    Case("normalized_score", "clip_min", number(hi=1, finite=False, allow_none=True),
+         lambda v: normalized_score(np.ones(3), np.ones(3), clip_min=v)),
+    # model
+    *[Case("CrossModalModel", name, count(1), lambda v, name=name: CrossModalModel(**{**MODEL, name: v}))
+      for name in ("hidden_dim", "output_dim", "num_heads")],
+    Case("CrossModalModel", "num_modalities", count(1),
+         lambda v: CrossModalModel(**{**MODEL, "num_modalities": v})),
+    Case("CrossModalModel", "input_dim", st.one_of(count(1), st.just([4, 0]), st.just([4, True]), st.just([4])),
+         lambda v: CrossModalModel(**{**MODEL, "input_dim": v, "num_modalities": 2})),
+    Case("CrossModalModel", "feedback_dim", count(0), lambda v: CrossModalModel(**MODEL, feedback_dim=v)),
+    Case("CrossModalModel", "head_init_scale", number(0, open_lo=True),
+         lambda v: CrossModalModel(**MODEL, head_init_scale=v)),
+    Case("CrossModalModel.initial_carry", "batch_shape",
+         st.one_of(GARBAGE.filter(lambda v: not isinstance(v, (str, bytes))), BOOLS, ANY_FLOAT, NONE,
+                   st.integers(max_value=-1), st.just((2, -1)), st.just((2, 1.5)), st.just((True,))),
+         lambda v: SMALL_MODEL.initial_carry(v)),
+    Case("MLP", "output_dim", count(1), lambda v: MLP(output_dim=v)),
+    Case("MLP", "hidden", st.one_of(st.integers(), NONE, st.text(max_size=3), st.just((4, 0)), st.just((2.5,)),
+                                    st.just((True,))), lambda v: MLP(output_dim=2, hidden=v)),
+    Case("SequenceClassifier", "model", st.one_of(GARBAGE, NONE, st.integers()),
+         lambda v: SequenceClassifier(model=v, chunk=4)),
+    Case("SequenceClassifier", "chunk", count(1),
+         lambda v: SequenceClassifier(model=CrossModalModel(input_dim=4, hidden_dim=8, output_dim=2, num_heads=2),
+                                      chunk=v)),
+    # divergence
+    Case("output_divergence", "kind", choice(*div.KINDS), lambda v: div.output_divergence(INPUTS, INPUTS, kind=v)),
+    Case("functional_divergence", "apply_fn", NOT_CALLABLE, lambda v: div.functional_divergence(v, W, W, INPUTS)),
+    Case("functional_divergence", "kind", choice(*div.KINDS),
+         lambda v: div.functional_divergence(apply_fn, W, W, INPUTS, kind=v)),
+    Case("relative_change", "eps", number(0, open_lo=True), lambda v: div.relative_change(W, W, eps=v)),
+    # sharding
+    Case("shard_seeds", "fn", NOT_CALLABLE, lambda v: S.shard_seeds(v, KEYS4, 0.5)),
+    Case("shard_seeds", "keys", KEYS, lambda v: S.shard_seeds(walk, v, 0.5)),
+    Case("shard_seeds", "devices", st.one_of(bounded_count(1, jax.device_count(), allow_none=True), st.just([]),
+                                             st.just(["cpu"])), lambda v: S.shard_seeds(walk, KEYS4, 0.5, devices=v)),
+    Case("shard_seeds", "pad", NOT_BOOL, lambda v: S.shard_seeds(walk, KEYS4, 0.5, pad=v)),
+    Case("sharded_vmap", "in_axes", st.one_of(st.integers(max_value=-1), ANY_FLOAT, st.text(min_size=1, max_size=3),
+                                              BOOLS, st.just((0,)), st.just((0, None, None))),
+         lambda v: S.sharded_vmap(walk, in_axes=v)(KEYS4, 0.5)),
+]
+
+OUTCOMES = collections.Counter()
+
+
+def _classify(case: Case, value) -> str:
+    try:
+        case.call(value)
+    except (TypeError, ValueError) as err:
+        kind = "TypeError" if isinstance(err, TypeError) else "ValueError"
+        named = case.arg in str(err)
+        return f"{kind} naming the argument" if named else f"RAW {type(err).__name__} not naming it: {err}"
+    except Exception as err:  # noqa: BLE001 - the point is to see every other outcome
+        return f"RAW {type(err).__name__}: {err}"
+    return "ACCEPTED silently"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.entry}-{c.arg}" for c in CASES])
+@given(data=st.data())
+def test_invalid_value_is_refused_naming_the_argument(case, data):
+    value = data.draw(case.values, label=case.arg)
+    outcome = _classify(case, value)
+    OUTCOMES[(case.entry, outcome.split(":")[0])] += 1
+    assert outcome.endswith("naming the argument"), f"{case.entry}({case.arg}={value!r}): {outcome}"
+
+
+def test_zz_outcome_classes():
+    """Runs last (file order): prints the tally of the cases above (with ``-s``) and checks every class is clear."""
+    if not OUTCOMES:
+        pytest.skip("run together with the cases above")
+    by_class = collections.Counter()
+    for (_, outcome), n in OUTCOMES.items():
+        by_class[outcome] += n
+    print(f"\n{sum(by_class.values())} invalid calls over {len(CASES)} arguments of "
+          f"{len({c.entry for c in CASES})} entry points:")
+    for outcome, n in by_class.most_common():
+        print(f"  {n:6d}  {outcome}")
+    assert set(by_class) <= {"TypeError naming the argument", "ValueError naming the argument"}
