@@ -255,7 +255,7 @@ CASES = [
          lambda v: CrossModalModel(**{**MODEL, "num_modalities": v})),
     Case("CrossModalModel", "input_dim", st.one_of(count(1), st.just([4, 0]), st.just([4, True]), st.just([4])),
          lambda v: CrossModalModel(**{**MODEL, "input_dim": v, "num_modalities": 2})),
-    Case("CrossModalModel", "feedback_dim", count(0), lambda v: CrossModalModel(**MODEL, feedback_dim=v)),
+    Case("CrossModalModel", "feedback_dim", count(0, allow_none=True), lambda v: CrossModalModel(**MODEL, feedback_dim=v)),
     Case("CrossModalModel", "head_init_scale", number(0, open_lo=True),
          lambda v: CrossModalModel(**MODEL, head_init_scale=v)),
     Case("CrossModalModel.initial_carry", "batch_shape",
