@@ -26,6 +26,10 @@ from clloop_jax import divergence as div
 from clloop_jax import fisher as F
 from clloop_jax import metrics as M
 from clloop_jax import sharding as S
+from clloop_jax import loop as L
+from clloop_jax import regularizers as REG
+from clloop_jax import sources as SRC
+from clloop_jax.strategies import registered
 from clloop_jax.envs import LatentWorld, MultiModalEnv, expert_policy, normalized_score, rollout
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
 
@@ -160,6 +164,34 @@ def walk(key, scale):
 KEYS4 = jax.random.split(jax.random.key(0), 4)
 
 
+_RUN = []
+
+
+def tiny_run():
+    """A tiny closed-loop EWC run, built (not compiled) once: invalid input must be refused before any tracing."""
+    if not _RUN:
+        source = SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, num_tasks=2, num_envs=2, eval_envs=2)
+        run = L.make_run(L.RunConfig(strategy="ewc", episodes_per_task=1), source)
+        _RUN.append((run, run.hparams()))
+    return _RUN[0]
+
+
+SMALL_CLOSED_MODEL = CrossModalModel(input_dim=4, hidden_dim=8, output_dim=3, num_heads=2, num_modalities=2)
+NOT_MODULE = st.one_of(GARBAGE.filter(lambda v: v is not CrossModalModel), NONE, st.integers())
+CONFIG = dict(strategy="ewc", episodes_per_task=1)
+
+
+def facade(**kw):
+    from clloop_jax.facade import ContinualLearningLoop
+    return ContinualLearningLoop(SMALL_CLOSED_MODEL, ENV, **kw)
+
+
+def supervised(**kw):
+    stream = D.split_stream(X, Y, 2)
+    return SRC.SupervisedSource(**{"model": MLP(output_dim=4, hidden=(4,)), "stream": stream, "batch_size": 4,
+                                   **kw})
+
+
 class Case(NamedTuple):
     entry: str
     arg: str
@@ -285,6 +317,65 @@ CASES = [
     Case("sharded_vmap", "in_axes", st.one_of(st.integers(max_value=-1), ANY_FLOAT, st.text(min_size=1, max_size=3),
                                               BOOLS, st.just((0,)), st.just((0, None, None))),
          lambda v: S.sharded_vmap(walk, in_axes=v)(KEYS4, 0.5)),
+    # the run
+    *[Case("RunConfig", name, count(1), lambda v, name=name: L.RunConfig(**{**CONFIG, name: v}))
+      for name in ("episodes_per_task", "fisher_samples")],
+    *[Case("RunConfig", name, count(1, allow_none=True), lambda v, name=name: L.RunConfig(**{**CONFIG, name: v}))
+      for name in ("fisher_chunk_size", "measure_every")],
+    Case("RunConfig", "strategy", choice(*registered()), lambda v: L.RunConfig(strategy=v)),
+    Case("RunConfig", "fisher_variant", choice(*F.VARIANTS), lambda v: L.RunConfig(fisher_variant=v)),
+    Case("RunConfig", "max_grad_norm", number(0, open_lo=True, allow_none=True),
+         lambda v: L.RunConfig(max_grad_norm=v)),
+    Case("RunConfig", "reset_optimizer", NOT_BOOL, lambda v: L.RunConfig(reset_optimizer=v)),
+    Case("RunConfig", "optimizer", NOT_CALLABLE.filter(lambda v: not isinstance(v, type)), lambda v: L.RunConfig(optimizer=v)),
+    Case("RunConfig", "monitors", st.one_of(st.just(("loss",)), st.just("parameter"), st.just((3,)), NONE),
+         lambda v: L.RunConfig(monitors=v)),
+    Case("make_run", "config", st.one_of(GARBAGE, NONE, st.just("ewc")), lambda v: L.make_run(v, tiny_run()[0].source)),
+    Case("make_run", "source", st.one_of(GARBAGE, NONE, st.integers()), lambda v: L.make_run(L.RunConfig(), v)),
+    Case("Run.hparams", "learning_rate", number(0, open_lo=True, scalar=False), lambda v: tiny_run()[0].hparams(learning_rate=v)),
+    Case("Run.hparams", "lam", number(0, scalar=False), lambda v: tiny_run()[0].hparams(lam=v)),
+    Case("Run.hparams", "feedback_weight", number(scalar=False), lambda v: tiny_run()[0].hparams(feedback_weight=v)),
+    Case("Run", "key", KEY, lambda v: tiny_run()[0](v, tiny_run()[1])),
+    Case("Run", "hp", st.one_of(GARBAGE, NONE, st.just({"learning_rate": 1e-3}), st.just((1e-3,))),
+         lambda v: tiny_run()[0](jax.random.key(0), v)),
+    Case("Run", "learning_rate", number(0, open_lo=True),
+         lambda v: tiny_run()[0](jax.random.key(0), tiny_run()[1]._replace(learning_rate=v))),
+    Case("Run.train_task", "task_id", bounded_count(0, 1),
+         lambda v: tiny_run()[0].train_task(None, jax.random.key(0), v, tiny_run()[1])),
+    Case("Run.train_task", "state", st.one_of(GARBAGE, NONE, st.integers()),
+         lambda v: tiny_run()[0].train_task(v, jax.random.key(0), 0, tiny_run()[1])),
+    # sources
+    *[Case("EnvSource", name, count(1), lambda v, name=name: SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, **{name: v}))
+      for name in ("num_tasks", "num_envs", "eval_envs")],
+    Case("EnvSource", "num_steps", count(1, allow_none=True),
+         lambda v: SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, num_steps=v)),
+    Case("EnvSource", "sigma", number(0, open_lo=True), lambda v: SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, sigma=v)),
+    Case("EnvSource", "objective", st.one_of(GARBAGE.filter(lambda v: not callable(v)), st.just("loss"), INTS),
+         lambda v: SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, objective=v)),
+    Case("EnvSource", "model", NOT_MODULE, lambda v: SRC.EnvSource(v, ENV)),
+    Case("EnvSource", "tasks", st.one_of(NONE.map(lambda _: LatentWorld(**{**WORLD, "latent_dim": 3}).tasks(3)),
+                                         st.just(np.ones(3)), st.text(max_size=2)),
+         lambda v: SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, tasks=v)),
+    Case("SupervisedSource", "model", NOT_MODULE, lambda v: supervised(model=v)),
+    Case("SupervisedSource", "stream", st.one_of(GARBAGE, NONE, st.just(X)), lambda v: supervised(stream=v)),
+    Case("SupervisedSource", "batch_size", bounded_count(1, 12), lambda v: supervised(batch_size=v)),
+    *[Case("SupervisedSource", name, count(1, allow_none=True), lambda v, name=name: supervised(**{name: v}))
+      for name in ("eval_size", "fisher_size")],
+    # regularizers
+    Case("make_regularizer", "name", choice(*REG.PENALTIES), lambda v: REG.make_regularizer(v)),
+    Case("make_regularizer", "lam", number(0, scalar=False), lambda v: REG.make_regularizer("ewc", lam=v)),
+    Case("make_regularizer", "xi", number(0, open_lo=True, scalar=False), lambda v: REG.make_regularizer("si", xi=v)),
+    Case("make_regularizer", "gamma", number(0, 1, scalar=False), lambda v: REG.make_regularizer("online_ewc", gamma=v)),
+    # the facade
+    Case("ContinualLearningLoop", "learning_rate", number(0, open_lo=True), lambda v: facade(learning_rate=v)),
+    Case("ContinualLearningLoop", "ewc_lambda", number(0), lambda v: facade(ewc_lambda=v)),
+    Case("ContinualLearningLoop", "feedback_weight", number(), lambda v: facade(feedback_weight=v)),
+    Case("ContinualLearningLoop", "seed", JAX_SEED, lambda v: facade(seed=v)),
+    Case("ContinualLearningLoop", "num_envs", count(1), lambda v: facade(num_envs=v)),
+    Case("ContinualLearningLoop", "loss_fn", NOT_CALLABLE.filter(lambda v: v is not None),
+         lambda v: facade(loss_fn=v)),
+    Case("ContinualLearningLoop", "strategy", choice(*registered()), lambda v: facade(strategy=v)),
+    Case("ContinualLearningLoop", "model", NOT_MODULE, lambda v: __import__("clloop_jax").ContinualLearningLoop(v, ENV)),
 ]
 
 OUTCOMES = collections.Counter()

@@ -21,6 +21,8 @@ import numpy as np
 
 from clloop_jax import metrics as metrics_lib
 from clloop_jax.envs.rollout import Trajectory
+from clloop_jax.strategies import get_strategy
+from clloop_jax.validation import check_callable, check_float, check_seed
 from clloop_jax.loop import _Program, DivergenceError, HParams, RunConfig, TrainState, check_finite, make_run
 from clloop_jax.sources import EnvSource, check_model_matches_env, imitation_loss, pair_with_env, squared_error
 
@@ -63,10 +65,13 @@ class ContinualLearningLoop:
         if loss_fn is not None and objective is not None:
             raise ValueError("give loss_fn or objective, not both")
         for name, fn in (("loss_fn", loss_fn), ("objective", objective)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
-            raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+            if fn is not None:
+                check_callable(name, fn)
+        seed = check_seed("seed", seed)
+        check_float("learning_rate", learning_rate, min=0, open_min=True, scalar=True)
+        check_float("ewc_lambda", ewc_lambda, min=0, scalar=True)
+        check_float("feedback_weight", feedback_weight, min=0, scalar=True)
+        get_strategy(strategy)
         self.num_envs = _check_count("num_envs", num_envs)
         run_fields = {k: config.pop(k) for k in list(config) if k in _RUN_FIELDS}
         self.config_overrides = run_fields

@@ -53,7 +53,7 @@ import optax
 from clloop_jax import fisher as fisher_lib
 from clloop_jax.monitors import Monitor, get_monitor
 from clloop_jax.strategies.base import NoHParams, Strategy, check_hparam, check_hparams, get_strategy
-from clloop_jax.validation import check_key
+from clloop_jax.validation import check_bool, check_float, check_int, check_key
 
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
 
@@ -178,22 +178,21 @@ class RunConfig:
         if isinstance(self.monitors, (str, Monitor)) or not isinstance(self.monitors, (tuple, list)):
             raise ValueError(f"monitors must be a tuple of monitor names or Monitor values, got {self.monitors!r}")
         object.__setattr__(self, "monitors", tuple(self.monitors))
-        names = [get_monitor(m).name for m in self.monitors]
+        try:
+            names = [get_monitor(m).name for m in self.monitors]
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"monitors: {err}") from None
         if len(set(names)) != len(names):
             raise ValueError(f"monitors must not repeat a monitor, got {names}")
         if self.measure_every is not None and (not _is_int(self.measure_every) or self.measure_every < 1
                                                or self.episodes_per_task % self.measure_every):
             raise ValueError(f"measure_every must be None or an integer >= 1 dividing episodes_per_task="
                              f"{self.episodes_per_task}, got {self.measure_every!r}")
-        if self.max_grad_norm is not None:
-            if isinstance(self.max_grad_norm, bool) or not isinstance(self.max_grad_norm, numbers.Real) \
-                    or not np.isfinite(self.max_grad_norm) or not self.max_grad_norm > 0:
-                raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {self.max_grad_norm!r}")
-        if not isinstance(self.reset_optimizer, bool):
-            raise ValueError(f"reset_optimizer must be True or False, got {self.reset_optimizer!r}")
+        check_float("max_grad_norm", self.max_grad_norm, min=0, open_min=True, allow_none=True, scalar=True)
+        check_bool("reset_optimizer", self.reset_optimizer)
         if not callable(self.optimizer):
-            raise ValueError(f"optimizer must be a callable learning_rate -> optax.GradientTransformation, "
-                             f"got {self.optimizer!r}")
+            raise TypeError(f"optimizer must be a callable learning_rate -> optax.GradientTransformation, "
+                            f"got {self.optimizer!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -294,6 +293,10 @@ class Run:
         """The key as a typed key (``TypeError``/``ValueError`` unless it is one); ``hp`` checked."""
         key = check_key("key", key)
         self.check_hparams(hp)
+        for name, value in hp.flat().items():
+            if not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
+                raise ValueError(f"hp: {name} must be a single number here, got shape {np.shape(value)}; a swept "
+                                 f"value runs under jax.vmap(run, in_axes=(None, hp.axes({name!r})))")
         return key
 
     # ----- pieces -----------------------------------------------------------------------------------------
@@ -484,12 +487,11 @@ class Run:
     def train_task(self, state: TrainState, key, task_id, hp: HParams):
         """One task, compiled once for all tasks: ``(state, R_row, traces)``; ``key`` is the run key."""
         key = self._checked(key, hp)
+        if not isinstance(task_id, jax.core.Tracer):
+            check_int("task_id", task_id, min=0, max=self.source.num_tasks - 1)
         if not isinstance(state, TrainState):
             raise TypeError(f"state must be a TrainState (from run.init or an earlier train_task), "
                             f"got {type(state).__name__}")
-        if not isinstance(task_id, jax.core.Tracer):
-            if not _is_int(task_id) or not 0 <= task_id < self.source.num_tasks:
-                raise ValueError(f"task_id must be an integer in [0, {self.source.num_tasks}), got {task_id!r}")
         return _jit_task_step(self, state, self.source.tasks, key, jnp.asarray(task_id, jnp.int32), hp)
 
     def evaluate(self, params, key, hp: HParams):

@@ -43,6 +43,7 @@ from clloop_jax import fisher as fisher_lib
 from clloop_jax.envs.base import normalized_score
 from clloop_jax.envs.rollout import Trajectory, rollout
 from clloop_jax.strategies.base import NoHParams, nonnegative
+from clloop_jax.validation import ArgumentTypeError, check_float, check_methods
 
 
 class TaskSource(Protocol):
@@ -82,6 +83,9 @@ class EnvHParams(NamedTuple):
 
 def pair_with_env(model, env):
     """``model`` ready to act in ``env``: a model built without ``feedback_dim`` (None) takes the environment's."""
+    check_methods("model", model, ["init_params", "initial_carry", "sequence", "apply"],
+                  example="CrossModalModel(...)")
+    check_methods("environment", env, ["reset", "step", "tasks"], example="Environment(...)")
     if getattr(model, "feedback_dim", 0) is None:
         return model.clone(feedback_dim=env.feedback_dim)
     return model
@@ -89,6 +93,13 @@ def pair_with_env(model, env):
 
 def check_model_matches_env(model, env) -> None:
     """Raises ``ValueError`` naming the field when ``model`` cannot act in ``env``."""
+    for owner, value, fields in (("model", model, ("num_modalities", "modality_dims", "output_dim", "feedback_dim")),
+                                 ("environment", env, ("num_modalities", "observation_dim", "action_dim",
+                                                       "feedback_dim"))):
+        missing = [f for f in fields if not hasattr(value, f)]
+        if missing:
+            raise ArgumentTypeError(f"{owner} must be a {'CrossModalModel' if owner == 'model' else 'MultiModalEnv'}"
+                                    f" (it lacks {missing}), got {type(value).__name__}")
     env_dims = tuple([env.observation_dim] * env.num_modalities) if isinstance(env.observation_dim, int) \
         else tuple(env.observation_dim)
     if model.num_modalities != env.num_modalities:
@@ -171,8 +182,7 @@ class EnvSource:
             _positive_int(name, getattr(self, name))
             object.__setattr__(self, name, int(getattr(self, name)))
         _positive_int("num_steps", self.num_steps, allow_none=True)
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not 0 < self.sigma < float("inf"):
-            raise ValueError(f"sigma must be a finite number > 0, got {self.sigma!r}")
+        check_float("sigma", self.sigma, min=0, open_min=True, scalar=True)
         if self.objective is not None and not callable(self.objective):
             raise TypeError(f"objective must be a callable (params, trajectory, hparams) -> (loss, aux), "
                             f"got {type(self.objective).__name__}")
@@ -184,8 +194,9 @@ class EnvSource:
             object.__setattr__(self, "tasks", self.env.tasks(self.num_tasks))
         else:
             expected = jax.eval_shape(lambda: self.env.tasks(self.num_tasks))
-            got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), self.tasks)
-            if jax.tree.structure(got) != jax.tree.structure(expected) or jax.tree.leaves(got) != jax.tree.leaves(
+            got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "dtype") else x,
+                               self.tasks)
+            if not isinstance(got, type(expected)) or jax.tree.structure(got) != jax.tree.structure(expected) or jax.tree.leaves(got) != jax.tree.leaves(
                     expected):
                 raise ValueError(f"tasks must be the environment's stacked task parameters for num_tasks="
                                  f"{self.num_tasks} (as env.tasks({self.num_tasks}) gives: {expected}), got {got}")
@@ -340,6 +351,7 @@ class SupervisedSource:
         elif self.fisher_size > n_train:
             raise ValueError(f"fisher_size must be at most the task's {n_train} training samples (or None), "
                              f"got {self.fisher_size}")
+        check_methods("model", self.model, ["init", "apply"], example="MLP(output_dim=10)")
         x0 = self.stream.x[0, 0]
         out = jax.eval_shape(lambda k: self.model.apply(self.model.init(k, x0), x0), jax.random.key(0))
         if tuple(out.shape) != (self.stream.num_classes,):

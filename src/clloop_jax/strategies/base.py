@@ -47,6 +47,8 @@ from typing import Any, Callable, Dict, NamedTuple, Optional
 import jax
 import numpy as np
 
+from clloop_jax.validation import FLOAT32_MAX
+
 PyTree = Any
 
 IMPORTANCE_KINDS = ("fisher", "mas")
@@ -143,8 +145,10 @@ def check_hparam(name: str, value, ok: Callable[[np.ndarray], np.ndarray], expec
         raise TypeError(f"{name}: {err}") from None
     if arr is None:
         return
-    if arr.size == 0 or not np.all(np.isfinite(arr)) or not np.all(ok(arr)):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    if arr.size == 0 or not np.all(np.abs(arr) <= FLOAT32_MAX) or not np.all(ok(arr)):
+        hint = " (it overflows float32, the dtype hyperparameters are traced in)" if np.all(np.isfinite(arr)) \
+            and arr.size else ""
+        raise ValueError(f"{name} must be {expected}, got {value!r}{hint}")
 
 
 def nonnegative(name, value):
