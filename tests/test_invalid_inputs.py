@@ -414,3 +414,54 @@ def test_zz_outcome_classes():
     for outcome, n in by_class.most_common():
         print(f"  {n:6d}  {outcome}")
     assert set(by_class) <= {"TypeError naming the argument", "ValueError naming the argument"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reproducers found by hand at the run's boundary, each refused naming its argument
+# ----------------------------------------------------------------------------------------------------------------
+
+def _reproducers():
+    run, hp = tiny_run()
+    source = run.source
+    other_world = LatentWorld(**{**WORLD, "latent_dim": 3})
+    key = jax.random.key(0)
+    return [
+        ("learning_rate", lambda: run.hparams(learning_rate=None)),
+        ("learning_rate", lambda: run.hparams(learning_rate="0.5")),
+        ("learning_rate", lambda: run.hparams(learning_rate=1j)),
+        ("learning_rate", lambda: run.hparams(learning_rate=math.inf)),
+        ("learning_rate", lambda: run.hparams(learning_rate=1e179)),
+        ("learning_rate", lambda: run.hparams(learning_rate=-1.0)),
+        ("learning_rate", lambda: run(key, hp._replace(learning_rate=-1.0))),  # the _replace sweep idiom
+        ("learning_rate", lambda: run(key, hp._replace(learning_rate=[1e-3, 1e-2]))),
+        ("lam", lambda: run(key, hp._replace(strategy=hp.strategy._replace(lam=-2.0)))),
+        ("max_grad_norm", lambda: L.RunConfig(max_grad_norm="1")),
+        ("optimizer", lambda: L.RunConfig(optimizer=None)),
+        ("hp", lambda: run(key, dict(learning_rate=1e-3))),
+        ("hp", lambda: run(key, None)),
+        ("key", lambda: run(0, hp)),
+        ("config", lambda: L.make_run("ewc", source)),
+        ("source", lambda: L.make_run(L.RunConfig(), None)),
+        ("task_id", lambda: run.train_task(None, key, 5, hp)),
+        ("task_id", lambda: run.train_task(None, key, -1, hp)),
+        ("task_id", lambda: run.train_task(None, key, 1.5, hp)),
+        ("task_id", lambda: run.train_task(None, key, True, hp)),
+        ("state", lambda: run.train_task(None, key, 0, hp)),
+        ("tasks", lambda: SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, num_tasks=2, tasks=other_world.tasks(2))),
+        ("objective", lambda: SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, objective="loss")),
+        ("model", lambda: SRC.SupervisedSource(None, D.split_stream(X, Y, 2))),
+        ("lam", lambda: REG.make_regularizer("ewc", lam="a")),
+        ("xi", lambda: REG.make_regularizer("si", xi="0.5")),
+        ("gamma", lambda: REG.make_regularizer("online_ewc", gamma=2.0)),
+        ("seed", lambda: facade(seed=10 ** 30)),
+        ("seed", lambda: facade(seed="8")),
+        ("learning_rate", lambda: facade(learning_rate=math.inf)),
+        ("ewc_lambda", lambda: facade(ewc_lambda=-1.0)),
+    ]
+
+
+def test_each_hand_found_reproducer_is_refused_naming_its_argument():
+    for arg, call in _reproducers():
+        with pytest.raises((TypeError, ValueError)) as err:
+            call()
+        assert arg in str(err.value), (arg, str(err.value))

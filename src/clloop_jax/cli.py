@@ -46,6 +46,8 @@ class RunArgs:
     resume: bool = False
     quiet: bool = False
     no_cache: bool = False
+    devices: Optional[int] = None
+    """spread the seeds over this many devices (JAX sharding; 0 = every device); unset: the default device"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,8 @@ class CompareArgs:
     resume: bool = False
     quiet: bool = False
     no_cache: bool = False
+    devices: Optional[int] = None
+    """spread the seeds over this many devices (JAX sharding; 0 = every device); unset: the default device"""
 
 
 def _progress(quiet: bool, total: int, label: str):
@@ -83,13 +87,23 @@ def run_command(args: RunArgs, label: Optional[str] = None):
     update, bar = _progress(args.quiet, run.source.num_tasks, label or experiment.train.strategy)
     try:
         _, results = execute(run, hp, seeds, folder=folder, config=experiment, progress=update,
-                              label=label or experiment.train.strategy)
+                              label=label or experiment.train.strategy, devices=_devices(args.devices))
     finally:
         if bar is not None:
             bar.close()
     if not args.quiet:
         print(open(folder.file("summary.md")).read())
     return results
+
+
+def _devices(count: Optional[int]):
+    """``--devices``: None keeps the default device, 0 means every device, n the first n."""
+    if count is None:
+        return None
+    import jax
+    from clloop_jax.validation import check_int
+    count = check_int("--devices", count, min=0, max=jax.device_count())
+    return count or jax.device_count()
 
 
 def _parse_strategies(text: str):
@@ -116,7 +130,7 @@ def compare_command(args: CompareArgs):
         res = run_command(RunArgs(out=os.path.join(args.out, name), experiment=experiment,
                                   overwrite=args.overwrite, resume=args.resume and os.path.exists(
                                       os.path.join(args.out, name, "config.json")),
-                                  quiet=True, no_cache=args.no_cache), label=name)
+                                  quiet=True, no_cache=args.no_cache, devices=args.devices), label=name)
         results[name] = (np.asarray(res.R, np.float64), np.asarray(res.baseline, np.float64))
         if not args.quiet:
             print(f"{name}: {report.cell(report.summary(*results[name])['average_performance']['values'])} "

@@ -159,6 +159,30 @@ class ContinualLearningLoop:
             print(metrics_lib.format_summary(metrics_lib.summarize(R, baseline)))
         return summary
 
+    def cycle_over_seeds(self, seeds: int = 5, num_tasks: int = 3, episodes_per_task: int = 10,
+                         devices: Any = None) -> dict:
+        """The cycle from scratch for ``seeds`` independent agents of this loop's configuration, all in one
+        compiled program, the seeds spread over ``devices`` (None: every device; a count; or a sequence of
+        devices; see :meth:`clloop_jax.loop.Run.seeds`). The loop's own agent is neither used nor changed.
+
+        Seed ``i`` uses the key ``fold_in(key(seed), 1000 + i)``. Returns
+        :func:`clloop_jax.report.summary` of the seeds (per metric: ``mean``, 95% interval ``ci``, ``n``, every
+        seed's ``values``) with ``R [S, T, T]`` and ``baseline [S, T]`` as nested lists. Raises
+        :class:`~clloop_jax.loop.DivergenceError` naming the seed, task and episode where an update went non-finite.
+        """
+        from clloop_jax import report
+        seeds = _check_count("seeds", seeds)
+        num_tasks = _check_count("num_tasks", num_tasks)
+        episodes_per_task = _check_count("episodes_per_task", episodes_per_task)
+        run = self._run_for(num_tasks, episodes_per_task)
+        keys = jax.vmap(lambda i: jax.random.fold_in(self.key, i))(1000 + jnp.arange(seeds))
+        _, results = run.seeds(keys, self.hparams, devices=devices)
+        check_finite(results.traces["finite"], where="cycle_over_seeds")
+        R, baseline = np.asarray(results.R), np.asarray(results.baseline)
+        out = report.summary(R, baseline)
+        out.update(R=R.tolist(), baseline=baseline.tolist())
+        return out
+
     # ----- one step ---------------------------------------------------------------------------------------
     def train_step(self, observations, target, feedback=None) -> float:
         """One update of the agent towards ``target`` actions on given observations; returns the loss.

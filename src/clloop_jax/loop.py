@@ -53,6 +53,7 @@ import optax
 from clloop_jax import fisher as fisher_lib
 from clloop_jax.monitors import Monitor, get_monitor
 from clloop_jax.strategies.base import NoHParams, Strategy, check_hparam, check_hparams, get_strategy
+from clloop_jax.sharding import shard_seeds
 from clloop_jax.validation import check_bool, check_float, check_int, check_key
 
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
@@ -292,12 +293,16 @@ class Run:
     def _checked(self, key, hp):
         """The key as a typed key (``TypeError``/``ValueError`` unless it is one); ``hp`` checked."""
         key = check_key("key", key)
+        self._check_single(hp)
+        return key
+
+    def _check_single(self, hp) -> None:
+        """``hp`` checked, every concrete value a single number (a swept one goes through ``jax.vmap``)."""
         self.check_hparams(hp)
         for name, value in hp.flat().items():
             if not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
                 raise ValueError(f"hp: {name} must be a single number here, got shape {np.shape(value)}; a swept "
                                  f"value runs under jax.vmap(run, in_axes=(None, hp.axes({name!r})))")
-        return key
 
     # ----- pieces -----------------------------------------------------------------------------------------
     def optimizer(self, hp: HParams) -> optax.GradientTransformation:
@@ -478,6 +483,16 @@ class Run:
         """The whole run, one compiled program: ``(final_state, RunResults)``."""
         key = self._checked(key, hp)
         return _jit_run(self, self.source.tasks, key, hp)
+
+    def seeds(self, keys, hp: HParams, devices=None):
+        """The whole run for every key of ``keys [S]`` at once: ``(final_state, RunResults)`` with a leading seed
+        axis, the seeds split over ``devices`` (None: every device; a count: the first that many; or a sequence of
+        devices) with :func:`clloop_jax.sharding.shard_seeds`. On one device this is ``jax.vmap(run)``; on several,
+        each device runs its share of the seeds and the results stay sharded over the seed axis (equal to one
+        device's up to float32 rounding)."""
+        keys = check_key("keys", keys, ndim=1)
+        self._check_single(hp)
+        return shard_seeds(self, keys, hp, devices=devices)
 
     def init(self, key, hp: HParams) -> TrainState:
         """The state before the first task (``key`` is the run's key, as given to ``run``)."""

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clloop_jax.loop import DivergenceError, Run, RunResults, check_finite
+from clloop_jax.sharding import batch_mesh, sharded_vmap
 
 __all__ = ["RunFolder", "config_hash", "jsonable", "write_atomic", "execute", "CheckpointError"]
 
@@ -265,22 +266,29 @@ class RunFolder:
 
 
 @functools.lru_cache(maxsize=64)
-def _programs(run: Run):
+def _programs(run: Run, devices: Optional[tuple] = None):
     """The vmapped per-seed programs of ``run``: init, baseline evaluation, one task (compiled once for every task,
-    and shared by every run of the same configuration: the task arrays are arguments)."""
-    init = jax.jit(jax.vmap(lambda tasks, k, hp: run._init(tasks, k, hp), in_axes=(None, 0, None)))
-    evaluate = jax.jit(jax.vmap(lambda tasks, p, k, hp: run._evaluate(p, tasks, Run._keys(k)[1], hp),
-                                in_axes=(None, 0, 0, None)))
-    step = jax.jit(jax.vmap(lambda tasks, s, k, t, hp: run._task_step(s, tasks, k, t, hp),
-                            in_axes=(None, 0, 0, None, None)))
+    and shared by every run of the same configuration: the task arrays are arguments). With ``devices``, each
+    program's seed axis is split over them (:func:`~clloop_jax.sharding.sharded_vmap`)."""
+    def batched(fn, in_axes):
+        if devices is None:
+            return jax.jit(jax.vmap(fn, in_axes=in_axes))
+        return sharded_vmap(fn, in_axes=in_axes, devices=list(devices))
+
+    init = batched(lambda tasks, k, hp: run._init(tasks, k, hp), (None, 0, None))
+    evaluate = batched(lambda tasks, p, k, hp: run._evaluate(p, tasks, Run._keys(k)[1], hp), (None, 0, 0, None))
+    step = batched(lambda tasks, s, k, t, hp: run._task_step(s, tasks, k, t, hp), (None, 0, 0, None, None))
     return init, evaluate, step
 
 
 def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None,
-            progress: Optional[Callable] = None, label: str = "run") -> RunResults:
+            progress: Optional[Callable] = None, label: str = "run", devices=None) -> RunResults:
     """Runs ``run`` for every seed at once (``jax.vmap``), one task at a time: checkpoints after every task, resumes
     from the folder's last complete checkpoint when ``folder.resume``, raises :class:`DivergenceError` (naming seed,
     task and episode) as soon as a task's updates became non-finite, before anything of that task is written.
+
+    ``devices`` spreads the seeds over several devices (a count, or a sequence of devices; see
+    :mod:`clloop_jax.sharding`); None runs them all on the default device. Results agree to float32 rounding.
 
     Returns :class:`RunResults` with a leading seed axis; writes the folder's result files and plots when done.
     ``progress(task_done, num_tasks)`` is called after each task.
@@ -289,7 +297,8 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     T = run.source.num_tasks
     tasks = run.source.tasks
-    init, evaluate, step = (functools.partial(f, tasks) for f in _programs(run))
+    mesh = None if devices is None else tuple(batch_mesh(devices).devices.flat)
+    init, evaluate, step = (functools.partial(f, tasks) for f in _programs(run, mesh))
     state = init(keys, hp)
     digest = None
     start, rows, traces = 0, [], []
@@ -299,7 +308,8 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
     if folder is not None and folder.resume:
         last = folder.latest_checkpoint()
         if last is not None:
-            trace_like = jax.eval_shape(step, state, keys, jnp.int32(0), hp)[2]
+            trace_like = jax.eval_shape(functools.partial(_programs(run)[2], tasks), state, keys, jnp.int32(0),
+                                        hp)[2]
             like = {"state": state, "rows": jnp.zeros((last + 1,) + baseline.shape[:1] + (T,), baseline.dtype),
                     "traces": jax.tree.map(lambda x: jnp.zeros((last + 1,) + x.shape, x.dtype), trace_like),
                     "baseline": baseline}

@@ -334,6 +334,7 @@ class SupervisedSource:
     fisher_size: Optional[int] = None
 
     def __post_init__(self):
+        check_methods("model", self.model, ["init", "apply"], example="MLP(output_dim=10)")
         if not isinstance(self.stream, data_lib.TaskStream):
             raise ValueError(f"stream must be a clloop_jax.datasets.TaskStream, got {type(self.stream).__name__}")
         n_train, n_test = int(self.stream.x.shape[1]), int(self.stream.x_test.shape[1])
@@ -351,7 +352,6 @@ class SupervisedSource:
         elif self.fisher_size > n_train:
             raise ValueError(f"fisher_size must be at most the task's {n_train} training samples (or None), "
                              f"got {self.fisher_size}")
-        check_methods("model", self.model, ["init", "apply"], example="MLP(output_dim=10)")
         x0 = self.stream.x[0, 0]
         out = jax.eval_shape(lambda k: self.model.apply(self.model.init(k, x0), x0), jax.random.key(0))
         if tuple(out.shape) != (self.stream.num_classes,):
