@@ -1,6 +1,7 @@
 """Tests of the multi-modal environments, the task score and the rollout helper."""
 import functools
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -304,6 +305,72 @@ def test_auto_reset_exactly_at_episode_end(tasks):
         else:
             np.testing.assert_array_equal(info["final_observation"], obs)
         np.testing.assert_allclose(info["target"], ENV.expert_action(state, params), rtol=1e-6)
+
+
+def test_step_with_noise_is_gymnax_step_given_the_same_draw_and_resets_from_it(tasks):
+    """The noise-driven step equals ``step`` on the draw ``step_env`` would make from its key; at an episode's end
+    it restarts from that same draw (``reset_from_noise``), which ``step`` would have thrown away."""
+    params = jax.tree.map(lambda x: x[1], tasks)
+    _, state = ENV.reset(jax.random.key(0), params)
+    action = jnp.full((A,), 0.3, jnp.float32)
+    for t in range(1, EPISODE + 1):
+        key = jax.random.key(200 + t)
+        noise = jax.random.normal(jax.random.split(key)[0], (ENV.noise_dim,), jnp.float32)
+        got = ENV.step_with_noise(noise, state, action, params)
+        want = ENV.step(key, state, action, params)
+        if t < EPISODE:
+            for a, b in zip(jax.tree.leaves(got[:5]), jax.tree.leaves(want[:5])):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        else:
+            reset_obs, reset_state = ENV.reset_from_noise(noise, params)
+            np.testing.assert_array_equal(got[0], reset_obs)
+            np.testing.assert_array_equal(got[1].latent, reset_state.latent)
+            assert bool(got[4]) and int(got[1].time) == 0
+            np.testing.assert_allclose(got[2], want[2], rtol=1e-6)  # the reward is the transition's
+        np.testing.assert_allclose(got[5]["target"], ENV.expert_action(got[1], params), rtol=1e-6)
+        np.testing.assert_allclose(got[5]["feedback"], want[5]["feedback"], rtol=1e-6, atol=1e-6)
+        state = got[1]
+
+
+def test_rollout_draws_step_t_from_fold_in_and_both_draw_modes_agree(tasks, monkeypatch):
+    """The rollout is a loop of ``step_with_noise`` on ``normal(fold_in(k_env, t))``; drawing every step ahead and
+    drawing step by step give bitwise the same trajectory."""
+    rollout_module = sys.modules["clloop_jax.envs.rollout"]
+    params = jax.tree.map(lambda x: x[0], tasks)
+    key, steps, envs = jax.random.key(21), 2 * EPISODE + 1, 3
+    trajs = []
+    for limit in (0, 1 << 30):  # step by step, then all ahead
+        monkeypatch.setattr(rollout_module, "_DRAW_AHEAD_FLOATS", limit)
+        trajs.append(jax.jit(lambda k: rollout(k, ENV, params, EXPERT, (), steps, envs))(key))
+    for a, b in zip(*trajs):
+        np.testing.assert_array_equal(a, b)
+    reset_key, _, env_key = jax.random.split(key, 3)
+    state = jax.vmap(lambda k: ENV.reset(k, params)[1])(jax.random.split(reset_key, envs))
+    for t in range(steps):
+        np.testing.assert_allclose(trajs[0].target[t], jax.vmap(ENV.expert_action, (0, None))(state, params),
+                                   rtol=1e-5, atol=1e-5)
+        noise = jax.random.normal(jax.random.fold_in(env_key, t), (envs, ENV.noise_dim), jnp.float32)
+        out = jax.vmap(ENV.step_with_noise, (0, 0, 0, None))(noise, state, trajs[0].action[t], params)
+        np.testing.assert_allclose(trajs[0].reward[t], out[2], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(trajs[0].done[t], np.logical_or(out[3], out[4]))
+        state = out[1]
+
+
+def test_a_restarted_episode_starts_from_the_reset_distribution():
+    """Every world restarts at the end of its first episode from its step's draw: the new latents are
+    N(0, init_scale^2) across 4000 worlds (mean and variance within 5 standard errors)."""
+    world = LatentWorld(observation_dim=2, action_dim=2, num_modalities=1, latent_dim=2, episode_length=2,
+                        init_scale=1.5)
+    params = world.task_params(0)
+    _, state = jax.vmap(lambda k: world.reset(k, params))(jax.random.split(jax.random.key(1), 4000))
+    state = state.replace(time=jnp.full((4000,), 1, jnp.int32))  # the next step ends the episode
+    noise = jax.random.normal(jax.random.key(2), (4000, world.noise_dim))
+    out = jax.vmap(world.step_with_noise, (0, 0, None, None))(noise, state, jnp.zeros(2), params)
+    z = np.asarray(out[1].latent, np.float64)
+    assert np.all(np.asarray(out[4])) and np.all(np.asarray(out[1].time) == 0)
+    n = z.shape[0]
+    assert np.all(np.abs(z.mean(0)) < 5 * 1.5 / np.sqrt(n))
+    assert np.all(np.abs(z.var(0) / 1.5 ** 2 - 1) < 5 * np.sqrt(2 / n))
 
 
 def test_rollout_feedback_is_weighted_and_zero_after_reset(linear_traj):

@@ -128,6 +128,41 @@ class MultiModalEnv(environment.Environment):
         info["target"] = self.expert_action(state, params)
         return obs, state, reward, terminated, truncated, info
 
+    # ------------------------------------------------------------------ noise drawn ahead (fast rollouts)
+    #: Length of the standard-normal vector that drives one reset or one step, for worlds whose randomness is all
+    #: Gaussian and of a fixed size per step. A world that sets it (and implements :meth:`reset_from_noise` and
+    #: :meth:`step_from_noise`) lets :func:`~clloop_jax.envs.rollout` draw the noise of a whole rollout in one
+    #: batched call instead of splitting a key per step and per world; None (the default) keeps the key path.
+    noise_dim: int | None = None
+
+    def reset_from_noise(self, noise: jax.Array, params):
+        """``reset_env`` driven by a standard-normal vector ``noise [noise_dim]``: ``(obs, state)``."""
+        raise NotImplementedError
+
+    def step_from_noise(self, noise: jax.Array, state, action, params):
+        """``step_env`` driven by ``noise [noise_dim]``: ``(obs, state, reward, terminated, info)``."""
+        raise NotImplementedError
+
+    def step_with_noise(self, noise: jax.Array, state, action, params):
+        """One step with gymnax's automatic reset, driven by ``noise [noise_dim]`` instead of a key.
+
+        Where the episode ends, the returned observation and state come from ``reset_from_noise(noise)``: the same
+        draw the discarded transition used, so a step costs one draw whether or not it resets (gymnax's ``step``
+        draws a reset on every step and throws it away unless the episode ended). Returns ``(obs, state, reward,
+        terminated, truncated, info)`` with ``info["feedback"]`` and ``info["target"]`` as in :meth:`step`.
+        """
+        obs_st, state_st, reward, terminated, info = self.step_from_noise(noise, state, action, params)
+        truncated = self.is_truncated(state_st, params)
+        done = jnp.logical_or(terminated, truncated)
+        obs_re, state_re = self.reset_from_noise(noise, params)
+        state = jax.tree.map(lambda r, s: jnp.where(done, r, s), state_re, state_st)
+        obs = jnp.where(done, obs_re, obs_st)
+        info = dict(info)
+        if "feedback" not in info:
+            info["feedback"] = self.feedback(reward, action)
+        info["target"] = self.expert_action(state, params)
+        return obs, state, reward, terminated, truncated, info
+
 
 def normalized_score(actions, targets, clip_min: float | None = -1.0, axis=None) -> jax.Array:
     """Imitation score ``1 - sum |a - a*|^2 / sum |a*|^2``, clipped below at ``clip_min``.

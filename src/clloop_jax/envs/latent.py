@@ -10,7 +10,8 @@ Dynamics (``L = latent_dim``, ``A = action_dim``, ``M = num_modalities``, ``D = 
     reward_t = -|a_t - target_t|^2 / A                            (minus the mean squared error)
 
 Shared by every task (the same sensors and dynamics), drawn from ``jax.random.key(world_seed)``:
-``T = open_loop_radius * R`` with ``R`` a random orthogonal ``L x L`` matrix; ``B`` a random
+``T = open_loop_radius * R`` with ``R`` a random orthogonal ``L x L`` matrix (a product of Householder
+reflections); ``B`` a random
 ``L x A`` matrix with unit singular values (``B B^T = I`` when ``A >= L``); views
 ``C_m`` with i.i.d. ``N(0, 1/L)`` entries, so a unit-variance latent gives each observed feature
 unit variance and each modality's signal a norm of about ``sqrt(D)``.
@@ -42,6 +43,7 @@ from flax import struct
 from gymnax.environments import spaces
 
 from clloop_jax.envs.base import MultiModalEnv
+from clloop_jax.model import reflection_orthogonal
 from clloop_jax.validation import check_array, check_float, check_int, check_key, check_seed, is_traced
 
 #: The largest noise, scale or action bound a world accepts: a million times the unit-variance signal is a
@@ -79,11 +81,10 @@ class EnvParams:
 
 
 def _random_orthonormal(key: jax.Array, rows: int, cols: int) -> jax.Array:
-    """Haar-random ``rows x cols`` matrix with orthonormal columns (or rows, if wider than tall)."""
-    big, small = max(rows, cols), min(rows, cols)
-    q, r = jnp.linalg.qr(jax.random.normal(key, (big, small)))
-    q = q * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0)
-    return q if rows >= cols else q.T
+    """A random ``rows x cols`` matrix with orthonormal columns (or rows, if wider than tall), as a product of
+    Householder reflections (:func:`~clloop_jax.model.reflection_orthogonal`): no LAPACK QR, whose batched CPU
+    kernels can deadlock when many worlds or tasks are drawn under ``jax.vmap``."""
+    return reflection_orthogonal()(key, (rows, cols))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,11 +200,19 @@ class LatentWorld(MultiModalEnv):
     def name(self) -> str:
         return "LatentWorld"
 
+    @property
+    def noise_dim(self) -> int:
+        """One reset or step draws ``L + M * D`` standard normals: the latent's ``[L]`` and the views' ``[M, D]``."""
+        return self.latent_dim + self.num_modalities * self.observation_dim
+
+    def _split_noise(self, noise: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The draw ``[noise_dim]`` split into the latent part ``[L]`` and the observation part ``[M, D]``."""
+        L = self.latent_dim
+        return noise[:L], noise[L:].reshape(self.num_modalities, self.observation_dim)
+
     def _noise(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """One normal draw split into the latent part ``[L]`` and the observation part ``[M, D]``."""
-        L, M, D = self.latent_dim, self.num_modalities, self.observation_dim
-        eps = jax.random.normal(key, (L + M * D,), jnp.float32)
-        return eps[:L], eps[L:].reshape(M, D)
+        return self._split_noise(jax.random.normal(key, (self.noise_dim,), jnp.float32))
 
     def _emit(self, latent: jax.Array, eta: jax.Array, params: EnvParams) -> jax.Array:
         signal = jnp.einsum("mdl,l->md", params.views, latent)
@@ -216,16 +225,22 @@ class LatentWorld(MultiModalEnv):
         return self._emit(state.latent, eta, params)
 
     def reset_env(self, key: jax.Array, params: EnvParams):
-        eps, eta = self._noise(key)
+        return self.reset_from_noise(jax.random.normal(key, (self.noise_dim,), jnp.float32), params)
+
+    def step_env(self, key: jax.Array, state: EnvState, action, params: EnvParams):
+        return self.step_from_noise(jax.random.normal(key, (self.noise_dim,), jnp.float32), state, action, params)
+
+    def reset_from_noise(self, noise: jax.Array, params: EnvParams):
+        eps, eta = self._split_noise(noise)
         latent = params.init_scale * eps
         state = EnvState(latent=latent, time=jnp.zeros((), jnp.int32))
         return self._emit(latent, eta, params), state
 
-    def step_env(self, key: jax.Array, state: EnvState, action, params: EnvParams):
+    def step_from_noise(self, noise: jax.Array, state: EnvState, action, params: EnvParams):
         applied = jnp.clip(jnp.asarray(action, jnp.float32), -params.max_action, params.max_action)
         target = self.expert_action(state, params)
         reward = -jnp.sum(jnp.square(applied - target)) / self.action_dim
-        eps, eta = self._noise(key)
+        eps, eta = self._split_noise(noise)
         latent = (params.transition @ state.latent + params.control @ applied
                   + params.process_noise * eps)
         new_state = EnvState(latent=latent, time=state.time + 1)

@@ -7,6 +7,7 @@ the environment state and the expert target (for scripted teachers and reference
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -79,6 +80,12 @@ def rollout(
     at each restart the policy carry returns to ``policy_carry`` and the feedback input to zeros.
     ``feedback_weight`` scales the feedback input and may be traced. ``env``, ``policy``,
     ``num_steps`` and ``num_envs`` are static (mark them static when jitting).
+
+    Random numbers: a world with a ``noise_dim`` (see :class:`~clloop_jax.envs.MultiModalEnv`) is driven by standard
+    normals drawn for the whole rollout in one batched call, step ``t`` from ``fold_in(k_noise, t)``, and an episode
+    that ends restarts from the step's own draw (:meth:`~clloop_jax.envs.MultiModalEnv.step_with_noise`); the policy's
+    keys are ``split(fold_in(k_policy, t), num_envs)`` (never computed when the policy ignores its key). Other worlds
+    get one key per step and world, split in one call, and gymnax's ``step``.
     """
     key = check_key("key", key)
     check_instance("env", env, MultiModalEnv)
@@ -97,16 +104,20 @@ def rollout(
         return state, obs, jnp.zeros((env.feedback_dim,), jnp.float32), \
             env.expert_action(state, env_params), policy_carry
 
-    def step_one(carry, k):
+    noise_dim = env.noise_dim
+
+    def step_one(carry, inputs):
         state, obs, feedback, target, pcarry = carry
-        k_policy, k_env = jax.random.split(k)
+        k_policy, env_input = inputs
         if privileged:
             new_pcarry, action = policy.fn(pcarry, obs, feedback, k_policy, state, target)
         else:
             new_pcarry, action = policy(pcarry, obs, feedback, k_policy)
-        next_obs, next_state, reward, terminated, truncated, info = env.step(
-            k_env, state, action, env_params
-        )
+        if noise_dim is None:
+            next_obs, next_state, reward, terminated, truncated, info = env.step(env_input, state, action, env_params)
+        else:
+            next_obs, next_state, reward, terminated, truncated, info = env.step_with_noise(
+                env_input, state, action, env_params)
         done = jnp.logical_or(terminated, truncated)
         next_feedback = jnp.where(done, 0.0, feedback_weight * info["feedback"]).astype(jnp.float32)
         next_pcarry = jax.tree.map(
@@ -115,17 +126,37 @@ def rollout(
         record = Trajectory(obs, feedback, action, target, reward, done)
         return (next_state, next_obs, next_feedback, info["target"], next_pcarry), record
 
-    reset_key, steps_key = jax.random.split(key)
-    step_keys = jax.random.split(steps_key, num_steps)
+    reset_key, policy_key, env_key = jax.random.split(key, 3)
+    batch = () if num_envs is None else (num_envs,)
+    steps = jnp.arange(num_steps)
+    # Per step t: the policy's keys [*batch] and the world's input [*batch, ...], each from fold_in(key, t).
+    def inputs_at(t):
+        k_policy = _split(jax.random.fold_in(policy_key, t), batch)
+        if noise_dim is None:
+            return k_policy, _split(jax.random.fold_in(env_key, t), batch)
+        return k_policy, jax.random.normal(jax.random.fold_in(env_key, t), batch + (noise_dim,), jnp.float32)
+
     if num_envs is None:
         init = reset_one(reset_key)
-        body = step_one
+        step = step_one
     else:
         init = jax.vmap(reset_one)(jax.random.split(reset_key, num_envs))
-        batched_step = jax.vmap(step_one)
-
-        def body(carry, k):
-            return batched_step(carry, jax.random.split(k, num_envs))
-
-    _, trajectory = jax.lax.scan(body, init, step_keys)
+        step = jax.vmap(step_one)
+    # Small rollouts draw every step's numbers ahead in one batched call; large ones (beyond a few MiB of noise,
+    # where writing and re-reading the draw costs more than the call overhead saved) draw them step by step. The
+    # numbers are the same either way.
+    ahead = noise_dim is None or num_steps * math.prod(batch) * noise_dim <= _DRAW_AHEAD_FLOATS
+    if ahead:
+        _, trajectory = jax.lax.scan(step, init, jax.vmap(inputs_at)(jnp.arange(num_steps)))
+    else:
+        _, trajectory = jax.lax.scan(lambda carry, t: step(carry, inputs_at(t)), init, jnp.arange(num_steps))
     return trajectory
+
+
+#: Rollouts whose world noise has at most this many numbers draw it all before the first step.
+_DRAW_AHEAD_FLOATS = 1 << 22
+
+
+def _split(key, batch: tuple):
+    """``key`` itself for an unbatched rollout, else ``batch`` keys split from it."""
+    return jax.random.split(key, batch) if batch else key
