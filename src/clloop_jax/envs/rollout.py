@@ -139,6 +139,12 @@ def rollout(
     if num_envs is None:
         init = reset_one(reset_key)
         step = step_one
+    elif num_envs == 1:  # one world unbatched (a batch of one costs layout changes), its numbers as batched
+        init = reset_one(jax.random.split(reset_key, 1)[0])
+
+        def step(carry, inputs):
+            carry, record = step_one(carry, jax.tree.map(lambda x: x[0], inputs))
+            return carry, jax.tree.map(lambda x: x[None], record)
     else:
         init = jax.vmap(reset_one)(jax.random.split(reset_key, num_envs))
         step = jax.vmap(step_one)

@@ -1,0 +1,1 @@
+"""The benchmark suite of clloop_jax: ``python -m benchmarks`` (see :mod:`benchmarks.run`)."""
