@@ -48,6 +48,11 @@ from clloop_jax.model import CrossModalModel
 from clloop_jax.sources import EnvSource
 
 SECTIONS = ("peak", "world", "closed_loop", "update", "fisher", "run")
+#: The sizes of the full suite, and of ``--quick`` (a smoke run of every section: tiny sizes, one size each).
+FULL = dict(matmul=2048, world_steps=1000, worlds=(1, 32, 256), loop_steps=200, hidden=128, heads=4, episode=40,
+            fisher_T=40, fisher_N=64, fisher_hidden=64, run_hidden=64, episodes=20, seeds=(1, 4, 16))
+QUICK = dict(matmul=256, world_steps=20, worlds=(4,), loop_steps=5, hidden=16, heads=2, episode=5,
+             fisher_T=4, fisher_N=8, fisher_hidden=16, run_hidden=16, episodes=1, seeds=())
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
@@ -96,8 +101,8 @@ def machine() -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def bench_peak(quick: bool, repeats: int) -> dict:
-    n = 512 if quick else 2048
+def bench_peak(size: dict, repeats: int) -> dict:
+    n = size["matmul"]
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     t = Timed(jnp.matmul, a, b, repeats=repeats)
@@ -128,12 +133,12 @@ def _noise_bound(noise_dim: int, steps: int, n: int, repeats: int) -> dict:
             "by_method_s": times}
 
 
-def bench_world(quick: bool, repeats: int) -> dict:
+def bench_world(size: dict, repeats: int) -> dict:
     env = LatentWorld()
     params = env.task_params(0)
-    steps = 100 if quick else 1000
+    steps = size["world_steps"]
     out = {"steps": steps, "noise_dim": env.noise_dim, "worlds": {}}
-    for n in ((1, 8) if quick else (1, 32, 256)):
+    for n in size["worlds"]:
         t = _world_rate(env, params, expert_policy(env), (), steps, n, repeats)
         bound = _noise_bound(env.noise_dim, steps, n, repeats)
         rate = steps * n / t.seconds
@@ -143,19 +148,21 @@ def bench_world(quick: bool, repeats: int) -> dict:
     return out
 
 
-def seed_model(env) -> CrossModalModel:
-    """The seed's sizes: hidden 128, 4 heads, the world's two 64-d views, 33-d feedback, 32-d actions."""
-    return CrossModalModel(input_dim=env.observation_dim, hidden_dim=128, output_dim=env.action_dim,
-                           num_modalities=env.num_modalities, num_heads=4, feedback_dim=env.feedback_dim)
+def seed_model(env, size: dict, hidden: int = None) -> CrossModalModel:
+    """The seed's sizes (full suite): hidden 128, 4 heads, the world's two 64-d views, 33-d feedback, 32-d actions."""
+    return CrossModalModel(input_dim=env.observation_dim, hidden_dim=hidden or size["hidden"],
+                           output_dim=env.action_dim, num_modalities=env.num_modalities, num_heads=size["heads"],
+                           feedback_dim=env.feedback_dim)
 
 
-def bench_closed_loop(quick: bool, repeats: int, peak_gflops: float) -> dict:
+def bench_closed_loop(size: dict, repeats: int, peak_gflops: float) -> dict:
     env = LatentWorld()
     params = env.task_params(0)
-    model = seed_model(env)
+    model = seed_model(env, size)
     variables = model.init_params(jax.random.key(0))
-    steps = 20 if quick else 200
-    out = {"steps": steps, "model": "CrossModalModel(hidden 128, 4 heads, 2x64 in, fb 33, out 32)", "worlds": {}}
+    steps = size["loop_steps"]
+    out = {"steps": steps, "model": f"CrossModalModel(hidden {model.hidden_dim}, {model.num_heads} heads, 2x64 in, "
+                                    f"fb 33, out 32)", "worlds": {}}
 
     def act(carry, obs, feedback, key):
         del key
@@ -166,7 +173,7 @@ def bench_closed_loop(quick: bool, repeats: int, peak_gflops: float) -> dict:
         carry, action = jax.vmap(act, in_axes=(0, 0, 0, None))(carry, obs, feedback, None)
         return jax.vmap(env.step_with_noise, in_axes=(0, 0, 0, None))(noise, state, action, params), carry
 
-    for n in ((1, 8) if quick else (1, 32, 256)):
+    for n in size["worlds"]:
         loop = _world_rate(env, params, act, model.initial_carry(), steps, n, repeats)
         rng = np.random.default_rng(n)
         obs = jnp.asarray(rng.standard_normal((steps, n, env.num_modalities, env.observation_dim)), jnp.float32)
@@ -194,9 +201,9 @@ def bench_closed_loop(quick: bool, repeats: int, peak_gflops: float) -> dict:
     return out
 
 
-def bench_update(quick: bool, repeats: int) -> dict:
-    env = LatentWorld(episode_length=10 if quick else 40)
-    source = EnvSource(seed_model(env), env, num_tasks=2, num_envs=8)
+def bench_update(size: dict, repeats: int) -> dict:
+    env = LatentWorld(episode_length=size["episode"])
+    source = EnvSource(seed_model(env, size), env, num_tasks=2, num_envs=8)
     run = make_run(RunConfig(strategy="ewc", episodes_per_task=1, monitors=()), source)
     hp = run.hparams(lam=1.0)
     state = run.init(jax.random.key(0), hp)
@@ -211,10 +218,10 @@ def bench_update(quick: bool, repeats: int) -> dict:
     return {"seconds": t.seconds, "compile_s": t.compile_s, "env_steps": steps, "env_steps_per_s": steps / t.seconds}
 
 
-def bench_fisher(quick: bool, repeats: int) -> dict:
-    T, N = (8, 16) if quick else (40, 64)
-    model = CrossModalModel(input_dim=64, hidden_dim=64, output_dim=32, num_modalities=2, num_heads=4,
-                            feedback_dim=33)
+def bench_fisher(size: dict, repeats: int) -> dict:
+    T, N = size["fisher_T"], size["fisher_N"]
+    model = CrossModalModel(input_dim=64, hidden_dim=size["fisher_hidden"], output_dim=32, num_modalities=2,
+                            num_heads=size["heads"], feedback_dim=33)
     params = model.init_params(jax.random.key(0))
     carry0 = model.initial_carry(())
 
@@ -228,30 +235,28 @@ def bench_fisher(quick: bool, repeats: int) -> dict:
     lik = F.Gaussian(sigma=1.0)
     key = jax.random.key(2)
     methods = {"batch_gradient": lambda p, x, y, k: F.squared_batch_gradient(apply_fn, p, x, y, likelihood=lik)}
-    for name, variant, chunk in (("empirical", "empirical", None), ("empirical_chunk16", "empirical", N // 4),
+    for name, variant, chunk in (("empirical", "empirical", None), ("empirical_chunked", "empirical", N // 4),
                                  ("sampled", "sampled", None)):
         methods[name] = (lambda v, c: lambda p, x, y, k: F.fisher_diagonal(apply_fn, p, x, y, likelihood=lik,
                                                                            variant=v, key=k, chunk_size=c))(variant,
                                                                                                             chunk)
     timed = {name: Timed(f, params, x, y, key, repeats=repeats) for name, f in methods.items()}
     base = timed["batch_gradient"].seconds
-    return {"T": T, "N": N, "methods": {name: {"seconds": t.seconds, "x_batch_gradient": t.seconds / base,
+    return {"T": T, "N": N, "chunk_size": N // 4, "methods": {name: {"seconds": t.seconds, "x_batch_gradient": t.seconds / base,
                                                "compile_s": t.compile_s} for name, t in timed.items()}}
 
 
-def bench_run(quick: bool, repeats: int) -> dict:
-    env = LatentWorld(episode_length=10 if quick else 40)
-    model = CrossModalModel(input_dim=env.observation_dim, hidden_dim=64, output_dim=env.action_dim,
-                            num_modalities=env.num_modalities, num_heads=4, feedback_dim=env.feedback_dim)
-    source = EnvSource(model, env, num_tasks=3, num_envs=8)
-    episodes = 2 if quick else 20
+def bench_run(size: dict, repeats: int) -> dict:
+    env = LatentWorld(episode_length=size["episode"])
+    source = EnvSource(seed_model(env, size, hidden=size["run_hidden"]), env, num_tasks=3, num_envs=8)
+    episodes = size["episodes"]
     run = make_run(RunConfig(strategy="ewc", episodes_per_task=episodes), source)
     hp = run.hparams(lam=3.0, feedback_weight=0.3)
     one = Timed(run, jax.random.key(0), hp, repeats=max(1, repeats // 2))
     env_steps = 3 * episodes * source.num_envs * env.episode_length
     out = {"tasks": 3, "episodes_per_task": episodes, "seconds": one.seconds, "compile_s": one.compile_s,
            "train_env_steps_per_s": env_steps / one.seconds, "seeds": {}}
-    for s in ((1, 2) if quick else (1, 4, 16)):
+    for s in size["seeds"]:
         keys = jax.random.split(jax.random.key(1), s)
         t = Timed(jax.vmap(run, in_axes=(0, None)), keys, hp, repeats=max(1, repeats // 2))
         out["seeds"][s] = {"seconds": t.seconds, "seconds_per_seed": t.seconds / s, "compile_s": t.compile_s}
@@ -297,7 +302,7 @@ def table(res: dict) -> str:
         rows.append(f"| whole run, 3 tasks x {r['episodes_per_task']} episodes | {r['seconds']:.2f} s "
                     f"({r['train_env_steps_per_s'] / 1e3:.0f} k training steps/s) | compile {r['compile_s']:.1f} s"
                     f" | |")
-        one = r["seeds"][min(r["seeds"])]["seconds_per_seed"]
+        one = r["seeds"][min(r["seeds"])]["seconds_per_seed"] if r["seeds"] else None
         for s, v in r["seeds"].items():
             rows.append(f"| {s} seed(s) vmapped | {v['seconds']:.2f} s ({v['seconds_per_seed']:.3f} s/seed) | "
                         f"1 seed per seed | {one / v['seconds_per_seed']:.2f} |")
@@ -325,15 +330,16 @@ def main(argv=None) -> Dict[str, dict]:
     repeats = args.repeats or (1 if args.quick else 5)
     if repeats < 1:
         ap.error("--repeats must be >= 1")
+    size = QUICK if args.quick else FULL
     res: Dict[str, dict] = {}
     started = time.perf_counter()
     if "peak" in only or "closed_loop" in only:
-        res["peak"] = bench_peak(args.quick, repeats)
-    steps = {"world": lambda: bench_world(args.quick, repeats),
-             "closed_loop": lambda: bench_closed_loop(args.quick, repeats, res["peak"]["gflops"]),
-             "update": lambda: bench_update(args.quick, repeats),
-             "fisher": lambda: bench_fisher(args.quick, repeats),
-             "run": lambda: bench_run(args.quick, repeats)}
+        res["peak"] = bench_peak(size, repeats)
+    steps = {"world": lambda: bench_world(size, repeats),
+             "closed_loop": lambda: bench_closed_loop(size, repeats, res["peak"]["gflops"]),
+             "update": lambda: bench_update(size, repeats),
+             "fisher": lambda: bench_fisher(size, repeats),
+             "run": lambda: bench_run(size, repeats)}
     for name in SECTIONS[1:]:
         if name in only:
             print(f"[{time.perf_counter() - started:6.1f} s] {name}", file=sys.stderr, flush=True)
@@ -343,7 +349,8 @@ def main(argv=None) -> Dict[str, dict]:
     out = pathlib.Path(args.out) if args.out else RESULTS / ("benchmarks_quick.json" if args.quick
                                                              else "benchmarks.json")
     write_atomic(out, json.dumps({"machine": machine(), "quick": args.quick, "repeats": repeats,
-                                  "wall_s": time.perf_counter() - started, "results": res, "table": text},
+                                  "sizes": size, "wall_s": time.perf_counter() - started, "results": res,
+                                  "table": text},
                                  indent=1, default=float) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return res

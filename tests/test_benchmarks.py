@@ -25,9 +25,9 @@ def test_quick_benchmark_reports_every_section(tmp_path):
     for loop in res["closed_loop"]["worlds"].values():
         assert loop["mflop_per_step"] > loop["model_mflop_per_step"] > 0  # the world adds arithmetic of its own
         assert 0 < loop["model_share"] and loop["gflops"] > 0 and math.isfinite(loop["of_peak"])
-    assert set(res["fisher"]["methods"]) == {"batch_gradient", "empirical", "empirical_chunk16", "sampled"}
+    assert set(res["fisher"]["methods"]) == {"batch_gradient", "empirical", "empirical_chunked", "sampled"}
     assert res["fisher"]["methods"]["batch_gradient"]["x_batch_gradient"] == 1.0
-    assert len(res["run"]["seeds"]) == 2 and res["update"]["seconds"] > 0
+    assert res["run"]["seconds"] > 0 and res["update"]["seconds"] > 0
     table = proc.stdout
-    assert table.startswith("| measurement | value |") and table.count("\n") >= 14
+    assert table.startswith("| measurement | value |") and table.count("\n") >= 10
     assert "random-number bound" in table and "matrix-product peak" in table
