@@ -82,8 +82,9 @@ def rollout(
     ``num_steps`` and ``num_envs`` are static (mark them static when jitting).
 
     Random numbers: a world with a ``noise_dim`` (see :class:`~clloop_jax.envs.MultiModalEnv`) is driven by standard
-    normals drawn for the whole rollout in one batched call, step ``t`` from ``fold_in(k_noise, t)``, and an episode
-    that ends restarts from the step's own draw (:meth:`~clloop_jax.envs.MultiModalEnv.step_with_noise`); the policy's
+    normals, step ``t``'s for every world from ``fold_in(k_noise, t)`` in one call (all steps' at once, ahead of the
+    scan, when they fit in a few MiB; the numbers are the same either way), and an episode that ends restarts from
+    the step's own draw (:meth:`~clloop_jax.envs.MultiModalEnv.step_with_noise`); the policy's
     keys are ``split(fold_in(k_policy, t), num_envs)`` (never computed when the policy ignores its key). Other worlds
     get one key per step and world, split in one call, and gymnax's ``step``.
     """
@@ -128,9 +129,9 @@ def rollout(
 
     reset_key, policy_key, env_key = jax.random.split(key, 3)
     batch = () if num_envs is None else (num_envs,)
-    steps = jnp.arange(num_steps)
-    # Per step t: the policy's keys [*batch] and the world's input [*batch, ...], each from fold_in(key, t).
+
     def inputs_at(t):
+        """Step t's policy keys ``[*batch]`` and world input ``[*batch, ...]``, each from ``fold_in(key, t)``."""
         k_policy = _split(jax.random.fold_in(policy_key, t), batch)
         if noise_dim is None:
             return k_policy, _split(jax.random.fold_in(env_key, t), batch)
