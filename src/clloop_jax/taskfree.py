@@ -57,7 +57,6 @@ import numpy as np
 from clloop_jax import metrics as metrics_lib
 from clloop_jax.loop import HParams, Run, RunConfig, _Program, check_key, make_run, task_at
 from clloop_jax.sources import EnvSource, SupervisedBatch, SupervisedSource
-from clloop_jax.strategies import streaming as _streaming  # noqa: F401  (registers the streaming strategies)
 
 __all__ = ["Schedule", "abrupt_schedule", "irregular_schedule", "gradual_schedule", "draw_tasks", "mixture_batch",
            "PageHinkley", "DetectorState", "detect", "siegmund_arl", "TaskFreeRun", "TaskFreeResults",
@@ -367,11 +366,13 @@ class PageHinkley:
     (2 delta^2)``, ``b = threshold + 1.166`` (:func:`siegmund_arl`): with the defaults ``delta = 0.5``,
     ``threshold = 15``, about ``2.1e7`` episodes. Estimating the reference (``alpha = 0.05``: an effective window of
     about 40 observations) fattens the tails of ``z`` and shortens that: measured on 3e6 episodes of i.i.d.
-    Gaussian signals (600 signals of 5,000), 6 false alarms, a rate of about 2e-6 per episode, i.e. about 0.001
-    expected false alarms over a stream of 500 episodes (the tests check a stated length with none). A real training loss also drifts downwards while the agent learns: that only lowers ``z``, and the
-    test is one-sided. A change that raises the signal by ``k`` reference standard deviations (``k > delta``) is
-    detected after about ``siegmund_arl(delta, threshold, k) - 1`` episodes (``threshold / (k - delta)``, about 6
-    for ``k = 3``); a new task typically raises the log-loss by tens of standard deviations at once (delay 0).
+    Gaussian signals (600 signals of 5,000, ``log=False``), 2 false alarms, a rate of about 1e-6 per episode, i.e.
+    about 0.0005 expected false alarms over a stream of 500 episodes (``tests/test_taskfree.py`` checks 40 stationary
+    signals of 2,000 episodes with none). A real training loss also drifts downwards while the agent learns: that
+    only lowers ``z``, and the test is one-sided. A change that raises the signal by ``k`` reference standard
+    deviations (``k > delta``) is detected after about ``siegmund_arl(delta, threshold, k) - 1`` episodes (about
+    ``threshold / (k - delta)``, 6 for ``k = 3``); a switch of task raises the log-loss by several to tens of
+    standard deviations (``experiments/taskfree.py`` measures the delays).
 
     Attributes:
       delta: drift allowance, in reference standard deviations (>= 0).

@@ -17,8 +17,9 @@ initialisation), lagging the current parameters by about the horizon. Before the
 penalty is exactly 0.
 
 * ``streaming_ewc`` (online EWC in streaming form): ``Omega`` is the same normalised average of per-batch Fisher
-  diagonals, ``Omega_t = Omega_{t-1} + (F_t - Omega_{t-1}) / n_t``, with ``F_t`` the Fisher diagonal of the
-  parameters after update ``t`` on that update's batch, from per-sample gradients
+  diagonals, ``Omega_t = Omega_{t-1} + (F_t - Omega_{t-1}) / n_t``, with ``F_t`` the Fisher diagonal at the
+  parameters update ``t`` started from (``theta_{t-1}``, those its batch was learned from) on that update's batch,
+  from per-sample gradients
   (:func:`clloop_jax.fisher.fisher_diagonal`, ``variant`` ``"sampled"`` by default; never a squared batch
   gradient). ``every = k`` computes the Fisher on every k-th update only (the others leave ``Omega`` unchanged,
   and the average then runs over those updates, ``n`` counting only them); the anchor is updated every step.
@@ -48,7 +49,7 @@ from clloop_jax import fisher as fisher_lib
 from clloop_jax.strategies.base import Strategy, check_hparams, nonnegative, positive, register, unit_interval
 from clloop_jax.strategies.penalties import quadratic_form
 
-__all__ = ["StreamingEWCHParams", "StreamingSIHParams", "StreamingState", "streaming_ewc", "streaming_si",
+__all__ = ["STREAMING", "StreamingEWCHParams", "StreamingSIHParams", "StreamingState", "streaming_ewc", "streaming_si",
            "running_weight"]
 
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
@@ -219,5 +220,7 @@ def streaming_si(lam=1.0, xi=0.1, decay=0.99) -> Strategy:
     return Strategy("streaming_si", hp, init=_init_si, penalty=_penalty, accumulate=_si_accumulate)
 
 
-register("streaming_ewc", streaming_ewc, overwrite=True)
-register("streaming_si", streaming_si, overwrite=True)
+STREAMING = ("streaming_ewc", "streaming_si")
+
+for _name, _factory in zip(STREAMING, (streaming_ewc, streaming_si)):
+    register(_name, _factory)
