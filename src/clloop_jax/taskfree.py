@@ -569,7 +569,7 @@ class TaskFreeRun:
     def __call__(self, key, hp: HParams, schedule: Schedule):
         """One seed over the stream ``schedule``, one compiled program: ``(final_state, TaskFreeResults)``.
         ``jax.vmap`` it over keys for seeds, or use :meth:`seeds`."""
-        check_key("key", key)
+        key = check_key("key", key)
         arrays = self._checked(hp, schedule)
         return _jit_taskfree(self, self.run.source.tasks, key, hp, arrays)
 
@@ -578,7 +578,7 @@ class TaskFreeRun:
         ``N`` schedules of the same shape (each seed its own stream). Consolidations and evaluations run only on
         the episodes where some seed needs them. Returns ``(final_states, TaskFreeResults)`` with a leading axis
         ``N``."""
-        check_key("keys", keys if isinstance(keys, jax.core.Tracer) else keys[0])
+        keys = check_key("keys", keys, ndim=1)
         n = int(jnp.shape(keys)[0])
         if isinstance(schedule, Schedule):
             arrays = self._checked(hp, schedule)
