@@ -174,6 +174,7 @@ def main(argv=None):
                                          f">= {int(0.6 * L)}, {TASKS * L} episodes in all)")
             else:
                 blend = L // 2
+                # one stream per seed, all equal: the same program as the abrupt streams (compiled once)
                 schedules = [gradual_schedule([L] * TASKS, blend=blend)] * args.seeds
                 methods, text = GRADUAL, (f"{TASKS} tasks of {L} episodes blended linearly over {blend} episodes "
                                           f"around each switch")

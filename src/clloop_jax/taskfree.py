@@ -277,17 +277,30 @@ def mixture_batch(source, key, params, tasks, weights, hparams):
 
     For an :class:`~clloop_jax.sources.EnvSource` the result is a :class:`~clloop_jax.envs.Trajectory` of
     ``num_envs`` worlds; for a :class:`~clloop_jax.sources.SupervisedSource` a
-    :class:`~clloop_jax.sources.SupervisedBatch` of ``batch_size`` rows whose ``mask`` is per row (``[B, C]``).
-    A source of another kind may define ``mixture_batch(key, params, tasks, task_ids, hparams)`` itself.
+    :class:`~clloop_jax.sources.SupervisedBatch` of ``batch_size`` rows whose ``mask`` is per row (``[B, C]``),
+    gathered straight from the stacked tasks (rows of one task are distinct samples, as in its own batch). A source of another kind may define ``mixture_batch(key, params, tasks, task_ids, hparams)`` itself.
     """
     k_ids, k_batch = jax.random.split(key)
     if hasattr(source, "mixture_batch") and not isinstance(source, (EnvSource, SupervisedSource)):
         n = source.batch_size if hasattr(source, "batch_size") else source.num_envs
         return source.mixture_batch(k_batch, params, tasks, draw_tasks(k_ids, weights, n), hparams)
+    if isinstance(source, SupervisedSource):
+        return _supervised_mixture(source, k_batch, tasks, draw_tasks(k_ids, weights, source.batch_size))
     one, n, merge = _one_sample_source(source)
     ids = draw_tasks(k_ids, weights, n)
     keys = jax.random.split(k_batch, n)
     return merge(jax.vmap(lambda k, i: one.batch(k, params, task_at(tasks, i), hparams))(keys, ids))
+
+
+def _supervised_mixture(source, key, tasks, ids) -> SupervisedBatch:
+    """Row ``r`` is a training sample of task ``ids[r]``: each task draws ``B`` distinct indices (as its own batch
+    would, without replacement) and row ``r`` takes the ``r``-th of its task's, so rows of one task are distinct
+    samples; a pure batch (one task) is distributed exactly as ``source.batch``'s. Gathers only the rows it needs."""
+    K, N = tasks.x.shape[0], tasks.x.shape[1]
+    B = source.batch_size
+    perms = jax.vmap(lambda k: jax.random.choice(k, N, (B,), replace=False))(jax.random.split(key, K))  # [K, B]
+    idx = perms[ids, jnp.arange(B)]
+    return SupervisedBatch(tasks.x[ids, idx], tasks.y[ids, idx], tasks.train_mask[ids])
 
 
 @dataclasses.dataclass(frozen=True)
