@@ -471,3 +471,32 @@ def test_taskfree_bad_input(runs, source, schedule):
         run.seeds(jax.random.split(jax.random.key(0), 2), hp, [schedule])
     with pytest.raises(ValueError, match="schedules"):
         run.seeds(jax.random.split(jax.random.key(0), 2), hp, [schedule, tf.abrupt_schedule([10, 10, 10])])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end: the experiment's quick version on the labelled stream
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_experiment_quick_digits(tmp_path):
+    import importlib.util
+    import json
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "taskfree.py"
+    spec = importlib.util.spec_from_file_location("taskfree_experiment", path)
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    out = tmp_path / "taskfree"
+    experiment.main(["--quick", "--streams", "digits", "--no-cache", "--out", str(out)])
+    record = json.loads((tmp_path / "taskfree.json").read_text())
+    abrupt = record["results"]["digits/abrupt"]["methods"]
+    detect, oracle, fine = abrupt["ewc (detect)"], abrupt["ewc (oracle)"], abrupt["fine-tuning"]
+    assert detect["missed"] == [0, 0] and detect["false_alarms"] == [0, 0]
+    assert all(d <= 5 for row in detect["delay"] for d in row)
+    assert detect["consolidations"] == [2, 2] and oracle["consolidations"] == [2, 2]
+    acc = {k: np.mean(v["average_performance"]) for k, v in abrupt.items()}
+    assert acc["ewc (detect)"] > acc["fine-tuning"] and abs(acc["ewc (detect)"] - acc["ewc (oracle)"]) < 0.03
+    assert (tmp_path / "taskfree.md").read_text().startswith("### digits, abrupt")
+    assert not list(tmp_path.glob("*.tmp"))
