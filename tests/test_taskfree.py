@@ -494,7 +494,7 @@ def test_experiment_quick_digits(tmp_path):
     abrupt = record["results"]["digits/abrupt"]["methods"]
     detect, oracle, fine = abrupt["ewc (detect)"], abrupt["ewc (oracle)"], abrupt["fine-tuning"]
     assert detect["missed"] == [0, 0] and detect["false_alarms"] == [0, 0]
-    assert all(d <= 5 for row in detect["delay"] for d in row)
+    assert all(d <= 10 for row in detect["delay"] for d in row)   # half-length streams: shorter, noisier segments
     assert detect["consolidations"] == [2, 2] and oracle["consolidations"] == [2, 2]
     acc = {k: np.mean(v["average_performance"]) for k, v in abrupt.items()}
     assert acc["ewc (detect)"] > acc["fine-tuning"] and abs(acc["ewc (detect)"] - acc["ewc (oracle)"]) < 0.03
