@@ -29,7 +29,6 @@ import time
 import jax
 import numpy as np
 
-from clloop_jax import metrics
 from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax.datasets import load_dataset, permuted_stream
 from clloop_jax.envs import Environment

@@ -492,7 +492,7 @@ def test_experiment_quick_digits(tmp_path):
     experiment.main(["--quick", "--streams", "digits", "--no-cache", "--out", str(out)])
     record = json.loads((tmp_path / "taskfree.json").read_text())
     abrupt = record["results"]["digits/abrupt"]["methods"]
-    detect, oracle, fine = abrupt["ewc (detect)"], abrupt["ewc (oracle)"], abrupt["fine-tuning"]
+    detect, oracle = abrupt["ewc (detect)"], abrupt["ewc (oracle)"]
     assert detect["missed"] == [0, 0] and detect["false_alarms"] == [0, 0]
     assert all(d <= 10 for row in detect["delay"] for d in row)   # half-length streams: shorter, noisier segments
     assert detect["consolidations"] == [2, 2] and oracle["consolidations"] == [2, 2]

@@ -278,7 +278,8 @@ def mixture_batch(source, key, params, tasks, weights, hparams):
     For an :class:`~clloop_jax.sources.EnvSource` the result is a :class:`~clloop_jax.envs.Trajectory` of
     ``num_envs`` worlds; for a :class:`~clloop_jax.sources.SupervisedSource` a
     :class:`~clloop_jax.sources.SupervisedBatch` of ``batch_size`` rows whose ``mask`` is per row (``[B, C]``),
-    gathered straight from the stacked tasks (rows of one task are distinct samples, as in its own batch). A source of another kind may define ``mixture_batch(key, params, tasks, task_ids, hparams)`` itself.
+    gathered straight from the stacked tasks (rows of one task are distinct samples, as in its own batch). A source
+    of another kind may define ``mixture_batch(key, params, tasks, task_ids, hparams)`` itself.
     """
     k_ids, k_batch = jax.random.split(key)
     if hasattr(source, "mixture_batch") and not isinstance(source, (EnvSource, SupervisedSource)):

@@ -4,13 +4,14 @@ Task-free streams never say when a task ends, so these strategies never wait for
 optimizer step they update a running importance ``Omega`` and a running anchor ``theta_bar``, and every update pays
 the same quadratic penalty as the boundary strategies of :mod:`clloop_jax.strategies.penalties`,
 
-    penalty(theta) = (lam / 2) * sum_i Omega_i (theta_i - theta_bar_i)^2,        gradient lam * Omega * (theta - theta_bar).
+    penalty(theta) = (lam / 2) * sum_i Omega_i (theta_i - theta_bar_i)^2,    gradient lam * Omega * (theta - theta_bar).
 
 Both running quantities are normalised exponentially weighted averages over the parameter trajectory with one
 ``decay`` (the memory horizon is about ``1 / (1 - decay)`` updates). With ``theta_1, theta_2, ...`` the parameters
 after each update and ``n_t = decay * n_{t-1} + 1`` (``n_0 = 0``) the total weight,
 
-    theta_bar_t = sum_{s<=t} decay^(t-s) theta_s / n_t,       i.e.   theta_bar_t = theta_bar_{t-1} + (theta_t - theta_bar_{t-1}) / n_t,
+    theta_bar_t = sum_{s<=t} decay^(t-s) theta_s / n_t,
+    i.e.  theta_bar_t = theta_bar_{t-1} + (theta_t - theta_bar_{t-1}) / n_t,
 
 so the anchor is the recent past of the trajectory (the first update sets it to ``theta_1``; no bias towards the
 initialisation), lagging the current parameters by about the horizon. Before the first update ``Omega = 0``: the
