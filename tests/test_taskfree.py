@@ -14,7 +14,7 @@ from clloop_jax.fisher import Gaussian
 from clloop_jax.loop import RunConfig
 from clloop_jax.model import MLP
 from clloop_jax.sources import SupervisedSource
-from clloop_jax.strategies import get_strategy, streaming_ewc, streaming_si
+from clloop_jax.strategies import Strategy, get_strategy, streaming_ewc, streaming_si
 
 # ----------------------------------------------------------------------------------------------------------------
 # Schedules
@@ -500,3 +500,26 @@ def test_experiment_quick_digits(tmp_path):
     assert acc["ewc (detect)"] > acc["fine-tuning"] and abs(acc["ewc (detect)"] - acc["ewc (oracle)"]) < 0.03
     assert (tmp_path / "taskfree.md").read_text().startswith("### digits, abrupt")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_detect_consolidates_the_last_in_control_parameters(source, schedule):
+    # A strategy that remembers the parameters it is consolidated with, and traces the sum of those and of the live
+    # parameters after every update: the consolidation at an alarm must see the parameters of the last episode whose
+    # Page-Hinkley statistic was 0 (the end of the old task as the detector sees it).
+    def total(tree):
+        return sum(jnp.sum(x) for x in jax.tree.leaves(tree))
+
+    snap = Strategy(
+        "snapshot", init=lambda params, hp: (jax.tree.map(jnp.zeros_like, params), jnp.zeros(())),
+        accumulate=lambda st, old, new, grads, hp: (st[0], total(new)),
+        consolidate=lambda st, params, hp, importance=None, data=None: (params, st[1]),
+        trace=lambda st: {"snap": total(st[0]), "live": st[1]})
+    run = tf.make_taskfree_run(RunConfig(strategy=snap, monitors=()), source, boundaries="detect")
+    _, res = run(jax.random.key(0), run.hparams(learning_rate=2e-2), schedule)
+    alarms = np.nonzero(np.asarray(res.alarms))[0]
+    assert alarms.size == 2
+    stat, snap_tr, live = (np.asarray(res.traces[k]) for k in ("ph_stat", "snap", "live"))
+    for a in alarms:
+        last_in_control = np.nonzero(stat[:a] == 0)[0][-1]
+        np.testing.assert_allclose(snap_tr[a + 1], live[last_in_control], rtol=1e-6)
+        assert not np.isclose(snap_tr[a + 1], live[a], rtol=1e-6)      # not the parameters at the alarm
