@@ -12,6 +12,10 @@ The public names are gathered here; each lives in the module named next to it:
 * the run: :func:`make_run`, :func:`make_joint_run`, :class:`RunConfig`, :class:`HParams` (``loop``) over a task
   source, :class:`EnvSource` and :class:`SupervisedSource` (``sources``); :func:`enable_compilation_cache` for entry
   points (``compilation``);
+* task-free streams (hidden task boundaries): :func:`abrupt_schedule`, :func:`irregular_schedule`,
+  :func:`gradual_schedule`, the :class:`PageHinkley` shift detector, :func:`make_taskfree_run`,
+  :func:`detection_metrics`, :func:`taskfree_summary` (``taskfree``); boundary-free ``streaming_ewc`` and
+  ``streaming_si`` strategies (``strategies.streaming``);
 * the object API: :class:`ContinualLearningLoop` (``facade``).
 """
 
@@ -29,16 +33,21 @@ from clloop_jax.regularizers import STRATEGIES, make_regularizer, penalty_gradie
 from clloop_jax.monitors import Monitor
 from clloop_jax.sources import EnvHParams, EnvSource, SupervisedBatch, SupervisedSource
 from clloop_jax.strategies import Strategy, get_strategy, register
+from clloop_jax.taskfree import (PageHinkley, Schedule, TaskFreeResults, TaskFreeRun, abrupt_schedule,
+                                 detection_metrics, gradual_schedule, irregular_schedule, make_taskfree_run,
+                                 taskfree_summary)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Categorical", "ContinualLearningLoop", "CrossModalModel", "DivergenceError", "EnvHParams", "EnvParams",
     "EnvSource", "EnvState", "Environment", "Gaussian", "HParams", "LatentWorld", "MLP", "Monitor", "MultiModalEnv",
-    "PrivilegedPolicy", "RunConfig", "RunResults", "STRATEGIES", "SequenceClassifier", "Strategy",
-    "SupervisedBatch", "SupervisedSource", "TrainState", "Trajectory", "average_forgetting", "average_performance",
-    "backward_transfer", "enable_compilation_cache", "expert_policy", "fisher_diagonal", "forward_transfer",
-    "functional_divergence", "get_strategy", "make_joint_run", "make_regularizer", "make_run", "mas_importance",
-    "mean_ci", "normalized_score", "output_divergence", "parameter_divergence", "penalty_gradient_transform",
-    "per_sample_grads", "register", "rollout", "summarize",
+    "PageHinkley", "PrivilegedPolicy", "RunConfig", "RunResults", "STRATEGIES", "Schedule", "SequenceClassifier",
+    "Strategy", "SupervisedBatch", "SupervisedSource", "TaskFreeResults", "TaskFreeRun", "TrainState", "Trajectory",
+    "abrupt_schedule", "average_forgetting", "average_performance", "backward_transfer", "detection_metrics",
+    "enable_compilation_cache", "expert_policy", "fisher_diagonal", "forward_transfer", "functional_divergence",
+    "get_strategy", "gradual_schedule", "irregular_schedule", "make_joint_run", "make_regularizer", "make_run",
+    "make_taskfree_run", "mas_importance", "mean_ci", "normalized_score", "output_divergence",
+    "parameter_divergence", "penalty_gradient_transform", "per_sample_grads", "register", "rollout", "summarize",
+    "taskfree_summary",
 ]

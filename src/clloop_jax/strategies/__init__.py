@@ -3,6 +3,7 @@
 * :mod:`~clloop_jax.strategies.base`: the interface, hyperparameter checks and the registry.
 * :mod:`~clloop_jax.strategies.penalties`: none, l2, ewc, online_ewc, si, mas, ewc_budget.
 * :mod:`~clloop_jax.strategies.rehearsal`: replay, agem, lwf, derpp, and the memory they share.
+* :mod:`~clloop_jax.strategies.streaming`: streaming_ewc, streaming_si (no consolidation event: task-free streams).
 """
 
 from clloop_jax.strategies.base import NoHParams, Strategy, get_strategy, register, registered
@@ -10,8 +11,11 @@ from clloop_jax.strategies.penalties import (PENALTIES, BudgetHParams, OnlineEWC
                                              RegularizerState, SIHParams, ewc, ewc_budget, l2, mas, none,
                                              online_ewc, penalty_gradient, quadratic_form, si)
 from clloop_jax.strategies.rehearsal import REHEARSAL, agem, derpp, lwf, replay
+from clloop_jax.strategies.streaming import (STREAMING, StreamingEWCHParams, StreamingSIHParams, StreamingState,
+                                             streaming_ewc, streaming_si)
 
 __all__ = ["NoHParams", "Strategy", "get_strategy", "register", "registered", "PENALTIES", "BudgetHParams",
            "OnlineEWCHParams", "PenaltyHParams", "RegularizerState", "SIHParams", "ewc", "ewc_budget", "l2", "mas",
            "none", "online_ewc", "penalty_gradient", "quadratic_form", "si", "REHEARSAL", "agem", "derpp", "lwf",
-           "replay"]
+           "replay", "STREAMING", "StreamingEWCHParams", "StreamingSIHParams", "StreamingState",
+           "streaming_ewc", "streaming_si"]
