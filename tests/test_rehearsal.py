@@ -100,6 +100,22 @@ def class_incremental():
     return final_accuracy
 
 
+def test_remembered_samples_keep_their_own_head_except_in_class_incremental_learning():
+    """Replaying a task-0 sample while task 1 trains: in task-incremental learning under task 0's own pair of
+    outputs (its head), in class-incremental learning under the classes seen so far (task 1's training mask)."""
+    x, y = load_digits_data()[:2]
+    for scenario, expected in (("task", [1, 1, 0, 0]), ("class", [1, 1, 1, 1])):
+        stream = split_stream(x, y, classes_per_task=2, scenario=scenario)
+        source = SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(8,)), stream, batch_size=4)
+        remembered = (stream.x[0, :3], jnp.broadcast_to(stream.train_mask[0], (3, stream.num_classes)))
+        current = ((stream.x[1, :2], jnp.broadcast_to(stream.train_mask[1], (2, stream.num_classes))),
+                   stream.y[1, :2])
+        _, mask = source.rehearse(remembered, current)
+        assert mask.shape == (3, stream.num_classes)
+        np.testing.assert_array_equal(np.asarray(mask[:, :4], int), np.tile(expected, (3, 1)))
+        assert not np.asarray(mask[:, 4:]).any()
+
+
 def test_replay_beats_fine_tuning_in_class_incremental_learning(class_incremental):
     none, replayed = class_incremental("none"), class_incremental("replay")
     # Fine-tuning forgets the first five classes (final accuracy about 0.48 on digits); replay keeps them.

@@ -411,8 +411,14 @@ class SupervisedSource:
         return (batch.x, mask), batch.y
 
     def rehearse(self, inputs, current):
-        """Remembered ``(x, mask)`` put under the current training mask (that of the ``current`` samples)."""
+        """Remembered ``(x, mask)`` made ready to be learned next to the ``current`` samples. Class-incremental:
+        under the current training mask (every class seen so far, as van de Ven & Tolias 2019 replay), so old and
+        new classes compete in one softmax. Task- and domain-incremental: under the mask of the task the sample
+        came from (its own head; domain-incremental tasks share one), so a replayed sample is never trained on
+        another task's outputs."""
         x, mask = inputs
+        if self.stream.scenario != "class":
+            return x, mask
         return x, jnp.broadcast_to(current[0][1][0], mask.shape)
 
     def sample_loss(self, params, inputs, targets):
