@@ -206,10 +206,13 @@ def test_hparams_are_checked_by_name(cartpole):
         run.hparams(clip_eps=0.0)
 
 
-def test_equal_configurations_compare_equal():
+def test_sources_compare_by_configuration_not_task_values():
+    """Task arrays are arguments of the compiled run, so sources differing only in override values share it."""
     a = GymnaxSource("CartPole-v1", ({"length": 1.0},), **TINY)
-    b = GymnaxSource("CartPole-v1", [{"length": 1.0}], **TINY)
-    assert a == b and hash(a) == hash(b) and a != GymnaxSource("CartPole-v1", ({"length": 2.0},), **TINY)
+    b = GymnaxSource("CartPole-v1", [{"length": 2.0}], **TINY)
+    assert a == b and hash(a) == hash(b)
+    assert a != GymnaxSource("CartPole-v1", ({}, {}), **TINY) and a != GymnaxSource("Acrobot-v1", ({},), **TINY)
+    np.testing.assert_allclose([a.tasks.length[0], b.tasks.length[0]], [1.0, 2.0])
 
 
 # ---------------------------------------------------------------- inside the continual run

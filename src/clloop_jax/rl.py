@@ -255,19 +255,20 @@ class GymnaxSource:
       hidden_dim: the default model's width.
       num_envs, num_steps: a training rollout's parallel environments and steps (one optimizer step each).
       eval_envs, eval_steps: evaluation environments and steps (default: the largest ``max_steps_in_episode``).
-      fisher_size: visited states per Fisher diagonal (drawn from one rollout of ``num_envs x num_steps``).
+      fisher_size: visited states per Fisher diagonal (drawn from one rollout of ``num_envs x num_steps``);
+        None: ``min(256, num_envs * num_steps)``.
       init_log_std: the Gaussian policy's initial log standard deviation.
     """
 
     env_id: str
-    overrides: tuple = dataclasses.field(default=({},))
+    overrides: tuple = dataclasses.field(default=({},), compare=False)
     model: Any = None
     hidden_dim: int = 32
     num_envs: int = 16
     num_steps: int = 128
     eval_envs: int = 16
     eval_steps: Optional[int] = None
-    fisher_size: int = 256
+    fisher_size: Optional[int] = None
     init_log_std: float = 0.0
     tasks: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -277,8 +278,11 @@ class GymnaxSource:
             overrides = [dict(o) if isinstance(o, (list, tuple)) else o for o in overrides]
         env, tasks = task_params(self.env_id, overrides)
         object.__setattr__(self, "overrides", tuple(tuple(sorted(o.items())) for o in overrides))
-        for name in ("hidden_dim", "num_envs", "num_steps", "eval_envs", "fisher_size"):
+        for name in ("hidden_dim", "num_envs", "num_steps", "eval_envs"):
             _positive_int(name, getattr(self, name))
+        _positive_int("fisher_size", self.fisher_size, allow_none=True)
+        if self.fisher_size is None:
+            object.__setattr__(self, "fisher_size", min(256, self.num_envs * self.num_steps))
         _positive_int("eval_steps", self.eval_steps, allow_none=True)
         if self.fisher_size > self.num_envs * self.num_steps:
             raise ValueError(f"fisher_size must be at most num_envs * num_steps = {self.num_envs * self.num_steps}, "
@@ -320,13 +324,17 @@ class GymnaxSource:
                                  f"got {getattr(model, name)}")
         object.__setattr__(self, "model", model)
 
+    def _config(self):
+        """What the compiled programs depend on: not the overrides' values (the task arrays are arguments of the
+        run's program), only their number, so sources of equal configuration share one compilation."""
+        return (self.env_id, self.num_tasks, self.model, self.hidden_dim, self.num_envs, self.num_steps,
+                self.eval_envs, self.eval_steps, self.fisher_size, self.init_log_std)
+
     def __hash__(self):
-        return hash((self.env_id, self.overrides, self.model, self.hidden_dim, self.num_envs, self.num_steps,
-                     self.eval_envs, self.eval_steps, self.fisher_size, self.init_log_std))
+        return hash(self._config())
 
     def __eq__(self, other):
-        return type(other) is type(self) and hash(self) == hash(other) and self.overrides == other.overrides \
-            and self.model == other.model
+        return type(other) is type(self) and self._config() == other._config()
 
     # ----- sizes --------------------------------------------------------------------------------------------
     @property
