@@ -50,7 +50,8 @@ def write_json_atomically(path: str, blob) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(blob, f, indent=1)
-        os.replace(tmp, path)
+        os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise

@@ -229,3 +229,68 @@ def test_ewc_on_the_policy_fisher_in_one_compiled_vmapped_run(cartpole, strategy
     # the stored importance is the policy's exact Fisher: zero on the value output's head entries
     head = state.strategy.importance["model"]["params"]["head"]
     assert np.all(np.asarray(head["bias"])[:, 2] == 0.0) and np.all(np.asarray(head["bias"])[:, :2] > 0.0)
+
+
+# ---------------------------------------------------------------- a purejaxrl-style client on our world
+def test_purejaxrl_style_wrapper_stack_runs_on_the_world():
+    """FlattenObservationWrapper, LogWrapper, LegacyStepAPIWrapper (gymnax), then an action clip to the action
+    space's bounds and a vmapped environment (written here as purejaxrl writes them): the logged episode returns
+    are the sums of the rewards the unwrapped world gives for the clipped actions."""
+    from gymnax.wrappers import FlattenObservationWrapper, LegacyStepAPIWrapper, LogWrapper
+
+    from clloop_jax.envs import LatentWorld
+
+    class ClipAction:
+        def __init__(self, env, low, high):
+            self._env, self.low, self.high = env, low, high
+
+        def __getattr__(self, name):
+            return getattr(self._env, name)
+
+        def reset(self, key, params=None):
+            return self._env.reset(key, params)
+
+        def step(self, key, state, action, params=None):
+            return self._env.step(key, state, jnp.clip(action, self.low, self.high), params)
+
+    class VecEnv:
+        def __init__(self, env):
+            self._env = env
+            self.reset = jax.vmap(env.reset, in_axes=(0, None))
+            self.step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    world = LatentWorld(observation_dim=3, action_dim=2, num_modalities=2, latent_dim=2, episode_length=5)
+    box = world.action_space(None)
+    env = VecEnv(ClipAction(LegacyStepAPIWrapper(LogWrapper(FlattenObservationWrapper(world))), box.low, box.high))
+    params = world.default_params
+    n, T = 3, 11
+    keys = jax.random.split(jax.random.key(0), n)
+    actions = 3.0 * world.max_action * jax.random.normal(jax.random.key(1), (T, n, 2))
+
+    @jax.jit
+    def go(keys, actions):
+        obs, state = env.reset(keys, params)
+
+        def step(c, x):
+            state, k = c
+            a, t = x
+            ks = jax.vmap(lambda kk: jax.random.fold_in(kk, t))(k)
+            obs, state, reward, done, info = env.step(ks, state, a, params)
+            return (state, k), (obs, reward, done, info["returned_episode_returns"])
+
+        return obs, jax.lax.scan(step, (state, keys), (actions, jnp.arange(T)))[1]
+
+    obs0, (obs, reward, done, returned) = go(keys, actions)
+    assert obs0.shape == (n, 6) and obs.shape == (T, n, 6)
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(done[:, 0])), [4, 9])
+    # the same transitions on the unwrapped world, with the actions clipped by hand
+    for i in range(n):
+        _, s = world.reset(keys[i], params)
+        rewards = []
+        for t in range(T):
+            a = np.clip(np.asarray(actions[t, i]), -world.max_action, world.max_action)
+            _, s, r, *_ = world.step(jax.random.fold_in(keys[i], t), s, a, params)
+            rewards.append(float(r))
+        np.testing.assert_allclose(reward[:, i], rewards, rtol=1e-5)
+        np.testing.assert_allclose(returned[4, i], sum(rewards[:5]), rtol=1e-5)
+        np.testing.assert_allclose(returned[9, i], sum(rewards[5:10]), rtol=1e-5)
