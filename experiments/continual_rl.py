@@ -51,7 +51,7 @@ def write_json_atomically(path: str, blob) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(blob, f, indent=1)
         os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+        os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
