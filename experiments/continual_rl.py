@@ -22,6 +22,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 
 from clloop_jax import metrics
 from clloop_jax.compilation import enable_compilation_cache
@@ -66,6 +67,8 @@ def run_env(name: str, args) -> dict:
     common = dict(learning_rate=spec["learning_rate"], reward_scale=spec["reward_scale"],
                   entropy_coef=args.entropy_coef)
     config = dict(episodes_per_task=args.episodes, monitors=(), fisher_variant="exact", max_grad_norm=0.5)
+    if args.anneal:  # each task's learning rate decays linearly to 0 (the optimizer restarts with every task)
+        config["optimizer"] = lambda lr: optax.adam(optax.linear_schedule(lr, 0.0, args.episodes))
     out = {"env_id": spec["env_id"], "overrides": overrides, "hparams": common, "seconds": {}}
 
     # the uniform random policy's return on every task (the normalization's 0)
@@ -147,6 +150,8 @@ def main(argv=None):
     p.add_argument("--entropy-coef", type=float, default=0.01)
     p.add_argument("--lam", type=float, default=1000.0, help="EWC / online EWC penalty strength")
     p.add_argument("--online-gamma", type=float, default=0.9, help="online EWC's decay of the old importance")
+    p.add_argument("--anneal", action="store_true",
+                   help="decay each task's learning rate linearly to 0 (default: constant)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "continual_rl.json"))
     p.add_argument("--no-cache", action="store_true", help="leave JAX's persistent compilation cache off")
     args = p.parse_args(argv)

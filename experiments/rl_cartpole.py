@@ -4,7 +4,7 @@ Trains :class:`clloop_jax.rl.GymnaxSource` on CartPole-v1 through the same ``mak
 task, strategy ``none``), several seeds at once with ``vmap``, and reports each seed's evaluation return (the mean
 over ``eval_envs`` episodes of up to 500 steps, stochastic policy) next to the uniform random policy's::
 
-    python experiments/rl_cartpole.py                      # 3 seeds, 2000 updates of 8 x 64 steps (1M steps each)
+    python experiments/rl_cartpole.py     # 3 seeds, 2000 updates of 8 x 256 steps (4M steps each), lr 1e-3 -> 0
 
 Writes ``experiments/results/rl_cartpole.json`` atomically.
 """
@@ -17,6 +17,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from continual_rl import write_json_atomically  # noqa: E402
@@ -31,9 +32,11 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--episodes", type=int, default=2000, help="updates, one per rollout")
     p.add_argument("--num-envs", type=int, default=8)
-    p.add_argument("--num-steps", type=int, default=64)
+    p.add_argument("--num-steps", type=int, default=256)
     p.add_argument("--eval-envs", type=int, default=16)
-    p.add_argument("--learning-rate", type=float, default=5e-4)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--no-anneal", action="store_true",
+                   help="keep the learning rate constant (default: linear decay to 0 over the updates)")
     p.add_argument("--reward-scale", type=float, default=0.1)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "rl_cartpole.json"))
     p.add_argument("--no-cache", action="store_true")
@@ -41,8 +44,10 @@ def main(argv=None):
     enable_compilation_cache(enabled=not args.no_cache)
     source = GymnaxSource("CartPole-v1", [{}], num_envs=args.num_envs, num_steps=args.num_steps,
                           eval_envs=args.eval_envs)
-    run = make_run(RunConfig(strategy="none", episodes_per_task=args.episodes, monitors=(), max_grad_norm=0.5),
-                   source)
+    optimizer = optax.adam if args.no_anneal else (
+        lambda lr: optax.adam(optax.linear_schedule(lr, 0.0, args.episodes)))
+    run = make_run(RunConfig(strategy="none", episodes_per_task=args.episodes, monitors=(), max_grad_norm=0.5,
+                             optimizer=optimizer), source)
     hp = run.hparams(learning_rate=args.learning_rate, reward_scale=args.reward_scale)
     keys = jax.random.split(jax.random.key(0), args.seeds)
     t0 = time.perf_counter()

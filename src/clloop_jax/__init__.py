@@ -27,6 +27,7 @@ from clloop_jax.metrics import (average_forgetting, average_performance, backwar
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
 from clloop_jax.regularizers import STRATEGIES, make_regularizer, penalty_gradient_transform
 from clloop_jax.monitors import Monitor
+from clloop_jax.rl import GymnaxSource, RLHParams
 from clloop_jax.sources import EnvHParams, EnvSource, SupervisedBatch, SupervisedSource
 from clloop_jax.strategies import Strategy, get_strategy, register
 
@@ -34,7 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Categorical", "ContinualLearningLoop", "CrossModalModel", "DivergenceError", "EnvHParams", "EnvParams",
-    "EnvSource", "EnvState", "Environment", "Gaussian", "HParams", "LatentWorld", "MLP", "Monitor", "MultiModalEnv",
+    "EnvSource", "EnvState", "Environment", "Gaussian", "GymnaxSource", "RLHParams", "HParams", "LatentWorld", "MLP", "Monitor", "MultiModalEnv",
     "PrivilegedPolicy", "RunConfig", "RunResults", "STRATEGIES", "SequenceClassifier", "Strategy",
     "SupervisedBatch", "SupervisedSource", "TrainState", "Trajectory", "average_forgetting", "average_performance",
     "backward_transfer", "enable_compilation_cache", "expert_policy", "fisher_diagonal", "forward_transfer",
