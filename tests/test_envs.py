@@ -125,7 +125,7 @@ def test_step_structure_identical_under_jit_and_vmap(tasks):
     assert _layout(eager) == _layout(jitted)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    assert set(eager[5]) == {"feedback", "target", "terminated", "truncated", "final_observation"}
+    assert set(eager[5]) == {"feedback", "target", "terminated", "truncated", "final_observation", "discount"}
 
     n = 3
     keys = jax.random.split(jax.random.key(2), n)
@@ -476,8 +476,8 @@ def test_custom_subclass_in_rollout_hand_worked():
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize("action", [jnp.zeros((A + 1,)), jnp.zeros((1, A)), jnp.zeros((A,), jnp.int32),
-                                    0.0])
+@pytest.mark.parametrize("action", [jnp.zeros((A + 1,)), jnp.zeros((1, A)), jnp.zeros((A,), jnp.complex64),
+                                    0.0, [0.0] * (A - 1), ["a"] * A])
 def test_bad_action_raises(tasks, action):
     params = jax.tree.map(lambda x: x[0], tasks)
     _, state = ENV.reset(jax.random.key(0), params)
@@ -596,3 +596,57 @@ def test_normalized_score_arguments_are_checked():
     np.testing.assert_allclose(normalized_score(a, t, axis=(0, 1), clip_min=-math.inf), 0.75)
     np.testing.assert_allclose(normalized_score(-5 * a, t, clip_min=None), 1 - 49 / 4)  # unclipped
     np.testing.assert_allclose(normalized_score(-5 * a, t), -1.0)  # the default clip
+
+
+# ---------------------------------------------------------------- gymnax conventions
+def _step_with(action):
+    params = ENV.default_params
+    _, state = ENV.reset(jax.random.key(0), params)
+    return ENV.step(jax.random.key(1), state, action, params)
+
+
+def test_integer_bool_and_list_actions_step_like_the_float_action():
+    """gymnax environments accept integer actions; a list goes through without JAX's deprecation warning."""
+    import warnings
+    ints = np.arange(A) % 3 - 1
+    reference = _step_with(jnp.asarray(ints, jnp.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for action in (jnp.asarray(ints, jnp.int32), np.asarray(ints, np.int64), [int(v) for v in ints],
+                       tuple(float(v) for v in ints)):
+            out = _step_with(action)
+            np.testing.assert_array_equal(out[0], reference[0])
+            np.testing.assert_array_equal(out[2], reference[2])
+            np.testing.assert_array_equal(out[5]["feedback"], reference[5]["feedback"])
+    bools = _step_with(jnp.ones((A,), bool))
+    np.testing.assert_array_equal(bools[5]["feedback"][1:], np.ones(A, np.float32))
+
+
+def test_info_has_gymnax_discount():
+    out = _step_with(jnp.zeros((A,)))
+    assert out[5]["discount"].dtype == jnp.float32 and float(out[5]["discount"]) == 1.0
+
+    class Ending(LatentWorld):
+        def is_terminated(self, state, params):
+            return jnp.array(True)
+
+        def step_env(self, key, state, action, params):
+            obs, st, reward, _, info = super().step_env(key, state, action, params)
+            return obs, st, reward, jnp.array(True), info
+
+    env = Ending(observation_dim=D, action_dim=A, num_modalities=M, latent_dim=L, episode_length=EPISODE)
+    _, state = env.reset(jax.random.key(0))
+    out = env.step(jax.random.key(1), state, jnp.zeros((A,)))
+    assert bool(out[3]) and float(out[5]["discount"]) == 0.0
+
+
+def test_state_space_contains_reset_and_stepped_states():
+    space = ENV.state_space(None)
+    assert space.spaces["latent"].shape == (L,)
+    params = ENV.default_params
+    _, state = ENV.reset(jax.random.key(0), params)
+    assert bool(space.contains(state))
+    for t in range(EPISODE + 2):
+        _, state, *_ = ENV.step(jax.random.key(t + 1), state, jnp.zeros((A,)), params)
+        assert bool(ENV.state_space(params).contains(state))
+    assert not bool(space.contains(state.replace(time=jnp.int32(EPISODE + 1))))

@@ -31,6 +31,7 @@ from clloop_jax.metrics import (average_forgetting, average_performance, backwar
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
 from clloop_jax.regularizers import STRATEGIES, make_regularizer, penalty_gradient_transform
 from clloop_jax.monitors import Monitor
+from clloop_jax.rl import GymnaxSource, RLHParams
 from clloop_jax.sources import EnvHParams, EnvSource, SupervisedBatch, SupervisedSource
 from clloop_jax.strategies import Strategy, get_strategy, register
 from clloop_jax.taskfree import (PageHinkley, Schedule, TaskFreeResults, TaskFreeRun, abrupt_schedule,
@@ -41,8 +42,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Categorical", "ContinualLearningLoop", "CrossModalModel", "DivergenceError", "EnvHParams", "EnvParams",
-    "EnvSource", "EnvState", "Environment", "Gaussian", "HParams", "LatentWorld", "MLP", "Monitor", "MultiModalEnv",
-    "PageHinkley", "PrivilegedPolicy", "RunConfig", "RunResults", "STRATEGIES", "Schedule", "SequenceClassifier",
+    "EnvSource", "EnvState", "Environment", "Gaussian", "GymnaxSource", "HParams", "LatentWorld", "MLP", "Monitor", "MultiModalEnv",
+    "PageHinkley", "PrivilegedPolicy", "RLHParams", "RunConfig", "RunResults", "STRATEGIES", "Schedule", "SequenceClassifier",
     "Strategy", "SupervisedBatch", "SupervisedSource", "TaskFreeResults", "TaskFreeRun", "TrainState", "Trajectory",
     "abrupt_schedule", "average_forgetting", "average_performance", "backward_transfer", "detection_metrics",
     "enable_compilation_cache", "expert_policy", "fisher_diagonal", "forward_transfer", "functional_divergence",

@@ -9,8 +9,11 @@ continual-learning loop relies on:
   entries. Unless ``step_env`` supplies its own, it is ``[reward, action_0, ..., action_{A-1}]``.
 * ``info["target"]``: the expert action for the state of the *returned* observation (after an
   automatic reset, the reset state), given by :meth:`MultiModalEnv.expert_action`.
+* ``info["discount"]``: ``0.0`` where the transition ended in a terminal state, else ``1.0`` (as
+  gymnax's own environments report it; truncation keeps discount 1).
 
-``step`` checks the action's shape and dtype before anything is traced.
+``step`` checks the action's shape and dtype before anything is traced. As in gymnax, an integer or
+boolean action and a nested Python list are accepted; they are converted to a float32 array.
 """
 from __future__ import annotations
 
@@ -64,14 +67,14 @@ class MultiModalEnv(environment.Environment):
         return self.action_dim
 
     # ------------------------------------------------------------------ spaces
-    def observation_space(self, params) -> spaces.Box:
+    def observation_space(self, params=None) -> spaces.Box:
         """Unbounded float32 box of shape ``(num_modalities, observation_dim)``."""
         del params
         return spaces.Box(
             -jnp.inf, jnp.inf, (self.num_modalities, self.observation_dim), jnp.float32
         )
 
-    def action_space(self, params) -> spaces.Box:
+    def action_space(self, params=None) -> spaces.Box:
         """Unbounded float32 box of shape ``(action_dim,)``; bounded worlds override this."""
         del params
         return spaces.Box(-jnp.inf, jnp.inf, (self.action_dim,), jnp.float32)
@@ -93,27 +96,43 @@ class MultiModalEnv(environment.Environment):
         return jnp.concatenate([reward, jnp.asarray(action, jnp.float32)])
 
     # ------------------------------------------------------------------ checked step
-    def check_action(self, action: Any) -> None:
-        """Raise ``ValueError`` unless ``action`` is a floating array of shape ``(action_dim,)``."""
-        shape = tuple(jnp.shape(action))
+    def check_action(self, action: Any) -> jax.Array:
+        """The action as a float32 array of shape ``(action_dim,)``; ``ValueError`` otherwise.
+
+        Floating, integer and boolean arrays, scalars of those kinds and (nested) Python lists or
+        tuples of numbers are accepted (gymnax environments accept integer actions); anything
+        else, or another shape, is refused before tracing."""
+        if isinstance(action, (list, tuple)):
+            try:
+                try:
+                    action = np.asarray(action)
+                except jax.errors.TracerArrayConversionError:  # a list holding traced values
+                    action = jnp.asarray(action)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"action must be a numeric array of shape ({self.action_dim},); received a "
+                                 f"{type(action).__name__} that is not a rectangular list of numbers") from err
+        shape = tuple(np.shape(action)) if not hasattr(action, "shape") else tuple(action.shape)
         dtype = getattr(action, "dtype", None)
         if dtype is None:
             dtype = np.asarray(action).dtype
         expected = (self.action_dim,)
-        if shape != expected or not jnp.issubdtype(dtype, jnp.floating):
+        numeric = (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+                   or jnp.issubdtype(dtype, jnp.bool_))
+        if shape != expected or not numeric:
             raise ValueError(
-                f"action must be a floating array of shape {expected}; "
+                f"action must be a numeric (float, integer or bool) array of shape {expected}; "
                 f"received shape {shape} and dtype {np.dtype(dtype).name}"
             )
+        return jnp.asarray(action, jnp.float32)
 
     def step(self, key: jax.Array, state, action, params=None):
-        """gymnax ``step`` with automatic reset, after checking ``action``.
+        """gymnax ``step`` with automatic reset, after checking ``action`` (converted to float32).
 
         Returns ``(obs, state, reward, terminated, truncated, info)``; ``info`` holds gymnax's
-        ``terminated``, ``truncated`` and ``final_observation`` plus ``feedback`` and ``target``.
+        ``terminated``, ``truncated`` and ``final_observation`` plus ``feedback``, ``target`` and
+        ``discount``.
         """
-        self.check_action(action)
-        return self._checked_step(key, state, action, params)
+        return self._checked_step(key, state, self.check_action(action), params)
 
     @partial(jax.jit, static_argnames=("self",))
     def _checked_step(self, key, state, action, params):
@@ -126,6 +145,8 @@ class MultiModalEnv(environment.Environment):
         if "feedback" not in info:
             info["feedback"] = self.feedback(reward, action)
         info["target"] = self.expert_action(state, params)
+        if "discount" not in info:
+            info["discount"] = 1.0 - jnp.asarray(terminated).astype(jnp.float32)
         return obs, state, reward, terminated, truncated, info
 
     # ------------------------------------------------------------------ noise drawn ahead (fast rollouts)

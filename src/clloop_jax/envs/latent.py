@@ -259,5 +259,16 @@ class LatentWorld(MultiModalEnv):
             params = self.default_params
         return spaces.Box(-params.max_action, params.max_action, (self.action_dim,), jnp.float32)
 
+    def state_space(self, params: EnvParams | None = None) -> spaces.Dict:
+        """``{"latent": unbounded float32 box [L], "time": Discrete(max_steps_in_episode + 1)}``.
+
+        ``params=None`` means :attr:`default_params`, as in gymnax."""
+        if params is None:
+            params = self.default_params
+        return spaces.Dict({
+            "latent": spaces.Box(-jnp.inf, jnp.inf, (self.latent_dim,), jnp.float32),
+            "time": spaces.Discrete(params.max_steps_in_episode + 1),
+        })
+
 
 Environment = LatentWorld
