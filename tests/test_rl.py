@@ -216,7 +216,7 @@ def test_sources_compare_by_configuration_not_task_values():
 
 
 # ---------------------------------------------------------------- inside the continual run
-@pytest.mark.parametrize("strategy", ["ewc", "online_ewc"])
+@pytest.mark.parametrize("strategy", ["ewc", pytest.param("online_ewc", marks=pytest.mark.slow)])
 def test_ewc_on_the_policy_fisher_in_one_compiled_vmapped_run(cartpole, strategy):
     run = make_run(RunConfig(strategy=strategy, episodes_per_task=2, monitors=(), fisher_variant="exact"), cartpole)
     hp = run.hparams(lam=10.0, learning_rate=1e-3)
