@@ -70,20 +70,35 @@ def xla_flops(fn: Callable, *args) -> float:
 
 
 class Timed:
-    """``fn`` compiled ahead of time on ``args``: its compile time and its median run time."""
+    """``fn`` compiled ahead of time on ``args``: its compile time and its median run time (``repeats=0`` leaves
+    the timing to :func:`interleaved`)."""
 
     def __init__(self, fn: Callable, *args, repeats: int):
         t0 = time.perf_counter()
-        compiled = jax.jit(fn).lower(*args).compile()
+        self.compiled = jax.jit(fn).lower(*args).compile()
+        self.args = args
         self.compile_s = time.perf_counter() - t0
-        jax.block_until_ready(compiled(*args))  # warm-up
-        times = []
+        jax.block_until_ready(self.compiled(*args))  # warm-up
+        self.all_seconds: List[float] = []
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            times.append(time.perf_counter() - t0)
-        self.seconds = statistics.median(times)
-        self.all_seconds = times
+            self.time_once()
+
+    def time_once(self) -> None:
+        t0 = time.perf_counter()
+        jax.block_until_ready(self.compiled(*self.args))
+        self.all_seconds.append(time.perf_counter() - t0)
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(self.all_seconds)
+
+
+def interleaved(timed: Dict[str, Timed], repeats: int) -> Dict[str, Timed]:
+    """Times the programs round-robin, so that a change of the machine's load reaches every one of them alike."""
+    for _ in range(repeats):
+        for t in timed.values():
+            t.time_once()
+    return timed
 
 
 def machine() -> dict:
@@ -109,14 +124,14 @@ def bench_peak(size: dict, repeats: int) -> dict:
     return {"n": n, "seconds": t.seconds, "gflops": 2 * n ** 3 / t.seconds / 1e9}
 
 
-def _world_rate(env, params, policy, carry, steps: int, n: int, repeats: int) -> Timed:
+def _world_rate(env, params, policy, carry, steps: int, n: int) -> Timed:
     def fn(key):
         traj = rollout(key, env, params, policy, carry, steps, num_envs=n)
         return jnp.sum(traj.obs) + jnp.sum(traj.action) + jnp.sum(traj.target) + jnp.sum(traj.reward)
-    return Timed(fn, jax.random.key(0), repeats=repeats)
+    return Timed(fn, jax.random.key(0), repeats=0)
 
 
-def _noise_bound(noise_dim: int, steps: int, n: int, repeats: int) -> dict:
+def _noise_bound(noise_dim: int, steps: int, n: int) -> Dict[str, Timed]:
     """The rollout's standard normals alone: one call for all steps, and one call per step in a scan."""
     def one_call(key):
         return jnp.sum(jax.random.normal(key, (steps, n, noise_dim), jnp.float32))
@@ -126,11 +141,8 @@ def _noise_bound(noise_dim: int, steps: int, n: int, repeats: int) -> dict:
             return acc + jnp.sum(jax.random.normal(jax.random.fold_in(key, t), (n, noise_dim), jnp.float32)), None
         return jax.lax.scan(body, jnp.float32(0), jnp.arange(steps))[0]
 
-    times = {name: Timed(f, jax.random.key(1), repeats=repeats).seconds
-             for name, f in (("one_call", one_call), ("per_step", per_step))}
-    best = min(times.values())
-    return {"seconds": best, "steps_per_s": steps * n / best, "normals_per_s": steps * n * noise_dim / best,
-            "by_method_s": times}
+    return {name: Timed(f, jax.random.key(1), repeats=0) for name, f in (("one_call", one_call),
+                                                                          ("per_step", per_step))}
 
 
 def bench_world(size: dict, repeats: int) -> dict:
@@ -139,12 +151,15 @@ def bench_world(size: dict, repeats: int) -> dict:
     steps = size["world_steps"]
     out = {"steps": steps, "noise_dim": env.noise_dim, "worlds": {}}
     for n in size["worlds"]:
-        t = _world_rate(env, params, expert_policy(env), (), steps, n, repeats)
-        bound = _noise_bound(env.noise_dim, steps, n, repeats)
-        rate = steps * n / t.seconds
-        out["worlds"][n] = {"us_per_step": 1e6 * t.seconds / steps, "steps_per_s": rate,
-                            "bound_steps_per_s": bound["steps_per_s"], "of_bound": rate / bound["steps_per_s"],
-                            "bound_normals_per_s": bound["normals_per_s"], "compile_s": t.compile_s}
+        timed = interleaved({"world": _world_rate(env, params, expert_policy(env), (), steps, n),
+                             **_noise_bound(env.noise_dim, steps, n)}, repeats)
+        rate = steps * n / timed["world"].seconds
+        bound = steps * n / min(timed["one_call"].seconds, timed["per_step"].seconds)
+        out["worlds"][n] = {"us_per_step": 1e6 * timed["world"].seconds / steps, "steps_per_s": rate,
+                            "bound_steps_per_s": bound, "of_bound": rate / bound,
+                            "bound_normals_per_s": bound * env.noise_dim,
+                            "bound_by_method_s": {k: timed[k].seconds for k in ("one_call", "per_step")},
+                            "compile_s": timed["world"].compile_s}
     return out
 
 
@@ -174,7 +189,7 @@ def bench_closed_loop(size: dict, repeats: int, peak_gflops: float) -> dict:
         return jax.vmap(env.step_with_noise, in_axes=(0, 0, 0, None))(noise, state, action, params), carry
 
     for n in size["worlds"]:
-        loop = _world_rate(env, params, act, model.initial_carry(), steps, n, repeats)
+        loop = _world_rate(env, params, act, model.initial_carry(), steps, n)
         rng = np.random.default_rng(n)
         obs = jnp.asarray(rng.standard_normal((steps, n, env.num_modalities, env.observation_dim)), jnp.float32)
         fb = jnp.asarray(rng.standard_normal((steps, n, env.feedback_dim)), jnp.float32)
@@ -183,7 +198,8 @@ def bench_closed_loop(size: dict, repeats: int, peak_gflops: float) -> dict:
             _, y = model.apply(v, model.initial_carry((n,)), o, f, method=model.sequence)
             return jnp.sum(y)
 
-        alone = Timed(model_only, variables, obs, fb, repeats=repeats)
+        alone = Timed(model_only, variables, obs, fb, repeats=0)
+        interleaved({"loop": loop, "alone": alone}, repeats)
         _, states = jax.vmap(lambda k: env.reset(k, params))(jax.random.split(jax.random.key(3), n))
         step_flops = xla_flops(closed_loop_step, model.initial_carry((n,)), states, obs[0], fb[0],
                                jnp.zeros((n, env.noise_dim)))
@@ -240,7 +256,7 @@ def bench_fisher(size: dict, repeats: int) -> dict:
         methods[name] = (lambda v, c: lambda p, x, y, k: F.fisher_diagonal(apply_fn, p, x, y, likelihood=lik,
                                                                            variant=v, key=k, chunk_size=c))(variant,
                                                                                                             chunk)
-    timed = {name: Timed(f, params, x, y, key, repeats=repeats) for name, f in methods.items()}
+    timed = interleaved({name: Timed(f, params, x, y, key, repeats=0) for name, f in methods.items()}, repeats)
     base = timed["batch_gradient"].seconds
     return {"T": T, "N": N, "chunk_size": N // 4, "methods": {name: {"seconds": t.seconds, "x_batch_gradient": t.seconds / base,
                                                "compile_s": t.compile_s} for name, t in timed.items()}}
