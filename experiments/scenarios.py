@@ -276,8 +276,8 @@ def table(results, setup: Setup, published_md: str, exp: Experiment = Experiment
     header = "| strategy | " + " | ".join(f"{k} / {s}" for k, s in cells) + " |"
     lines += [f"Penalty strengths (lambda; c for SI), the best of a grid on seed {setup.tune_seed} "
               f"(`--tune`)" + (":" if exp.model == "mlp" else
-                               " with the MLP on split digits, reused here unchanged (not tuned for this model "
-                               "and dataset):"), "", header, "|---|" + "---:|" * len(cells)]
+                               " with this model on split MNIST-1D, EWC and SI swept (online EWC takes EWC's "
+                               "value; `scenarios_sequence_tune.json`):"), "", header, "|---|" + "---:|" * len(cells)]
     for strategy in penalties:
         lines.append(f"| {strategy} | " + " | ".join(f"{strength(f'{k}/{s}', strategy, exp.lambdas):g}"
                                                      for k, s in cells) + " |")
