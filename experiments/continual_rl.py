@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 
 import jax
@@ -26,6 +25,7 @@ import optax
 
 from clloop_jax import metrics
 from clloop_jax.compilation import enable_compilation_cache
+from clloop_jax.runs import write_atomic
 from clloop_jax.loop import RunConfig, make_run
 from clloop_jax.report import cell, paired_table, summary, summary_table
 from clloop_jax.rl import GymnaxSource
@@ -43,19 +43,6 @@ ENVS = {
         {"g": 14.0},                                          # stronger gravity
     ]),
 }
-
-
-def write_json_atomically(path: str, blob) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(blob, f, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def run_env(name: str, args) -> dict:
@@ -165,7 +152,8 @@ def main(argv=None):
     results = {}
     for name in names:
         results[name] = run_env(name, args)
-        write_json_atomically(args.out, {"settings": vars(args), "device": str(jax.devices()[0]), "envs": results})
+        write_atomic(args.out, json.dumps({"settings": vars(args), "device": str(jax.devices()[0]),
+                                          "envs": results}, indent=1))
     print(report(results, args))
 
 

@@ -26,6 +26,7 @@ from clloop_jax import metrics
 from clloop_jax.envs import Environment
 from clloop_jax.loop import RunConfig, make_joint_run, make_run
 from clloop_jax.model import CrossModalModel
+from clloop_jax.runs import write_atomic
 from clloop_jax.report import cell, paired_table, summary_table
 from clloop_jax.sources import EnvSource
 
@@ -103,15 +104,12 @@ def main(argv=None):
 
     text = report(args, results, joint)
     print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write(text + "\n")
+    write_atomic(args.out + ".md", text + "\n")
     blob = {"settings": vars(args), "device": str(jax.devices()[0]), "seconds": timing,
             "joint": None if joint is None else joint.tolist(),
             "strategies": {k: {kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv) for kk, vv in v.items()}
                            for k, v in results.items()}}
-    with open(args.out + ".json", "w") as f:
-        json.dump(blob, f, indent=1)
+    write_atomic(args.out + ".json", json.dumps(blob, indent=1))
 
 
 def report(args, results: dict, joint) -> str:

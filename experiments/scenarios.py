@@ -54,6 +54,7 @@ import numpy as np
 from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax import metrics
 from clloop_jax.datasets import load_dataset, permuted_stream, split_stream
+from clloop_jax.runs import write_atomic
 from clloop_jax.report import cell as report_cell
 from clloop_jax.loop import HParams, RunConfig, make_joint_run, make_run
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
@@ -458,9 +459,7 @@ def main():
             record.update(model=exp.model, dataset=exp.dataset, chunk=exp.chunk,
                           grid={k: list(map(float, v)) for k, v in exp.tune_grid.items()})
         path = results_path(stem + "_tune.json")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(record, f, indent=1)
+        write_atomic(path, json.dumps(record, indent=1))
         print(f"total {time.perf_counter() - t_start:.0f} s")
         return
 
@@ -496,16 +495,13 @@ def main():
     md = table(results, setup, published(setup, exp), exp)
     md += f"\nTotal runtime {total:.0f} s on {platform.machine()} ({jax.devices()[0].platform}, jax {jax.__version__}).\n"
     name = results_path(stem + "_quick" if args.quick else stem)
-    os.makedirs(os.path.dirname(name), exist_ok=True)
-    with open(name + ".md", "w") as f:
-        f.write(md)
+    write_atomic(name + ".md", md)
     record = {"setup": dataclasses.asdict(setup), "lambda": exp.lambdas, "dataset": exp.dataset,
               "fisher_variant": "exact", "results": results, "seconds": total}
     if not exp.is_default:
         record.update(model=exp.model, chunk=exp.chunk, hidden_dim=exp.seq_hidden, num_heads=exp.seq_heads,
                       cells=["/".join(c) for c in exp.cells], strategies=list(exp.strategies))
-    with open(name + ".json", "w") as f:
-        json.dump(record, f, indent=1)
+    write_atomic(name + ".json", json.dumps(record, indent=1))
     print(md)
 
 

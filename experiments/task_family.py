@@ -27,6 +27,7 @@ from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax import metrics
 from clloop_jax.envs import Environment, PrivilegedPolicy, normalized_score, rollout
 from clloop_jax.loop import RunConfig, make_joint_run, make_run
+from clloop_jax.runs import write_atomic
 from clloop_jax.model import CrossModalModel
 from clloop_jax.sources import EnvSource
 
@@ -110,12 +111,10 @@ def main(argv=None):
         f"{args.episodes} episodes per task; mean ± 95% t interval (min, max).", "",
         "| measurement | over | normalized score |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
     print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write(text + "\n")
-    with open(args.out + ".json", "w") as f:
-        json.dump({"settings": vars(args), "expert_matrix": S.tolist(), "zero_action": zero.tolist(),
-                   "untrained": base.tolist(), "R_finetune": R.tolist(), "joint": joint.tolist()}, f, indent=1)
+    write_atomic(args.out + ".md", text + "\n")
+    write_atomic(args.out + ".json", json.dumps({"settings": vars(args), "expert_matrix": S.tolist(),
+                                                 "zero_action": zero.tolist(), "untrained": base.tolist(),
+                                                 "R_finetune": R.tolist(), "joint": joint.tolist()}, indent=1))
 
 
 if __name__ == "__main__":

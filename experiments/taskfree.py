@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 
 import jax
 import numpy as np
 
 from clloop_jax.compilation import enable_compilation_cache
+from clloop_jax.runs import write_atomic
 from clloop_jax.datasets import load_dataset, permuted_stream
 from clloop_jax.envs import Environment
 from clloop_jax.loop import RunConfig
@@ -123,19 +123,6 @@ def to_json(value):
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
-
-
-def write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv=None):
