@@ -332,18 +332,36 @@ def test_step_with_noise_is_gymnax_step_given_the_same_draw_and_resets_from_it(t
         state = got[1]
 
 
+def test_the_worlds_own_step_with_noise_equals_the_base_classs(tasks):
+    """``LatentWorld`` observes the selected latent once; the base class emits the stepped and the reset observations
+    and selects one. Both give the same step, mid-episode and at an episode's end."""
+    params = jax.tree.map(lambda x: x[2], tasks)
+    _, state = ENV.reset(jax.random.key(3), params)
+    action = jnp.linspace(-1.0, 1.0, A, dtype=jnp.float32)
+    for t in range(1, EPISODE + 1):
+        noise = jax.random.normal(jax.random.key(300 + t), (ENV.noise_dim,), jnp.float32)
+        got = ENV.step_with_noise(noise, state, action, params)
+        want = MultiModalEnv.step_with_noise(ENV, noise, state, action, params)
+        assert set(got[5]) == set(want[5]) and bool(got[4]) == (t == EPISODE)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        state = got[1]
+
+
 def test_rollout_draws_step_t_from_fold_in_and_both_draw_modes_agree(tasks, monkeypatch):
-    """The rollout is a loop of ``step_with_noise`` on ``normal(fold_in(k_env, t))``; drawing every step ahead and
-    drawing step by step give bitwise the same trajectory."""
+    """The rollout is a loop of ``step_with_noise`` on ``normal(fold_in(k_env, t))``; drawing step by step, in
+    chunks of steps, or every step ahead gives bitwise the same trajectory."""
     rollout_module = sys.modules["clloop_jax.envs.rollout"]
     params = jax.tree.map(lambda x: x[0], tasks)
-    key, steps, envs = jax.random.key(21), 2 * EPISODE + 1, 3
+    key, steps, envs = jax.random.key(21), 2 * EPISODE + 2, 3
     trajs = []
-    for limit in (0, 1 << 30):  # step by step, then all ahead
-        monkeypatch.setattr(rollout_module, "_DRAW_AHEAD_FLOATS", limit)
+    for limit, per in ((0, 1), (5 * envs * ENV.noise_dim, 4), (1 << 30, steps)):  # step by step, chunks, all ahead
+        monkeypatch.setattr(rollout_module, "_DRAW_CHUNK_FLOATS", limit)
+        assert rollout_module._chunk_steps(steps, envs * ENV.noise_dim) == per
         trajs.append(jax.jit(lambda k: rollout(k, ENV, params, EXPERT, (), steps, envs))(key))
-    for a, b in zip(*trajs):
-        np.testing.assert_array_equal(a, b)
+    for traj in trajs[1:]:
+        for a, b in zip(trajs[0], traj):
+            np.testing.assert_array_equal(a, b)
     reset_key, _, env_key = jax.random.split(key, 3)
     state = jax.vmap(lambda k: ENV.reset(k, params)[1])(jax.random.split(reset_key, envs))
     for t in range(steps):

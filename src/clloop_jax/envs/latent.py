@@ -236,16 +236,32 @@ class LatentWorld(MultiModalEnv):
         state = EnvState(latent=latent, time=jnp.zeros((), jnp.int32))
         return self._emit(latent, eta, params), state
 
-    def step_from_noise(self, noise: jax.Array, state: EnvState, action, params: EnvParams):
+    def _advance(self, eps: jax.Array, state: EnvState, action, params: EnvParams):
+        """The transition of ``state`` under ``action``: ``(applied action, reward, next latent)``."""
         applied = jnp.clip(jnp.asarray(action, jnp.float32), -params.max_action, params.max_action)
-        target = self.expert_action(state, params)
-        reward = -jnp.sum(jnp.square(applied - target)) / self.action_dim
-        eps, eta = self._split_noise(noise)
+        reward = -jnp.sum(jnp.square(applied - self.expert_action(state, params))) / self.action_dim
         latent = (params.transition @ state.latent + params.control @ applied
                   + params.process_noise * eps)
+        return applied, reward, latent
+
+    def step_from_noise(self, noise: jax.Array, state: EnvState, action, params: EnvParams):
+        eps, eta = self._split_noise(noise)
+        applied, reward, latent = self._advance(eps, state, action, params)
         new_state = EnvState(latent=latent, time=state.time + 1)
         info = {"feedback": self.feedback(reward, applied)}
         return self._emit(latent, eta, params), new_state, reward, jnp.array(False), info
+
+    def step_with_noise(self, noise: jax.Array, state: EnvState, action, params: EnvParams):
+        """The base class's step with automatic reset, computed once: the next latent is the reset's
+        (``init_scale * eps``) where the episode ends, else the transition's, and it is observed once (the base
+        class would emit both observations and select one)."""
+        eps, eta = self._split_noise(noise)
+        applied, reward, stepped = self._advance(eps, state, action, params)
+        truncated = state.time + 1 >= params.max_steps_in_episode
+        latent = jnp.where(truncated, params.init_scale * eps, stepped)
+        new_state = EnvState(latent=latent, time=jnp.where(truncated, 0, state.time + 1))
+        info = {"feedback": self.feedback(reward, applied), "target": self.expert_action(new_state, params)}
+        return self._emit(latent, eta, params), new_state, reward, jnp.array(False), truncated, info
 
     def expert_action(self, state: EnvState, params: EnvParams) -> jax.Array:
         """``clip(K_task z, -max_action, max_action)`` for the state's latent ``z``."""

@@ -82,8 +82,8 @@ def rollout(
     ``num_steps`` and ``num_envs`` are static (mark them static when jitting).
 
     Random numbers: a world with a ``noise_dim`` (see :class:`~clloop_jax.envs.MultiModalEnv`) is driven by standard
-    normals, step ``t``'s for every world from ``fold_in(k_noise, t)`` in one call (all steps' at once, ahead of the
-    scan, when they fit in a few MiB; the numbers are the same either way), and an episode that ends restarts from
+    normals, step ``t``'s for every world from ``fold_in(k_noise, t)``, drawn ahead in chunks of steps of about a MiB
+    (the numbers do not depend on the chunk size), and an episode that ends restarts from
     the step's own draw (:meth:`~clloop_jax.envs.MultiModalEnv.step_with_noise`); the policy's
     keys are ``split(fold_in(k_policy, t), num_envs)`` (never computed when the policy ignores its key). Other worlds
     get one key per step and world, split in one call, and gymnax's ``step``.
@@ -149,19 +149,24 @@ def rollout(
     else:
         init = jax.vmap(reset_one)(jax.random.split(reset_key, num_envs))
         step = jax.vmap(step_one)
-    # Small rollouts draw every step's numbers ahead in one batched call; large ones (beyond a few MiB of noise,
-    # where writing and re-reading the draw costs more than the call overhead saved) draw them step by step. The
-    # numbers are the same either way.
-    ahead = noise_dim is None or num_steps * math.prod(batch) * noise_dim <= _DRAW_AHEAD_FLOATS
-    if ahead:
-        _, trajectory = jax.lax.scan(step, init, jax.vmap(inputs_at)(jnp.arange(num_steps)))
-    else:
-        _, trajectory = jax.lax.scan(lambda carry, t: step(carry, inputs_at(t)), init, jnp.arange(num_steps))
-    return trajectory
+    # The world's numbers are drawn ahead in chunks of steps (one batched call per chunk, then a scan over the chunk's
+    # steps): the largest divisor of ``num_steps`` whose draw has at most ``_DRAW_CHUNK_FLOATS`` numbers. A chunk is
+    # large enough for the draw to run at full speed (on CPU, over several threads) and small enough to stay in
+    # cache; the numbers are the same for every chunk size.
+    per = _chunk_steps(num_steps, math.prod(batch) * (noise_dim or 0))
+    times = jnp.arange(num_steps).reshape(num_steps // per, per)
+    _, trajectory = jax.lax.scan(lambda carry, ts: jax.lax.scan(step, carry, jax.vmap(inputs_at)(ts)), init, times)
+    return jax.tree.map(lambda x: x.reshape(num_steps, *x.shape[2:]), trajectory)
 
 
-#: Rollouts whose world noise has at most this many numbers draw it all before the first step.
-_DRAW_AHEAD_FLOATS = 1 << 22
+#: A rollout draws its world's numbers in chunks of steps with at most this many numbers each.
+_DRAW_CHUNK_FLOATS = 1 << 18
+
+
+def _chunk_steps(num_steps: int, floats_per_step: int) -> int:
+    """The largest divisor of ``num_steps`` whose steps draw at most ``_DRAW_CHUNK_FLOATS`` numbers (at least 1)."""
+    fit = num_steps if floats_per_step == 0 else max(1, _DRAW_CHUNK_FLOATS // floats_per_step)
+    return max(d for d in range(1, min(fit, num_steps) + 1) if num_steps % d == 0)
 
 
 def _split(key, batch: tuple):
