@@ -46,6 +46,7 @@ from clloop_jax import fisher as F
 from clloop_jax.envs import LatentWorld, expert_policy, rollout
 from clloop_jax.envs.rollout import _chunk_steps
 from clloop_jax.loop import RunConfig, make_run
+from clloop_jax.runs import write_atomic
 from clloop_jax.model import CrossModalModel
 from clloop_jax.sources import EnvSource
 
@@ -339,13 +340,6 @@ def table(res: dict) -> str:
     return "\n".join(rows)
 
 
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> Dict[str, dict]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, one repeat (a smoke run)")
@@ -378,7 +372,7 @@ def main(argv=None) -> Dict[str, dict]:
     print(text)
     out = pathlib.Path(args.out) if args.out else RESULTS / ("benchmarks_quick.json" if args.quick
                                                              else "benchmarks.json")
-    write_atomic(out, json.dumps({"machine": machine(), "quick": args.quick, "repeats": repeats,
+    write_atomic(str(out), json.dumps({"machine": machine(), "quick": args.quick, "repeats": repeats,
                                   "sizes": size, "wall_s": time.perf_counter() - started, "results": res,
                                   "table": text},
                                  indent=1, default=float) + "\n")

@@ -31,3 +31,37 @@ def test_quick_benchmark_reports_every_section(tmp_path):
     table = proc.stdout
     assert table.startswith("| measurement | value |") and table.count("\n") >= 10
     assert "random-number bound" in table and "matrix-product peak" in table
+
+
+def test_profile_self_times_subtract_nested_operations_thread_by_thread():
+    """Hand-worked trace: on one thread a loop of 10 us holds a product of 4 us and a fusion of 3 us (self time of
+    the loop: 3 us); another thread's fusion of 5 us overlaps in time but is not nested in the loop."""
+    from benchmarks.profile import self_times
+    ev = [dict(ph="X", pid=1, tid=1, ts=0, dur=10, name="while.1"),
+          dict(ph="X", pid=1, tid=1, ts=1, dur=4, name="ynn_fusion"),
+          dict(ph="X", pid=1, tid=1, ts=6, dur=3, name="add_fusion"),
+          dict(ph="X", pid=1, tid=2, ts=2, dur=5, name="add_fusion"),
+          dict(ph="X", pid=1, tid=1, ts=0, dur=12, name="ThunkExecutor::Execute"),
+          dict(ph="i", pid=1, tid=1, ts=3, name="marker")]
+    times = self_times(ev)
+    assert times == {"while.1": [3.0, 1], "ynn_fusion": [4.0, 1], "add_fusion": [8.0, 2]}
+
+
+def test_profile_of_a_compiled_loop_finds_its_matrix_product_once_per_step():
+    import jax
+    import jax.numpy as jnp
+    from benchmarks.profile import op_kind, op_sources, profile
+    w = jnp.eye(64) * 0.5
+
+    def fn(x):
+        return jax.lax.scan(lambda h, _: (jnp.tanh(h @ w), None), x, None, length=50)[0]
+
+    x = jnp.ones((16, 64))
+    compiled = jax.jit(fn).lower(x).compile()
+    rows = profile(compiled, (x,), steps=50, repeats=2)
+    assert abs(sum(r["share"] for r in rows) - 1.0) < 1e-9
+    dots = [r for r in rows if r["kind"] == "dot"]
+    assert dots and any(abs(r["calls_per_step"] - 1.0) < 1e-9 and "dot_general" in r["source"] for r in dots)
+    sources = op_sources(compiled.as_text())
+    assert op_kind("copy.3", "") == "copy" and op_kind("wrapped_compare", "") == "control"
+    assert op_kind("f", "jit(_normal)/erf_inv") == "rng" and any("tanh" in s for s in sources.values())
