@@ -136,8 +136,8 @@ def devices_mode():
         "rerun_bitwise": bitwise(res_all, res_again), "R_spread": float(np.ptp(np.asarray(res_all.R))),
         "sharding": info(res_all), "text": format_sharding(res_all),
         "one_device_sharding": info(res_one)}
-    if sys.argv[2] == "linear":
-        report["option"] = option_checks(run, hp)
+    # The fast check covers the run-folder driver's option; the slow one (the real agent) also the facade's.
+    report["option"] = execute_option_checks(run, hp) if sys.argv[2] == "linear" else facade_option_checks(run)
     if "sweep" not in sys.argv[3:]:
         print(json.dumps(report))
         return
@@ -153,13 +153,11 @@ def devices_mode():
     print(json.dumps(report))
 
 
-def option_checks(run, hp):
-    """The device option of the run folder driver (``execute``, behind ``clloop run --devices``) and of the facade
-    (``cycle_over_seeds``, through ``Run.seeds``): 6 seeds (padded to 8) on 8 devices against the default device,
-    and a resumed run folder written on 8 devices."""
+def execute_option_checks(run, hp):
+    """The device option of the run folder driver (``execute``, behind ``clloop run --devices``): 6 seeds (padded to
+    8) on 8 devices against the default device, and a resumed run folder written on 8 devices."""
     import tempfile
 
-    from clloop_jax.facade import ContinualLearningLoop
     from clloop_jax.runs import RunFolder, execute
 
     seeds = list(range(6))
@@ -169,15 +167,22 @@ def option_checks(run, hp):
         written = np.loadtxt(os.path.join(tmp, "a", "R_seed5.csv"), delimiter=",", skiprows=2,
                              usecols=(1, 2))
     _, ex1 = execute(run, hp, seeds)
+    return {"execute_max_diff_8_vs_default": max_diff(ex8, ex1), "execute_rows": int(ex8.R.shape[0]),
+            "execute_resumed_bitwise": bitwise(ex8, resumed),
+            "execute_written_R_max_diff": float(np.max(np.abs(written - np.asarray(ex8.R[5])))),
+            "execute_state_sharding": info(state8.params)}
+
+
+def facade_option_checks(run):
+    """The device option of the facade (``cycle_over_seeds``, through ``Run.seeds``): 3 fresh agents on 8 devices
+    against 1."""
+    from clloop_jax.facade import ContinualLearningLoop
+
     loop = ContinualLearningLoop(run.source.model, run.source.env, learning_rate=1e-2, ewc_lambda=10.0,
                                  num_envs=4)
     on8 = loop.cycle_over_seeds(seeds=3, num_tasks=2, episodes_per_task=3, devices=8)
     on1 = loop.cycle_over_seeds(seeds=3, num_tasks=2, episodes_per_task=3, devices=1)
-    return {"execute_max_diff_8_vs_default": max_diff(ex8, ex1), "execute_rows": int(ex8.R.shape[0]),
-            "execute_resumed_bitwise": bitwise(ex8, resumed),
-            "execute_written_R_max_diff": float(np.max(np.abs(written - np.asarray(ex8.R[5])))),
-            "execute_state_sharding": info(state8.params),
-            "facade_max_diff_8_vs_1": max(abs(a - b) for a, b in zip(np.ravel(on8["R"]), np.ravel(on1["R"]))),
+    return {"facade_max_diff_8_vs_1": max(abs(a - b) for a, b in zip(np.ravel(on8["R"]), np.ravel(on1["R"]))),
             "facade_seed_values": on8["average_performance"]["values"]}
 
 

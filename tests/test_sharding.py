@@ -129,10 +129,11 @@ def _check_device_report(report):
     assert run["max_diff_one_vs_vmap"] == 0.0  # one device is plain vmap
     assert run["rerun_bitwise"] and run["R_spread"] > 1e-3  # seeds really differ
     _assert_sharded_rows(run["sharding"], 8, 1)
-    if "option" in report:  # execute (clloop run --devices) and the facade's cycle_over_seeds
-        option = report["option"]
+    option = report["option"]
+    if "execute_rows" in option:  # the tiny run: execute (clloop run --devices)
         assert option["execute_rows"] == 6 and option["execute_max_diff_8_vs_default"] <= ATOL
         assert option["execute_resumed_bitwise"] and option["execute_written_R_max_diff"] <= 1e-6
+    else:  # the real agent: the facade's cycle_over_seeds
         assert option["facade_max_diff_8_vs_1"] <= ATOL and len(set(option["facade_seed_values"])) == 3
     print(f"\n8 vs 1 device, largest difference: pure {pure['max_diff_all_vs_one']:.3g}, "
           f"run {run['max_diff_all_vs_one']:.3g}\n{run['text']}")

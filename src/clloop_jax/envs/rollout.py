@@ -152,11 +152,24 @@ def rollout(
     # The world's numbers are drawn ahead in chunks of steps (one batched call per chunk, then a scan over the chunk's
     # steps): the largest divisor of ``num_steps`` whose draw has at most ``_DRAW_CHUNK_FLOATS`` numbers. A chunk is
     # large enough for the draw to run at full speed (on CPU, over several threads) and small enough to stay in
-    # cache; the numbers are the same for every chunk size.
+    # cache; the numbers are the same for every chunk size. Each step writes its record straight into the whole
+    # rollout's trajectory (carried through both scans), so no chunk of the trajectory is built and copied.
     per = _chunk_steps(num_steps, math.prod(batch) * (noise_dim or 0))
-    times = jnp.arange(num_steps).reshape(num_steps // per, per)
-    _, trajectory = jax.lax.scan(lambda carry, ts: jax.lax.scan(step, carry, jax.vmap(inputs_at)(ts)), init, times)
-    return jax.tree.map(lambda x: x.reshape(num_steps, *x.shape[2:]), trajectory)
+    record = jax.eval_shape(lambda c: step(c, inputs_at(jnp.int32(0))), init)[1]
+    trajectory = jax.tree.map(lambda r: jnp.zeros((num_steps,) + r.shape, r.dtype), record)
+
+    def write_step(carry, t_inputs):
+        state, trajectory = carry
+        t, inputs = t_inputs
+        state, record = step(state, inputs)
+        trajectory = jax.tree.map(lambda x, r: jax.lax.dynamic_update_index_in_dim(x, r, t, 0), trajectory, record)
+        return (state, trajectory), None
+
+    def chunk(carry, ts):
+        return jax.lax.scan(write_step, carry, (ts, jax.vmap(inputs_at)(ts)))[0], None
+
+    (_, trajectory), _ = jax.lax.scan(chunk, (init, trajectory), jnp.arange(num_steps).reshape(-1, per))
+    return trajectory
 
 
 #: A rollout draws its world's numbers in chunks of steps with at most this many numbers each.
