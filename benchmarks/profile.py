@@ -2,6 +2,7 @@
 
     python -m benchmarks.profile                      # the closed loop at 32 worlds (the seed's model in the world)
     python -m benchmarks.profile --worlds 1 --top 25  # another batch size, more rows
+    python -m benchmarks.profile --program world --steps 1000   # the world alone, with its expert
 
 The program is compiled ahead of time, run once to warm up, then traced over ``--repeats`` calls with
 ``jax.profiler.trace``; the trace's XLA operations (fusions, matrix products, copies, loops) are reduced to their
@@ -9,7 +10,7 @@ The program is compiled ahead of time, run once to warm up, then traced over ``-
 operation is named with the source it came from (the ``op_name`` XLA keeps from JAX, e.g.
 ``CrossModalModel._step/encoder_0/add``) and its kind: ``dot`` (a matrix product), ``elementwise`` (a loop
 fusion), ``rng`` (the threefry loop), ``copy`` (copies and dynamic-update-slices into the trajectory), ``control``
-(loop bookkeeping). Writes ``benchmarks/results/profile_closed_loop_<worlds>.md`` with the table and the shares by
+(loop bookkeeping). Writes ``benchmarks/results/profile_<program>_<worlds>.md`` with the table and the shares by
 kind.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.run import FULL, RESULTS, seed_model, xla_flops
-from clloop_jax.envs import LatentWorld, rollout
+from clloop_jax.envs import LatentWorld, expert_policy, rollout
 from clloop_jax.runs import write_atomic
 
 #: Trace events that are the runtime's own bookkeeping, not XLA operations of the program.
@@ -100,25 +101,31 @@ def profile(compiled, args, steps: int, repeats: int) -> List[dict]:
     return sorted(rows, key=lambda r: -r["us_per_step"])
 
 
-def closed_loop_program(worlds: int, steps: int):
-    """The closed loop of the benchmark suite: the seed's model acting in the default world, ``steps`` steps."""
+def program(name: str, worlds: int, steps: int):
+    """``(fn, args, model FLOPs per step)`` of a rollout of the benchmark suite, ``steps`` steps of ``worlds`` worlds:
+    ``closed_loop`` (the seed's model acting in the default world) or ``world`` (the world with its expert)."""
     env = LatentWorld()
     params = env.task_params(0)
-    model = seed_model(env, FULL)
-    variables = model.init_params(jax.random.key(0))
+    if name == "world":
+        policy, carry, model_flops = expert_policy(env), (), 0.0
+    else:
+        model = seed_model(env, FULL)
+        variables = model.init_params(jax.random.key(0))
 
-    def act(carry, obs, feedback, key):
-        del key
-        return model.apply(variables, carry, obs, feedback)
+        def policy(carry, obs, feedback, key):
+            del key
+            return model.apply(variables, carry, obs, feedback)
+
+        carry = model.initial_carry()
+        obs = jnp.zeros((worlds, env.num_modalities, env.observation_dim), jnp.float32)
+        fb = jnp.zeros((worlds, env.feedback_dim), jnp.float32)
+        model_flops = xla_flops(lambda c, o, f: model.apply(variables, c, o, f), model.initial_carry((worlds,)),
+                                obs, fb)
 
     def fn(key):
-        traj = rollout(key, env, params, act, model.initial_carry(), steps, num_envs=worlds)
+        traj = rollout(key, env, params, policy, carry, steps, num_envs=worlds)
         return jnp.sum(traj.obs) + jnp.sum(traj.action) + jnp.sum(traj.target) + jnp.sum(traj.reward)
 
-    _, states = jax.vmap(lambda k: env.reset(k, params))(jax.random.split(jax.random.key(3), worlds))
-    obs = jnp.zeros((worlds, env.num_modalities, env.observation_dim), jnp.float32)
-    fb = jnp.zeros((worlds, env.feedback_dim), jnp.float32)
-    model_flops = xla_flops(lambda c, o, f: model.apply(variables, c, o, f), model.initial_carry((worlds,)), obs, fb)
     return fn, (jax.random.key(0),), model_flops
 
 
@@ -129,17 +136,22 @@ def shares_by_kind(rows: List[dict]) -> Dict[str, float]:
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
 
-def markdown(rows: List[dict], worlds: int, steps: int, wall_us: float, model_flops: float, top: int) -> str:
+_TITLES = {"closed_loop": "the seed's model acting in the default world", "world": "the default world with its expert"}
+
+
+def markdown(rows: List[dict], name: str, worlds: int, steps: int, wall_us: float, model_flops: float,
+             top: int) -> str:
     traced = sum(r["us_per_step"] for r in rows)
-    lines = [f"# Profile of the closed loop at {worlds} world(s)", "",
-             f"`python -m benchmarks.profile --worlds {worlds}`: the seed's model acting in the default world, "
-             f"{steps}-step rollouts, compiled ahead of time; self time per step of each XLA operation from "
-             f"`jax.profiler` ({jax.default_backend()}, jax {jax.__version__}).", "",
+    lines = [f"# Profile of the {name.replace('_', ' ')} at {worlds} world(s)", "",
+             f"`python -m benchmarks.profile --program {name} --worlds {worlds} --steps {steps}`: "
+             f"{_TITLES[name]}, {steps}-step rollouts, compiled ahead of time; self time per step of each XLA "
+             f"operation from `jax.profiler` ({jax.default_backend()}, jax {jax.__version__}).", "",
              f"- wall time per step (untraced): {wall_us:.1f} us; XLA operations' self time in the trace: "
-             f"{traced:.1f} us per step",
-             f"- the model's FLOPs per step (XLA's count): {model_flops / 1e6:.2f} MFLOP, i.e. "
-             f"{model_flops / wall_us / 1e3:.1f} GFLOP/s at the untraced wall time", "",
-             "| kind | share of traced time |", "|---|---:|"]
+             f"{traced:.1f} us per step (operations on several threads add up)"]
+    if model_flops:
+        lines.append(f"- the model's FLOPs per step (XLA's count): {model_flops / 1e6:.2f} MFLOP, i.e. "
+                     f"{model_flops / wall_us / 1e3:.1f} GFLOP/s at the untraced wall time")
+    lines += ["", "| kind | share of traced time |", "|---|---:|"]
     lines += [f"| {k} | {100 * v:.1f}% |" for k, v in shares_by_kind(rows).items()]
     lines += ["", "| operation | kind | us/step | share | calls/step | source |", "|---|---|---:|---:|---:|---|"]
     for r in rows[:top]:
@@ -151,17 +163,18 @@ def markdown(rows: List[dict], worlds: int, steps: int, wall_us: float, model_fl
 
 def main(argv=None) -> List[dict]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--program", choices=tuple(_TITLES), default="closed_loop", help="what to profile")
     ap.add_argument("--worlds", type=int, default=32, help="worlds acting in parallel (default 32)")
     ap.add_argument("--steps", type=int, default=200, help="steps per rollout (default 200)")
     ap.add_argument("--repeats", type=int, default=3, help="traced calls (default 3)")
     ap.add_argument("--top", type=int, default=15, help="operations listed (default 15)")
     ap.add_argument("--out", default=None, help="the markdown file (default benchmarks/results/"
-                                                "profile_closed_loop_<worlds>.md)")
+                                                "profile_<program>_<worlds>.md)")
     args = ap.parse_args(argv)
     for name in ("worlds", "steps", "repeats", "top"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1")
-    fn, fargs, model_flops = closed_loop_program(args.worlds, args.steps)
+    fn, fargs, model_flops = program(args.program, args.worlds, args.steps)
     compiled = jax.jit(fn).lower(*fargs).compile()
     jax.block_until_ready(compiled(*fargs))
     walls = []
@@ -171,9 +184,9 @@ def main(argv=None) -> List[dict]:
         walls.append(time.perf_counter() - t0)
     wall_us = 1e6 * sorted(walls)[len(walls) // 2] / args.steps
     rows = profile(compiled, fargs, args.steps, args.repeats)
-    text = markdown(rows, args.worlds, args.steps, wall_us, model_flops, args.top)
+    text = markdown(rows, args.program, args.worlds, args.steps, wall_us, model_flops, args.top)
     print(text)
-    out = pathlib.Path(args.out) if args.out else RESULTS / f"profile_closed_loop_{args.worlds}.md"
+    out = pathlib.Path(args.out) if args.out else RESULTS / f"profile_{args.program}_{args.worlds}.md"
     write_atomic(str(out), text)
     print(f"wrote {out}", file=sys.stderr)
     return rows
