@@ -168,7 +168,11 @@ def rollout(
     def chunk(carry, ts):
         return jax.lax.scan(write_step, carry, (ts, jax.vmap(inputs_at)(ts)))[0], None
 
-    (_, trajectory), _ = jax.lax.scan(chunk, (init, trajectory), jnp.arange(num_steps).reshape(-1, per))
+    times = jnp.arange(num_steps).reshape(-1, per)
+    if per == num_steps:  # one chunk: no loop over chunks
+        (_, trajectory), _ = chunk((init, trajectory), times[0])
+    else:
+        (_, trajectory), _ = jax.lax.scan(chunk, (init, trajectory), times)
     return trajectory
 
 
