@@ -56,6 +56,17 @@ def test_command_line_round_trips_a_config_and_documents_every_field(tmp_path, c
         cli._devices(jax.device_count() + 1)
 
 
+def test_runs_built_alike_are_equal_and_share_their_compiled_programs():
+    """Every monitor, the functional one included, compares by value; so the same configuration built twice (two
+    run folders, a resumed run) is one run to the driver's cache and compiles once."""
+    from clloop_jax.runs import _programs
+    (a, _), (b, _) = TINY.build(), TINY.build()
+    assert "functional" in [m.name for m in a.monitors]
+    assert a == b and hash(a) == hash(b) and _programs(a) is _programs(b)
+    longer = dataclasses.replace(TINY.train, episodes_per_task=1 + TINY.train.episodes_per_task)
+    assert dataclasses.replace(TINY, train=longer).build()[0] != a
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs") / "tiny")

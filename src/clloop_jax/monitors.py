@@ -146,12 +146,25 @@ class _Functional:
                            memory.seen.at[task_id].set(True))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Hook:
+    """A method of a frozen value, as a hook that compares by value (bound methods compare by identity), so that two
+    runs built alike are equal and share their compiled programs."""
+
+    owner: Any
+    method: str
+
+    def __call__(self, *args, **kwargs):
+        return getattr(self.owner, self.method)(*args, **kwargs)
+
+
 def functional_divergence(num_probes: int = 4) -> Monitor:
     """How far the outputs on ``num_probes`` inputs of each earlier task moved since that task ended."""
     if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"num_probes must be an integer >= 1, got {num_probes!r}")
     f = _Functional(num_probes)
-    return Monitor("functional", f.init, measure=f.measure, consolidate=f.consolidate, uses_data=True)
+    return Monitor("functional", _Hook(f, "init"), measure=_Hook(f, "measure"),
+                   consolidate=_Hook(f, "consolidate"), uses_data=True)
 
 
 MONITORS: Dict[str, Callable[[], Monitor]] = {"parameter": parameter_divergence, "fisher": fisher_divergence,
