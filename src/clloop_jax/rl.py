@@ -59,8 +59,8 @@ from clloop_jax import fisher as fisher_lib
 from clloop_jax.model import CrossModalModel
 from clloop_jax.strategies.base import nonnegative, positive, unit_interval
 
-__all__ = ["RLHParams", "RLBatch", "GymnaxSource", "GaussianPolicyLikelihood", "gae", "clipped_surrogate",
-           "task_params"]
+__all__ = ["RLHParams", "RLBatch", "PPOMinibatch", "RolloutState", "GymnaxSource", "GaussianPolicyLikelihood", "gae", "clipped_surrogate",
+           "task_params", "minibatch_indices"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -95,7 +95,8 @@ class RLBatch(NamedTuple):
     obs ``[T, B, D]``, feedback ``[T, B, F]``, carry ``[T, B, H]`` (the carry the step started from), action
     ``[T, B]`` (int32) or ``[T, B, A]``, log_prob ``[T, B]`` and value ``[T, B]`` under the acting parameters,
     reward ``[T, B]``, done ``[T, B]`` (the episode ended at step t), last_value ``[B]`` (value after the last
-    step).
+    step), episode_return ``[T, B]`` (the reward summed from the start of step t's episode through step t, that
+    start possibly in an earlier rollout of a stream; None: counted from this rollout's start).
     """
 
     obs: jax.Array
@@ -107,6 +108,36 @@ class RLBatch(NamedTuple):
     reward: jax.Array
     done: jax.Array
     last_value: jax.Array
+    episode_return: Any = None
+
+
+class PPOMinibatch(NamedTuple):
+    """Flat samples ``[N, ...]`` of one collected rollout, for several optimizer steps on it: the state the policy
+    acted from (carry, obs, feedback), the action, its log-probability ``log pi_old`` and the value under the
+    collecting parameters, and the GAE advantage and value target computed once at collection (with
+    ``reward_scale``, ``discount``, ``gae_lambda``); ``score`` (a scalar) is the collected rollout's
+    :meth:`GymnaxSource.batch_return`."""
+
+    carry: jax.Array
+    obs: jax.Array
+    feedback: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    advantage: jax.Array
+    target: jax.Array
+    score: jax.Array
+
+
+class RolloutState(NamedTuple):
+    """Where ``B`` environments of a stream stand between two rollouts: the environments' states, the observation,
+    the feedback and the policy's carry for the next step, and each environment's return so far in its episode."""
+
+    env_state: Any
+    obs: jax.Array
+    feedback: jax.Array
+    carry: jax.Array
+    episode_return: jax.Array
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,6 +289,15 @@ class GymnaxSource:
       fisher_size: visited states per Fisher diagonal (drawn from one rollout of ``num_envs x num_steps``);
         None: ``min(256, num_envs * num_steps)``.
       init_log_std: the Gaussian policy's initial log standard deviation.
+      epochs, num_minibatches: PPO's passes over one collected rollout: each update (episode of the run) collects
+        ``num_envs x num_steps`` steps, computes the advantages and value targets once, then takes ``epochs`` passes
+        of ``num_minibatches`` optimizer steps, each pass over a fresh random permutation of the samples (so every
+        sample is in exactly one minibatch per pass); ``rho = exp(log pi_theta - log pi_old)`` departs from 1 after
+        the first step and the clip acts. ``num_envs * num_steps`` must be divisible by ``num_minibatches``.
+        1 and 1 (with ``persistent_envs`` False): one optimizer step on the whole rollout, as before.
+      persistent_envs: the training environments (and the policy's carry, feedback and episode returns) continue
+        from one rollout to the next within a task instead of restarting from a reset, so episodes longer than
+        ``num_steps`` are seen whole; they are reset at each task's start.
     """
 
     env_id: str
@@ -270,6 +310,9 @@ class GymnaxSource:
     eval_steps: Optional[int] = None
     fisher_size: Optional[int] = None
     init_log_std: float = 0.0
+    epochs: int = 1
+    num_minibatches: int = 1
+    persistent_envs: bool = False
     tasks: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
@@ -278,8 +321,13 @@ class GymnaxSource:
             overrides = [dict(o) if isinstance(o, (list, tuple)) else o for o in overrides]
         env, tasks = task_params(self.env_id, overrides)
         object.__setattr__(self, "overrides", tuple(tuple(sorted(o.items())) for o in overrides))
-        for name in ("hidden_dim", "num_envs", "num_steps", "eval_envs"):
+        for name in ("hidden_dim", "num_envs", "num_steps", "eval_envs", "epochs", "num_minibatches"):
             _positive_int(name, getattr(self, name))
+        if (self.num_envs * self.num_steps) % self.num_minibatches:
+            raise ValueError(f"num_minibatches must divide num_envs * num_steps = {self.num_envs * self.num_steps}, "
+                             f"got {self.num_minibatches}")
+        if not isinstance(self.persistent_envs, bool):
+            raise ValueError(f"persistent_envs must be a bool, got {self.persistent_envs!r}")
         _positive_int("fisher_size", self.fisher_size, allow_none=True)
         if self.fisher_size is None:
             object.__setattr__(self, "fisher_size", min(256, self.num_envs * self.num_steps))
@@ -328,7 +376,8 @@ class GymnaxSource:
         """What the compiled programs depend on: not the overrides' values (the task arrays are arguments of the
         run's program), only their number, so sources of equal configuration share one compilation."""
         return (self.env_id, self.num_tasks, self.model, self.hidden_dim, self.num_envs, self.num_steps,
-                self.eval_envs, self.eval_steps, self.fisher_size, self.init_log_std)
+                self.eval_envs, self.eval_steps, self.fisher_size, self.init_log_std, self.epochs,
+                self.num_minibatches, self.persistent_envs)
 
     def __hash__(self):
         return hash(self._config())
@@ -358,6 +407,16 @@ class GymnaxSource:
     @property
     def num_tasks(self) -> int:
         return int(jax.tree.leaves(self.tasks)[0].shape[0])
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the run keeps this source's environments running between updates (``persistent_envs``)."""
+        return self.persistent_envs
+
+    @property
+    def minibatch_passes(self) -> int:
+        """Optimizer steps per collected rollout: ``epochs * num_minibatches``."""
+        return self.epochs * self.num_minibatches
 
     @property
     def likelihood(self):
@@ -399,18 +458,29 @@ class GymnaxSource:
     def _env_action(self, action):
         return action if self._discrete else action.reshape(self.env.action_space(self.env.default_params).shape)
 
+    def reset(self, key, task, num_envs) -> RolloutState:
+        """``num_envs`` environments of ``task`` freshly reset, zero carry, feedback and returns."""
+        obs, state = jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(key, num_envs), task)
+        return RolloutState(state, obs, jnp.zeros((num_envs, self.feedback_dim), jnp.float32),
+                            jnp.zeros((num_envs, self.model.hidden_dim), jnp.float32),
+                            jnp.zeros((num_envs,), jnp.float32))
+
     def rollout(self, key, params, task, hparams, num_envs, num_steps, policy=None) -> RLBatch:
         """``num_envs`` environments of ``task`` for ``num_steps`` steps from a fresh reset, acting with the policy
         (or with ``policy(key, pol) -> action`` when given, e.g. uniform random), gradients stopped."""
-        H = self.model.hidden_dim
         k_reset, k_steps = jax.random.split(key)
-        obs, state = jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), task)
-        carry0 = jnp.zeros((num_envs, H), jnp.float32)
-        fb0 = jnp.zeros((num_envs, self.feedback_dim), jnp.float32)
+        return self.continue_rollout(k_steps, params, task, hparams, self.reset(k_reset, task, num_envs),
+                                     num_steps, policy)[0]
+
+    def continue_rollout(self, key, params, task, hparams, start: RolloutState, num_steps, policy=None):
+        """``(batch, end)``: the environments of ``start`` for ``num_steps`` more steps (an episode that ends is
+        reset by the environment and its carry, feedback and return restart at zero); ``end`` is where the next
+        rollout continues from. Gradients stopped."""
+        num_envs = start.obs.shape[0]
         w = jnp.asarray(hparams.feedback_weight, jnp.float32)
 
-        def step(c, k):
-            state, obs, fb, carry = c
+        def step(c: RolloutState, k):
+            state, obs, fb, carry, ep_ret = c
             k_act, k_env = jax.random.split(k)
             new_carry, pol, value = self._apply(params, carry, obs, fb)
             action = self._sample(k_act, pol) if policy is None else policy(k_act, pol)
@@ -422,18 +492,43 @@ class GymnaxSource:
             fb2 = w * jnp.concatenate([reward[:, None], self._encode(action)], axis=-1)
             fb2 = jnp.where(done[:, None], 0.0, fb2)
             carry2 = jnp.where(done[:, None], 0.0, new_carry)
+            ep_ret = ep_ret + reward
             rec = RLBatch(obs.reshape(num_envs, -1).astype(jnp.float32), fb, carry, action, log_prob, value,
-                          reward, done, jnp.zeros(()))
-            return (state2, obs2, fb2, carry2), rec
+                          reward, done, jnp.zeros(()), ep_ret)
+            return RolloutState(state2, obs2, fb2, carry2, jnp.where(done, 0.0, ep_ret)), rec
 
-        (state, obs, fb, carry), batch = jax.lax.scan(step, (state, obs, fb0, carry0),
-                                                      jax.random.split(k_steps, num_steps))
-        _, _, last_value = self._apply(params, carry, obs, fb)
-        return jax.lax.stop_gradient(batch._replace(last_value=last_value))
+        end, batch = jax.lax.scan(step, start, jax.random.split(key, num_steps))
+        _, _, last_value = self._apply(params, end.carry, end.obs, end.feedback)
+        return jax.lax.stop_gradient((batch._replace(last_value=last_value), end))
 
     # ----- the task-source interface --------------------------------------------------------------------------
     def batch(self, key, params, task, hparams):
         return self.rollout(key, params, task, hparams, self.num_envs, self.num_steps)
+
+    def stream_init(self, key, task, hparams) -> RolloutState:
+        """The training environments at a task's start (``persistent_envs``): ``num_envs`` fresh resets."""
+        return self.reset(key, task, self.num_envs)
+
+    def stream_batch(self, key, params, task, hparams, stream: RolloutState):
+        """``(batch, stream)``: the next ``num_steps`` steps of the running training environments."""
+        return self.continue_rollout(key, params, task, hparams, stream, self.num_steps)
+
+    def minibatches(self, key, batch: RLBatch, hparams) -> PPOMinibatch:
+        """The collected ``batch`` as ``epochs * num_minibatches`` minibatches (a leading axis) of
+        ``num_envs * num_steps / num_minibatches`` samples each: advantages and value targets computed once on the
+        whole rollout (:func:`gae` with the collection's values), then per epoch one random permutation of the
+        ``N = num_envs * num_steps`` samples cut into ``num_minibatches`` consecutive pieces."""
+        hp = hparams
+        adv, targets = gae(hp.reward_scale * batch.reward, batch.value, batch.done, batch.last_value,
+                           hp.discount, hp.gae_lambda)
+        flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+        data = (flat(batch.carry), flat(batch.obs), flat(batch.feedback), flat(batch.action), flat(batch.log_prob),
+                flat(batch.value), flat(adv), flat(targets))
+        n, m = data[0].shape[0], self.num_minibatches
+        idx = minibatch_indices(key, n, self.epochs, m)
+        picked = [x[idx] for x in data]
+        score = jnp.broadcast_to(self.batch_return(batch), (self.minibatch_passes,))
+        return PPOMinibatch(*picked, score)
 
     def loss(self, params, batch: RLBatch, hparams):
         """The actor-critic loss of the module docstring; ``aux``: ``score`` (the mean return of the episodes that
@@ -441,21 +536,28 @@ class GymnaxSource:
         hp = hparams
         _, pol, value = self._apply(params, batch.carry, batch.obs, batch.feedback)
         log_prob = self.likelihood.log_prob(pol, batch.action)
-        adv, targets = gae(hp.reward_scale * batch.reward, batch.value, batch.done, batch.last_value,
-                           hp.discount, hp.gae_lambda)
+        if isinstance(batch, PPOMinibatch):  # advantages and targets fixed at collection
+            adv, targets, score = batch.advantage, batch.target, batch.score
+        else:
+            adv, targets = gae(hp.reward_scale * batch.reward, batch.value, batch.done, batch.last_value,
+                               hp.discount, hp.gae_lambda)
+            score = self.batch_return(batch)
         adv_n = (adv - jnp.mean(adv)) / (jnp.std(adv) + 1e-8)
-        policy_loss = -clipped_surrogate(jnp.exp(log_prob - batch.log_prob), adv_n, hp.clip_eps)
+        ratio = jnp.exp(log_prob - batch.log_prob)
+        policy_loss = -clipped_surrogate(ratio, adv_n, hp.clip_eps)
         value_loss = 0.5 * jnp.mean(jnp.square(value - targets))
         entropy = jnp.mean(self._entropy(pol))
         loss = policy_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy
-        return loss, {"score": self.batch_return(batch), "policy_loss": policy_loss, "value_loss": value_loss,
-                      "entropy": entropy}
+        clipped = jnp.mean((jnp.abs(ratio - 1.0) > hp.clip_eps).astype(jnp.float32))
+        return loss, {"score": score, "policy_loss": policy_loss, "value_loss": value_loss,
+                      "entropy": entropy, "clip_fraction": jax.lax.stop_gradient(clipped)}
 
     @staticmethod
     def batch_return(batch: RLBatch):
         """Mean return of the episodes that ended in ``batch`` (reward summed from each episode's start)."""
         ended = jnp.sum(batch.done)
-        return jnp.where(ended > 0, jnp.sum(_episode_returns(batch.reward, batch.done) * batch.done)
+        returns = _episode_returns(batch.reward, batch.done) if batch.episode_return is None else batch.episode_return
+        return jnp.where(ended > 0, jnp.sum(returns * batch.done)
                          / jnp.maximum(ended, 1), jnp.sum(batch.reward) / batch.reward.shape[1])
 
     def score(self, key, params, task, hparams, policy=None):
@@ -479,7 +581,10 @@ class GymnaxSource:
         return self.score(key, params, task, hparams or self.hparams, policy=self.random_policy)
 
     def samples(self, batch: RLBatch):
-        """Per-state ``((carry, obs, feedback), action)``: every step of every environment is one sample."""
+        """Per-state ``((carry, obs, feedback), action)``: every step of every environment is one sample (a
+        :class:`PPOMinibatch`'s samples as they are)."""
+        if isinstance(batch, PPOMinibatch):
+            return (batch.carry, batch.obs, batch.feedback), batch.action
         flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
         return (flat(batch.carry), flat(batch.obs), flat(batch.feedback)), flat(batch.action)
 
@@ -499,6 +604,18 @@ class GymnaxSource:
         """The policy's distribution parameters at one state ``(carry [H], obs [D], feedback [F])``."""
         carry, obs, feedback = x
         return self._apply(params, carry, obs, feedback)[1]
+
+
+def minibatch_indices(key, num_samples: int, epochs: int, num_minibatches: int):
+    """``[epochs * num_minibatches, num_samples / num_minibatches]`` sample indices: per epoch one permutation of
+    ``range(num_samples)`` (``jax.random.permutation`` with that epoch's key) cut into ``num_minibatches`` consecutive
+    pieces, so each epoch's minibatches cover every sample exactly once."""
+    for name, value in (("num_samples", num_samples), ("epochs", epochs), ("num_minibatches", num_minibatches)):
+        _positive_int(name, value)
+    if num_samples % num_minibatches:
+        raise ValueError(f"num_minibatches must divide num_samples = {num_samples}, got {num_minibatches}")
+    perms = jax.vmap(lambda k: jax.random.permutation(k, num_samples))(jax.random.split(key, epochs))
+    return perms.reshape(epochs * num_minibatches, num_samples // num_minibatches)
 
 
 def _episode_returns(rewards, dones):
