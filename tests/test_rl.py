@@ -478,3 +478,52 @@ def test_epochs_of_minibatches_in_the_continual_run(ppo_pendulum):
 def test_source_refuses_bad_ppo_configuration(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         GymnaxSource("CartPole-v1", ({},), **dict(TINY, **kwargs))
+
+
+# ---------------------------------------------------------------- the default world learned from its reward
+@pytest.fixture(scope="module")
+def world_reward():
+    from clloop_jax.envs import LatentWorld
+    world = LatentWorld(observation_dim=5, action_dim=3, num_modalities=2, latent_dim=2, episode_length=6,
+                        max_action=1.0)
+    return GymnaxSource("LatentWorld", environment=world, tasks=world.tasks(2), score_kind="imitation",
+                        **dict(TINY, eval_steps=None))
+
+
+def test_world_reward_source_sees_modalities_and_scores_against_the_hidden_expert(world_reward):
+    """The model reads the world's 2 modalities; the recorded expert action is the one each step's reward was
+    computed against (reward = -|clip(a) - a*|^2 / A), and the imitation score is 1 - sum |clip(a) - a*|^2 /
+    sum |a*|^2 of the mean action (float64 here)."""
+    src = world_reward
+    assert src.model.num_modalities == 2 and src.model.modality_dims == (5, 5) and src.eval_steps == 6
+    params = src.init_params(jax.random.key(0))
+    task = jax.tree.map(lambda x: x[1], src.tasks)
+    hp = src.hparams
+
+    @jax.jit
+    def go(key):
+        b = src.rollout(key, params, task, hp, 4, 6, record_target=True)
+        return b, src.score(key, params, task, hp), src.rollout(key, params, task, hp, 2, 6, src.mean_action, True)
+
+    b, score, mean_b = go(jax.random.key(2))
+    a = np.clip(np.asarray(b.action, np.float64), -1.0, 1.0)
+    target = np.asarray(b.target, np.float64)
+    assert np.abs(target).max() > 0.05
+    np.testing.assert_allclose(b.reward, -np.mean((a - target) ** 2, axis=-1), rtol=1e-5, atol=1e-6)
+    am = np.clip(np.asarray(mean_b.action, np.float64), -1.0, 1.0)
+    tm = np.asarray(mean_b.target, np.float64)
+    ref = max(-1.0, 1.0 - np.sum((am - tm) ** 2) / np.sum(tm ** 2))
+    np.testing.assert_allclose(score, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_world_reward_source_refuses_bad_input():
+    from clloop_jax.envs import LatentWorld
+    world = LatentWorld(observation_dim=5, action_dim=3, num_modalities=2, latent_dim=2, episode_length=6)
+    with pytest.raises(ValueError, match="tasks"):
+        GymnaxSource("LatentWorld", environment=world)
+    with pytest.raises(TypeError, match="environment must have the gymnax environment interface"):
+        GymnaxSource("LatentWorld", environment=object(), tasks=world.tasks(2))
+    with pytest.raises(ValueError, match="score_kind"):
+        GymnaxSource("LatentWorld", environment=world, tasks=world.tasks(2), score_kind="accuracy")
+    with pytest.raises(ValueError, match="expert_action"):
+        GymnaxSource("CartPole-v1", ({},), score_kind="imitation")
