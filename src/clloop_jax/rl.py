@@ -291,7 +291,7 @@ class GymnaxSource:
         the policy's outputs + 1 (the value) and ``feedback_dim`` 1 + the action encoding's size (None: set here).
         None builds ``CrossModalModel(hidden_dim=hidden_dim, num_heads=2)`` of those sizes.
       hidden_dim: the default model's width.
-      num_envs, num_steps: a training rollout's parallel environments and steps (one optimizer step each).
+      num_envs, num_steps: a training rollout's parallel environments and steps (one rollout per update).
       eval_envs, eval_steps: evaluation environments and steps (default: the largest ``max_steps_in_episode``).
       fisher_size: visited states per Fisher diagonal (drawn from one rollout of ``num_envs x num_steps``);
         None: ``min(256, num_envs * num_steps)``.
