@@ -7,6 +7,7 @@ trained from scratch on that task alone (same updates, same seeds); ACC, BWT, FW
 with 95% Student t intervals over seeds::
 
     python experiments/continual_rl.py                                   # CartPole-v1, 3 variants, 5 seeds
+    python experiments/continual_rl.py --envs pendulum                   # Pendulum-v1 (PPO epochs), 5 seeds
     python experiments/continual_rl.py --envs cartpole,pendulum          # both environments
     python experiments/continual_rl.py --seeds 2 --episodes 100          # a quick look
 
@@ -30,14 +31,23 @@ from clloop_jax.loop import RunConfig, make_run
 from clloop_jax.report import cell, paired_table, summary, summary_table
 from clloop_jax.rl import GymnaxSource
 
-#: The task variants: physics that changes what the right action is, one override dict per task.
+#: The task variants: physics that changes what the right action is, one override dict per task; per environment
+#: the source's settings beyond the command line's (``source``), the run's hyperparameters (``hparams``) and the
+#: updates per task when ``--episodes`` is not given. CartPole: one optimizer step per rollout of 8 x 64 steps from a
+#: reset. Pendulum (200-step episodes, continuous torque): PPO proper, environments that continue between updates,
+#: 5 epochs of 16 minibatches per collected rollout of 16 x 256 steps, discount 0.9.
 ENVS = {
-    "cartpole": dict(env_id="CartPole-v1", reward_scale=0.1, learning_rate=1e-3, overrides=[
+    "cartpole": dict(env_id="CartPole-v1", hparams=dict(reward_scale=0.1, learning_rate=1e-3), episodes=1000,
+                     source=dict(num_envs=8, num_steps=64), overrides=[
         {},                                                   # the default pole
         {"length": 1.5, "masspole": 0.5},                     # a long, heavy pole
         {"length": 0.25, "gravity": 15.0, "force_mag": 7.0},  # a short pole under strong gravity, a weak push
     ]),
-    "pendulum": dict(env_id="Pendulum-v1", reward_scale=0.1, learning_rate=1e-3, overrides=[
+    "pendulum": dict(env_id="Pendulum-v1", hparams=dict(reward_scale=0.1, learning_rate=1e-3, discount=0.9,
+                                                        gae_lambda=0.95, entropy_coef=0.0, feedback_weight=0.1),
+                     episodes=40, anneal=True,
+                     source=dict(num_envs=16, num_steps=256, epochs=5, num_minibatches=16, persistent_envs=True),
+                     overrides=[
         {},                                                   # the default pendulum
         {"m": 1.5, "l": 1.2},                                 # heavier and longer
         {"g": 14.0},                                          # stronger gravity
@@ -48,15 +58,21 @@ ENVS = {
 def run_env(name: str, args) -> dict:
     spec = ENVS[name]
     overrides = spec["overrides"][:args.tasks]
-    kw = dict(hidden_dim=args.hidden, num_envs=args.num_envs, num_steps=args.num_steps, eval_envs=args.eval_envs)
+    episodes = args.episodes or spec["episodes"]
+    kw = dict(spec["source"], hidden_dim=args.hidden, eval_envs=args.eval_envs)
+    kw.update({k: v for k, v in (("num_envs", args.num_envs), ("num_steps", args.num_steps)) if v is not None})
     source = GymnaxSource(spec["env_id"], overrides, **kw)
     keys = jax.random.split(jax.random.key(args.seed), args.seeds)
-    common = dict(learning_rate=spec["learning_rate"], reward_scale=spec["reward_scale"],
-                  entropy_coef=args.entropy_coef)
-    config = dict(episodes_per_task=args.episodes, monitors=(), fisher_variant="exact", max_grad_norm=0.5)
-    if args.anneal:  # each task's learning rate decays linearly to 0 (the optimizer restarts with every task)
-        config["optimizer"] = lambda lr: optax.adam(optax.linear_schedule(lr, 0.0, args.episodes))
-    out = {"env_id": spec["env_id"], "overrides": overrides, "hparams": common, "seconds": {}}
+    common = dict(spec["hparams"])
+    if args.entropy_coef is not None:
+        common["entropy_coef"] = args.entropy_coef
+    config = dict(episodes_per_task=episodes, monitors=(), fisher_variant="exact", max_grad_norm=0.5)
+    if args.anneal or spec.get("anneal", False):
+        # each task's learning rate decays linearly to 0 over its optimizer steps (the optimizer restarts per task)
+        steps = episodes * source.minibatch_passes
+        config["optimizer"] = lambda lr: optax.adam(optax.linear_schedule(lr, 0.0, steps))
+    out = {"env_id": spec["env_id"], "overrides": overrides, "hparams": common, "source": kw, "episodes": episodes,
+           "anneal": bool(args.anneal or spec.get("anneal", False)), "seconds": {}}
 
     # the uniform random policy's return on every task (the normalization's 0)
     eval_keys = jax.random.split(jax.random.key(10_000 + args.seed), args.seeds)
@@ -106,8 +122,12 @@ def report(results: dict, args) -> str:
     for name, out in results.items():
         S = out["strategies"]
         rand, scratch = np.asarray(out["random_return"]), np.asarray(out["scratch_return"])
-        lines += [f"### {out['env_id']}: {len(out['overrides'])} tasks, {args.episodes} updates per task "
-                  f"({args.num_envs} environments x {args.num_steps} steps each), {args.seeds} seeds", "",
+        src = out["source"]
+        ppo = (f", {src['epochs']} epochs x {src.get('num_minibatches', 1)} minibatches per rollout, environments "
+               f"continuing between rollouts" if src.get("persistent_envs") else ", one optimizer step per rollout")
+        lines += [f"### {out['env_id']}: {len(out['overrides'])} tasks, {out['episodes']} updates per task "
+                  f"({src['num_envs']} environments x {src['num_steps']} steps each{ppo}), {args.seeds} seeds, "
+                  f"lambda {args.lam:g}" + (", annealed rate" if out["anneal"] else ""), "",
                   "Tasks: " + "; ".join(f"{j}: {o or 'default'}" for j, o in enumerate(out["overrides"])), "",
                   "| task | random policy return | from-scratch return |", "|---|---:|---:|"]
         for j in range(rand.shape[1]):
@@ -129,16 +149,18 @@ def main(argv=None):
     p.add_argument("--tasks", type=int, default=3)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--episodes", type=int, default=1000, help="updates (rollouts) per task")
-    p.add_argument("--num-envs", type=int, default=8)
-    p.add_argument("--num-steps", type=int, default=64)
+    p.add_argument("--episodes", type=int, default=None,
+                   help="updates (rollouts) per task (default: CartPole 1000, Pendulum 40)")
+    p.add_argument("--num-envs", type=int, default=None, help="default: CartPole 8, Pendulum 16")
+    p.add_argument("--num-steps", type=int, default=None, help="default: CartPole 64, Pendulum 256")
     p.add_argument("--eval-envs", type=int, default=8)
     p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--entropy-coef", type=float, default=0.01)
+    p.add_argument("--entropy-coef", type=float, default=None, help="default: CartPole 0.01, Pendulum 0")
     p.add_argument("--lam", type=float, default=1000.0, help="EWC / online EWC penalty strength")
     p.add_argument("--online-gamma", type=float, default=0.9, help="online EWC's decay of the old importance")
     p.add_argument("--anneal", action="store_true",
-                   help="decay each task's learning rate linearly to 0 (default: constant)")
+                   help="decay each task's learning rate linearly to 0 (default: CartPole constant, Pendulum "
+                        "always annealed)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "continual_rl.json"))
     p.add_argument("--no-cache", action="store_true", help="leave JAX's persistent compilation cache off")
     args = p.parse_args(argv)

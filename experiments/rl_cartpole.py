@@ -11,20 +11,18 @@ Writes ``experiments/results/rl_cartpole.json`` atomically.
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import sys
 import time
 
 import jax
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from continual_rl import write_json_atomically  # noqa: E402
-
-from clloop_jax.compilation import enable_compilation_cache  # noqa: E402
-from clloop_jax.loop import RunConfig, make_run  # noqa: E402
-from clloop_jax.rl import GymnaxSource  # noqa: E402
+from clloop_jax.compilation import enable_compilation_cache
+from clloop_jax.loop import RunConfig, make_run
+from clloop_jax.rl import GymnaxSource
+from clloop_jax.runs import write_atomic
 
 
 def main(argv=None):
@@ -61,12 +59,12 @@ def main(argv=None):
     print(f"CartPole-v1, {steps} environment steps per seed: trained return per seed {np.round(returns, 1)}, "
           f"untrained {np.round(np.asarray(res.baseline)[:, 0], 1)}, uniform random policy {np.round(random, 1)}  "
           f"[{seconds:.0f} s with compilation]")
-    write_json_atomically(args.out, {"settings": vars(args), "device": str(jax.devices()[0]),
-                                     "env_steps_per_seed": steps, "trained_return": returns.tolist(),
-                                     "untrained_return": np.asarray(res.baseline)[:, 0].tolist(),
-                                     "random_return": random.tolist(),
-                                     "train_batch_return": np.asarray(res.traces["score"])[:, 0, ::100].tolist(),
-                                     "seconds": seconds})
+    write_atomic(args.out, json.dumps({"settings": vars(args), "device": str(jax.devices()[0]),
+                                       "env_steps_per_seed": steps, "trained_return": returns.tolist(),
+                                       "untrained_return": np.asarray(res.baseline)[:, 0].tolist(),
+                                       "random_return": random.tolist(),
+                                       "train_batch_return": np.asarray(res.traces["score"])[:, 0, ::100].tolist(),
+                                       "seconds": seconds}, indent=1))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import pytest
 
 from clloop_jax import fisher as fisher_lib
 from clloop_jax.loop import RunConfig, make_run
-from clloop_jax.rl import GaussianPolicyLikelihood, GymnaxSource, RLHParams, clipped_surrogate, gae, task_params
+from clloop_jax.rl import (GaussianPolicyLikelihood, GymnaxSource, RLHParams, clipped_surrogate, gae, minibatch_indices,
+                         task_params)
 
 TINY = dict(hidden_dim=8, num_envs=3, num_steps=12, eval_envs=2, eval_steps=20, fisher_size=16)
 
@@ -294,3 +295,232 @@ def test_purejaxrl_style_wrapper_stack_runs_on_the_world():
         np.testing.assert_allclose(reward[:, i], rewards, rtol=1e-5)
         np.testing.assert_allclose(returned[4, i], sum(rewards[:5]), rtol=1e-5)
         np.testing.assert_allclose(returned[9, i], sum(rewards[5:10]), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- PPO: streams, epochs of minibatches
+PPO = dict(TINY, epochs=2, num_minibatches=3, persistent_envs=True)
+
+
+@pytest.fixture(scope="module")
+def ppo_pendulum():
+    return GymnaxSource("Pendulum-v1", ({}, {"m": 2.0}), init_log_std=-0.5, **PPO)
+
+
+@pytest.fixture(scope="module")
+def ppo_stream(ppo_pendulum):
+    """Two consecutive training rollouts of one stream, and the minibatches of the second."""
+    src = ppo_pendulum
+    params = src.init_params(jax.random.key(0))
+    task = jax.tree.map(lambda x: x[0], src.tasks)
+    hp = RLHParams(feedback_weight=0.5, discount=0.9, gae_lambda=0.8, reward_scale=0.1)
+
+    @jax.jit
+    def collect(key):
+        k0, k1, k2, k3 = jax.random.split(key, 4)
+        start = src.stream_init(k0, task, hp)
+        b1, mid = src.stream_batch(k1, params, task, hp, start)
+        b2, end = src.stream_batch(k2, params, task, hp, mid)
+        return start, b1, mid, b2, end, src.minibatches(k3, b2, hp)
+
+    return (params, hp) + collect(jax.random.key(1))
+
+
+def test_minibatch_indices_cover_every_sample_once_per_epoch():
+    idx = np.asarray(minibatch_indices(jax.random.key(0), 12, 3, 4))
+    assert idx.shape == (12, 3)
+    for e in range(3):
+        np.testing.assert_array_equal(np.sort(idx[4 * e:4 * (e + 1)].ravel()), np.arange(12))
+    assert not np.array_equal(idx[:4], idx[4:8])  # a fresh permutation per epoch
+    with pytest.raises(ValueError, match="num_minibatches must divide"):
+        minibatch_indices(jax.random.key(0), 10, 1, 4)
+    with pytest.raises(ValueError, match="epochs"):
+        minibatch_indices(jax.random.key(0), 12, 0, 4)
+
+
+def test_stream_continues_the_episodes_between_rollouts(ppo_stream):
+    """Pendulum's episodes last 200 steps, so after two rollouts of 12 steps every environment is at step 24 of its
+    first episode: the second rollout starts where the first ended (state, observation, carry, feedback) and its
+    episode returns keep summing the first rollout's rewards."""
+    params, hp, start, b1, mid, b2, end, _ = ppo_stream
+    assert not bool(jnp.any(b1.done)) and not bool(jnp.any(b2.done))
+    np.testing.assert_array_equal(start.env_state.time, 0)
+    np.testing.assert_array_equal(mid.env_state.time, 12)
+    np.testing.assert_array_equal(end.env_state.time, 24)
+    np.testing.assert_array_equal(b2.obs[0], mid.obs.reshape(b2.obs[0].shape))
+    np.testing.assert_array_equal(b2.carry[0], mid.carry)
+    np.testing.assert_array_equal(b2.feedback[0], mid.feedback)
+    np.testing.assert_allclose(b2.feedback[0], 0.5 * np.concatenate([b1.reward[-1][:, None], b1.action[-1]], -1),
+                               rtol=1e-6)
+    assert not np.allclose(b2.carry[0], 0.0)  # the carry is not restarted
+    rewards = np.concatenate([np.asarray(b1.reward, np.float64), np.asarray(b2.reward, np.float64)])
+    np.testing.assert_allclose(b2.episode_return, np.cumsum(rewards, axis=0)[12:], rtol=1e-5)
+    np.testing.assert_allclose(end.episode_return, rewards.sum(0), rtol=1e-5)
+
+
+def test_a_stream_restarts_finished_episodes():
+    """CartPole episodes end within 40 steps; where one ends, the next step starts from zero feedback, carry and
+    return, and the batch score is the mean of the finished episodes' full returns (lengths), counted across the
+    two rollouts."""
+    src = GymnaxSource("CartPole-v1", ({},), **dict(PPO, num_steps=20))
+    params = src.init_params(jax.random.key(0))
+    task = jax.tree.map(lambda x: x[0], src.tasks)
+    hp = RLHParams()
+
+    @jax.jit
+    def collect(key):
+        k0, k1, k2 = jax.random.split(key, 3)
+        mid = src.stream_init(k0, task, hp)
+        b1, mid = src.stream_batch(k1, params, task, hp, mid)
+        b2, _ = src.stream_batch(k2, params, task, hp, mid)
+        return b1, b2, src.batch_return(b2)
+
+    b1, b2, score = collect(jax.random.key(3))
+    done = np.concatenate([b1.done, b2.done])
+    ret = np.concatenate([b1.episode_return, b2.episode_return])
+    steps = np.zeros(done.shape[1])
+    for t in range(done.shape[0]):  # CartPole: reward 1 per step, so the return counts the episode's steps
+        steps += 1
+        np.testing.assert_allclose(ret[t], steps)
+        steps = np.where(done[t], 0, steps)
+    ended = np.asarray(b2.done)
+    assert ended.any()
+    np.testing.assert_allclose(score, np.asarray(b2.episode_return)[ended].mean(), rtol=1e-6)
+    nxt = np.argwhere(ended[:-1])
+    for t, i in nxt:
+        np.testing.assert_array_equal(b2.carry[t + 1, i], 0.0)
+        np.testing.assert_array_equal(b2.feedback[t + 1, i], 0.0)
+
+
+def test_minibatches_hold_the_collections_advantages(ppo_pendulum, ppo_stream):
+    params, hp, _, _, _, b2, _, mbs = ppo_stream
+    src = ppo_pendulum
+    n = 3 * 12
+    assert mbs.obs.shape == (6, n // 3, 3)
+    assert src.minibatch_passes == 6 and mbs.action.shape == (6, 12, 1)
+    ref_adv, ref_targets = _gae_numpy(0.1 * np.asarray(b2.reward), b2.value, b2.done, b2.last_value, 0.9, 0.8)
+    flat = lambda x: np.asarray(x).reshape((n,) + np.shape(x)[2:])  # noqa: E731
+    obs = flat(b2.obs)
+    for u in range(6):
+        for j in range(12):  # find each minibatch row's sample by its (unique) observation
+            (i,), = np.nonzero(np.all(obs == np.asarray(mbs.obs[u, j]), axis=1))
+            np.testing.assert_allclose(mbs.advantage[u, j], flat(ref_adv)[i], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(mbs.target[u, j], flat(ref_targets)[i], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(mbs.log_prob[u, j], flat(b2.log_prob)[i])
+            np.testing.assert_allclose(mbs.carry[u, j], flat(b2.carry)[i])
+    np.testing.assert_allclose(mbs.score, src.batch_return(b2), rtol=1e-6)
+
+
+def test_minibatch_loss_ratio_is_exp_of_the_log_prob_change(ppo_pendulum, ppo_stream):
+    """At moved parameters, the policy term is -mean min(rho A, clip(rho) A) with rho = exp(log pi_new - log pi_old)
+    and A the minibatch-standardized advantages, computed here in float64 from the policy's mean and log-std."""
+    params, hp, _, _, _, _, _, mbs = ppo_stream
+    src = ppo_pendulum
+    mb = jax.tree.map(lambda x: x[0], mbs)
+    moved = jax.tree.map(lambda p, k: p + 0.3 * jax.random.normal(k, p.shape),
+                         params, jax.tree.unflatten(jax.tree.structure(params),
+                                                    list(jax.random.split(jax.random.key(5),
+                                                                          len(jax.tree.leaves(params))))))
+
+    @jax.jit
+    def both(p0, p1):
+        pol = jax.vmap(lambda c, o, f: src.predict(p1, (c, o, f)))(mb.carry, mb.obs, mb.feedback)
+        return src.loss(p0, mb, hp)[1], src.loss(p1, mb, hp)[1], pol
+
+    aux0, aux, pol = both(params, moved)
+    assert float(aux0["clip_fraction"]) == 0.0  # theta = theta_old: rho = 1
+    pol = np.asarray(pol, np.float64)
+    mean, log_std = pol[:, :1], pol[:, 1:]
+    a = np.asarray(mb.action, np.float64)
+    logp = np.sum(-0.5 * ((a - mean) / np.exp(log_std)) ** 2 - log_std - 0.5 * np.log(2 * np.pi), axis=1)
+    rho = np.exp(logp - np.asarray(mb.log_prob, np.float64))
+    adv = np.asarray(mb.advantage, np.float64)
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    ref = -np.mean(np.minimum(rho * adv, np.clip(rho, 0.8, 1.2) * adv))
+    np.testing.assert_allclose(aux["policy_loss"], ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(aux["clip_fraction"], np.mean(np.abs(rho - 1) > 0.2), atol=1e-6)
+    assert 0.0 < float(aux["clip_fraction"]) < 1.0
+
+
+def test_learn_takes_one_step_per_minibatch(ppo_pendulum, ppo_stream):
+    """Run.learn on one collected rollout: epochs * num_minibatches = 6 optimizer steps (Adam's step count), the
+    clip acting after the first of them; the trace is their mean."""
+    import optax
+    params, hp, _, _, _, b2, _, _ = ppo_stream
+    run = make_run(RunConfig(strategy="none", episodes_per_task=1, monitors=()), ppo_pendulum)
+    rhp = run.hparams(learning_rate=3e-2, feedback_weight=0.5, discount=0.9, gae_lambda=0.8, reward_scale=0.1)
+    state = run.init(jax.random.key(0), rhp)._replace(params=params)
+    state = state._replace(opt_state=run.optimizer(rhp).init(params))
+    new, trace = jax.jit(run.learn)(state, b2, jax.random.key(1), rhp)
+    assert int(optax.tree_utils.tree_get(new.opt_state, "count")) == 6
+    assert bool(trace["finite"]) and 0.0 < float(trace["clip_fraction"]) < 1.0
+    np.testing.assert_allclose(trace["score"], ppo_pendulum.batch_return(b2), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_epochs_of_minibatches_in_the_continual_run(ppo_pendulum):
+    """Each episode of the run is epochs * num_minibatches = 6 optimizer steps (Adam's step count says so), the
+    clip acts after the first of them, and the run with EWC compiles and vmaps over seeds."""
+    import optax
+    run = make_run(RunConfig(strategy="ewc", episodes_per_task=2, monitors=(), fisher_variant="exact",
+                             reset_optimizer=False), ppo_pendulum)
+    hp = run.hparams(lam=1.0, learning_rate=3e-2)
+    state, res = jax.vmap(lambda k: run(k, hp))(jax.random.split(jax.random.key(0), 2))
+    np.testing.assert_array_equal(optax.tree_utils.tree_get(state.opt_state, "count"), 2 * 2 * 6)
+    assert np.all(np.isfinite(res.R)) and bool(np.all(res.traces["finite"]))
+    assert np.all(np.asarray(res.traces["clip_fraction"]) > 0.0)
+    assert np.all(np.asarray(res.traces["penalty"])[:, 1] > 0.0)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(num_minibatches=5), "num_minibatches must divide"), (dict(epochs=0), "epochs"),
+    (dict(num_minibatches=0), "num_minibatches"), (dict(persistent_envs=1), "persistent_envs"),
+])
+def test_source_refuses_bad_ppo_configuration(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        GymnaxSource("CartPole-v1", ({},), **dict(TINY, **kwargs))
+
+
+# ---------------------------------------------------------------- the default world learned from its reward
+@pytest.fixture(scope="module")
+def world_reward():
+    from clloop_jax.envs import LatentWorld
+    world = LatentWorld(observation_dim=5, action_dim=3, num_modalities=2, latent_dim=2, episode_length=6,
+                        max_action=1.0)
+    return GymnaxSource("LatentWorld", environment=world, tasks=world.tasks(2), score_kind="imitation",
+                        **dict(TINY, eval_steps=None))
+
+
+def test_world_reward_source_sees_modalities_and_scores_against_the_hidden_expert(world_reward):
+    """The model reads the world's 2 modalities; the recorded expert action is the one each step's reward was
+    computed against (reward = -|clip(a) - a*|^2 / A), and the imitation score is 1 - sum |clip(a) - a*|^2 /
+    sum |a*|^2 of the mean action (float64 here)."""
+    src = world_reward
+    assert src.model.num_modalities == 2 and src.model.modality_dims == (5, 5) and src.eval_steps == 6
+    params = src.init_params(jax.random.key(0))
+    task = jax.tree.map(lambda x: x[1], src.tasks)
+    hp = src.hparams
+
+    @jax.jit
+    def go(key):
+        return src.score(key, params, task, hp), src.rollout(key, params, task, hp, 2, 6, src.mean_action, True)
+
+    score, mean_b = go(jax.random.key(2))
+    am = np.clip(np.asarray(mean_b.action, np.float64), -1.0, 1.0)
+    tm = np.asarray(mean_b.target, np.float64)
+    assert np.abs(tm).max() > 0.05 and np.abs(am).max() > 0.0
+    np.testing.assert_allclose(mean_b.reward, -np.mean((am - tm) ** 2, axis=-1), rtol=1e-5, atol=1e-6)
+    ref = max(-1.0, 1.0 - np.sum((am - tm) ** 2) / np.sum(tm ** 2))
+    np.testing.assert_allclose(score, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_world_reward_source_refuses_bad_input():
+    from clloop_jax.envs import LatentWorld
+    world = LatentWorld(observation_dim=5, action_dim=3, num_modalities=2, latent_dim=2, episode_length=6)
+    with pytest.raises(ValueError, match="tasks"):
+        GymnaxSource("LatentWorld", environment=world)
+    with pytest.raises(TypeError, match="environment must have the gymnax environment interface"):
+        GymnaxSource("LatentWorld", environment=object(), tasks=world.tasks(2))
+    with pytest.raises(ValueError, match="score_kind"):
+        GymnaxSource("LatentWorld", environment=world, tasks=world.tasks(2), score_kind="accuracy")
+    with pytest.raises(ValueError, match="expert_action"):
+        GymnaxSource("CartPole-v1", ({},), score_kind="imitation")

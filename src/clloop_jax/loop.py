@@ -8,7 +8,7 @@ source in sequence and evaluates on every task before the first and after each o
         if phase < num_tasks:
             for episode in scan(episodes):
                 batch = source.batch(key, params, task)           # a closed-loop rollout, or a minibatch
-                state, trace = run.update(state, batch, key, hp)  # the one update step
+                state, trace = run.learn(state, batch, key, hp)   # the update step (once per minibatch)
             consolidate: one draw of the task's data serves the importance (Fisher / MAS, only if asked for),
                          the strategy and the monitors
 
@@ -17,6 +17,9 @@ The parts:
 * the **task source** (:mod:`clloop_jax.sources`): batches, the loss, the score and per-sample data of each task;
 * the **strategy** (:mod:`clloop_jax.strategies`): a penalty, accumulators, a consolidation, rehearsal hooks;
 * the **monitors** (:mod:`clloop_jax.monitors`): opt-in divergence measurements, absent from the program when off;
+* the **stream** (optional): a source with ``streaming = True`` keeps its environments running from one batch to
+  the next within a task (``stream_init`` at the task's start, ``stream_batch`` per episode), and one with
+  ``minibatch_passes > 1`` has each batch learned as several updates on its minibatches (:meth:`Run.learn`);
 * the **update step** :meth:`Run.update` ``(state, batch, key, hp) -> (state, trace)``, which the continual run,
   the joint upper bound (:func:`make_joint_run`) and the facade's ``train_step`` all use.
 
@@ -402,28 +405,59 @@ class Run:
         if self.config.reset_optimizer:
             state = state._replace(opt_state=self.optimizer(hp).init(state.params))
 
-        def episode(st: TrainState, k):
+        src = self.source
+        streaming = bool(getattr(src, "streaming", False))
+
+        def episode(carry, k):
+            st, stream = carry
             k_batch, k_update = jax.random.split(k)
-            return self.update(st, self.source.batch(k_batch, st.params, task, hp.source), k_update, hp)
+            if streaming:
+                batch, stream = src.stream_batch(k_batch, st.params, task, hp.source, stream)
+            else:
+                batch = src.batch(k_batch, st.params, task, hp.source)
+            st, trace = self.learn(st, batch, k_update, hp)
+            return (st, stream), trace
 
         E = self.config.episodes_per_task
         keys = jax.random.split(jax.random.fold_in(key, 0), E)
+        # a streaming source's environments start afresh with every task and continue from one batch to the next
+        stream = src.stream_init(jax.random.fold_in(key, 2), task, hp.source) if streaming else None
         measuring = [(m, i) for i, m in enumerate(self.monitors) if m.measure is not None]
         if not measuring:
-            state, trace = jax.lax.scan(episode, state, keys)
+            (state, _), trace = jax.lax.scan(episode, (state, stream), keys)
         else:
             every = self.config.measure_every or E
 
-            def chunk(st, ks):
-                st, tr = jax.lax.scan(episode, st, ks)
+            def chunk(carry, ks):
+                (st, stream), tr = jax.lax.scan(episode, carry, ks)
                 for monitor, i in measuring:
                     for name, value in monitor.measure(st.monitors[i], st.params, self.source).items():
                         tr[name] = jnp.full((every,), jnp.nan, jnp.result_type(value)).at[-1].set(value)
-                return st, tr
+                return (st, stream), tr
 
-            state, trace = jax.lax.scan(chunk, state, keys.reshape((E // every, every)))
+            (state, _), trace = jax.lax.scan(chunk, (state, stream), keys.reshape((E // every, every)))
             trace = jax.tree.map(lambda x: x.reshape((E,)), trace)
         return self._consolidate(state, jax.random.fold_in(key, 1), task_id, task, hp), trace
+
+    def learn(self, state: TrainState, batch, key, hp: HParams):
+        """What one episode's batch teaches: one :meth:`update` on it, or, when the source splits a batch into
+        minibatches (``source.minibatch_passes > 1``: e.g. several PPO epochs of minibatches over one collected
+        rollout), one update per minibatch in the order ``source.minibatches(key, batch, hp)`` gives them. The
+        trace is the mean over those updates (``finite``: all of them)."""
+        src = self.source
+        passes = int(getattr(src, "minibatch_passes", 1))
+        if passes == 1 and not getattr(src, "streaming", False):
+            return self.update(state, batch, key, hp)
+        k_split, k_update = jax.random.split(key)
+        minibatches = src.minibatches(k_split, batch, hp.source)
+
+        def one(st, x):
+            mb, k = x
+            return self.update(st, mb, k, hp)
+
+        state, traces = jax.lax.scan(one, state, (minibatches, jax.random.split(k_update, passes)))
+        trace = {name: jnp.all(v) if name == "finite" else jnp.mean(v, axis=0) for name, v in traces.items()}
+        return state, trace
 
     def _consolidate(self, state: TrainState, key, task_id, task, hp: HParams) -> TrainState:
         k_data, k_consolidate = jax.random.split(key)

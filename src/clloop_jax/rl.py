@@ -11,8 +11,9 @@ The head has ``P + 1`` outputs: the policy's ``P`` numbers (the logits of a cate
 actions, or the mean of a diagonal Gaussian over ``A = P`` action entries, whose state-independent log standard
 deviation is the parameter ``params["log_std"]``) and the value ``V(s)``.
 
-**The objective** (one optimizer step per rollout, inside the run's compiled program). A batch is a rollout of
-``num_envs`` environments for ``num_steps`` steps from a fresh reset, recording for every step the carry the
+**The objective** (inside the run's compiled program). A batch is a rollout of ``num_envs`` environments for
+``num_steps`` steps (from a fresh reset, or, with ``persistent_envs``, continuing where the previous update's rollout
+left them; reset at each task's start), recording for every step the carry the
 policy acted from, the action, its log-probability under the acting parameters ``log pi_old`` and the value.
 With ``r~_t = reward_scale * r_t`` and ``d_t`` = the episode ended at step ``t`` (terminated or truncated, as
 purejaxrl treats it), generalized advantage estimation (:func:`gae`) gives
@@ -24,11 +25,13 @@ with ``V_T`` the value of the observation after the last step, and the value tar
     L = -mean_t min(rho_t Â_t, clip(rho_t, 1 - clip_eps, 1 + clip_eps) Â_t)            (PPO's clipped surrogate)
         + value_coef * 0.5 mean_t (V_theta(s_t) - (A_t + V_t))^2 - entropy_coef * mean_t H[pi_theta(.|s_t)]
 
-with ``rho_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t)`` and ``Â`` the advantages standardized over the batch. The
-policy at a step is recomputed from the recorded carry (backpropagation through one step of the recurrence: the
-carries are data). The run takes one gradient step per rollout, at ``theta = theta_old``, where ``rho = 1`` and
-the clipped surrogate's gradient equals the advantage actor-critic (A2C) gradient; :func:`clipped_surrogate` is
-the objective itself, exact for ``rho != 1`` too. Every coefficient is a traced hyperparameter
+with ``rho_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t)`` and ``Â`` the advantages standardized over the batch (or
+minibatch). The policy at a step is recomputed from the recorded carry (backpropagation through one step of the
+recurrence: the carries are data). By default the run takes one gradient step per rollout, at
+``theta = theta_old``, where ``rho = 1`` and the clipped surrogate's gradient equals the advantage actor-critic
+(A2C) gradient. With ``epochs`` and ``num_minibatches`` (:meth:`GymnaxSource.minibatches`, :meth:`Run.learn
+<clloop_jax.loop.Run.learn>`) the advantages, targets and ``log pi_old`` are fixed at collection and the run takes
+``epochs x num_minibatches`` steps on minibatches of them, so ``rho`` moves away from 1 and the clip acts (PPO). Every coefficient is a traced hyperparameter
 (:class:`RLHParams`), swept with ``vmap`` like any other.
 
 **Score** (evaluation): the mean undiscounted return of the first episode of each of ``eval_envs`` environments,
@@ -56,11 +59,12 @@ import numpy as np
 from gymnax.environments import spaces
 
 from clloop_jax import fisher as fisher_lib
+from clloop_jax.envs.base import normalized_score
 from clloop_jax.model import CrossModalModel
 from clloop_jax.strategies.base import nonnegative, positive, unit_interval
 
-__all__ = ["RLHParams", "RLBatch", "GymnaxSource", "GaussianPolicyLikelihood", "gae", "clipped_surrogate",
-           "task_params"]
+__all__ = ["RLHParams", "RLBatch", "PPOMinibatch", "RolloutState", "GymnaxSource", "GaussianPolicyLikelihood", "gae", "clipped_surrogate",
+           "task_params", "minibatch_indices"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -95,7 +99,10 @@ class RLBatch(NamedTuple):
     obs ``[T, B, D]``, feedback ``[T, B, F]``, carry ``[T, B, H]`` (the carry the step started from), action
     ``[T, B]`` (int32) or ``[T, B, A]``, log_prob ``[T, B]`` and value ``[T, B]`` under the acting parameters,
     reward ``[T, B]``, done ``[T, B]`` (the episode ended at step t), last_value ``[B]`` (value after the last
-    step).
+    step), episode_return ``[T, B]`` (the reward summed from the start of step t's episode through step t, that
+    start possibly in an earlier rollout of a stream; None: counted from this rollout's start), target
+    ``[T, B, A]`` (the environment's expert action at the state the step acted from, recorded for an imitation
+    score only; None otherwise).
     """
 
     obs: jax.Array
@@ -107,6 +114,37 @@ class RLBatch(NamedTuple):
     reward: jax.Array
     done: jax.Array
     last_value: jax.Array
+    episode_return: Any = None
+    target: Any = None
+
+
+class PPOMinibatch(NamedTuple):
+    """Flat samples ``[N, ...]`` of one collected rollout, for several optimizer steps on it: the state the policy
+    acted from (carry, obs, feedback), the action, its log-probability ``log pi_old`` and the value under the
+    collecting parameters, and the GAE advantage and value target computed once at collection (with
+    ``reward_scale``, ``discount``, ``gae_lambda``); ``score`` (a scalar) is the collected rollout's
+    :meth:`GymnaxSource.batch_return`."""
+
+    carry: jax.Array
+    obs: jax.Array
+    feedback: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    advantage: jax.Array
+    target: jax.Array
+    score: jax.Array
+
+
+class RolloutState(NamedTuple):
+    """Where ``B`` environments of a stream stand between two rollouts: the environments' states, the observation,
+    the feedback and the policy's carry for the next step, and each environment's return so far in its episode."""
+
+    env_state: Any
+    obs: jax.Array
+    feedback: jax.Array
+    carry: jax.Array
+    episode_return: jax.Array
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -253,11 +291,27 @@ class GymnaxSource:
         the policy's outputs + 1 (the value) and ``feedback_dim`` 1 + the action encoding's size (None: set here).
         None builds ``CrossModalModel(hidden_dim=hidden_dim, num_heads=2)`` of those sizes.
       hidden_dim: the default model's width.
-      num_envs, num_steps: a training rollout's parallel environments and steps (one optimizer step each).
+      num_envs, num_steps: a training rollout's parallel environments and steps (one rollout per update).
       eval_envs, eval_steps: evaluation environments and steps (default: the largest ``max_steps_in_episode``).
       fisher_size: visited states per Fisher diagonal (drawn from one rollout of ``num_envs x num_steps``);
         None: ``min(256, num_envs * num_steps)``.
       init_log_std: the Gaussian policy's initial log standard deviation.
+      epochs, num_minibatches: PPO's passes over one collected rollout: each update (episode of the run) collects
+        ``num_envs x num_steps`` steps, computes the advantages and value targets once, then takes ``epochs`` passes
+        of ``num_minibatches`` optimizer steps, each pass over a fresh random permutation of the samples (so every
+        sample is in exactly one minibatch per pass); ``rho = exp(log pi_theta - log pi_old)`` departs from 1 after
+        the first step and the clip acts. ``num_envs * num_steps`` must be divisible by ``num_minibatches``.
+        1 and 1 (with ``persistent_envs`` False): one optimizer step on the whole rollout, as before.
+      persistent_envs: the training environments (and the policy's carry, feedback and episode returns) continue
+        from one rollout to the next within a task instead of restarting from a reset, so episodes longer than
+        ``num_steps`` are seen whole; they are reset at each task's start.
+      environment: an environment object with the gymnax interface to use instead of ``gymnax.make(env_id)`` (``env_id``
+        then only names it), e.g. a :class:`~clloop_jax.envs.MultiModalEnv` learned from its reward alone; its
+        tasks are ``tasks`` (a stacked ``EnvParams``, required with ``environment``; ``overrides`` is unused). An
+        observation ``[M, D]`` of an environment with ``num_modalities = M`` is ``M`` modalities of the model.
+      score_kind: ``"return"`` (the mean return, default) or ``"imitation"``: the imitation-normalized score
+        ``1 - sum |a - a*|^2 / sum |a*|^2`` (:func:`clloop_jax.envs.base.normalized_score`) of the policy's mean
+        action against the environment's ``expert_action``, for a world that has an expert the agent never sees.
     """
 
     env_id: str
@@ -270,16 +324,43 @@ class GymnaxSource:
     eval_steps: Optional[int] = None
     fisher_size: Optional[int] = None
     init_log_std: float = 0.0
+    epochs: int = 1
+    num_minibatches: int = 1
+    persistent_envs: bool = False
+    environment: Any = dataclasses.field(default=None, repr=False)
+    score_kind: str = "return"
     tasks: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
-        overrides = self.overrides
-        if isinstance(overrides, (list, tuple)):
-            overrides = [dict(o) if isinstance(o, (list, tuple)) else o for o in overrides]
-        env, tasks = task_params(self.env_id, overrides)
-        object.__setattr__(self, "overrides", tuple(tuple(sorted(o.items())) for o in overrides))
-        for name in ("hidden_dim", "num_envs", "num_steps", "eval_envs"):
+        if self.environment is None:
+            overrides = self.overrides
+            if isinstance(overrides, (list, tuple)):
+                overrides = [dict(o) if isinstance(o, (list, tuple)) else o for o in overrides]
+            env, tasks = task_params(self.env_id, overrides)
+            object.__setattr__(self, "overrides", tuple(tuple(sorted(o.items())) for o in overrides))
+        else:
+            env, tasks = self.environment, self.tasks
+            missing = [m for m in ("reset", "step", "action_space", "observation_space", "default_params")
+                       if not hasattr(env, m)]
+            if missing:
+                raise TypeError(f"environment must have the gymnax environment interface (it lacks {missing}), "
+                                f"got {type(env).__name__}")
+            if tasks is None or not jax.tree.leaves(tasks):
+                raise ValueError("tasks must be the environment's stacked EnvParams (one leading task axis) when "
+                                 "environment is given, e.g. tasks=world.tasks(3)")
+            object.__setattr__(self, "overrides", ())
+        if self.score_kind not in ("return", "imitation"):
+            raise ValueError(f"score_kind must be 'return' or 'imitation', got {self.score_kind!r}")
+        if self.score_kind == "imitation" and not hasattr(env, "expert_action"):
+            raise ValueError(f"score_kind='imitation' needs an environment with expert_action; {self.env_id!r} has "
+                             f"none")
+        for name in ("hidden_dim", "num_envs", "num_steps", "eval_envs", "epochs", "num_minibatches"):
             _positive_int(name, getattr(self, name))
+        if (self.num_envs * self.num_steps) % self.num_minibatches:
+            raise ValueError(f"num_minibatches must divide num_envs * num_steps = {self.num_envs * self.num_steps}, "
+                             f"got {self.num_minibatches}")
+        if not isinstance(self.persistent_envs, bool):
+            raise ValueError(f"persistent_envs must be a bool, got {self.persistent_envs!r}")
         _positive_int("fisher_size", self.fisher_size, allow_none=True)
         if self.fisher_size is None:
             object.__setattr__(self, "fisher_size", min(256, self.num_envs * self.num_steps))
@@ -302,20 +383,26 @@ class GymnaxSource:
         else:
             raise ValueError(f"env_id={self.env_id!r} has a {type(space).__name__} action space; GymnaxSource "
                              f"needs Discrete or Box")
-        obs_shape = env.observation_space(env.default_params).shape
-        object.__setattr__(self, "_obs_dim", int(np.prod(obs_shape)))
+        obs_shape = tuple(env.observation_space(env.default_params).shape)
+        modalities = getattr(env, "num_modalities", None)
+        if isinstance(modalities, int) and len(obs_shape) == 2 and obs_shape[0] == modalities:
+            object.__setattr__(self, "_modalities", obs_shape)  # [M, D]: M modalities of D features
+        else:
+            object.__setattr__(self, "_modalities", (1, int(np.prod(obs_shape))))  # one flat modality
+        object.__setattr__(self, "_obs_dim", self._modalities[1])
         if self.eval_steps is None:
             object.__setattr__(self, "eval_steps", int(np.max(np.asarray(tasks.max_steps_in_episode))))
         model = self.model
         if model is None:
             model = CrossModalModel(input_dim=self._obs_dim, hidden_dim=self.hidden_dim,
-                                    output_dim=self._policy_dim + 1, num_modalities=1, num_heads=2,
-                                    feedback_dim=self.feedback_dim)
+                                    output_dim=self._policy_dim + 1, num_modalities=self._modalities[0],
+                                    num_heads=2, feedback_dim=self.feedback_dim)
         if not isinstance(model, CrossModalModel):
             raise TypeError(f"model must be a CrossModalModel or None, got {type(model).__name__}")
         if model.feedback_dim is None:
             model = model.clone(feedback_dim=self.feedback_dim)
-        expected = dict(num_modalities=1, modality_dims=(self._obs_dim,), output_dim=self._policy_dim + 1,
+        expected = dict(num_modalities=self._modalities[0], modality_dims=(self._obs_dim,) * self._modalities[0],
+                        output_dim=self._policy_dim + 1,
                         feedback_dim=self.feedback_dim)
         for name, value in expected.items():
             if getattr(model, name) != value:
@@ -328,7 +415,8 @@ class GymnaxSource:
         """What the compiled programs depend on: not the overrides' values (the task arrays are arguments of the
         run's program), only their number, so sources of equal configuration share one compilation."""
         return (self.env_id, self.num_tasks, self.model, self.hidden_dim, self.num_envs, self.num_steps,
-                self.eval_envs, self.eval_steps, self.fisher_size, self.init_log_std)
+                self.eval_envs, self.eval_steps, self.fisher_size, self.init_log_std, self.epochs,
+                self.num_minibatches, self.persistent_envs, self.environment, self.score_kind)
 
     def __hash__(self):
         return hash(self._config())
@@ -360,6 +448,16 @@ class GymnaxSource:
         return int(jax.tree.leaves(self.tasks)[0].shape[0])
 
     @property
+    def streaming(self) -> bool:
+        """Whether the run keeps this source's environments running between updates (``persistent_envs``)."""
+        return self.persistent_envs
+
+    @property
+    def minibatch_passes(self) -> int:
+        """Optimizer steps per collected rollout: ``epochs * num_minibatches``."""
+        return self.epochs * self.num_minibatches
+
+    @property
     def likelihood(self):
         return fisher_lib.Categorical() if self._discrete else GaussianPolicyLikelihood()
 
@@ -376,7 +474,7 @@ class GymnaxSource:
 
     def _apply(self, params, carry, obs, feedback):
         """``(new_carry, policy_out [..., P or 2A], value [...])`` for any leading batch shape."""
-        obs = jnp.reshape(obs, obs.shape[:carry.ndim - 1] + (1, self._obs_dim)).astype(jnp.float32)
+        obs = jnp.reshape(obs, obs.shape[:carry.ndim - 1] + self._modalities).astype(jnp.float32)
         new_carry, out = self.model.apply(params["model"], carry, obs, feedback)
         pol, value = out[..., :self._policy_dim], out[..., self._policy_dim]
         if not self._discrete:
@@ -399,22 +497,35 @@ class GymnaxSource:
     def _env_action(self, action):
         return action if self._discrete else action.reshape(self.env.action_space(self.env.default_params).shape)
 
-    def rollout(self, key, params, task, hparams, num_envs, num_steps, policy=None) -> RLBatch:
+    def reset(self, key, task, num_envs) -> RolloutState:
+        """``num_envs`` environments of ``task`` freshly reset, zero carry, feedback and returns."""
+        obs, state = jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(key, num_envs), task)
+        return RolloutState(state, obs, jnp.zeros((num_envs, self.feedback_dim), jnp.float32),
+                            jnp.zeros((num_envs, self.model.hidden_dim), jnp.float32),
+                            jnp.zeros((num_envs,), jnp.float32))
+
+    def rollout(self, key, params, task, hparams, num_envs, num_steps, policy=None, record_target=False) -> RLBatch:
         """``num_envs`` environments of ``task`` for ``num_steps`` steps from a fresh reset, acting with the policy
         (or with ``policy(key, pol) -> action`` when given, e.g. uniform random), gradients stopped."""
-        H = self.model.hidden_dim
         k_reset, k_steps = jax.random.split(key)
-        obs, state = jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), task)
-        carry0 = jnp.zeros((num_envs, H), jnp.float32)
-        fb0 = jnp.zeros((num_envs, self.feedback_dim), jnp.float32)
+        return self.continue_rollout(k_steps, params, task, hparams, self.reset(k_reset, task, num_envs),
+                                     num_steps, policy, record_target)[0]
+
+    def continue_rollout(self, key, params, task, hparams, start: RolloutState, num_steps, policy=None,
+                         record_target=False):
+        """``(batch, end)``: the environments of ``start`` for ``num_steps`` more steps (an episode that ends is
+        reset by the environment and its carry, feedback and return restart at zero); ``end`` is where the next
+        rollout continues from. Gradients stopped."""
+        num_envs = start.obs.shape[0]
         w = jnp.asarray(hparams.feedback_weight, jnp.float32)
 
-        def step(c, k):
-            state, obs, fb, carry = c
+        def step(c: RolloutState, k):
+            state, obs, fb, carry, ep_ret = c
             k_act, k_env = jax.random.split(k)
             new_carry, pol, value = self._apply(params, carry, obs, fb)
             action = self._sample(k_act, pol) if policy is None else policy(k_act, pol)
             log_prob = self.likelihood.log_prob(pol, action)
+            target = jax.vmap(self.env.expert_action, in_axes=(0, None))(state, task) if record_target else None
             obs2, state2, reward, term, trunc, _ = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(k_env, num_envs), state, jax.vmap(self._env_action)(action), task)
             reward = jnp.asarray(reward, jnp.float32)
@@ -422,18 +533,43 @@ class GymnaxSource:
             fb2 = w * jnp.concatenate([reward[:, None], self._encode(action)], axis=-1)
             fb2 = jnp.where(done[:, None], 0.0, fb2)
             carry2 = jnp.where(done[:, None], 0.0, new_carry)
+            ep_ret = ep_ret + reward
             rec = RLBatch(obs.reshape(num_envs, -1).astype(jnp.float32), fb, carry, action, log_prob, value,
-                          reward, done, jnp.zeros(()))
-            return (state2, obs2, fb2, carry2), rec
+                          reward, done, jnp.zeros(()), ep_ret, target)
+            return RolloutState(state2, obs2, fb2, carry2, jnp.where(done, 0.0, ep_ret)), rec
 
-        (state, obs, fb, carry), batch = jax.lax.scan(step, (state, obs, fb0, carry0),
-                                                      jax.random.split(k_steps, num_steps))
-        _, _, last_value = self._apply(params, carry, obs, fb)
-        return jax.lax.stop_gradient(batch._replace(last_value=last_value))
+        end, batch = jax.lax.scan(step, start, jax.random.split(key, num_steps))
+        _, _, last_value = self._apply(params, end.carry, end.obs, end.feedback)
+        return jax.lax.stop_gradient((batch._replace(last_value=last_value), end))
 
     # ----- the task-source interface --------------------------------------------------------------------------
     def batch(self, key, params, task, hparams):
         return self.rollout(key, params, task, hparams, self.num_envs, self.num_steps)
+
+    def stream_init(self, key, task, hparams) -> RolloutState:
+        """The training environments at a task's start (``persistent_envs``): ``num_envs`` fresh resets."""
+        return self.reset(key, task, self.num_envs)
+
+    def stream_batch(self, key, params, task, hparams, stream: RolloutState):
+        """``(batch, stream)``: the next ``num_steps`` steps of the running training environments."""
+        return self.continue_rollout(key, params, task, hparams, stream, self.num_steps)
+
+    def minibatches(self, key, batch: RLBatch, hparams) -> PPOMinibatch:
+        """The collected ``batch`` as ``epochs * num_minibatches`` minibatches (a leading axis) of
+        ``num_envs * num_steps / num_minibatches`` samples each: advantages and value targets computed once on the
+        whole rollout (:func:`gae` with the collection's values), then per epoch one random permutation of the
+        ``N = num_envs * num_steps`` samples cut into ``num_minibatches`` consecutive pieces."""
+        hp = hparams
+        adv, targets = gae(hp.reward_scale * batch.reward, batch.value, batch.done, batch.last_value,
+                           hp.discount, hp.gae_lambda)
+        flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+        data = (flat(batch.carry), flat(batch.obs), flat(batch.feedback), flat(batch.action), flat(batch.log_prob),
+                flat(batch.value), flat(adv), flat(targets))
+        n, m = data[0].shape[0], self.num_minibatches
+        idx = minibatch_indices(key, n, self.epochs, m)
+        picked = [x[idx] for x in data]
+        score = jnp.broadcast_to(self.batch_return(batch), (self.minibatch_passes,))
+        return PPOMinibatch(*picked, score)
 
     def loss(self, params, batch: RLBatch, hparams):
         """The actor-critic loss of the module docstring; ``aux``: ``score`` (the mean return of the episodes that
@@ -441,25 +577,45 @@ class GymnaxSource:
         hp = hparams
         _, pol, value = self._apply(params, batch.carry, batch.obs, batch.feedback)
         log_prob = self.likelihood.log_prob(pol, batch.action)
-        adv, targets = gae(hp.reward_scale * batch.reward, batch.value, batch.done, batch.last_value,
-                           hp.discount, hp.gae_lambda)
+        if isinstance(batch, PPOMinibatch):  # advantages and targets fixed at collection
+            adv, targets, score = batch.advantage, batch.target, batch.score
+        else:
+            adv, targets = gae(hp.reward_scale * batch.reward, batch.value, batch.done, batch.last_value,
+                               hp.discount, hp.gae_lambda)
+            score = self.batch_return(batch)
         adv_n = (adv - jnp.mean(adv)) / (jnp.std(adv) + 1e-8)
-        policy_loss = -clipped_surrogate(jnp.exp(log_prob - batch.log_prob), adv_n, hp.clip_eps)
+        ratio = jnp.exp(log_prob - batch.log_prob)
+        policy_loss = -clipped_surrogate(ratio, adv_n, hp.clip_eps)
         value_loss = 0.5 * jnp.mean(jnp.square(value - targets))
         entropy = jnp.mean(self._entropy(pol))
         loss = policy_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy
-        return loss, {"score": self.batch_return(batch), "policy_loss": policy_loss, "value_loss": value_loss,
-                      "entropy": entropy}
+        clipped = jnp.mean((jnp.abs(ratio - 1.0) > hp.clip_eps).astype(jnp.float32))
+        return loss, {"score": score, "policy_loss": policy_loss, "value_loss": value_loss,
+                      "entropy": entropy, "clip_fraction": jax.lax.stop_gradient(clipped)}
 
     @staticmethod
     def batch_return(batch: RLBatch):
         """Mean return of the episodes that ended in ``batch`` (reward summed from each episode's start)."""
         ended = jnp.sum(batch.done)
-        return jnp.where(ended > 0, jnp.sum(_episode_returns(batch.reward, batch.done) * batch.done)
+        returns = _episode_returns(batch.reward, batch.done) if batch.episode_return is None else batch.episode_return
+        return jnp.where(ended > 0, jnp.sum(returns * batch.done)
                          / jnp.maximum(ended, 1), jnp.sum(batch.reward) / batch.reward.shape[1])
 
+    def mean_action(self, key, pol):
+        """The policy's most likely action: the argmax logit, or the Gaussian's mean."""
+        del key
+        return jnp.argmax(pol, axis=-1).astype(jnp.int32) if self._discrete else pol[..., :self._policy_dim]
+
     def score(self, key, params, task, hparams, policy=None):
-        """Mean return of each evaluation environment's first episode (undiscounted, stochastic policy)."""
+        """Mean return of each evaluation environment's first episode (undiscounted, stochastic policy); with
+        ``score_kind="imitation"``, the imitation-normalized score of the mean action (or of ``policy``'s) over
+        ``eval_envs x eval_steps`` steps against the environment's expert action."""
+        if self.score_kind == "imitation":
+            batch = self.rollout(key, params, task, hparams, self.eval_envs, self.eval_steps,
+                                 policy or self.mean_action, record_target=True)
+            space = self.env.action_space(task)
+            applied = jnp.clip(batch.action, space.low, space.high)
+            return normalized_score(applied, batch.target)
         batch = self.rollout(key, params, task, hparams, self.eval_envs, self.eval_steps, policy)
         first = jnp.cumsum(batch.done, axis=0) - batch.done == 0  # steps of the first episode
         return jnp.mean(jnp.sum(batch.reward * first, axis=0))
@@ -479,7 +635,10 @@ class GymnaxSource:
         return self.score(key, params, task, hparams or self.hparams, policy=self.random_policy)
 
     def samples(self, batch: RLBatch):
-        """Per-state ``((carry, obs, feedback), action)``: every step of every environment is one sample."""
+        """Per-state ``((carry, obs, feedback), action)``: every step of every environment is one sample (a
+        :class:`PPOMinibatch`'s samples as they are)."""
+        if isinstance(batch, PPOMinibatch):
+            return (batch.carry, batch.obs, batch.feedback), batch.action
         flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
         return (flat(batch.carry), flat(batch.obs), flat(batch.feedback)), flat(batch.action)
 
@@ -499,6 +658,18 @@ class GymnaxSource:
         """The policy's distribution parameters at one state ``(carry [H], obs [D], feedback [F])``."""
         carry, obs, feedback = x
         return self._apply(params, carry, obs, feedback)[1]
+
+
+def minibatch_indices(key, num_samples: int, epochs: int, num_minibatches: int):
+    """``[epochs * num_minibatches, num_samples / num_minibatches]`` sample indices: per epoch one permutation of
+    ``range(num_samples)`` (``jax.random.permutation`` with that epoch's key) cut into ``num_minibatches`` consecutive
+    pieces, so each epoch's minibatches cover every sample exactly once."""
+    for name, value in (("num_samples", num_samples), ("epochs", epochs), ("num_minibatches", num_minibatches)):
+        _positive_int(name, value)
+    if num_samples % num_minibatches:
+        raise ValueError(f"num_minibatches must divide num_samples = {num_samples}, got {num_minibatches}")
+    perms = jax.vmap(lambda k: jax.random.permutation(k, num_samples))(jax.random.split(key, epochs))
+    return perms.reshape(epochs * num_minibatches, num_samples // num_minibatches)
 
 
 def _episode_returns(rewards, dones):
