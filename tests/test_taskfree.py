@@ -10,10 +10,11 @@ import pytest
 
 from clloop_jax import taskfree as tf
 from clloop_jax.datasets import load_digits_data, permuted_stream
+from clloop_jax.envs import Environment
 from clloop_jax.fisher import Gaussian
 from clloop_jax.loop import RunConfig
-from clloop_jax.model import MLP
-from clloop_jax.sources import SupervisedSource
+from clloop_jax.model import MLP, CrossModalModel
+from clloop_jax.sources import EnvSource, SupervisedSource
 from clloop_jax.strategies import Strategy, get_strategy, streaming_ewc, streaming_si
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -516,6 +517,55 @@ def test_taskfree_bad_input(runs, source, schedule):
         run.seeds(jax.random.split(jax.random.key(0), 2), hp, [schedule])
     with pytest.raises(ValueError, match="schedules"):
         run.seeds(jax.random.split(jax.random.key(0), 2), hp, [schedule, tf.abrupt_schedule([10, 10, 10])])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The closed-loop world through the task-free run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world_detect():
+    """A tiny closed-loop world (2 tasks, episodes of 8 steps in 4 worlds) switching abruptly at episode 40, run by
+    detect-triggered EWC over 2 seeds: one compiled program shared by the tests below."""
+    env = Environment(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=2, num_tasks=2, episode_length=8)
+    model = CrossModalModel(input_dim=8, hidden_dim=16, output_dim=4, num_modalities=2, feedback_dim=env.feedback_dim)
+    source = EnvSource(model, env, num_tasks=2, num_envs=4, eval_envs=4)
+    run = tf.make_taskfree_run(RunConfig(strategy="ewc", monitors=(), fisher_variant="empirical"), source,
+                               boundaries="detect")
+    schedule = tf.abrupt_schedule([40, 40])
+    state, res = run.seeds(jax.random.split(jax.random.key(0), 2), run.hparams(learning_rate=1e-2, lam=1.0),
+                           schedule)
+    return schedule, state, jax.tree.map(np.asarray, res)
+
+
+def test_world_detector_fires_after_the_hidden_switch(world_detect):
+    schedule, _, res = world_detect
+    for seed in range(2):
+        alarms = np.nonzero(res.alarms[seed])[0]
+        assert alarms.size == 1 and 40 < alarms[0] <= 45    # the new task's imitation loss jumps: a few episodes
+        assert np.all(res.traces["ph_stat"][seed, :40] < tf.PageHinkley().threshold)
+    m = tf.taskfree_summary(res, schedule)
+    assert m["missed"].tolist() == [0, 0] and m["false_alarms"].tolist() == [0, 0]
+    assert np.all((m["delay"] >= 1) & (m["delay"] <= 5))
+    np.testing.assert_array_equal(m["delay"][:, 0], np.nonzero(res.alarms)[1] - 40)
+
+
+def test_world_detect_run_consolidates_at_the_alarm(world_detect):
+    _, state, res = world_detect
+    np.testing.assert_array_equal(res.consolidated, res.alarms)
+    assert np.asarray(state.tasks_done).tolist() == [1, 1]
+    for seed in range(2):
+        a = np.nonzero(res.alarms[seed])[0][0]
+        penalty = res.traces["penalty"][seed]
+        assert np.all(penalty[:a + 1] == 0.0)           # EWC pays nothing before its first consolidation ...
+        assert np.all(penalty[a + 1:] > 0.0)            # ... and from the next update on, away from the anchor
+    # the performance matrix at the true boundaries: task 0 learned (1 = its expert, 0 = the zero action) by the
+    # end of its segment, task 1 by the end of the stream
+    assert res.R.shape == (2, 2, 2) and np.all(np.isfinite(res.R))
+    assert np.all(res.R[:, 0, 0] > 0.8) and np.all(res.R[:, 0, 0] > res.baseline[:, 0] + 0.8)
+    assert np.all(res.R[:, 1, 1] > 0.3)
+    assert np.all(res.traces["finite"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
