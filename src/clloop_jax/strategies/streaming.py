@@ -22,8 +22,9 @@ makes the penalty pull towards a lagged average of the recent parameters, not to
 trajectory, while a long importance memory keeps what every past task needed. Before the first update
 ``Omega = 0``: the penalty is exactly 0.
 
-* ``streaming_ewc`` (online EWC in streaming form): ``Omega`` is the same normalised average of per-batch Fisher
-  diagonals, ``Omega_t = Omega_{t-1} + (F_t - Omega_{t-1}) / n_t``, with ``F_t`` the Fisher diagonal at the
+* ``streaming_ewc`` (online EWC in streaming form): ``Omega`` is the same kind of normalised average of per-batch
+  Fisher diagonals with memory ``decay``, ``Omega_t = Omega_{t-1} + (F_t - Omega_{t-1}) / n_t`` with
+  ``n_t = decay * n_{t-1} + 1``, and ``F_t`` the Fisher diagonal at the
   parameters update ``t`` started from (``theta_{t-1}``, those its batch was learned from) on that update's batch,
   from per-sample gradients
   (:func:`clloop_jax.fisher.fisher_diagonal`, ``variant`` ``"sampled"`` by default; never a squared batch
@@ -104,7 +105,7 @@ class StreamingState(NamedTuple):
       importance: ``Omega``, a pytree like params (zeros before the first update).
       anchor: ``theta_bar``, a pytree like params (the initial parameters before the first update).
       path: SI's decayed path integral ``w``, a pytree like params (``()`` for streaming EWC).
-      anchor_weight: scalar ``n_t`` of the anchor's average.
+      anchor_weight: scalar ``m_t`` of the anchor's average (memory ``anchor_decay``).
       importance_weight: scalar ``n`` of the Fisher average (streaming EWC; it counts only the updates that computed
         a Fisher).
       count: int32 scalar, the updates seen.
