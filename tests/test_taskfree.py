@@ -529,7 +529,8 @@ def world_detect():
     """A tiny closed-loop world (2 tasks, episodes of 8 steps in 4 worlds) switching abruptly at episode 40, run by
     detect-triggered EWC over 2 seeds: one compiled program shared by the tests below."""
     env = Environment(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=2, num_tasks=2, episode_length=8)
-    model = CrossModalModel(input_dim=8, hidden_dim=16, output_dim=4, num_modalities=2, feedback_dim=env.feedback_dim)
+    model = CrossModalModel(input_dim=8, hidden_dim=16, output_dim=4, num_modalities=2, num_heads=1,
+                            feedback_dim=env.feedback_dim)                 # one head: a smaller program to compile
     source = EnvSource(model, env, num_tasks=2, num_envs=4, eval_envs=4)
     run = tf.make_taskfree_run(RunConfig(strategy="ewc", monitors=(), fisher_variant="empirical"), source,
                                boundaries="detect")
