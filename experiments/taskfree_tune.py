@@ -5,11 +5,14 @@ penalty strength ``lam`` and the anchor's memory: ``anchor_decay = 1 - 1 / (m * 
 the blend length (in updates; one update per episode), while the importance keeps the long memory ``decay`` of the
 main experiment. Every point runs the gradual stream of the main experiment on tuning seeds
 (``jax.random.key(100)``), never the evaluation seeds (``jax.random.key(0)``); the score is the average final
-performance (ACC) over the tuning seeds, next to fine-tuning's on the same seeds. One compiled program per strategy
-(``lam`` and ``anchor_decay`` are traced)::
+performance (ACC) over the tuning seeds, next to fine-tuning's on the same seeds (the seeds change the
+initialisation, the worlds' and minibatches' draws; the tasks and the blend schedule are those of the main
+experiment). A second stage (``EXTRA``) adds points on the world where the first left the choice open. Points
+already in the output JSON are not run again, so a stream can be extended or another added. One compiled program
+per strategy (``lam``, ``decay`` and ``anchor_decay`` are traced)::
 
-    python experiments/taskfree_tune.py                    # the world, 3 tuning seeds (about 15 minutes, 2 cores)
-    python experiments/taskfree_tune.py --streams digits
+    python experiments/taskfree_tune.py                    # the world, 3 tuning seeds (about 25 minutes, 2 shared cores)
+    python experiments/taskfree_tune.py --streams digits   # about 2 minutes
 """
 from __future__ import annotations
 
