@@ -12,7 +12,9 @@ Abrupt streams switch task at irregular, unannounced episodes (each seed its own
 detector on the training loss (``detect``), EWC consolidated at the true switches (``oracle``), and fine-tuning.
 Detection is scored against the true switches (delay in episodes, missed switches, false alarms). Gradual streams
 blend consecutive tasks linearly over ``blend`` episodes; compared: fine-tuning, the boundary-free streaming EWC and
-streaming SI, and detect-triggered EWC. The performance matrix is evaluated at the true boundaries; mean ± 95%
+streaming SI with one long memory for importance and anchor (``decay``), the same with a lagged anchor (the anchor's
+memory ``anchor_decay = 1 - 1 / (m * blend)``, a horizon of ``m`` blends, while the importance keeps the long
+memory; ``lam`` and ``m`` chosen by ``experiments/taskfree_tune.py`` on tuning seeds), and detect-triggered EWC. The performance matrix is evaluated at the true boundaries; mean ± 95%
 Student t interval over seeds; paired differences use the same seeds and streams::
 
     python experiments/taskfree.py                 # 5 seeds, both streams (about 10 minutes on 2 CPU cores)
@@ -57,34 +59,60 @@ def digits_source(args):
 
 
 #: per stream: the source, episodes per segment, the run's settings, and each method's strength. EWC's strengths are
-#: those of the known-boundary experiments (forgetting.py, scenarios.py); the streaming strategies' were picked from
-#: {3, 30} (world) and {2, 5, 10, 20, 30, 100} (digits), decay 0.999, on gradual streams with other seeds
-#: (``jax.random.key(100)``, 3 seeds), not the reported ones.
+#: those of the known-boundary experiments (forgetting.py, scenarios.py); the streaming strategies' with one memory
+#: were picked from {3, 30} (world) and {2, 5, 10, 20, 30, 100} (digits), decay 0.999, on gradual streams with other
+#: seeds (``jax.random.key(100)``, 3 seeds), not the reported ones; ``lagged``: ``(lam, m, importance decay)`` of the
+#: lagged-anchor variants (None: ``--decay``), chosen by ``experiments/taskfree_tune.py`` (results/taskfree_tune.md)
+#: on those tuning seeds.
 STREAMS = {
     "world": dict(source=world_source, episodes=100, config=dict(fisher_variant="sampled"),
                   hp=dict(learning_rate=1e-3, feedback_weight=0.3),
-                  lam={"ewc": 3.0, "streaming_ewc": 3.0, "streaming_si": 30.0}),
+                  lam={"ewc": 3.0, "streaming_ewc": 3.0, "streaming_si": 30.0},
+                  lagged={"streaming_ewc": (0.3, 1.0, None), "streaming_si": (100.0, 0.5, None)}),
     "digits": dict(source=digits_source, episodes=200,
                    config=dict(fisher_variant="exact", fisher_chunk_size=64, max_grad_norm=None),
                    hp=dict(learning_rate=1e-3),
-                   lam={"ewc": 100.0, "streaming_ewc": 10.0, "streaming_si": 2.0}),
+                   lam={"ewc": 100.0, "streaming_ewc": 10.0, "streaming_si": 2.0},
+                   lagged={"streaming_ewc": (10.0, 2.0, None), "streaming_si": (2.0, 1.0, None)}),
 }
 
-ABRUPT = (("ewc", "detect"), ("ewc", "oracle"), ("none", "none"))
-GRADUAL = (("none", "none"), ("streaming_ewc", "none"), ("streaming_si", "none"), ("ewc", "detect"))
+#: (strategy, boundaries, lagged anchor)
+ABRUPT = (("ewc", "detect", False), ("ewc", "oracle", False), ("none", "none", False))
+GRADUAL = (("none", "none", False), ("streaming_ewc", "none", False), ("streaming_si", "none", False),
+           ("streaming_ewc", "none", True), ("streaming_si", "none", True), ("ewc", "detect", False))
 
 
-def label(strategy, boundaries):
+def label(strategy, boundaries, lagged=False):
     if strategy == "none":
         return "fine-tuning"
-    return f"{strategy} ({boundaries})" if strategy == "ewc" else strategy
+    if strategy == "ewc":
+        return f"{strategy} ({boundaries})"
+    return f"{strategy}, lagged anchor" if lagged else strategy
 
 
-def run_cell(source, spec, strategy, boundaries, schedules, keys, decay):
+def anchor_decay_for(m: float, blend: int) -> float:
+    """``1 - 1 / (m * blend)``: an anchor horizon of ``m`` blends (one update per episode)."""
+    return 1.0 - 1.0 / (m * blend)
+
+
+def streaming_hparams(spec, strategy, decay, lagged, blend):
+    """``lam``, ``decay`` and ``anchor_decay`` of a streaming strategy: one memory (``anchor_decay = decay``), or the
+    lagged anchor's ``(lam, m, importance decay)`` of ``spec["lagged"]`` with ``anchor_decay = 1 - 1 / (m * blend)``
+    (an importance decay of None: ``decay``)."""
+    if not lagged:
+        return {"lam": spec["lam"][strategy], "decay": decay, "anchor_decay": decay}
+    lam, m, importance_decay = spec["lagged"][strategy]
+    return {"lam": lam, "decay": decay if importance_decay is None else importance_decay,
+            "anchor_decay": anchor_decay_for(m, blend)}
+
+
+def run_cell(source, spec, strategy, boundaries, schedules, keys, decay, lagged=False, blend=None):
     run = make_taskfree_run(RunConfig(strategy=strategy, monitors=(), **spec["config"]), source,
                             boundaries=boundaries, detector=PageHinkley())
-    names = run.hparams().names()
-    extra = {k: v for k, v in (("lam", spec["lam"].get(strategy)), ("decay", decay)) if k in names}
+    if strategy.startswith("streaming_"):
+        extra = streaming_hparams(spec, strategy, decay, lagged, blend)
+    else:
+        extra = {"lam": spec["lam"][strategy]} if strategy in spec["lam"] else {}
     hp = run.hparams(**spec["hp"], **extra)
     t0 = time.perf_counter()
     _, res = run.seeds(keys, hp, schedules)
@@ -157,22 +185,22 @@ def main(argv=None):
         source = spec["source"](args)
         L = max(8, int(round(spec["episodes"] * args.scale)))
         for kind in kinds:
+            blend = L // 2
             if kind == "abrupt":
                 schedules = [irregular_schedule(TASKS, TASKS * L, min_length=int(0.6 * L), seed=1000 + i)
                              for i in range(args.seeds)]
                 methods, text = ABRUPT, (f"{TASKS} tasks switching abruptly at irregular episodes (each segment "
                                          f">= {int(0.6 * L)}, {TASKS * L} episodes in all)")
             else:
-                blend = L // 2
                 # one stream per seed, all equal: the same program as the abrupt streams (compiled once)
                 schedules = [gradual_schedule([L] * TASKS, blend=blend)] * args.seeds
                 methods, text = GRADUAL, (f"{TASKS} tasks of {L} episodes blended linearly over {blend} episodes "
                                           f"around each switch")
             cells = {}
-            for strategy, boundaries in methods:
-                c = run_cell(source, spec, strategy, boundaries, schedules, keys, args.decay)
-                cells[label(strategy, boundaries)] = c
-                print(f"{stream:>6} {kind:>7} {label(strategy, boundaries):>20}: ACC "
+            for strategy, boundaries, lagged in methods:
+                c = run_cell(source, spec, strategy, boundaries, schedules, keys, args.decay, lagged, blend)
+                cells[label(strategy, boundaries, lagged)] = c
+                print(f"{stream:>6} {kind:>7} {label(strategy, boundaries, lagged):>30}: ACC "
                       f"{cell(c['average_performance'])}  delay {cell(c['mean_delay'], 1, False)}  missed "
                       f"{c['missed'].tolist()}  false {c['false_alarms'].tolist()}  [{c['seconds']:.0f} s]",
                       flush=True)

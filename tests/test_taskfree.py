@@ -10,10 +10,11 @@ import pytest
 
 from clloop_jax import taskfree as tf
 from clloop_jax.datasets import load_digits_data, permuted_stream
+from clloop_jax.envs import Environment
 from clloop_jax.fisher import Gaussian
 from clloop_jax.loop import RunConfig
-from clloop_jax.model import MLP
-from clloop_jax.sources import SupervisedSource
+from clloop_jax.model import MLP, CrossModalModel
+from clloop_jax.sources import EnvSource, SupervisedSource
 from clloop_jax.strategies import Strategy, get_strategy, streaming_ewc, streaming_si
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -235,10 +236,11 @@ def _trajectory(rng, steps, shape=(3, 2)):
     return thetas, grads
 
 
-def test_streaming_ewc_matches_float64_reference():
+@pytest.mark.parametrize("anchor_decay", [None, 0.4])
+def test_streaming_ewc_matches_float64_reference(anchor_decay):
     rng = np.random.default_rng(1)
     decay, lam, steps, n = 0.9, 2.0, 6, 5
-    strat = streaming_ewc(lam=lam, decay=decay, variant="empirical")
+    strat = streaming_ewc(lam=lam, decay=decay, variant="empirical", anchor_decay=anchor_decay)
     hp = strat.hparams
     thetas, grads = _trajectory(rng, steps)
     data = [(rng.standard_normal((n, 3)), rng.standard_normal((n, 2))) for _ in range(steps)]
@@ -251,15 +253,17 @@ def test_streaming_ewc_matches_float64_reference():
         state = strat.observe(state, old, (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)), _Linear,
                               jax.random.key(t), hp)
     # float64 reference: F_s = mean_n ((y - x W_{s-1}) x)^2 (the score of the Gaussian, at the parameters the batch
-    # was learned from); Omega and the anchor are normalised exponentially weighted means with weight decay^(t-s).
+    # was learned from); Omega and the anchor are normalised exponentially weighted means with weights decay^(t-s)
+    # and anchor_decay^(t-s) (anchor_decay None: decay).
     fishers = []
     for s in range(steps):
         x, y = data[s]
         r = y - x @ thetas[s]
         fishers.append(np.mean((x[:, :, None] * r[:, None, :]) ** 2, axis=0))
     weights = decay ** np.arange(steps - 1, -1, -1)
+    a_weights = (decay if anchor_decay is None else anchor_decay) ** np.arange(steps - 1, -1, -1)
     omega = sum(w * f for w, f in zip(weights, fishers)) / weights.sum()
-    anchor = sum(w * th for w, th in zip(weights, thetas[1:])) / weights.sum()
+    anchor = sum(w * th for w, th in zip(a_weights, thetas[1:])) / a_weights.sum()
     np.testing.assert_allclose(np.asarray(state.importance["w"]), omega, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(state.anchor["w"]), anchor, rtol=1e-5, atol=1e-6)
     assert int(state.count) == steps
@@ -287,10 +291,11 @@ def test_streaming_ewc_every_k():
     assert float(state.importance_weight) == pytest.approx(1.5)
 
 
-def test_streaming_si_matches_float64_reference():
+@pytest.mark.parametrize("anchor_decay", [None, 0.3])
+def test_streaming_si_matches_float64_reference(anchor_decay):
     rng = np.random.default_rng(3)
     decay, lam, xi, steps = 0.8, 3.0, 0.1, 7
-    strat = streaming_si(lam=lam, xi=xi, decay=decay)
+    strat = streaming_si(lam=lam, xi=xi, decay=decay, anchor_decay=anchor_decay)
     hp = strat.hparams
     thetas, grads = _trajectory(rng, steps)
     state = strat.init({"w": jnp.asarray(thetas[0], jnp.float32)}, hp)
@@ -300,8 +305,9 @@ def test_streaming_si_matches_float64_reference():
     # w_t = sum_s decay^(t-s) (-g_s (theta_s - theta_{s-1})); anchor = normalised decayed mean of theta_1..theta_t;
     # Omega = max(0, w) / ((theta_t - anchor)^2 + xi)
     weights = decay ** np.arange(steps - 1, -1, -1)
+    a_weights = (decay if anchor_decay is None else anchor_decay) ** np.arange(steps - 1, -1, -1)
     w = sum(wt * (-grads[s] * (thetas[s + 1] - thetas[s])) for s, wt in enumerate(weights))
-    anchor = sum(wt * th for wt, th in zip(weights, thetas[1:])) / weights.sum()
+    anchor = sum(wt * th for wt, th in zip(a_weights, thetas[1:])) / a_weights.sum()
     omega = np.maximum(0.0, w) / ((thetas[-1] - anchor) ** 2 + xi)
     np.testing.assert_allclose(np.asarray(state.path["w"]), w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(state.anchor["w"]), anchor, rtol=1e-5, atol=1e-6)
@@ -317,10 +323,50 @@ def test_streaming_si_matches_float64_reference():
     (lambda: streaming_ewc(num_samples=0), "num_samples"), (lambda: streaming_ewc(chunk_size=0), "chunk_size"),
     (lambda: streaming_ewc(lam=-1.0), "lam"), (lambda: streaming_ewc(decay=1.5), "decay"),
     (lambda: streaming_si(xi=0.0), "xi"), (lambda: streaming_si(decay=-0.1), "decay"),
+    (lambda: streaming_ewc(anchor_decay=1.01), "anchor_decay"), (lambda: streaming_si(anchor_decay=-0.5), "anchor_decay"),
+    (lambda: streaming_ewc(anchor_decay=float("nan")), "anchor_decay"),
 ])
 def test_streaming_bad_input(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+@pytest.mark.parametrize("factory", [streaming_ewc, streaming_si])
+def test_streaming_anchor_lags_a_moving_trajectory(factory):
+    """Hand-worked: on the trajectory theta_s = s (s = 1..t) the anchor of memory a is
+    sum_s a^(t-s) s / sum_s a^(t-s) -> t - a / (1 - a) once t is long against the horizon: a = 0.75 lags 3 updates,
+    a = 0 sits on theta_t, and the anchor's memory is independent of the importance's (decay 1 here)."""
+    for a, lag in ((0.75, 3.0), (0.0, 0.0)):
+        strat = factory(lam=1.0, decay=1.0, anchor_decay=a)
+        hp = strat.hparams
+        state = strat.init({"w": jnp.zeros((2,))}, hp)
+        accumulate = jax.jit(strat.accumulate)
+        for t in range(1, 81):
+            state = accumulate(state, {"w": jnp.full((2,), t - 1.0)}, {"w": jnp.full((2,), float(t))},
+                               {"w": jnp.zeros((2,))}, hp)
+        np.testing.assert_allclose(np.asarray(state.anchor["w"]), 80.0 - lag, rtol=0, atol=1e-3)
+        assert float(state.anchor_weight) == pytest.approx(1.0 / (1.0 - a), rel=1e-4)
+
+
+def test_streaming_anchor_decay_is_traced():
+    """anchor_decay is a hyperparameter like the others: one compiled update serves any value, set by name."""
+    strat = streaming_ewc(lam=1.0, decay=0.9)
+    assert strat.hparams.anchor_decay == 0.9                    # None: the importance's memory
+    traces = []
+
+    @jax.jit
+    def anchor_after_two(hp):
+        traces.append(1)
+        st = strat.init({"w": jnp.zeros(())}, hp)
+        st = strat.accumulate(st, {"w": jnp.zeros(())}, {"w": jnp.ones(())}, {"w": jnp.zeros(())}, hp)
+        st = strat.accumulate(st, {"w": jnp.ones(())}, {"w": jnp.full((), 3.0)}, {"w": jnp.zeros(())}, hp)
+        return st.anchor["w"]
+
+    # (a * 1 + 3) / (a + 1): a = 0.5 -> 7/3, a = 0 -> 3
+    for a, expected in ((0.5, 7.0 / 3.0), (0.0, 3.0)):
+        hp = strat.hparams._replace(anchor_decay=jnp.float32(a))
+        assert float(anchor_after_two(hp)) == pytest.approx(expected, rel=1e-6)
+    assert len(traces) == 1
 
 
 def test_streaming_strategies_are_registered():
@@ -471,6 +517,56 @@ def test_taskfree_bad_input(runs, source, schedule):
         run.seeds(jax.random.split(jax.random.key(0), 2), hp, [schedule])
     with pytest.raises(ValueError, match="schedules"):
         run.seeds(jax.random.split(jax.random.key(0), 2), hp, [schedule, tf.abrupt_schedule([10, 10, 10])])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The closed-loop world through the task-free run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world_detect():
+    """A tiny closed-loop world (2 tasks, episodes of 8 steps in 4 worlds) switching abruptly at episode 40, run by
+    detect-triggered EWC over 2 seeds: one compiled program shared by the tests below."""
+    env = Environment(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=2, num_tasks=2, episode_length=8)
+    model = CrossModalModel(input_dim=8, hidden_dim=16, output_dim=4, num_modalities=2, num_heads=1,
+                            feedback_dim=env.feedback_dim)                 # one head: a smaller program to compile
+    source = EnvSource(model, env, num_tasks=2, num_envs=4, eval_envs=4)
+    run = tf.make_taskfree_run(RunConfig(strategy="ewc", monitors=(), fisher_variant="empirical"), source,
+                               boundaries="detect")
+    schedule = tf.abrupt_schedule([40, 40])
+    state, res = run.seeds(jax.random.split(jax.random.key(0), 2), run.hparams(learning_rate=1e-2, lam=1.0),
+                           schedule)
+    return schedule, state, jax.tree.map(np.asarray, res)
+
+
+def test_world_detector_fires_after_the_hidden_switch(world_detect):
+    schedule, _, res = world_detect
+    for seed in range(2):
+        alarms = np.nonzero(res.alarms[seed])[0]
+        assert alarms.size == 1 and 40 < alarms[0] <= 45    # the new task's imitation loss jumps: a few episodes
+        assert np.all(res.traces["ph_stat"][seed, :40] < tf.PageHinkley().threshold)
+    m = tf.taskfree_summary(res, schedule)
+    assert m["missed"].tolist() == [0, 0] and m["false_alarms"].tolist() == [0, 0]
+    assert np.all((m["delay"] >= 1) & (m["delay"] <= 5))
+    np.testing.assert_array_equal(m["delay"][:, 0], np.nonzero(res.alarms)[1] - 40)
+
+
+def test_world_detect_run_consolidates_at_the_alarm(world_detect):
+    _, state, res = world_detect
+    np.testing.assert_array_equal(res.consolidated, res.alarms)
+    assert np.asarray(state.tasks_done).tolist() == [1, 1]
+    for seed in range(2):
+        a = np.nonzero(res.alarms[seed])[0][0]
+        penalty = res.traces["penalty"][seed]
+        assert np.all(penalty[:a + 1] == 0.0)           # EWC pays nothing before its first consolidation ...
+        assert np.all(penalty[a + 1:] > 0.0)            # ... and from the next update on, away from the anchor
+    # the performance matrix at the true boundaries: task 0 learned (1 = its expert, 0 = the zero action) by the
+    # end of its segment, task 1 by the end of the stream
+    assert res.R.shape == (2, 2, 2) and np.all(np.isfinite(res.R))
+    assert np.all(res.R[:, 0, 0] > 0.8) and np.all(res.R[:, 0, 0] > res.baseline[:, 0] + 0.8)
+    assert np.all(res.R[:, 1, 1] > 0.3)
+    assert np.all(res.traces["finite"])
 
 
 # ----------------------------------------------------------------------------------------------------------------

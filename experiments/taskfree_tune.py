@@ -1,0 +1,135 @@
+"""The streaming strategies' settings on gradual task-free streams, chosen on tuning seeds.
+
+For each stream of :mod:`taskfree` (``experiments/taskfree.py``) and each boundary-free strategy, a grid over the
+penalty strength ``lam`` and the anchor's memory: ``anchor_decay = 1 - 1 / (m * blend)``, a horizon of ``m`` times
+the blend length (in updates; one update per episode), while the importance keeps the long memory ``decay`` of the
+main experiment. Every point runs the gradual stream of the main experiment on tuning seeds
+(``jax.random.key(100)``), never the evaluation seeds (``jax.random.key(0)``); the score is the average final
+performance (ACC) over the tuning seeds, next to fine-tuning's on the same seeds (the seeds change the
+initialisation, the worlds' and minibatches' draws; the tasks and the blend schedule are those of the main
+experiment). A second stage (``EXTRA``) adds points on the world where the first left the choice open. Points
+already in the output JSON are not run again, so a stream can be extended or another added. One compiled program
+per strategy (``lam``, ``decay`` and ``anchor_decay`` are traced)::
+
+    python experiments/taskfree_tune.py                    # the world, 3 tuning seeds (about 25 minutes, 2 shared cores)
+    python experiments/taskfree_tune.py --streams digits   # about 2 minutes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from clloop_jax.compilation import enable_compilation_cache
+from clloop_jax.loop import RunConfig
+from clloop_jax.runs import write_atomic
+from clloop_jax.taskfree import gradual_schedule, make_taskfree_run, taskfree_summary
+
+import taskfree
+
+#: per strategy: the strengths tried, each at every anchor horizon ``m`` of HORIZONS and the importance's memory
+#: ``--decay``
+GRID = {"world": {"streaming_ewc": (0.3, 1.0, 3.0), "streaming_si": (10.0, 100.0, 1000.0)},
+        "digits": {"streaming_ewc": (3.0, 10.0, 30.0), "streaming_si": (2.0, 20.0, 200.0)}}
+HORIZONS = (0.5, 1.0, 2.0)
+DECAY = 0.999   # the importance's memory of the main experiment (``--decay``)
+#: a second stage on the world, where the first left the choice open: a weaker EWC at every horizon, and a shorter
+#: importance memory (``decay``, horizons of 50 and 100 episodes) around the first stage's best settings
+EXTRA = {"world": {"streaming_ewc": [(0.1, m, None) for m in HORIZONS] + [(lam, 1.0, d) for lam in (0.3, 1.0)
+                                                                         for d in (0.98, 0.99)],
+                   "streaming_si": [(100.0, 0.5, d) for d in (0.98, 0.99)]},
+         "digits": {}}
+
+
+def points(stream: str, decay: float):
+    """``{strategy: [(lam, m, decay), ...]}``: the grid and the second stage."""
+    out = {}
+    for strategy, lams in GRID[stream].items():
+        out[strategy] = [(lam, m, decay) for m in HORIZONS for lam in lams]
+        out[strategy] += [(lam, m, decay if d is None else d) for lam, m, d in EXTRA[stream].get(strategy, [])]
+    return out
+
+
+def table(stream: str, rows: dict) -> str:
+    """The grid of one stream as Markdown: mean ACC over the tuning seeds and its gain over fine-tuning."""
+    best = rows.get("best", {})
+    n_seeds = len(rows["fine-tuning"]["acc"])
+    lines = [f"### {stream}, gradual (blend {taskfree.STREAMS[stream]['episodes'] // 2} episodes), {n_seeds} tuning "
+             f"seeds", "", "| setting | decay | anchor_decay | ACC (tuning seeds) | minus fine-tuning |",
+             "|---|---:|---:|---:|---:|", f"| fine-tuning | - | - | {np.mean(rows['fine-tuning']['acc']):.3f} | - |"]
+    for name, r in rows.items():
+        if isinstance(r, dict) and "strategy" in r:
+            chosen = " (chosen)" if name in best.values() else ""
+            lines.append(f"| {name}{chosen} | {r.get('decay', DECAY):g} | {r['anchor_decay']:.4f} | "
+                         f"{np.mean(r['acc']):.3f} | "
+                         f"{np.mean(r['gain']):+.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--streams", default="world", help="comma-separated: world, digits")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--decay", type=float, default=DECAY, help="memory of the importance (as the main experiment)")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "taskfree_tune"))
+    args = p.parse_args(argv)
+    enable_compilation_cache()
+    keys = jax.random.split(jax.random.key(100), args.seeds)
+    record = {"settings": {}, "horizons": HORIZONS, "results": {}}
+    if os.path.exists(args.out + ".json"):            # other streams' results stay
+        with open(args.out + ".json") as f:
+            record = json.load(f)
+    for stream in [s.strip() for s in args.streams.split(",")]:
+        spec = taskfree.STREAMS[stream]
+        source = spec["source"](args)
+        L = spec["episodes"]
+        blend = L // 2
+        schedules = [gradual_schedule([L] * taskfree.TASKS, blend=blend)] * args.seeds
+        rows = dict(record["results"].get(stream, {}))     # points already run are not run again
+        rows.pop("best", None)
+        record["settings"][stream] = vars(args)
+
+        def score(strategy, **extra):
+            tf = make_taskfree_run(RunConfig(strategy=strategy, monitors=(), **spec["config"]), source,
+                                   boundaries="none")
+            t0 = time.perf_counter()
+            _, res = tf.seeds(keys, tf.hparams(**spec["hp"], **extra), schedules)
+            acc = taskfree_summary(jax.tree.map(np.asarray, res), schedules)["average_performance"]
+            return np.asarray(acc, np.float64), time.perf_counter() - t0
+
+        if "fine-tuning" in rows:
+            ref = np.asarray(rows["fine-tuning"]["acc"])
+        else:
+            ref, sec = score("none")
+            rows["fine-tuning"] = {"acc": ref.tolist()}
+            print(f"{stream} fine-tuning: {ref.mean():.3f} [{sec:.0f} s]", flush=True)
+        for strategy, grid in points(stream, args.decay).items():
+            for lam, m, decay in grid:
+                name = f"{strategy} lam={lam:g} m={m:g}" + ("" if decay == args.decay else f" decay={decay:g}")
+                if name in rows:
+                    continue
+                a = taskfree.anchor_decay_for(m, blend)
+                acc, sec = score(strategy, lam=lam, decay=decay, anchor_decay=a)
+                rows[name] = {"strategy": strategy, "lam": lam, "m": m, "decay": decay, "anchor_decay": a,
+                              "acc": acc.tolist(), "gain": (acc - ref).tolist()}
+                print(f"{stream} {name} (anchor_decay {a:.4f}): ACC {acc.mean():.3f}, minus fine-tuning "
+                      f"{(acc - ref).mean():+.3f} [{sec:.0f} s]", flush=True)
+                record["results"][stream] = rows
+                write_atomic(args.out + ".json", json.dumps(record, indent=1))
+        best = {}
+        for strategy in GRID[stream]:
+            cands = [(np.mean(r["acc"]), n) for n, r in rows.items() if r.get("strategy") == strategy]
+            best[strategy] = max(cands)[1]
+        record["results"][stream] = dict(rows, best=best)
+        write_atomic(args.out + ".json", json.dumps(record, indent=1))
+    text = "\n\n".join(table(stream, rows) for stream, rows in record["results"].items())
+    print(text)
+    write_atomic(args.out + ".md", text + "\n")
+
+
+if __name__ == "__main__":
+    main()
