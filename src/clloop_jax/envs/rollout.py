@@ -82,7 +82,7 @@ def rollout(
     ``num_steps`` and ``num_envs`` are static (mark them static when jitting).
 
     Random numbers: a world with a ``noise_dim`` (see :class:`~clloop_jax.envs.MultiModalEnv`) is driven by standard
-    normals, step ``t``'s for every world from ``fold_in(k_noise, t)``, drawn ahead in chunks of steps of about a MiB
+    normals, step ``t``'s for every world from ``fold_in(k_noise, t)``, drawn ahead in chunks of steps of about 2 MiB
     (the numbers do not depend on the chunk size), and an episode that ends restarts from
     the step's own draw (:meth:`~clloop_jax.envs.MultiModalEnv.step_with_noise`); the policy's
     keys are ``split(fold_in(k_policy, t), num_envs)`` (never computed when the policy ignores its key). Other worlds
@@ -177,7 +177,7 @@ def rollout(
 
 
 #: A rollout draws its world's numbers in chunks of steps with at most this many numbers each.
-_DRAW_CHUNK_FLOATS = 1 << 18
+_DRAW_CHUNK_FLOATS = 1 << 19
 
 
 def _chunk_steps(num_steps: int, floats_per_step: int) -> int:
