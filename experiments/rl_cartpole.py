@@ -25,6 +25,26 @@ from clloop_jax.rl import GymnaxSource
 from clloop_jax.runs import write_atomic
 
 
+def from_scratch(run, hp, source, seeds: int, name: str):
+    """``run`` (one task) trained on ``seeds`` seeds at once (``jax.vmap``): prints and returns each seed's evaluation
+    return next to the untrained policy's and the uniform random policy's. Returns ``(results, summary)``."""
+    keys = jax.random.split(jax.random.key(0), seeds)
+    t0 = time.perf_counter()
+    _, res = jax.vmap(run, in_axes=(0, None))(keys, hp)
+    returns = np.asarray(res.R, np.float64)[:, 0, 0]
+    seconds = time.perf_counter() - t0
+    task = jax.tree.map(lambda x: x[0], source.tasks)
+    random = np.asarray(jax.jit(jax.vmap(lambda k: source.random_score(k, task)))(
+        jax.random.split(jax.random.key(1), seeds)), np.float64)
+    untrained = np.asarray(res.baseline, np.float64)[:, 0]
+    steps = run.config.episodes_per_task * source.num_envs * source.num_steps
+    print(f"{name}, {steps} environment steps per seed: trained return per seed {np.round(returns, 1)}, "
+          f"untrained {np.round(untrained, 1)}, uniform random policy {np.round(random, 1)}  "
+          f"[{seconds:.0f} s with compilation]")
+    return res, {"env_steps_per_seed": steps, "trained_return": returns.tolist(),
+                 "untrained_return": untrained.tolist(), "random_return": random.tolist(), "seconds": seconds}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
@@ -47,24 +67,10 @@ def main(argv=None):
     run = make_run(RunConfig(strategy="none", episodes_per_task=args.episodes, monitors=(), max_grad_norm=0.5,
                              optimizer=optimizer), source)
     hp = run.hparams(learning_rate=args.learning_rate, reward_scale=args.reward_scale)
-    keys = jax.random.split(jax.random.key(0), args.seeds)
-    t0 = time.perf_counter()
-    _, res = jax.vmap(run, in_axes=(0, None))(keys, hp)
-    returns = np.asarray(res.R, np.float64)[:, 0, 0]
-    seconds = time.perf_counter() - t0
-    task = jax.tree.map(lambda x: x[0], source.tasks)
-    random = np.asarray(jax.jit(jax.vmap(lambda k: source.random_score(k, task)))(
-        jax.random.split(jax.random.key(1), args.seeds)), np.float64)
-    steps = args.episodes * args.num_envs * args.num_steps
-    print(f"CartPole-v1, {steps} environment steps per seed: trained return per seed {np.round(returns, 1)}, "
-          f"untrained {np.round(np.asarray(res.baseline)[:, 0], 1)}, uniform random policy {np.round(random, 1)}  "
-          f"[{seconds:.0f} s with compilation]")
-    write_atomic(args.out, json.dumps({"settings": vars(args), "device": str(jax.devices()[0]),
-                                       "env_steps_per_seed": steps, "trained_return": returns.tolist(),
-                                       "untrained_return": np.asarray(res.baseline)[:, 0].tolist(),
-                                       "random_return": random.tolist(),
-                                       "train_batch_return": np.asarray(res.traces["score"])[:, 0, ::100].tolist(),
-                                       "seconds": seconds}, indent=1))
+    res, summary = from_scratch(run, hp, source, args.seeds, "CartPole-v1")
+    write_atomic(args.out, json.dumps({"settings": vars(args), "device": str(jax.devices()[0]), **summary,
+                                       "train_batch_return": np.asarray(res.traces["score"])[:, 0, ::100].tolist()},
+                                      indent=1))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import jax
 import numpy as np
@@ -26,8 +25,9 @@ from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax.loop import RunConfig, make_run
 from clloop_jax.rl import GymnaxSource
 from clloop_jax.runs import write_atomic
+from rl_cartpole import from_scratch
 
-#: The PPO settings used for Pendulum here and in ``continual_rl.py``.
+#: The PPO settings of Pendulum-v1 from scratch (``continual_rl.py`` takes 5 epochs of 16 minibatches).
 PENDULUM = dict(num_envs=16, num_steps=256, epochs=10, num_minibatches=32, persistent_envs=True)
 PENDULUM_HP = dict(learning_rate=1e-3, discount=0.9, gae_lambda=0.95, reward_scale=0.1, entropy_coef=0.0,
                    feedback_weight=0.1)
@@ -54,26 +54,11 @@ def main(argv=None):
     run = make_run(RunConfig(strategy="none", episodes_per_task=args.episodes, monitors=(), max_grad_norm=0.5,
                              optimizer=pendulum_optimizer(args.episodes, source.minibatch_passes)), source)
     hp = run.hparams(**PENDULUM_HP)
-    keys = jax.random.split(jax.random.key(0), args.seeds)
-    t0 = time.perf_counter()
-    _, res = jax.vmap(run, in_axes=(0, None))(keys, hp)
-    returns = np.asarray(res.R, np.float64)[:, 0, 0]
-    seconds = time.perf_counter() - t0
-    task = jax.tree.map(lambda x: x[0], source.tasks)
-    random = np.asarray(jax.jit(jax.vmap(lambda k: source.random_score(k, task)))(
-        jax.random.split(jax.random.key(1), args.seeds)), np.float64)
-    steps = args.episodes * source.num_envs * source.num_steps
-    untrained = np.asarray(res.baseline)[:, 0]
-    print(f"Pendulum-v1, {steps} environment steps per seed: trained return per seed {np.round(returns, 1)}, "
-          f"untrained {np.round(untrained, 1)}, uniform random policy {np.round(random, 1)}  "
-          f"[{seconds:.0f} s with compilation]")
-    curve = np.asarray(res.traces["score"])[:, 0]
+    res, summary = from_scratch(run, hp, source, args.seeds, "Pendulum-v1")
     write_atomic(args.out, json.dumps({
-        "settings": {**vars(args), **settings, **PENDULUM_HP}, "device": str(jax.devices()[0]),
-        "env_steps_per_seed": steps, "trained_return": returns.tolist(), "untrained_return": untrained.tolist(),
-        "random_return": random.tolist(), "train_batch_return": curve[:, ::5].tolist(),
-        "clip_fraction": np.asarray(res.traces["clip_fraction"])[:, 0, ::5].tolist(), "seconds": seconds},
-        indent=1))
+        "settings": {**vars(args), **settings, **PENDULUM_HP}, "device": str(jax.devices()[0]), **summary,
+        "train_batch_return": np.asarray(res.traces["score"])[:, 0, ::5].tolist(),
+        "clip_fraction": np.asarray(res.traces["clip_fraction"])[:, 0, ::5].tolist()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -257,7 +257,7 @@ class LatentWorld(MultiModalEnv):
         class would emit both observations and select one)."""
         eps, eta = self._split_noise(noise)
         applied, reward, stepped = self._advance(eps, state, action, params)
-        truncated = state.time + 1 >= params.max_steps_in_episode
+        truncated = self.is_truncated(EnvState(latent=stepped, time=state.time + 1), params)
         latent = jnp.where(truncated, params.init_scale * eps, stepped)
         new_state = EnvState(latent=latent, time=jnp.where(truncated, 0, state.time + 1))
         info = {"feedback": self.feedback(reward, applied), "target": self.expert_action(new_state, params)}
