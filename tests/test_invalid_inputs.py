@@ -7,7 +7,7 @@ infinities, out-of-range numbers, classes for instances, non-callables, keys tha
 
 CI runs the ``ci`` hypothesis profile (a few examples per case); locally,
 
-    python -m pytest tests/test_invalid_inputs.py --hypothesis-profile=thorough -s
+    python -m pytest tests/test_invalid_inputs.py --hypothesis-profile=thorough -s -n 0
 
 runs 200 examples per case and prints how many calls ended in each outcome class.
 """
