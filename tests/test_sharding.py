@@ -145,7 +145,10 @@ def _check_device_report(report, tol=ATOL):
 
 
 def test_eight_devices_equal_one_on_a_pure_function_and_a_tiny_run():
-    _check_device_report(_run_script("devices", "linear"))
+    report = _run_script("devices", "linear")
+    _check_device_report(report)
+    # The fast check is the one that covers the run-folder driver's device option (the facade's is in the slow one).
+    assert report["option"]["execute_rows"] == 6 and report["option"]["execute_resumed_bitwise"]
 
 
 @pytest.mark.slow  # about 2 minutes: the real agent compiled five times, plus a penalty sweep
@@ -201,7 +204,9 @@ def _check_distributed(reports):
 
 
 def test_two_processes_share_the_seed_axis():
-    _check_distributed(_distributed())
+    reports = _distributed()
+    _check_distributed(reports)
+    assert all("run_R" not in r for r in reports)  # the pure function only: the run is the slow test's
 
 
 @pytest.mark.slow  # about 35 s: the tiny run compiled in both processes at once
