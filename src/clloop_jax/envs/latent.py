@@ -215,7 +215,7 @@ class LatentWorld(MultiModalEnv):
         return self._split_noise(jax.random.normal(key, (self.noise_dim,), jnp.float32))
 
     def _emit(self, latent: jax.Array, eta: jax.Array, params: EnvParams) -> jax.Array:
-        signal = jnp.einsum("mdl,l->md", params.views, latent)
+        signal = jnp.einsum("l,mdl->md", latent, params.views)
         return signal + params.cue + params.obs_noise * eta
 
     def observe(self, key, state: EnvState, action, params: EnvParams) -> jax.Array:
@@ -240,7 +240,7 @@ class LatentWorld(MultiModalEnv):
         """The transition of ``state`` under ``action``: ``(applied action, reward, next latent)``."""
         applied = jnp.clip(jnp.asarray(action, jnp.float32), -params.max_action, params.max_action)
         reward = -jnp.sum(jnp.square(applied - self.expert_action(state, params))) / self.action_dim
-        latent = (params.transition @ state.latent + params.control @ applied
+        latent = (state.latent @ params.transition.T + applied @ params.control.T
                   + params.process_noise * eps)
         return applied, reward, latent
 
@@ -265,7 +265,7 @@ class LatentWorld(MultiModalEnv):
 
     def expert_action(self, state: EnvState, params: EnvParams) -> jax.Array:
         """``clip(K_task z, -max_action, max_action)`` for the state's latent ``z``."""
-        return jnp.clip(params.gain @ state.latent, -params.max_action, params.max_action)
+        return jnp.clip(state.latent @ params.gain.T, -params.max_action, params.max_action)
 
     def action_space(self, params: EnvParams) -> spaces.Box:
         """Float32 box ``[-max_action, max_action]^A``; larger actions are clipped when applied.
