@@ -1,0 +1,426 @@
+"""Per-sample gradients of dense layers from per-position output cotangents ("taps").
+
+A dense layer applied at positions ``s`` of one sample (time steps of a scan, tokens, leading batch axes) computes
+``y_s = x_s W + b``. For any scalar ``L`` of the sample's outputs, with ``delta_s = dL / dy_s``,
+
+    dL/dW = sum_s x_s^T delta_s,        dL/db = sum_s delta_s.
+
+So a per-sample gradient of ``W`` need not be accumulated inside the backward pass (for a recurrent model, a rank-1
+update of an ``[N, P]`` buffer at every time step); it is one contraction over positions after the backward pass,
+given every position's input ``x_s`` and output cotangent ``delta_s``. Both come out of one vector-Jacobian product
+taken with the dense kernels and biases held constant:
+
+* an *output tap*, a zero array added to the layer's output (``y + u``): its cotangent is ``delta_s``;
+* an *input tap*, an identity on the layer's input whose backward pass returns the primal input as the tap's
+  cotangent (a ``jax.custom_vjp``): its cotangent is ``x_s``.
+
+The taps are flax variables of the collection :data:`TAP_COLLECTION`, attached to every ``nn.Dense`` and
+``nn.DenseGeneral`` call by a method interceptor (``flax.linen.intercept_methods``), so the model's code is unchanged.
+A layer called inside a lifted transformation gets one tap per iteration when the transformation carries the
+collection: ``nn.scan(..., variable_axes={TAP_COLLECTION: 0})`` (as :class:`~clloop_jax.model.CrossModalModel`'s
+``sequence`` does); the collection is absent in ordinary calls, so that changes nothing else.
+
+:func:`plan` lays the taps out for one ``apply_fn(params, x)``: it traces the call abstractly, re-runs the outermost
+flax call with the tap collection mutable to create the taps, and matches each dense layer's kernel and bias to
+leaves of ``params`` by identity. Requirements (otherwise :class:`NotApplicable` says which one failed):
+
+* ``apply_fn`` passes ``params`` unchanged (a flax variables dict) to exactly one top-level flax call;
+* every call of a layer whose kernel is a leaf of ``params`` can be tapped: a plain ``dot_general``, no
+  ``batch_dims``, and every lifted transformation around it carries :data:`TAP_COLLECTION` (a layer that cannot be
+  tapped keeps the ordinary per-sample gradient);
+* the dense kernels and biases are read only by their own layer (no weight tying through other modules).
+
+:func:`per_sample_sums` then returns, for one sample, ``sum_r h(grad_r)`` over cotangents ``c_r`` of the sample's
+output, with ``h`` elementwise (the square for a Fisher diagonal, the absolute value for MAS): dense kernels and
+biases by the contraction above, every other leaf (embeddings, normalisation scales, ...) by the ordinary
+vector-Jacobian product.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["TAP_COLLECTION", "NotApplicable", "DensePlan", "plan", "per_sample_sums"]
+
+#: The flax variable collection holding the taps; lifted transformations around dense layers must carry it.
+TAP_COLLECTION = "dense_taps"
+
+PyTree = Any
+
+
+class NotApplicable(ValueError):
+    """The per-layer method cannot be used with this ``apply_fn`` and ``params``; the message says why."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The input tap
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _flatten_input(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """``x`` with the contracted ``axes`` moved last, as ``[positions, prod(contracted sizes)]``."""
+    moved = jnp.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))
+    size = math.prod(x.shape[a] for a in axes)
+    return moved.reshape((-1, size))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _input_tap(x: jax.Array, tap: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """The identity on ``x``; the cotangent of ``tap`` is ``x`` itself (flattened as :func:`_flatten_input`)."""
+    del tap
+    return x
+
+
+def _input_tap_fwd(x, tap, axes):
+    del tap
+    return x, x
+
+
+def _input_tap_bwd(axes, x, g):
+    return g, _flatten_input(x, axes)   # the tap was laid out with x's shape and dtype
+
+
+_input_tap.defvjp(_input_tap_fwd, _input_tap_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Interceptors
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _is_dense_call(context) -> bool:
+    return context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.DenseGeneral))
+
+
+def _param(module, name: str):
+    return module.get_variable("params", name) if module.has_variable("params", name) else None
+
+
+def _contracted_axes(module, ndim: int) -> tuple[int, ...]:
+    axis = -1 if isinstance(module, nn.Dense) else module.axis
+    axis = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(a % ndim for a in axis)
+
+
+def _why_untappable(module) -> Optional[str]:
+    if getattr(module, "dot_general", None) is not None or getattr(module, "dot_general_cls", None) is not None:
+        return "it uses a custom dot_general"
+    if isinstance(module, nn.DenseGeneral) and tuple(np.atleast_1d(module.batch_dims)):
+        return "it has batch_dims"
+    return None
+
+
+class _Counter:
+    """Numbers the calls of each layer instance within one trace, so repeated calls get their own taps."""
+
+    def __init__(self):
+        self._seen: dict[int, tuple[Any, int]] = {}
+
+    def next(self, scope) -> int:
+        held, k = self._seen.get(id(scope), (scope, 0))
+        self._seen[id(scope)] = (held, k + 1)
+        return k
+
+
+@dataclasses.dataclass
+class _Call:
+    kernel: int                 # leaf index of the kernel in params
+    bias: Optional[int]         # leaf index of the bias, if any
+    in_path: tuple              # path of the input tap in the tap collection
+    out_path: tuple             # path of the output tap
+    contracted: int             # number of contracted input axes (leading axes of the kernel)
+
+
+class _Discovery:
+    """Creates the taps: the outermost flax call is re-run with the tap collection mutable."""
+
+    def __init__(self, leaves: list):
+        self.index = {id(leaf): j for j, leaf in enumerate(leaves)}
+        self.leaves = leaves
+        self.depth = 0
+        self.creating = False
+        self.taps = None
+        self.calls: dict[tuple, _Call] = {}
+        self.untappable: dict[int, str] = {}     # kernel leaf index -> reason
+        self.problem: Optional[str] = None
+        self.counter = _Counter()
+
+    def __call__(self, next_fun, args, kwargs, context):
+        if context.method_name == "setup":
+            return next_fun(*args, **kwargs)
+        if self.depth == 0 and not self.creating:
+            self._top_level(args, kwargs, context)
+        self.depth += 1
+        try:
+            if self.creating and _is_dense_call(context):
+                return self._dense(next_fun, args, kwargs, context)
+            return next_fun(*args, **kwargs)
+        finally:
+            self.depth -= 1
+
+    def _top_level(self, args, kwargs, context):
+        if self.taps is not None:
+            self.problem = "apply_fn makes more than one top-level flax call"
+            return
+        module = context.module
+        unbound, variables = module.unbind()
+        got = jax.tree_util.tree_leaves(variables)
+        if TAP_COLLECTION in variables or len(got) != len(self.leaves) or any(
+                a is not b for a, b in zip(got, self.leaves)):
+            self.problem = (f"apply_fn does not pass params unchanged to its flax call "
+                            f"({type(module).__name__}.{context.method_name})")
+            self.taps = {}
+            return
+        self.creating = True
+        self.counter = _Counter()
+        try:
+            _, state = unbound.apply(variables, *args, method=context.method_name, mutable=[TAP_COLLECTION],
+                                     **kwargs)
+        except Exception as error:  # noqa: BLE001 (any failure means: not applicable, and why)
+            self.problem = (f"re-running {type(module).__name__}.{context.method_name} with the taps failed: "
+                            f"{type(error).__name__}: {error}")
+            self.taps = {}
+            return
+        finally:
+            self.creating = False
+        self.taps = state.get(TAP_COLLECTION, {})
+
+    def _dense(self, next_fun, args, kwargs, context):
+        module = context.module
+        kernel = _param(module, "kernel")
+        j = self.index.get(id(kernel)) if kernel is not None else None
+        if j is None:
+            return next_fun(*args, **kwargs)
+        reason = _why_untappable(module)
+        if reason is None and not module.is_mutable_collection(TAP_COLLECTION):
+            reason = (f"it is called inside a lifted transformation that does not carry the '{TAP_COLLECTION}' "
+                      f"collection (e.g. nn.scan(..., variable_axes={{'{TAP_COLLECTION}': 0}}))")
+        if reason is not None:
+            self.untappable.setdefault(j, f"layer {'/'.join(module.scope.path)}: {reason}")
+            return next_fun(*args, **kwargs)
+        x = args[0] if args else kwargs["inputs"]
+        axes = _contracted_axes(module, jnp.ndim(x))
+        y = next_fun(*args, **kwargs)
+        k = self.counter.next(module.scope)
+        names = (f"call{k}_input", f"call{k}_output")
+        module.scope.put_variable(TAP_COLLECTION, names[0], jnp.zeros(_flatten_input(x, axes).shape, x.dtype))
+        module.scope.put_variable(TAP_COLLECTION, names[1], jnp.zeros(jnp.shape(y), y.dtype))
+        bias = _param(module, "bias")
+        path = tuple(module.scope.path)
+        self.calls[path + names[:1]] = _Call(j, self.index.get(id(bias)) if bias is not None else None,
+                                             path + names[:1], path + names[1:], len(axes))
+        return y
+
+
+class _Apply:
+    """Adds the taps to every call of a planned dense layer (identified by its kernel, a constant leaf)."""
+
+    def __init__(self, kernel_ids: frozenset):
+        self.kernel_ids = kernel_ids
+        self.counter = _Counter()
+
+    def __call__(self, next_fun, args, kwargs, context):
+        if not _is_dense_call(context):
+            return next_fun(*args, **kwargs)
+        module = context.module
+        kernel = _param(module, "kernel")
+        if kernel is None or id(kernel) not in self.kernel_ids:
+            return next_fun(*args, **kwargs)
+        k = self.counter.next(module.scope)
+        names = (f"call{k}_input", f"call{k}_output")
+        if not all(module.has_variable(TAP_COLLECTION, n) for n in names):
+            raise ValueError(f"dense layer {'/'.join(module.scope.path)} was called {k + 1} times, more than when "
+                             f"its taps were laid out; the per-layer method needs the same calls on every sample")
+        args = list(args)
+        if args:
+            x = args[0]
+        else:
+            x = kwargs.pop("inputs")
+        x = _input_tap(x, module.get_variable(TAP_COLLECTION, names[0]), _contracted_axes(module, jnp.ndim(x)))
+        y = next_fun(x, *args[1:], **kwargs)
+        return y + module.get_variable(TAP_COLLECTION, names[1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plan
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    kernel: int
+    bias: Optional[int]
+    taps: tuple            # ((in_path, out_path), ...): one pair per call
+    in_size: int
+    out_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DensePlan:
+    """Where the taps go for one ``apply_fn`` and parameter structure (from :func:`plan`).
+
+    Attributes:
+      treedef: the structure of ``params``.
+      layers: one entry per dense kernel handled by contraction (its leaf index, its bias's, its taps).
+      free: leaf indices of ``params`` differentiated the ordinary way.
+      taps: the tap collection as a pytree of ``jax.ShapeDtypeStruct`` (one sample).
+    """
+
+    treedef: Any
+    layers: tuple
+    free: tuple
+    taps: PyTree
+
+    @property
+    def dense_leaves(self) -> tuple:
+        return tuple(sorted({layer.kernel for layer in self.layers}
+                            | {layer.bias for layer in self.layers if layer.bias is not None}))
+
+
+def _get_path(tree, path):
+    for name in path:
+        if not isinstance(tree, Mapping) or name not in tree:
+            return None
+        tree = tree[name]
+    return tree
+
+
+def _set_path(tree: dict, path, value):
+    for name in path[:-1]:
+        tree = tree.setdefault(name, {})
+    tree[path[-1]] = value
+
+
+def plan(apply_fn: Callable, params: PyTree, example: PyTree) -> DensePlan:
+    """Lay the taps out for ``apply_fn(params, example)``, ``example`` one sample's input (arrays or
+    ``jax.ShapeDtypeStruct``). Raises :class:`NotApplicable` (a ``ValueError``) naming the reason when the
+    per-layer method cannot be used."""
+    if not isinstance(params, Mapping) or "params" not in params:
+        raise NotApplicable(f"params must be a flax variables dict with a 'params' collection, got "
+                            f"{type(params).__name__}")
+    if TAP_COLLECTION in params:
+        raise NotApplicable(f"params already holds a '{TAP_COLLECTION}' collection")
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    abstract = lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))
+    found = {}
+
+    def probe(p, x):
+        discovery = _Discovery(jax.tree_util.tree_leaves(p))
+        with nn.intercept_methods(discovery):
+            apply_fn(p, x)
+        found["discovery"] = discovery
+        return jnp.zeros(())
+
+    jax.eval_shape(probe, jax.tree_util.tree_map(abstract, params), jax.tree_util.tree_map(abstract, example))
+    d = found["discovery"]
+    if d.problem is not None:
+        raise NotApplicable(d.problem)
+    if d.taps is None:
+        raise NotApplicable("apply_fn makes no flax call")
+    taps_abstract = jax.tree_util.tree_map(abstract, d.taps)
+    by_kernel: dict[int, list] = {}
+    for call in d.calls.values():
+        if call.kernel in d.untappable:
+            continue
+        if _get_path(taps_abstract, call.in_path) is None or _get_path(taps_abstract, call.out_path) is None:
+            raise NotApplicable(f"the taps of dense layer {'/'.join(call.in_path[:-1])} did not come back from "
+                                f"the model (a transformation around it drops the '{TAP_COLLECTION}' collection)")
+        by_kernel.setdefault(call.kernel, []).append(call)
+    if not by_kernel:
+        reasons = "; ".join(d.untappable.values())
+        raise NotApplicable("no dense layer (nn.Dense / nn.DenseGeneral) of params can be tapped"
+                            + (f": {reasons}" if reasons else ""))
+    layers, taps = [], {}
+    for j, calls in sorted(by_kernel.items()):
+        calls = sorted(calls, key=lambda c: c.in_path)
+        biases = {c.bias for c in calls}
+        shape = np.shape(leaves[j])
+        n_in = calls[0].contracted
+        for c in calls:
+            _set_path(taps, c.in_path, _get_path(taps_abstract, c.in_path))
+            _set_path(taps, c.out_path, _get_path(taps_abstract, c.out_path))
+        layers.append(_Layer(j, biases.pop() if len(biases) == 1 else None,
+                             tuple((c.in_path, c.out_path) for c in calls),
+                             int(math.prod(shape[:n_in])), int(math.prod(shape[n_in:]))))
+    dense = {layer.kernel for layer in layers} | {layer.bias for layer in layers if layer.bias is not None}
+    free = tuple(j for j in range(len(leaves)) if j not in dense)
+    kernel_ids = {id(leaves[layer.kernel]) for layer in layers}
+    if len(kernel_ids) < len(layers) or any(id(leaves[j]) in kernel_ids for j in free):
+        raise NotApplicable("params holds one array object at several leaves, one of them a dense kernel")
+    return DensePlan(treedef, tuple(layers), free, taps)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-sample sums
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def per_sample_sums(dense_plan: DensePlan, apply_fn: Callable, params: PyTree, x: PyTree,
+                    cotangents: Callable, h: Callable) -> PyTree:
+    """``sum_r h(grad_params <c_r, apply_fn(params, x)>)`` for one sample ``x``, a pytree like ``params``.
+
+    ``cotangents(output) -> [R, *output.shape]`` gives the sample's output cotangents (evaluated at its output);
+    ``h`` is elementwise. Dense kernels and biases: ``sum_r h(sum_s x_s^T delta_rs)`` and ``sum_r h(sum_s
+    delta_rs)``; every other leaf by its ordinary vector-Jacobian product.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    if treedef != dense_plan.treedef:
+        raise ValueError(f"params has structure {treedef}, but the taps were laid out for {dense_plan.treedef}")
+    free = [leaves[j] for j in dense_plan.free]
+    kernel_ids = frozenset(id(leaves[layer.kernel]) for layer in dense_plan.layers)
+    taps0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), dense_plan.taps)
+
+    def f(free_leaves, taps):
+        new = list(leaves)
+        for j, v in zip(dense_plan.free, free_leaves):
+            new[j] = v
+        variables = dict(jax.tree_util.tree_unflatten(treedef, new))
+        variables[TAP_COLLECTION] = taps
+        with nn.intercept_methods(_Apply(kernel_ids)):
+            return apply_fn(variables, x)
+
+    output, vjp_fn = jax.vjp(f, free, taps0)
+    cot = cotangents(output).astype(jnp.result_type(output))
+    g_free, g_taps = vjp_fn(cot[0])                   # the inputs come out here, once
+    rest = None
+    if cot.shape[0] > 1:
+        rest = jax.vmap(vjp_fn)(cot[1:])              # their input-tap cotangents are unused
+
+    out = list(leaves)
+    for pos, j in enumerate(dense_plan.free):
+        total = h(g_free[pos])
+        if rest is not None:
+            total = total + jnp.sum(h(rest[0][pos]), axis=0)
+        out[j] = total.astype(jnp.result_type(leaves[j]))
+    for layer in dense_plan.layers:
+        kernel = jnp.zeros((layer.in_size, layer.out_size), jnp.result_type(leaves[layer.kernel]))
+        xs, ds, ds_rest = [], [], []
+        for in_path, out_path in layer.taps:
+            xs.append(_get_path(g_taps, in_path).reshape(-1, layer.in_size))
+            ds.append(_get_path(g_taps, out_path).reshape(-1, layer.out_size))
+            if rest is not None:
+                d = _get_path(rest[1], out_path)
+                ds_rest.append(d.reshape(d.shape[0], -1, layer.out_size))
+        x_all = jnp.concatenate(xs, axis=0) if len(xs) > 1 else xs[0]
+        d_all = jnp.concatenate(ds, axis=0) if len(ds) > 1 else ds[0]
+        kernel = h(jnp.einsum("pi,po->io", x_all, d_all))
+        bias = h(jnp.sum(d_all, axis=0))
+        if rest is not None:
+            dr = jnp.concatenate(ds_rest, axis=1) if len(ds_rest) > 1 else ds_rest[0]
+            kernel = kernel + jnp.sum(h(jnp.einsum("pi,rpo->rio", x_all, dr)), axis=0)
+            bias = bias + jnp.sum(h(jnp.sum(dr, axis=1)), axis=0)
+        k_leaf = leaves[layer.kernel]
+        out[layer.kernel] = kernel.reshape(np.shape(k_leaf)).astype(jnp.result_type(k_leaf))
+        if layer.bias is not None:
+            b_leaf = leaves[layer.bias]
+            out[layer.bias] = bias.reshape(np.shape(b_leaf)).astype(jnp.result_type(b_leaf))
+    return jax.tree_util.tree_unflatten(treedef, out)
