@@ -39,7 +39,6 @@ vector-Jacobian product.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
@@ -61,35 +60,11 @@ class NotApplicable(ValueError):
     """The per-layer method cannot be used with this ``apply_fn`` and ``params``; the message says why."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The input tap
-# ----------------------------------------------------------------------------------------------------------------
-
-
 def _flatten_input(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """``x`` with the contracted ``axes`` moved last, as ``[positions, prod(contracted sizes)]``."""
     moved = jnp.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))
     size = math.prod(x.shape[a] for a in axes)
     return moved.reshape((-1, size))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _input_tap(x: jax.Array, tap: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """The identity on ``x``; the cotangent of ``tap`` is ``x`` itself (flattened as :func:`_flatten_input`)."""
-    del tap
-    return x
-
-
-def _input_tap_fwd(x, tap, axes):
-    del tap
-    return x, x
-
-
-def _input_tap_bwd(axes, x, g):
-    return g, _flatten_input(x, axes)   # the tap was laid out with x's shape and dtype
-
-
-_input_tap.defvjp(_input_tap_fwd, _input_tap_bwd)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -140,14 +115,22 @@ class _Call:
     contracted: int             # number of contracted input axes (leading axes of the kernel)
 
 
-class _Discovery:
-    """Creates the taps: the outermost flax call is re-run with the tap collection mutable."""
+class _Interceptor:
+    """Re-runs the outermost flax call with the tap collection mutable, and taps the dense layers in it.
 
-    def __init__(self, leaves: list):
+    ``discover=True``: creates a zero output tap ``callK_output [P, out]`` at every call of a dense layer whose
+    kernel is a leaf of ``leaves`` and records where it went (:attr:`calls`), or why it could not (:attr:`untappable`).
+    ``discover=False``: at every call of a layer whose kernel is one of ``kernel_ids``, records the flattened input
+    as ``callK_input [P, in]`` and adds the output tap; the collection comes back in :attr:`taps` (the forward
+    pass's records, per iteration of the transformations around each layer).
+    """
+
+    def __init__(self, leaves: list, *, discover: bool, kernel_ids: frozenset = frozenset()):
+        self.discover = discover
         self.index = {id(leaf): j for j, leaf in enumerate(leaves)}
         self.leaves = leaves
+        self.kernel_ids = kernel_ids
         self.depth = 0
-        self.creating = False
         self.taps = None
         self.calls: dict[tuple, _Call] = {}
         self.untappable: dict[int, str] = {}     # kernel leaf index -> reason
@@ -157,97 +140,75 @@ class _Discovery:
     def __call__(self, next_fun, args, kwargs, context):
         if context.method_name == "setup":
             return next_fun(*args, **kwargs)
-        if self.depth == 0 and not self.creating:
-            self._top_level(args, kwargs, context)
+        if self.depth == 0:
+            return self._top_level(next_fun, args, kwargs, context)
+        if _is_dense_call(context):
+            return self._dense(next_fun, args, kwargs, context)
+        return next_fun(*args, **kwargs)
+
+    def _top_level(self, next_fun, args, kwargs, context):
+        module = context.module
+        if self.taps is not None:
+            self.problem = "apply_fn makes more than one top-level flax call"
+            return next_fun(*args, **kwargs)
+        self.taps = {}
+        unbound, variables = module.unbind()
+        got = jax.tree_util.tree_leaves({k: v for k, v in variables.items() if k != TAP_COLLECTION})
+        if len(got) != len(self.leaves) or any(a is not b for a, b in zip(got, self.leaves)):
+            self.problem = (f"apply_fn does not pass params unchanged to its flax call "
+                            f"({type(module).__name__}.{context.method_name})")
+            return next_fun(*args, **kwargs)
         self.depth += 1
         try:
-            if self.creating and _is_dense_call(context):
-                return self._dense(next_fun, args, kwargs, context)
+            result, state = unbound.apply(variables, *args, method=context.method_name,
+                                          mutable=[TAP_COLLECTION], **kwargs)
+        except Exception as error:  # noqa: BLE001 (when laying out: any failure means not applicable, and why)
+            if not self.discover:
+                raise
+            self.problem = (f"re-running {type(module).__name__}.{context.method_name} with the taps failed: "
+                            f"{type(error).__name__}: {error}")
             return next_fun(*args, **kwargs)
         finally:
             self.depth -= 1
-
-    def _top_level(self, args, kwargs, context):
-        if self.taps is not None:
-            self.problem = "apply_fn makes more than one top-level flax call"
-            return
-        module = context.module
-        unbound, variables = module.unbind()
-        got = jax.tree_util.tree_leaves(variables)
-        if TAP_COLLECTION in variables or len(got) != len(self.leaves) or any(
-                a is not b for a, b in zip(got, self.leaves)):
-            self.problem = (f"apply_fn does not pass params unchanged to its flax call "
-                            f"({type(module).__name__}.{context.method_name})")
-            self.taps = {}
-            return
-        self.creating = True
-        self.counter = _Counter()
-        try:
-            _, state = unbound.apply(variables, *args, method=context.method_name, mutable=[TAP_COLLECTION],
-                                     **kwargs)
-        except Exception as error:  # noqa: BLE001 (any failure means: not applicable, and why)
-            self.problem = (f"re-running {type(module).__name__}.{context.method_name} with the taps failed: "
-                            f"{type(error).__name__}: {error}")
-            self.taps = {}
-            return
-        finally:
-            self.creating = False
         self.taps = state.get(TAP_COLLECTION, {})
+        return result
 
     def _dense(self, next_fun, args, kwargs, context):
         module = context.module
         kernel = _param(module, "kernel")
-        j = self.index.get(id(kernel)) if kernel is not None else None
-        if j is None:
-            return next_fun(*args, **kwargs)
-        reason = _why_untappable(module)
-        if reason is None and not module.is_mutable_collection(TAP_COLLECTION):
-            reason = (f"it is called inside a lifted transformation that does not carry the '{TAP_COLLECTION}' "
-                      f"collection (e.g. nn.scan(..., variable_axes={{'{TAP_COLLECTION}': 0}}))")
-        if reason is not None:
-            self.untappable.setdefault(j, f"layer {'/'.join(module.scope.path)}: {reason}")
+        if self.discover:
+            j = self.index.get(id(kernel)) if kernel is not None else None
+            if j is None:
+                return next_fun(*args, **kwargs)
+            reason = _why_untappable(module)
+            if reason is None and not module.is_mutable_collection(TAP_COLLECTION):
+                reason = (f"it is called inside a lifted transformation that does not carry the "
+                          f"'{TAP_COLLECTION}' collection (e.g. nn.scan(..., variable_axes={{'{TAP_COLLECTION}': 0}}))")
+            if reason is not None:
+                self.untappable.setdefault(j, f"layer {'/'.join(module.scope.path)}: {reason}")
+                return next_fun(*args, **kwargs)
+        elif kernel is None or id(kernel) not in self.kernel_ids:
             return next_fun(*args, **kwargs)
         x = args[0] if args else kwargs["inputs"]
         axes = _contracted_axes(module, jnp.ndim(x))
-        y = next_fun(*args, **kwargs)
         k = self.counter.next(module.scope)
         names = (f"call{k}_input", f"call{k}_output")
-        module.scope.put_variable(TAP_COLLECTION, names[0], jnp.zeros(_flatten_input(x, axes).shape, x.dtype))
-        module.scope.put_variable(TAP_COLLECTION, names[1], jnp.zeros(jnp.shape(y), y.dtype))
-        bias = _param(module, "bias")
-        path = tuple(module.scope.path)
-        self.calls[path + names[:1]] = _Call(j, self.index.get(id(bias)) if bias is not None else None,
-                                             path + names[:1], path + names[1:], len(axes))
-        return y
-
-
-class _Apply:
-    """Adds the taps to every call of a planned dense layer (identified by its kernel, a constant leaf)."""
-
-    def __init__(self, kernel_ids: frozenset):
-        self.kernel_ids = kernel_ids
-        self.counter = _Counter()
-
-    def __call__(self, next_fun, args, kwargs, context):
-        if not _is_dense_call(context):
-            return next_fun(*args, **kwargs)
-        module = context.module
-        kernel = _param(module, "kernel")
-        if kernel is None or id(kernel) not in self.kernel_ids:
-            return next_fun(*args, **kwargs)
-        k = self.counter.next(module.scope)
-        names = (f"call{k}_input", f"call{k}_output")
-        if not all(module.has_variable(TAP_COLLECTION, n) for n in names):
+        if self.discover:
+            y = next_fun(*args, **kwargs)
+            features = math.prod(jnp.shape(y)[jnp.ndim(x) - len(axes):])
+            module.scope.put_variable(TAP_COLLECTION, names[1],
+                                      jnp.zeros((jnp.size(y) // features, features), y.dtype))
+            bias = _param(module, "bias")
+            path = tuple(module.scope.path)
+            self.calls[path + names[1:]] = _Call(j, self.index.get(id(bias)) if bias is not None else None,
+                                                 path + names[:1], path + names[1:], len(axes))
+            return y
+        if not module.has_variable(TAP_COLLECTION, names[1]):
             raise ValueError(f"dense layer {'/'.join(module.scope.path)} was called {k + 1} times, more than when "
                              f"its taps were laid out; the per-layer method needs the same calls on every sample")
-        args = list(args)
-        if args:
-            x = args[0]
-        else:
-            x = kwargs.pop("inputs")
-        x = _input_tap(x, module.get_variable(TAP_COLLECTION, names[0]), _contracted_axes(module, jnp.ndim(x)))
-        y = next_fun(x, *args[1:], **kwargs)
-        return y + module.get_variable(TAP_COLLECTION, names[1])
+        module.scope.put_variable(TAP_COLLECTION, names[0], _flatten_input(x, axes))
+        y = next_fun(*args, **kwargs)
+        return y + module.get_variable(TAP_COLLECTION, names[1]).reshape(y.shape)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -314,7 +275,7 @@ def plan(apply_fn: Callable, params: PyTree, example: PyTree) -> DensePlan:
     found = {}
 
     def probe(p, x):
-        discovery = _Discovery(jax.tree_util.tree_leaves(p))
+        discovery = _Interceptor(jax.tree_util.tree_leaves(p), discover=True)
         with nn.intercept_methods(discovery):
             apply_fn(p, x)
         found["discovery"] = discovery
@@ -331,7 +292,7 @@ def plan(apply_fn: Callable, params: PyTree, example: PyTree) -> DensePlan:
     for call in d.calls.values():
         if call.kernel in d.untappable:
             continue
-        if _get_path(taps_abstract, call.in_path) is None or _get_path(taps_abstract, call.out_path) is None:
+        if _get_path(taps_abstract, call.out_path) is None:
             raise NotApplicable(f"the taps of dense layer {'/'.join(call.in_path[:-1])} did not come back from "
                                 f"the model (a transformation around it drops the '{TAP_COLLECTION}' collection)")
         by_kernel.setdefault(call.kernel, []).append(call)
@@ -346,7 +307,6 @@ def plan(apply_fn: Callable, params: PyTree, example: PyTree) -> DensePlan:
         shape = np.shape(leaves[j])
         n_in = calls[0].contracted
         for c in calls:
-            _set_path(taps, c.in_path, _get_path(taps_abstract, c.in_path))
             _set_path(taps, c.out_path, _get_path(taps_abstract, c.out_path))
         layers.append(_Layer(j, biases.pop() if len(biases) == 1 else None,
                              tuple((c.in_path, c.out_path) for c in calls),
@@ -385,15 +345,19 @@ def per_sample_sums(dense_plan: DensePlan, apply_fn: Callable, params: PyTree, x
             new[j] = v
         variables = dict(jax.tree_util.tree_unflatten(treedef, new))
         variables[TAP_COLLECTION] = taps
-        with nn.intercept_methods(_Apply(kernel_ids)):
-            return apply_fn(variables, x)
+        interceptor = _Interceptor(new, discover=False, kernel_ids=kernel_ids)
+        with nn.intercept_methods(interceptor):
+            output = apply_fn(variables, x)
+        if interceptor.problem is not None:
+            raise ValueError(f"per-layer method: {interceptor.problem}")
+        return output, interceptor.taps
 
-    output, vjp_fn = jax.vjp(f, free, taps0)
+    output, vjp_fn, records = jax.vjp(f, free, taps0, has_aux=True)
     cot = cotangents(output).astype(jnp.result_type(output))
-    g_free, g_taps = vjp_fn(cot[0])                   # the inputs come out here, once
+    g_free, g_taps = vjp_fn(cot[0])
     rest = None
     if cot.shape[0] > 1:
-        rest = jax.vmap(vjp_fn)(cot[1:])              # their input-tap cotangents are unused
+        rest = jax.vmap(vjp_fn)(cot[1:])
 
     out = list(leaves)
     for pos, j in enumerate(dense_plan.free):
@@ -402,22 +366,22 @@ def per_sample_sums(dense_plan: DensePlan, apply_fn: Callable, params: PyTree, x
             total = total + jnp.sum(h(rest[0][pos]), axis=0)
         out[j] = total.astype(jnp.result_type(leaves[j]))
     for layer in dense_plan.layers:
-        kernel = jnp.zeros((layer.in_size, layer.out_size), jnp.result_type(leaves[layer.kernel]))
-        xs, ds, ds_rest = [], [], []
+        kernel = bias = kernel_rest = bias_rest = 0
         for in_path, out_path in layer.taps:
-            xs.append(_get_path(g_taps, in_path).reshape(-1, layer.in_size))
-            ds.append(_get_path(g_taps, out_path).reshape(-1, layer.out_size))
+            # [*lead, P, in] and [*lead, P, out]: lead are the axes of the transformations around the layer
+            x_tap, d_tap = _get_path(records, in_path), _get_path(g_taps, out_path)
+            lead = tuple(range(x_tap.ndim - 1))
+            kernel = kernel + jax.lax.dot_general(x_tap, d_tap, ((lead, lead), ((), ())))
+            bias = bias + jnp.sum(d_tap, axis=lead)
             if rest is not None:
-                d = _get_path(rest[1], out_path)
-                ds_rest.append(d.reshape(d.shape[0], -1, layer.out_size))
-        x_all = jnp.concatenate(xs, axis=0) if len(xs) > 1 else xs[0]
-        d_all = jnp.concatenate(ds, axis=0) if len(ds) > 1 else ds[0]
-        kernel = h(jnp.einsum("pi,po->io", x_all, d_all))
-        bias = h(jnp.sum(d_all, axis=0))
+                d_rest = _get_path(rest[1], out_path)                  # [R - 1, *lead, P, out]
+                i, o, r = x_tap.ndim - 1, x_tap.ndim, x_tap.ndim + 1
+                kernel_rest = kernel_rest + jnp.einsum(x_tap, (*lead, i), d_rest, (r, *lead, o), (r, i, o))
+                bias_rest = bias_rest + jnp.sum(d_rest, axis=tuple(a + 1 for a in lead))
+        kernel, bias = h(kernel), h(bias)
         if rest is not None:
-            dr = jnp.concatenate(ds_rest, axis=1) if len(ds_rest) > 1 else ds_rest[0]
-            kernel = kernel + jnp.sum(h(jnp.einsum("pi,rpo->rio", x_all, dr)), axis=0)
-            bias = bias + jnp.sum(h(jnp.sum(dr, axis=1)), axis=0)
+            kernel = kernel + jnp.sum(h(kernel_rest), axis=0)
+            bias = bias + jnp.sum(h(bias_rest), axis=0)
         k_leaf = leaves[layer.kernel]
         out[layer.kernel] = kernel.reshape(np.shape(k_leaf)).astype(jnp.result_type(k_leaf))
         if layer.bias is not None:
