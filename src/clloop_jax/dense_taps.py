@@ -136,6 +136,7 @@ class _Interceptor:
         self.untappable: dict[int, str] = {}     # kernel leaf index -> reason
         self.problem: Optional[str] = None
         self.counter = _Counter()
+        self.recorded: dict[tuple, tuple] = {}  # (scope root, input, axes) -> (the same, the record's path)
 
     def __call__(self, next_fun, args, kwargs, context):
         if context.method_name == "setup":
@@ -193,20 +194,29 @@ class _Interceptor:
         axes = _contracted_axes(module, jnp.ndim(x))
         k = self.counter.next(module.scope)
         names = (f"call{k}_input", f"call{k}_output")
+        path = tuple(module.scope.path)
+        # Layers reading the same input array in the same transformation share one record of it (the attention's
+        # query, key and value projections; the GRU's gates).
+        root = module.scope.root
+        key = (id(root), id(x), axes)
+        shared = key in self.recorded
+        if not shared:
+            self.recorded[key] = (root, x, path + names[:1])
+        in_path = self.recorded[key][2]
         if self.discover:
             y = next_fun(*args, **kwargs)
             features = math.prod(jnp.shape(y)[jnp.ndim(x) - len(axes):])
             module.scope.put_variable(TAP_COLLECTION, names[1],
                                       jnp.zeros((jnp.size(y) // features, features), y.dtype))
             bias = _param(module, "bias")
-            path = tuple(module.scope.path)
             self.calls[path + names[1:]] = _Call(j, self.index.get(id(bias)) if bias is not None else None,
-                                                 path + names[:1], path + names[1:], len(axes))
+                                                 in_path, path + names[1:], len(axes))
             return y
         if not module.has_variable(TAP_COLLECTION, names[1]):
             raise ValueError(f"dense layer {'/'.join(module.scope.path)} was called {k + 1} times, more than when "
                              f"its taps were laid out; the per-layer method needs the same calls on every sample")
-        module.scope.put_variable(TAP_COLLECTION, names[0], _flatten_input(x, axes))
+        if not shared:
+            module.scope.put_variable(TAP_COLLECTION, names[0], _flatten_input(x, axes))
         y = next_fun(*args, **kwargs)
         return y + module.get_variable(TAP_COLLECTION, names[1]).reshape(y.shape)
 
@@ -365,23 +375,40 @@ def per_sample_sums(dense_plan: DensePlan, apply_fn: Callable, params: PyTree, x
         if rest is not None:
             total = total + jnp.sum(h(rest[0][pos]), axis=0)
         out[j] = total.astype(jnp.result_type(leaves[j]))
-    for layer in dense_plan.layers:
-        kernel = bias = kernel_rest = bias_rest = 0
+    # One contraction per recorded input: the output cotangents of every call reading it side by side.
+    groups: dict[tuple, list] = {}
+    for n, layer in enumerate(dense_plan.layers):
         for in_path, out_path in layer.taps:
-            # [*lead, P, in] and [*lead, P, out]: lead are the axes of the transformations around the layer
-            x_tap, d_tap = _get_path(records, in_path), _get_path(g_taps, out_path)
-            lead = tuple(range(x_tap.ndim - 1))
-            kernel = kernel + jax.lax.dot_general(x_tap, d_tap, ((lead, lead), ((), ())))
-            bias = bias + jnp.sum(d_tap, axis=lead)
-            if rest is not None:
-                d_rest = _get_path(rest[1], out_path)                  # [R - 1, *lead, P, out]
-                i, o, r = x_tap.ndim - 1, x_tap.ndim, x_tap.ndim + 1
-                kernel_rest = kernel_rest + jnp.einsum(x_tap, (*lead, i), d_rest, (r, *lead, o), (r, i, o))
-                bias_rest = bias_rest + jnp.sum(d_rest, axis=tuple(a + 1 for a in lead))
-        kernel, bias = h(kernel), h(bias)
+            groups.setdefault(in_path, []).append((n, out_path))
+    kernels: dict[int, tuple] = {}   # layer -> (kernel, bias[, kernel per extra cotangent, bias per ...])
+    for in_path, calls in groups.items():
+        x_rec = _get_path(records, in_path)                       # [*lead, P, in]
+        if x_rec is None:
+            raise ValueError(f"per-layer method: the input of dense layer {'/'.join(in_path[:-1])} was not recorded")
+        lead = tuple(range(x_rec.ndim - 1))
+        i, o, r = x_rec.ndim - 1, x_rec.ndim, x_rec.ndim + 1
+        d = [_get_path(g_taps, out_path) for _, out_path in calls]   # [*lead, P, out_c] each
+        d_all = jnp.concatenate(d, axis=-1) if len(d) > 1 else d[0]
+        k_all = jax.lax.dot_general(x_rec, d_all, ((lead, lead), ((), ())))   # [in, sum out_c]
+        b_all = jnp.sum(d_all, axis=lead)
         if rest is not None:
-            kernel = kernel + jnp.sum(h(kernel_rest), axis=0)
-            bias = bias + jnp.sum(h(bias_rest), axis=0)
+            dr = [_get_path(rest[1], out_path) for _, out_path in calls]     # [R - 1, *lead, P, out_c]
+            dr_all = jnp.concatenate(dr, axis=-1) if len(dr) > 1 else dr[0]
+            kr_all = jnp.einsum(x_rec, (*lead, i), dr_all, (r, *lead, o), (r, i, o))
+            br_all = jnp.sum(dr_all, axis=tuple(a + 1 for a in lead))
+        start = 0
+        for (n, _), d_c in zip(calls, d):
+            stop = start + d_c.shape[-1]
+            part = (k_all[:, start:stop], b_all[start:stop]) if rest is None else \
+                (k_all[:, start:stop], b_all[start:stop], kr_all[..., start:stop], br_all[..., start:stop])
+            kernels[n] = part if n not in kernels else tuple(u + v for u, v in zip(kernels[n], part))
+            start = stop
+    for n, layer in enumerate(dense_plan.layers):
+        parts = kernels[n]
+        kernel, bias = h(parts[0]), h(parts[1])
+        if rest is not None:
+            kernel = kernel + jnp.sum(h(parts[2]), axis=0)
+            bias = bias + jnp.sum(h(parts[3]), axis=0)
         k_leaf = leaves[layer.kernel]
         out[layer.kernel] = kernel.reshape(np.shape(k_leaf)).astype(jnp.result_type(k_leaf))
         if layer.bias is not None:
