@@ -95,14 +95,16 @@ def _why_untappable(module) -> Optional[str]:
 
 
 class _Counter:
-    """Numbers the calls of each layer instance within one trace, so repeated calls get their own taps."""
+    """Numbers the calls of each layer within one trace (by its scope's root and path), so repeated calls get
+    their own taps."""
 
     def __init__(self):
-        self._seen: dict[int, tuple[Any, int]] = {}
+        self._seen: dict[tuple, tuple[Any, int]] = {}
 
     def next(self, scope) -> int:
-        held, k = self._seen.get(id(scope), (scope, 0))
-        self._seen[id(scope)] = (held, k + 1)
+        key = (id(scope.root), tuple(scope.path))
+        held, k = self._seen.get(key, (scope.root, 0))
+        self._seen[key] = (held, k + 1)
         return k
 
 
@@ -147,18 +149,25 @@ class _Interceptor:
             return self._dense(next_fun, args, kwargs, context)
         return next_fun(*args, **kwargs)
 
+    def _nested(self, next_fun, args, kwargs):
+        self.depth += 1
+        try:
+            return next_fun(*args, **kwargs)
+        finally:
+            self.depth -= 1
+
     def _top_level(self, next_fun, args, kwargs, context):
         module = context.module
         if self.taps is not None:
-            self.problem = "apply_fn makes more than one top-level flax call"
-            return next_fun(*args, **kwargs)
+            self.problem = self.problem or "apply_fn makes more than one top-level flax call"
+            return self._nested(next_fun, args, kwargs)
         self.taps = {}
         unbound, variables = module.unbind()
         got = jax.tree_util.tree_leaves({k: v for k, v in variables.items() if k != TAP_COLLECTION})
         if len(got) != len(self.leaves) or any(a is not b for a, b in zip(got, self.leaves)):
             self.problem = (f"apply_fn does not pass params unchanged to its flax call "
                             f"({type(module).__name__}.{context.method_name})")
-            return next_fun(*args, **kwargs)
+            return self._nested(next_fun, args, kwargs)
         self.depth += 1
         try:
             result, state = unbound.apply(variables, *args, method=context.method_name,
@@ -168,7 +177,7 @@ class _Interceptor:
                 raise
             self.problem = (f"re-running {type(module).__name__}.{context.method_name} with the taps failed: "
                             f"{type(error).__name__}: {error}")
-            return next_fun(*args, **kwargs)
+            return self._nested(next_fun, args, kwargs)
         finally:
             self.depth -= 1
         self.taps = state.get(TAP_COLLECTION, {})
