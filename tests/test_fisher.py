@@ -478,6 +478,17 @@ def test_squared_batch_gradient_is_smaller(mlp, kind):
     assert total(sq) < 0.5 * total(emp)
 
 
+def test_sum_leading_is_the_sum_over_the_leading_axis():
+    from clloop_jax.reductions import sum_leading
+    rng = np.random.default_rng(9)
+    for n in range(1, 10):
+        a = rng.normal(size=(n, 3, 2))
+        with jax.enable_x64(True):
+            np.testing.assert_allclose(np.asarray(sum_leading(jnp.asarray(a))), a.sum(0), rtol=1e-13, atol=1e-14)
+    with pytest.raises(ValueError, match="sum_leading.*non-empty leading axis"):
+        sum_leading(jnp.zeros((0, 2)))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------------------------

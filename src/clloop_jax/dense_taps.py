@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clloop_jax.reductions import sum_leading
+
 __all__ = ["TAP_COLLECTION", "NotApplicable", "DensePlan", "plan", "per_sample_sums"]
 
 #: The flax variable collection holding the taps; lifted transformations around dense layers must carry it.
@@ -382,7 +384,7 @@ def per_sample_sums(dense_plan: DensePlan, apply_fn: Callable, params: PyTree, x
     for pos, j in enumerate(dense_plan.free):
         total = h(g_free[pos])
         if rest is not None:
-            total = total + jnp.sum(h(rest[0][pos]), axis=0)
+            total = total + sum_leading(h(rest[0][pos]))
         out[j] = total.astype(jnp.result_type(leaves[j]))
     # One contraction per recorded input: the output cotangents of every call reading it side by side.
     groups: dict[tuple, list] = {}
@@ -416,8 +418,8 @@ def per_sample_sums(dense_plan: DensePlan, apply_fn: Callable, params: PyTree, x
         parts = kernels[n]
         kernel, bias = h(parts[0]), h(parts[1])
         if rest is not None:
-            kernel = kernel + jnp.sum(h(parts[2]), axis=0)
-            bias = bias + jnp.sum(h(parts[3]), axis=0)
+            kernel = kernel + sum_leading(h(parts[2]))
+            bias = bias + sum_leading(h(parts[3]))
         k_leaf = leaves[layer.kernel]
         out[layer.kernel] = kernel.reshape(np.shape(k_leaf)).astype(jnp.result_type(k_leaf))
         if layer.bias is not None:

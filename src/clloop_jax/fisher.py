@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clloop_jax import dense_taps
+from clloop_jax.reductions import sum_leading
 from clloop_jax.validation import check_callable, check_choice, check_float, check_int, check_key, check_methods
 
 __all__ = [
@@ -191,7 +192,7 @@ def _mean_over_samples(per_sample: Callable, params: PyTree, batch: PyTree, n: i
     index = jnp.arange(n)
     if chunk_size is None or chunk_size >= n:
         out = jax.vmap(per_sample)(index, batch)
-        return jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), out)
+        return jax.tree_util.tree_map(lambda a: sum_leading(a) / n, out)
 
     chunks = _pad_to_chunks((index, batch), n, chunk_size)
     # Padding repeats the last index: mark padded rows by their position instead.
@@ -206,7 +207,7 @@ def _mean_over_samples(per_sample: Callable, params: PyTree, batch: PyTree, n: i
 
         def add(t, a):
             w = weight.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
-            return t + jnp.sum(a * w, axis=0)
+            return t + sum_leading(a * w)
 
         return jax.tree_util.tree_map(add, total, out), None
 
