@@ -1,39 +1,43 @@
-"""Per-sample gradients of dense layers from per-position output cotangents ("taps").
+"""Per-sample gradients of dense layers from per-position inputs and output cotangents ("taps").
 
 A dense layer applied at positions ``s`` of one sample (time steps of a scan, tokens, leading batch axes) computes
 ``y_s = x_s W + b``. For any scalar ``L`` of the sample's outputs, with ``delta_s = dL / dy_s``,
 
     dL/dW = sum_s x_s^T delta_s,        dL/db = sum_s delta_s.
 
-So a per-sample gradient of ``W`` need not be accumulated inside the backward pass (for a recurrent model, a rank-1
+So a per-sample gradient of ``W`` need not be accumulated inside the backward pass (for a recurrent model, a rank-P
 update of an ``[N, P]`` buffer at every time step); it is one contraction over positions after the backward pass,
-given every position's input ``x_s`` and output cotangent ``delta_s``. Both come out of one vector-Jacobian product
-taken with the dense kernels and biases held constant:
+given every position's input ``x_s`` and output cotangent ``delta_s``:
 
-* an *output tap*, a zero array added to the layer's output (``y + u``): its cotangent is ``delta_s``;
-* an *input tap*, an identity on the layer's input whose backward pass returns the primal input as the tap's
-  cotangent (a ``jax.custom_vjp``): its cotangent is ``x_s``.
+* ``delta_s`` is the cotangent of an *output tap*, a zero array added to the layer's output (``y + u``), in one
+  vector-Jacobian product taken with the dense kernels and biases held constant (so the backward pass forms no
+  weight gradient at all);
+* ``x_s`` is *recorded* by the forward pass of that same product (an auxiliary output).
 
-The taps are flax variables of the collection :data:`TAP_COLLECTION`, attached to every ``nn.Dense`` and
-``nn.DenseGeneral`` call by a method interceptor (``flax.linen.intercept_methods``), so the model's code is unchanged.
-A layer called inside a lifted transformation gets one tap per iteration when the transformation carries the
-collection: ``nn.scan(..., variable_axes={TAP_COLLECTION: 0})`` (as :class:`~clloop_jax.model.CrossModalModel`'s
-``sequence`` does); the collection is absent in ordinary calls, so that changes nothing else.
+Both live in the flax variable collection :data:`TAP_COLLECTION`, attached to every ``nn.Dense`` and
+``nn.DenseGeneral`` call by a method interceptor (``flax.linen.intercept_methods``), so the model's code is unchanged;
+the outermost flax call is re-run with the collection mutable so that the records come back even when ``apply_fn``
+does not ask for mutable state. A layer called inside a lifted transformation gets one tap and one record per
+iteration when the transformation carries the collection: ``nn.scan(..., variable_axes={TAP_COLLECTION: 0})`` (as
+:class:`~clloop_jax.model.CrossModalModel`'s ``sequence`` does); the collection is absent in ordinary calls, so that
+changes nothing else. Layers reading the same input array (the attention's query, key and value projections, the
+GRU's gates) share one record and one contraction.
 
-:func:`plan` lays the taps out for one ``apply_fn(params, x)``: it traces the call abstractly, re-runs the outermost
-flax call with the tap collection mutable to create the taps, and matches each dense layer's kernel and bias to
-leaves of ``params`` by identity. Requirements (otherwise :class:`NotApplicable` says which one failed):
+:func:`plan` lays the taps out for one ``apply_fn(params, x)`` by tracing it abstractly, matching each dense layer's
+kernel and bias to leaves of ``params`` by identity. Requirements (otherwise :class:`NotApplicable` says which one
+failed):
 
-* ``apply_fn`` passes ``params`` unchanged (a flax variables dict) to exactly one top-level flax call;
-* every call of a layer whose kernel is a leaf of ``params`` can be tapped: a plain ``dot_general``, no
-  ``batch_dims``, and every lifted transformation around it carries :data:`TAP_COLLECTION` (a layer that cannot be
-  tapped keeps the ordinary per-sample gradient);
-* the dense kernels and biases are read only by their own layer (no weight tying through other modules).
+* ``apply_fn`` passes ``params`` unchanged (a flax variables dict) to exactly one top-level flax call, which needs
+  no random numbers and no mutable state;
+* a layer's calls can be tapped: a plain ``dot_general``, no ``batch_dims``, and every lifted transformation around
+  it carries :data:`TAP_COLLECTION` (a layer that cannot be tapped keeps the ordinary per-sample gradient);
+* the dense kernels and biases are read only by their own layer (no weight tying through other modules);
+* every sample makes the same calls (no data-dependent Python control flow, which tracing excludes anyway).
 
 :func:`per_sample_sums` then returns, for one sample, ``sum_r h(grad_r)`` over cotangents ``c_r`` of the sample's
 output, with ``h`` elementwise (the square for a Fisher diagonal, the absolute value for MAS): dense kernels and
-biases by the contraction above, every other leaf (embeddings, normalisation scales, ...) by the ordinary
-vector-Jacobian product.
+biases by the contraction above, every other leaf (embeddings, normalisation scales, convolutions, ...) by the
+ordinary vector-Jacobian product.
 """
 
 from __future__ import annotations
@@ -317,6 +321,13 @@ def plan(apply_fn: Callable, params: PyTree, example: PyTree) -> DensePlan:
             raise NotApplicable(f"the taps of dense layer {'/'.join(call.in_path[:-1])} did not come back from "
                                 f"the model (a transformation around it drops the '{TAP_COLLECTION}' collection)")
         by_kernel.setdefault(call.kernel, []).append(call)
+    included = {c.out_path for calls in by_kernel.values() for c in calls}
+    for calls in by_kernel.values():
+        for c in calls:
+            recorder = c.in_path[:-1] + (c.in_path[-1].replace("_input", "_output"),)
+            if recorder not in included:
+                raise NotApplicable(f"dense layer {'/'.join(c.out_path[:-1])} shares its input with layer "
+                                    f"{'/'.join(recorder[:-1])}, some of whose calls cannot be tapped")
     if not by_kernel:
         reasons = "; ".join(d.untappable.values())
         raise NotApplicable("no dense layer (nn.Dense / nn.DenseGeneral) of params can be tapped"
