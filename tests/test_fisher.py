@@ -734,7 +734,8 @@ def tanh_mlp_params(p):
 
 def from_tanh_mlp(tree):
     t = tree["params"]
-    return {"W1": t["hidden"]["kernel"].T, "b1": t["hidden"]["bias"], "W2": t["out"]["kernel"].T, "b2": t["out"]["bias"]}
+    return {"W1": t["hidden"]["kernel"].T, "b1": t["hidden"]["bias"],
+            "W2": t["out"]["kernel"].T, "b2": t["out"]["bias"]}
 
 
 @pytest.mark.parametrize("kind", ["categorical", "gaussian"])
