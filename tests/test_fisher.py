@@ -798,12 +798,15 @@ def test_per_layer_refuses_what_it_cannot_do(flax_models, mlp):
     twice = lambda q, v: model.apply(q, v) + model.apply(q, v)
     with pytest.raises(ValueError, match=r"method='per_layer'.*more than one top-level flax call"):
         F.fisher_diagonal(twice, flax_p, xj, yj, likelihood=cat, variant="empirical", method="per_layer")
+    remat = lambda q, v: jax.checkpoint(lambda vv: model.apply(q, vv))(v)    # params closed over, same leaves
+    with pytest.raises(ValueError, match=r"method='per_layer'.*inside a JAX transformation of its own"):
+        F.fisher_diagonal(remat, flax_p, xj, yj, likelihood=cat, variant="empirical", method="per_layer")
     params, xs, yc, _ = flax_models["untapped"]
     with pytest.raises(ValueError, match=r"method='per_layer'.*no dense layer.*layer cell.*does not carry the "
                                          r"'dense_taps' collection"):
         F.mas_importance(FLAX_APPLY["untapped"], params, xs, method="per_layer")
     # 'auto' falls back to the per-sample path in every one of these cases
-    for fn, q in ((mlp_apply, pj), (scaled, flax_p), (twice, flax_p)):
+    for fn, q in ((mlp_apply, pj), (scaled, flax_p), (twice, flax_p), (remat, flax_p)):
         auto = F.fisher_diagonal(fn, q, xj, yj, likelihood=cat, variant="empirical")
         ref = F.fisher_diagonal(fn, q, xj, yj, likelihood=cat, variant="empirical", method="per_sample")
         jax.tree.map(np.testing.assert_array_equal, auto, ref)

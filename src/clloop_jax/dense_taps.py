@@ -48,6 +48,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
+from flax.core.tracers import current_trace
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,11 +127,12 @@ class _Call:
 class _Interceptor:
     """Re-runs the outermost flax call with the tap collection mutable, and taps the dense layers in it.
 
-    ``discover=True``: creates a zero output tap ``callK_output [P, out]`` at every call of a dense layer whose
-    kernel is a leaf of ``leaves`` and records where it went (:attr:`calls`), or why it could not (:attr:`untappable`).
-    ``discover=False``: at every call of a layer whose kernel is one of ``kernel_ids``, records the flattened input
-    as ``callK_input [P, in]`` and adds the output tap; the collection comes back in :attr:`taps` (the forward
-    pass's records, per iteration of the transformations around each layer).
+    At every call of a dense layer, the flattened input is recorded as ``callK_input [P, in]`` (once per input array
+    read by several layers) and the collection comes back in :attr:`taps` (per iteration of the transformations
+    around each layer). ``discover=True`` (any layer whose kernel is a leaf of ``leaves``): also creates a zero
+    output tap ``callK_output [P, out]`` and notes where both went (:attr:`calls`), or why the layer could not be
+    tapped (:attr:`untappable`). ``discover=False`` (layers whose kernel is one of ``kernel_ids``): adds the
+    output tap to the layer's output.
     """
 
     def __init__(self, leaves: list, *, discover: bool, kernel_ids: frozenset = frozenset()):
@@ -145,6 +147,7 @@ class _Interceptor:
         self.problem: Optional[str] = None
         self.counter = _Counter()
         self.recorded: dict[tuple, tuple] = {}  # (scope root, input, axes) -> (the same, the record's path)
+        self.trace = current_trace()              # the records must come back to this trace
 
     def __call__(self, next_fun, args, kwargs, context):
         if context.method_name == "setup":
@@ -168,6 +171,10 @@ class _Interceptor:
             self.problem = self.problem or "apply_fn makes more than one top-level flax call"
             return self._nested(next_fun, args, kwargs)
         self.taps = {}
+        if current_trace() != self.trace:
+            self.problem = ("apply_fn runs its flax call inside a JAX transformation of its own (jit, checkpoint, "
+                            "scan, ...), out of which the taps cannot come")
+            return self._nested(next_fun, args, kwargs)
         unbound, variables = module.unbind()
         got = jax.tree_util.tree_leaves({k: v for k, v in variables.items() if k != TAP_COLLECTION})
         if len(got) != len(self.leaves) or any(a is not b for a, b in zip(got, self.leaves)):
@@ -218,6 +225,8 @@ class _Interceptor:
         if not shared:
             self.recorded[key] = (root, x, path + names[:1])
         in_path = self.recorded[key][2]
+        if not shared:
+            module.scope.put_variable(TAP_COLLECTION, names[0], _flatten_input(x, axes))
         if self.discover:
             y = next_fun(*args, **kwargs)
             features = math.prod(jnp.shape(y)[jnp.ndim(x) - len(axes):])
@@ -230,8 +239,6 @@ class _Interceptor:
         if not module.has_variable(TAP_COLLECTION, names[1]):
             raise ValueError(f"dense layer {'/'.join(module.scope.path)} was called {k + 1} times, more than when "
                              f"its taps were laid out; the per-layer method needs the same calls on every sample")
-        if not shared:
-            module.scope.put_variable(TAP_COLLECTION, names[0], _flatten_input(x, axes))
         y = next_fun(*args, **kwargs)
         return y + module.get_variable(TAP_COLLECTION, names[1]).reshape(y.shape)
 
@@ -317,7 +324,7 @@ def plan(apply_fn: Callable, params: PyTree, example: PyTree) -> DensePlan:
     for call in d.calls.values():
         if call.kernel in d.untappable:
             continue
-        if _get_path(taps_abstract, call.out_path) is None:
+        if _get_path(taps_abstract, call.out_path) is None or _get_path(taps_abstract, call.in_path) is None:
             raise NotApplicable(f"the taps of dense layer {'/'.join(call.in_path[:-1])} did not come back from "
                                 f"the model (a transformation around it drops the '{TAP_COLLECTION}' collection)")
         by_kernel.setdefault(call.kernel, []).append(call)
