@@ -21,7 +21,7 @@ separately. Sections:
 * ``update``: one training update of the closed loop (a rollout of 8 worlds x 40 steps, the gradient through the
   model's sequence, EWC's penalty, Adam).
 * ``fisher``: per-sample Fisher diagonals of the default model (hidden 64) on 64 sequences of 40 steps, as ratios to
-  one batch gradient: empirical (vmap and chunked), sampled.
+  one batch gradient: empirical (vmap and chunked), sampled, each by the per-sample and the per-layer method.
 * ``run``: the whole 3-task EWC run end to end (compile and run), and 1, 4 and 16 seeds under ``jax.vmap``.
 
 Writes ``benchmarks/results/benchmarks.json`` (``--out``), with the machine and versions.
@@ -266,11 +266,11 @@ def bench_fisher(size: dict, repeats: int) -> dict:
     lik = F.Gaussian(sigma=1.0)
     key = jax.random.key(2)
     methods = {"batch_gradient": lambda p, x, y, k: F.squared_batch_gradient(apply_fn, p, x, y, likelihood=lik)}
-    for name, variant, chunk in (("empirical", "empirical", None), ("empirical_chunked", "empirical", N // 4),
-                                 ("sampled", "sampled", None)):
-        methods[name] = (lambda v, c: lambda p, x, y, k: F.fisher_diagonal(apply_fn, p, x, y, likelihood=lik,
-                                                                           variant=v, key=k, chunk_size=c))(variant,
-                                                                                                            chunk)
+    for method in ("per_sample", "per_layer"):
+        for name, variant, chunk in (("empirical", "empirical", None), ("empirical_chunked", "empirical", N // 4),
+                                     ("sampled", "sampled", None)):
+            methods[f"{name} {method}"] = (lambda v, c, m: lambda p, x, y, k: F.fisher_diagonal(
+                apply_fn, p, x, y, likelihood=lik, variant=v, key=k, chunk_size=c, method=m))(variant, chunk, method)
     timed = interleaved({name: Timed(f, params, x, y, key, repeats=0) for name, f in methods.items()}, repeats)
     base = timed["batch_gradient"].seconds
     return {"T": T, "N": N, "chunk_size": N // 4, "methods": {name: {"seconds": t.seconds, "x_batch_gradient": t.seconds / base,
@@ -326,8 +326,9 @@ def table(res: dict) -> str:
         base = f["methods"]["batch_gradient"]["seconds"]
         for name, m in f["methods"].items():
             if name != "batch_gradient":
-                rows.append(f"| Fisher {name}, {f['N']} sequences x {f['T']} steps | {1e3 * m['seconds']:.1f} ms |"
-                            f" batch gradient {1e3 * base:.1f} ms | {m['x_batch_gradient']:.2f} |")
+                rows.append(f"| Fisher {name}, {f['N']} sequences x {f['T']} steps | {1e3 * m['seconds']:.1f} ms "
+                            f"(compile {m['compile_s']:.1f} s) | batch gradient {1e3 * base:.1f} ms (compile "
+                            f"{f['methods']['batch_gradient']['compile_s']:.1f} s) | {m['x_batch_gradient']:.2f} |")
     if "run" in res:
         r = res["run"]
         rows.append(f"| whole run, 3 tasks x {r['episodes_per_task']} episodes | {r['seconds']:.2f} s "

@@ -3,26 +3,34 @@
 Two small models: a 1-hidden-layer tanh MLP (reference: hand-written float64 backprop and the closed-form
 Jacobian) applied to one input or per position of a short sequence, and an Elman RNN over 3 steps (reference:
 float64 central finite differences of each sample's log-likelihood).
+
+The per-layer method (dense layers' scores contracted after the backward pass) is checked against flax twins of
+both models and their references, and against the per-sample method on the library's models (MLP,
+SequenceClassifier, CrossModalModel with feedback and attention) and on a model mixing dense layers with other
+parameters.
 """
 
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from clloop_jax import dense_taps
 from clloop_jax import fisher as F
+from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
 
 D, H, K = 3, 4, 3          # input, hidden, classes/outputs
 N = 7                      # samples (7 so that chunk sizes 2, 3, 4 do not divide it)
 T = 2                      # positions of the sequence-shaped MLP input
 SIGMA = 0.7
 
-STATIC = ("apply_fn", "likelihood", "variant", "num_samples", "chunk_size")
+STATIC = ("apply_fn", "likelihood", "variant", "num_samples", "chunk_size", "method")
 fisher_jit = jax.jit(F.fisher_diagonal, static_argnames=STATIC)
 psg_jit = jax.jit(F.per_sample_grads, static_argnames=("loss_fn", "chunk_size"))
-mas_jit = jax.jit(F.mas_importance, static_argnames=("apply_fn", "chunk_size"))
+mas_jit = jax.jit(F.mas_importance, static_argnames=("apply_fn", "chunk_size", "method"))
 
 LIKELIHOODS = {"categorical": F.Categorical(), "gaussian": F.Gaussian(sigma=SIGMA)}
 
@@ -478,6 +486,17 @@ def test_squared_batch_gradient_is_smaller(mlp, kind):
     assert total(sq) < 0.5 * total(emp)
 
 
+def test_sum_leading_is_the_sum_over_the_leading_axis():
+    from clloop_jax.reductions import sum_leading
+    rng = np.random.default_rng(9)
+    for n in range(1, 10):
+        a = rng.normal(size=(n, 3, 2))
+        with jax.enable_x64(True):
+            np.testing.assert_allclose(np.asarray(sum_leading(jnp.asarray(a))), a.sum(0), rtol=1e-13, atol=1e-14)
+    with pytest.raises(ValueError, match="sum_leading.*non-empty leading axis"):
+        sum_leading(jnp.zeros((0, 2)))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------------------------
@@ -555,3 +574,239 @@ def test_arguments_of_the_wrong_kind_are_named(mlp):
     legacy = F.fisher_diagonal(mlp_apply, pj, xj, likelihood=F.Categorical(), variant="sampled",
                                key=jax.random.PRNGKey(1))
     jax.tree.map(np.testing.assert_array_equal, typed, legacy)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The per-layer method (dense layers contracted after the backward pass) equals the per-sample one
+# ----------------------------------------------------------------------------------------------------------------
+
+class TanhMLP(nn.Module):
+    """``mlp_apply`` as a flax model: kernels are the transposed ``W1``, ``W2``."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(K, name="out")(jnp.tanh(nn.Dense(H, name="hidden")(x)))
+
+
+class ElmanRNN(nn.Module):
+    """``rnn_apply`` as a flax model: ``nn.scan`` over time, carrying the tap collection per step."""
+
+    @nn.compact
+    def __call__(self, xs):
+        def step(cell, h, x):
+            h = jnp.tanh(nn.Dense(h.shape[-1], name="Wx")(x) + nn.Dense(h.shape[-1], use_bias=False, name="Wh")(h))
+            return h, nn.Dense(K, name="Wo")(h)
+
+        scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
+                       variable_axes={dense_taps.TAP_COLLECTION: 0})
+        hidden = self.param("h0", nn.initializers.zeros, (3,), xs.dtype)   # a non-dense leaf (gradient unused)
+        return scan(self, jnp.zeros_like(hidden) + 0 * hidden, xs)[1]
+
+
+class Mixed(nn.Module):
+    """Dense layers (one called twice, DenseGeneral over a non-last axis and over two axes) among LayerNorm, a free
+    parameter and a convolution, which keep the per-sample path."""
+
+    @nn.compact
+    def __call__(self, x):                                               # x [T, D]
+        h = nn.LayerNorm(name="norm")(nn.Dense(4, name="first")(x)) * self.param("gain", nn.initializers.ones, (4,))
+        shared = nn.Dense(4, name="shared")
+        h = jnp.tanh(shared(h)) + shared(jnp.sin(h))                     # two calls of one layer
+        c = nn.Conv(2, kernel_size=(2,), name="conv")(h)                 # [T, 2]
+        g = nn.DenseGeneral((2, 3), axis=-2, name="over_time")(jnp.concatenate([h, c], -1))   # [6, 2, 3]
+        return nn.DenseGeneral(K, axis=(-2, -1), name="two_axes")(g)     # [6, K]
+
+
+class UntappedScan(nn.Module):
+    """A dense layer inside an ``nn.scan`` that does not carry the tap collection."""
+
+    @nn.compact
+    def __call__(self, xs):
+        scan = nn.scan(lambda cell, c, x: (c, nn.Dense(K, name="cell")(x)), variable_broadcast="params",
+                       split_rngs={"params": False})
+        return scan(self, jnp.zeros(()), xs)[1]
+
+
+def flax_apply(model):
+    return lambda p, x: model.apply(p, x)
+
+
+CROSS = CrossModalModel(input_dim=(3, 2), hidden_dim=4, output_dim=K, num_modalities=2, num_heads=2, feedback_dim=2)
+
+
+def cross_apply(p, x):
+    obs, feedback = x
+    carry = CROSS.initial_carry().astype(obs[0].dtype)
+    return CROSS.apply(p, carry, obs, feedback, method=CROSS.sequence)[1]
+
+
+CLASSIFIER = SequenceClassifier(CrossModalModel(input_dim=2, hidden_dim=4, output_dim=K, num_heads=2, feedback_dim=0),
+                                chunk=2)
+FLAX_APPLY = {"tanh_mlp": flax_apply(TanhMLP()), "rnn": flax_apply(ElmanRNN()), "mixed": flax_apply(Mixed()),
+              "mlp": flax_apply(MLP(output_dim=K, hidden=(4, 3))), "classifier": flax_apply(CLASSIFIER),
+              "untapped": flax_apply(UntappedScan()), "cross": cross_apply}
+
+
+def f64(tree):
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+@pytest.fixture(scope="module")
+def flax_models():
+    """float64 parameters and inputs (N samples) of each flax model, categorical and Gaussian targets."""
+    rng = np.random.default_rng(5)
+    key = jax.random.key(5)
+    n = 5
+    x_cross = ((rng.normal(size=(n, 3, 3)), rng.normal(size=(n, 3, 2))), rng.normal(size=(n, 3, 2)))
+    with jax.enable_x64(True):
+        init = lambda model, *example: jax.jit(lambda k: model.init(k, *example))(key)
+        models = {
+            "mlp": (init(MLP(output_dim=K, hidden=(4, 3)), jnp.zeros(D)), rng.normal(size=(n, 2, D)), (n, 2)),
+            "classifier": (init(CLASSIFIER, jnp.zeros(6)), rng.normal(size=(n, 6)), (n,)),
+            "mixed": (init(Mixed(), jnp.zeros((4, D))), rng.normal(size=(n, 4, D)), (n, 6)),
+            "cross": (init(CROSS, *CROSS.dummy_inputs()), x_cross, (n, 3)),
+            "untapped": (init(UntappedScan(), jnp.zeros((2, D))), rng.normal(size=(n, 2, D)), (n, 2)),
+        }
+        out = {}
+        for name, (params, x, ylead) in models.items():
+            # SequenceClassifier starts from a float32 carry: float32 throughout
+            cast = f64 if name != "classifier" else lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), t)
+            out[name] = (cast(params), cast(x), rng.integers(0, K, size=ylead),
+                         cast(rng.normal(size=ylead + (K,))))
+    return out
+
+
+VARIANT_CASES = [("empirical", "gaussian", None), ("sampled", "categorical", 2), ("exact", "categorical", None),
+                 ("exact", "gaussian", 3)]
+
+
+@pytest.mark.parametrize("name,variant,kind,chunk_size",
+                         [(name, *case) for name in ("mlp", "mixed") for case in VARIANT_CASES]
+                         + [("cross", *case) for case in VARIANT_CASES[:3]]
+                         + [("classifier", *VARIANT_CASES[1])])
+def test_per_layer_equals_per_sample(flax_models, name, variant, kind, chunk_size):
+    params, x, yc, yg = flax_models[name]
+    y = yc if kind == "categorical" else yg
+    with jax.enable_x64(True):
+        kw = dict(likelihood=LIKELIHOODS[kind], variant=variant, key=jax.random.key(8), num_samples=2,
+                  chunk_size=chunk_size)
+        per_sample = fisher_jit(FLAX_APPLY[name], params, x, jnp.asarray(y), method="per_sample", **kw)
+        per_layer = fisher_jit(FLAX_APPLY[name], params, x, jnp.asarray(y), method="per_layer", **kw)
+    scale = max(float(np.max(np.abs(a))) for a in jax.tree_util.tree_leaves(per_sample))
+    rtol, atol = (1e-9, 1e-13) if name != "classifier" else (2e-4, 1e-6)      # the classifier is float32
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol * scale),
+                 per_layer, per_sample)
+
+
+@pytest.mark.parametrize("name", ["mixed"])   # the run's MAS on CrossModalModel: tests/test_loop.py
+def test_per_layer_mas_equals_per_sample(flax_models, name):
+    params, x, _, _ = flax_models[name]
+    with jax.enable_x64(True):
+        per_sample = mas_jit(FLAX_APPLY[name], params, x, method="per_sample")
+        per_layer = mas_jit(FLAX_APPLY[name], params, x, chunk_size=2, method="per_layer")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-15),
+                 per_layer, per_sample)
+
+
+def test_plan_splits_dense_from_other_parameters(flax_models):
+    """Dense kernels and biases (one layer called twice included) are contracted; the LayerNorm, the free gain and
+    the convolution keep the per-sample path."""
+    params, x, _, _ = flax_models["mixed"]
+    plan = dense_taps.plan(FLAX_APPLY["mixed"], params, jax.tree.map(lambda a: a[0], x))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    dense = {paths[j] for j in plan.dense_leaves}
+    free = {paths[j] for j in plan.free}
+    layers = ("first", "shared", "over_time", "two_axes")
+    assert dense == {f"['params']['{m}']['{leaf}']" for m in layers for leaf in ("kernel", "bias")}
+    assert free == {"['params']['norm']['scale']", "['params']['norm']['bias']", "['params']['gain']",
+                    "['params']['conv']['kernel']", "['params']['conv']['bias']"}
+    calls = {paths[layer.kernel]: len(layer.taps) for layer in plan.layers}
+    assert calls["['params']['shared']['kernel']"] == 2 and calls["['params']['first']['kernel']"] == 1
+    # 'auto' (the default) is the per-layer method where it applies: the same program, the same numbers
+    with jax.enable_x64(True):
+        kw = dict(likelihood=F.Gaussian(SIGMA), variant="sampled", key=jax.random.key(1))
+        auto = fisher_jit(FLAX_APPLY["mixed"], params, x, **kw)
+        per_layer = fisher_jit(FLAX_APPLY["mixed"], params, x, method="per_layer", **kw)
+    jax.tree.map(np.testing.assert_array_equal, auto, per_layer)
+
+
+def tanh_mlp_params(p):
+    return {"params": {"hidden": {"kernel": p["W1"].T, "bias": p["b1"]}, "out": {"kernel": p["W2"].T, "bias": p["b2"]}}}
+
+
+def from_tanh_mlp(tree):
+    t = tree["params"]
+    return {"W1": t["hidden"]["kernel"].T, "b1": t["hidden"]["bias"],
+            "W2": t["out"]["kernel"].T, "b2": t["out"]["bias"]}
+
+
+@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
+@pytest.mark.parametrize("variant", ["empirical", "exact"])
+def test_per_layer_matches_float64_reference_mlp(mlp, kind, variant):
+    """The flax twin of the hand-differentiated MLP, over T positions (one dense call per position)."""
+    p, data = mlp
+    x, y = targets_for(kind, data["seq"])
+    ref = {"empirical": lambda: ref_mlp_empirical(kind, p, x, y), "exact": lambda: (
+        ref_mlp_exact_categorical(p, x) if kind == "categorical" else ref_mlp_exact_gaussian(p, x))}[variant]()
+    with jax.enable_x64(True):
+        got = fisher_jit(FLAX_APPLY["tanh_mlp"], f64(tanh_mlp_params(p)), jnp.asarray(x), jnp.asarray(y),
+                         likelihood=LIKELIHOODS[kind], variant=variant, method="per_layer")
+    assert_tree_close(jax.tree.map(np.asarray, from_tanh_mlp(got)), ref, rtol=1e-10, atol=1e-13)
+
+
+def rnn_params(p):
+    return {"params": {"Wx": {"kernel": p["Wx"].T, "bias": p["b"]}, "Wh": {"kernel": p["Wh"].T},
+                       "Wo": {"kernel": p["Wo"].T, "bias": p["bo"]}, "h0": np.zeros(3)}}
+
+
+@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
+@pytest.mark.parametrize("variant", ["empirical", "exact"])
+def test_per_layer_matches_finite_differences_rnn(rnn, kind, variant):
+    """The flax twin of the Elman RNN (dense layers inside nn.scan) against float64 finite differences."""
+    p, xs, yc, yg = rnn
+    y = yc if kind == "categorical" else yg
+    ref = ref_rnn(kind, variant, p, xs, y)
+    with jax.enable_x64(True):
+        got = fisher_jit(FLAX_APPLY["rnn"], f64(rnn_params(p)), jnp.asarray(xs), jnp.asarray(y),
+                         likelihood=LIKELIHOODS[kind], variant=variant, chunk_size=2, method="per_layer")
+    t = jax.tree.map(np.asarray, got["params"])
+    assert_tree_close({"Wx": t["Wx"]["kernel"].T, "b": t["Wx"]["bias"], "Wh": t["Wh"]["kernel"].T,
+                       "Wo": t["Wo"]["kernel"].T, "bo": t["Wo"]["bias"]}, ref, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(t["h0"], 0.0)     # h0 does not reach the output
+
+
+def test_per_layer_refuses_what_it_cannot_do(flax_models, mlp):
+    """method='per_layer' names why it cannot apply; 'auto' then takes the per-sample path (same numbers)."""
+    p, data = mlp
+    x, y, _ = data["single"]
+    pj, xj, yj = to_jax(p, jnp.float32), jnp.asarray(x, jnp.float32), jnp.asarray(y)
+    cat = F.Categorical()
+    with pytest.raises(ValueError, match=r"^method must be one of \['auto', 'per_layer', 'per_sample'\]"):
+        F.fisher_diagonal(mlp_apply, pj, xj, yj, likelihood=cat, variant="empirical", method="layers")
+    with pytest.raises(ValueError, match=r"^method must be one of"):
+        F.mas_importance(mlp_apply, pj, xj, method=None)
+    with pytest.raises(ValueError, match=r"method='per_layer'.*params must be a flax variables dict"):
+        F.fisher_diagonal(mlp_apply, pj, xj, yj, likelihood=cat, variant="empirical", method="per_layer")
+    flax_p = tanh_mlp_params(pj)
+    with pytest.raises(ValueError, match=r"method='per_layer'.*apply_fn makes no flax call"):
+        F.fisher_diagonal(lambda q, v: mlp_apply(from_tanh_mlp(q), v), flax_p, xj, yj, likelihood=cat,
+                          variant="empirical", method="per_layer")
+    model = TanhMLP()
+    scaled = lambda q, v: model.apply(jax.tree.map(lambda a: 2.0 * a, q), v)
+    with pytest.raises(ValueError, match=r"method='per_layer'.*does not pass params unchanged"):
+        F.fisher_diagonal(scaled, flax_p, xj, yj, likelihood=cat, variant="empirical", method="per_layer")
+    twice = lambda q, v: model.apply(q, v) + model.apply(q, v)
+    with pytest.raises(ValueError, match=r"method='per_layer'.*more than one top-level flax call"):
+        F.fisher_diagonal(twice, flax_p, xj, yj, likelihood=cat, variant="empirical", method="per_layer")
+    remat = lambda q, v: jax.checkpoint(lambda vv: model.apply(q, vv))(v)    # params closed over, same leaves
+    with pytest.raises(ValueError, match=r"method='per_layer'.*inside a JAX transformation of its own"):
+        F.fisher_diagonal(remat, flax_p, xj, yj, likelihood=cat, variant="empirical", method="per_layer")
+    params, xs, yc, _ = flax_models["untapped"]
+    with pytest.raises(ValueError, match=r"method='per_layer'.*no dense layer.*layer cell.*does not carry the "
+                                         r"'dense_taps' collection"):
+        F.mas_importance(FLAX_APPLY["untapped"], params, xs, method="per_layer")
+    # 'auto' falls back to the per-sample path in every one of these cases
+    for fn, q in ((mlp_apply, pj), (scaled, flax_p), (twice, flax_p), (remat, flax_p)):
+        auto = F.fisher_diagonal(fn, q, xj, yj, likelihood=cat, variant="empirical")
+        ref = F.fisher_diagonal(fn, q, xj, yj, likelihood=cat, variant="empirical", method="per_sample")
+        jax.tree.map(np.testing.assert_array_equal, auto, ref)

@@ -59,6 +59,24 @@ def test_bad_input_is_rejected_before_compiling(setup):
         setup[2].train_task(setup[2].init(jax.random.key(0), setup[3]), jax.random.key(0), 5, setup[3])
 
 
+def test_run_importance_per_layer_by_default(setup):
+    """The run's Fisher and MAS importances take the per-layer method by default on the recurrent model: the same
+    numbers as the per-sample method (float32 rounding), and the source's data flows through unchanged."""
+    env, _, run, hp = setup
+    assert run.config.fisher_method == "auto"
+    per_sample = make_run(dataclasses.replace(run.config, fisher_method="per_sample"), run.source)
+    key = jax.random.key(3)
+    params = run.init(key, hp).params
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(key, p.shape), params)   # a non-trivial head
+    task = jax.tree.map(lambda x: x[0], run.source.tasks)
+    data = run.source.fisher_data(key, params, task, hp.source)
+    for kind in ("fisher", "mas"):
+        got = jax.jit(run.importance, static_argnames="kind")(key, params, data, hp, kind=kind)
+        ref = jax.jit(per_sample.importance, static_argnames="kind")(key, params, data, hp, kind=kind)
+        scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(ref))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6 * scale), got, ref)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The loop's own properties, on a linear policy
 # ----------------------------------------------------------------------------------------------------------------

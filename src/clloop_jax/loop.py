@@ -57,7 +57,7 @@ from clloop_jax import fisher as fisher_lib
 from clloop_jax.monitors import Monitor, get_monitor
 from clloop_jax.strategies.base import NoHParams, Strategy, check_hparam, check_hparams, get_strategy
 from clloop_jax.sharding import shard_seeds
-from clloop_jax.validation import check_bool, check_float, check_int, check_key
+from clloop_jax.validation import check_bool, check_choice, check_float, check_int, check_key
 
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
 
@@ -149,6 +149,10 @@ class RunConfig:
       fisher_variant: ``empirical``, ``sampled`` or ``exact`` (see :func:`clloop_jax.fisher.fisher_diagonal`).
       fisher_samples: label draws per input for the ``sampled`` Fisher.
       fisher_chunk_size: per-sample gradients computed this many at a time (bounds memory); None = all at once.
+      fisher_method: how per-sample scores are formed for the Fisher and MAS importances: ``"auto"`` (the dense
+        layers' scores contracted after the backward pass where the source's model allows it, else one
+        vector-Jacobian product per sample), ``"per_layer"`` or ``"per_sample"``; the numbers agree up to rounding
+        (see :func:`clloop_jax.fisher.fisher_diagonal`).
       monitors: the measurements recorded in the traces: names (``"parameter"``, ``"fisher"``, ``"functional"``)
         or :class:`~clloop_jax.monitors.Monitor` values; those not named are not in the program.
       measure_every: the monitors' ``measure`` (functional divergence) runs every this many episodes; None = once per
@@ -163,6 +167,7 @@ class RunConfig:
     fisher_variant: str = "sampled"
     fisher_samples: int = 1
     fisher_chunk_size: Optional[int] = None
+    fisher_method: str = "auto"
     monitors: Tuple[Union[str, Monitor], ...] = ("parameter",)
     measure_every: Optional[int] = None
     max_grad_norm: Optional[float] = 1.0
@@ -179,6 +184,7 @@ class RunConfig:
             raise ValueError(f"fisher_samples must be an integer >= 1, got {self.fisher_samples!r}")
         if self.fisher_chunk_size is not None and (not _is_int(self.fisher_chunk_size) or self.fisher_chunk_size < 1):
             raise ValueError(f"fisher_chunk_size must be an integer >= 1 or None, got {self.fisher_chunk_size!r}")
+        check_choice("fisher_method", self.fisher_method, fisher_lib.METHODS)
         if isinstance(self.monitors, (str, Monitor)) or not isinstance(self.monitors, (tuple, list)):
             raise ValueError(f"monitors must be a tuple of monitor names or Monitor values, got {self.monitors!r}")
         object.__setattr__(self, "monitors", tuple(self.monitors))
@@ -345,11 +351,12 @@ class Run:
         inputs, targets = data
         if kind == "mas":
             return fisher_lib.mas_importance(self.source.predict, params, inputs,
-                                             chunk_size=self.config.fisher_chunk_size)
+                                             chunk_size=self.config.fisher_chunk_size,
+                                             method=self.config.fisher_method)
         return fisher_lib.fisher_diagonal(
             self.source.predict, params, inputs, targets, likelihood=self.source.likelihood,
             variant=self.config.fisher_variant, key=key, num_samples=self.config.fisher_samples,
-            chunk_size=self.config.fisher_chunk_size)
+            chunk_size=self.config.fisher_chunk_size, method=self.config.fisher_method)
 
     # ----- the update step --------------------------------------------------------------------------------
     def update(self, state: TrainState, batch, key, hp: HParams):

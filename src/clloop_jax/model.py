@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clloop_jax.dense_taps import TAP_COLLECTION
 from clloop_jax.validation import check_float, check_instance, check_int
 
 __all__ = ["CrossModalModel", "MLP", "SequenceClassifier", "reflection_orthogonal"]
@@ -355,6 +356,7 @@ class CrossModalModel(nn.Module):
         scan = nn.scan(
             body,
             variable_broadcast="params",
+            variable_axes={TAP_COLLECTION: 0},  # per-step dense-layer taps, present only for per-layer Fisher
             split_rngs={"params": False},
             in_axes=0,
             out_axes=0,
