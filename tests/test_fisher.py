@@ -682,7 +682,7 @@ VARIANT_CASES = [("empirical", "gaussian", None), ("sampled", "categorical", 2),
 
 @pytest.mark.parametrize("name,variant,kind,chunk_size",
                          [(name, *case) for name in ("mlp", "mixed") for case in VARIANT_CASES]
-                         + [("cross", *case) for case in VARIANT_CASES[:3]]
+                         + [("cross", *case) for case in VARIANT_CASES[1:3]]  # empirical: only its cotangent differs
                          + [("classifier", *VARIANT_CASES[1])])
 def test_per_layer_equals_per_sample(flax_models, name, variant, kind, chunk_size):
     params, x, yc, yg = flax_models[name]
