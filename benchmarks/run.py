@@ -54,9 +54,11 @@ from clloop_jax.sources import EnvSource
 SECTIONS = ("peak", "world", "closed_loop", "update", "fisher", "run")
 #: The sizes of the full suite, and of ``--quick`` (a smoke run of every section: tiny sizes, one size each).
 FULL = dict(matmul=2048, world_steps=1000, worlds=(1, 32, 256), loop_steps=200, hidden=128, heads=4, episode=40,
-            fisher_T=40, fisher_N=64, fisher_hidden=64, run_hidden=64, episodes=20, seeds=(1, 4, 16))
+            fisher_T=40, fisher_N=64, fisher_hidden=64, fisher_variants=("empirical", "empirical_chunked", "sampled"),
+            run_hidden=64, episodes=20, seeds=(1, 4, 16))
 QUICK = dict(matmul=256, world_steps=20, worlds=(4,), loop_steps=5, hidden=16, heads=2, episode=5,
-             fisher_T=4, fisher_N=8, fisher_hidden=16, run_hidden=16, episodes=1, seeds=())
+             fisher_T=4, fisher_N=8, fisher_hidden=16, fisher_variants=("empirical",), run_hidden=16, episodes=1,
+             seeds=())
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
@@ -281,6 +283,8 @@ def bench_fisher(size: dict, repeats: int) -> dict:
     for method in ("per_sample", "per_layer"):
         for name, variant, chunk in (("empirical", "empirical", None), ("empirical_chunked", "empirical", N // 4),
                                      ("sampled", "sampled", None)):
+            if name not in size["fisher_variants"]:
+                continue
             methods[f"{name} {method}"] = (lambda v, c, m: lambda p, x, y, k: F.fisher_diagonal(
                 apply_fn, p, x, y, likelihood=lik, variant=v, key=k, chunk_size=c, method=m))(variant, chunk, method)
     timed = interleaved({name: Timed(f, params, x, y, key, repeats=0) for name, f in methods.items()}, repeats)

@@ -682,7 +682,7 @@ VARIANT_CASES = [("empirical", "gaussian", None), ("sampled", "categorical", 2),
 
 @pytest.mark.parametrize("name,variant,kind,chunk_size",
                          [(name, *case) for name in ("mlp", "mixed") for case in VARIANT_CASES]
-                         + [("cross", *case) for case in VARIANT_CASES[1:3]]  # empirical: only its cotangent differs
+                         + [("cross", *VARIANT_CASES[2])]  # exact; sampled: the run's test in test_loop.py
                          + [("classifier", *VARIANT_CASES[1])])
 def test_per_layer_equals_per_sample(flax_models, name, variant, kind, chunk_size):
     params, x, yc, yg = flax_models[name]
@@ -698,7 +698,7 @@ def test_per_layer_equals_per_sample(flax_models, name, variant, kind, chunk_siz
                  per_layer, per_sample)
 
 
-@pytest.mark.parametrize("name", ["mixed"])   # the run's MAS on CrossModalModel: tests/test_loop.py
+@pytest.mark.parametrize("name", ["mixed"])   # CrossModalModel's taps: the Fisher tests above
 def test_per_layer_mas_equals_per_sample(flax_models, name):
     params, x, _, _ = flax_models[name]
     with jax.enable_x64(True):
