@@ -449,8 +449,10 @@ class Run:
     def learn(self, state: TrainState, batch, key, hp: HParams):
         """What one episode's batch teaches: one :meth:`update` on it, or, when the source splits a batch into
         minibatches (``source.minibatch_passes > 1``: e.g. several PPO epochs of minibatches over one collected
-        rollout), one update per minibatch in the order ``source.minibatches(key, batch, hp)`` gives them. The
-        trace is the mean over those updates (``finite``: all of them)."""
+        rollout) or streams (``source.streaming``: a continued rollout is always learned from what
+        ``source.minibatches`` makes of it, even as one pass), one update per minibatch in the order
+        ``source.minibatches(key, batch, hp)`` gives them. The trace is the mean over those updates (``finite``: all
+        of them)."""
         src = self.source
         passes = int(getattr(src, "minibatch_passes", 1))
         if passes == 1 and not getattr(src, "streaming", False):
