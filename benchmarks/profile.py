@@ -139,11 +139,15 @@ def shares_by_kind(rows: List[dict]) -> Dict[str, float]:
 _TITLES = {"closed_loop": "the seed's model acting in the default world", "world": "the default world with its expert"}
 
 
+_DEFAULT_TOP = 15
+
+
 def markdown(rows: List[dict], name: str, worlds: int, steps: int, wall_us: float, model_flops: float,
              top: int) -> str:
     traced = sum(r["us_per_step"] for r in rows)
     lines = [f"# Profile of the {name.replace('_', ' ')} at {worlds} world(s)", "",
-             f"`python -m benchmarks.profile --program {name} --worlds {worlds} --steps {steps}`: "
+             f"`python -m benchmarks.profile --program {name} --worlds {worlds} --steps {steps}"
+             f"{'' if top == _DEFAULT_TOP else f' --top {top}'}`: "
              f"{_TITLES[name]}, {steps}-step rollouts, compiled ahead of time; self time per step of each XLA "
              f"operation from `jax.profiler` ({jax.default_backend()}, jax {jax.__version__}).", "",
              f"- wall time per step (untraced): {wall_us:.1f} us; XLA operations' self time in the trace: "
@@ -167,7 +171,7 @@ def main(argv=None) -> List[dict]:
     ap.add_argument("--worlds", type=int, default=32, help="worlds acting in parallel (default 32)")
     ap.add_argument("--steps", type=int, default=200, help="steps per rollout (default 200)")
     ap.add_argument("--repeats", type=int, default=3, help="traced calls (default 3)")
-    ap.add_argument("--top", type=int, default=15, help="operations listed (default 15)")
+    ap.add_argument("--top", type=int, default=_DEFAULT_TOP, help=f"operations listed (default {_DEFAULT_TOP})")
     ap.add_argument("--out", default=None, help="the markdown file (default benchmarks/results/"
                                                 "profile_<program>_<worlds>.md)")
     args = ap.parse_args(argv)

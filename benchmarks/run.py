@@ -13,7 +13,8 @@ separately. Sections:
   the policy, 1000-step rollouts at 1, 32 and 256 worlds, next to the *random-number bound*: the same rollout's
   standard normals drawn and summed with no world around them (the fastest of one call for the whole rollout, one
   call per step, and one call per chunk of steps as the rollout draws them), so ``of bound`` is the share of the
-  achievable rate reached.
+  achievable rate reached; and the floor under a world's step on this machine: what one small XLA operation costs in a
+  compiled loop (the step time of a scan over chains of dependent 32 x 8 products and tanh, per operation).
 * ``closed_loop``: ``CrossModalModel`` at the seed's sizes (hidden 128, 4 heads, two 64-d modalities, 33-d feedback,
   32-d actions) acting in the world, at 1, 32 and 256 worlds, next to the model's ``sequence`` alone on the same
   number of steps; FLOPs counted by XLA (``compiled.cost_analysis()``), achieved GFLOP/s against the ``peak``
@@ -107,10 +108,26 @@ def interleaved(timed: Dict[str, Timed], repeats: int) -> Dict[str, Timed]:
     return timed
 
 
+def _cpu() -> dict:
+    """The CPU's model name and widest vector instructions as Linux reports them, so that runs on different hosts can
+    be told apart (the 2048 x 2048 product on 2-core machines here read 190-209 GFLOP/s on one day, 212-398 on
+    another)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+    except OSError:
+        return {}
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = set(info.get("flags", "").split())
+    widest = next((isa for isa in ("avx512f", "avx2", "avx", "sse2") if isa in flags), "")
+    return {"cpu_model": info.get("model name", ""), "vector_isa": widest}
+
+
 def machine() -> dict:
     import flax
     import optax
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            **_cpu(),
             "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
             "python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
@@ -170,6 +187,34 @@ def _noise_bound(noise_dim: int, steps: int, n: int) -> Dict[str, Timed]:
 
 _DRAWS = ("one_call", "per_step", "chunked")
 
+#: The floor's chains: this many (small product, tanh) pairs one after another in each step of a scan, on this many
+#: rows (a batch of worlds' 8-d latents).
+_FLOOR_PAIRS = (1, 16)
+_FLOOR_ROWS = 32
+
+
+def _op_chain(pairs: int, steps: int) -> Timed:
+    """A scan whose step is ``pairs`` dependent (rows x 8 by 8 x 8 product, tanh) pairs: two XLA operations each, too
+    small for their arithmetic to matter, so the time per step grows by what the backend costs per operation."""
+    w = 0.5 * jnp.eye(8, dtype=jnp.float32)
+
+    def fn(x):
+        def body(x, _):
+            for _ in range(pairs):
+                x = jnp.tanh(x @ w)
+            return x, None
+        return jax.lax.scan(body, x, None, length=steps)[0]
+    return Timed(fn, jnp.ones((_FLOOR_ROWS, 8), jnp.float32), repeats=0)
+
+
+def bench_op_floor(steps: int, repeats: int) -> dict:
+    """The cost of one small XLA operation in a compiled loop on this machine: the slope of the step time over the
+    number of dependent operations per step (each operation of a world's step costs at least this)."""
+    timed = interleaved({k: _op_chain(k, steps) for k in _FLOOR_PAIRS}, repeats)
+    lo, hi = min(_FLOOR_PAIRS), max(_FLOOR_PAIRS)
+    us = {k: 1e6 * timed[k].seconds / steps for k in _FLOOR_PAIRS}
+    return {"rows": _FLOOR_ROWS, "us_per_step_by_pairs": us, "us_per_op": (us[hi] - us[lo]) / (2 * (hi - lo))}
+
 
 def bench_world(size: dict, repeats: int) -> dict:
     env = LatentWorld()
@@ -186,6 +231,7 @@ def bench_world(size: dict, repeats: int) -> dict:
                             "bound_normals_per_s": bound * env.noise_dim,
                             "bound_by_method_s": {k: timed[k].seconds for k in _DRAWS},
                             "compile_s": timed["world"].compile_s}
+    out["op_floor"] = bench_op_floor(steps, repeats)
     return out
 
 
@@ -325,6 +371,9 @@ def table(res: dict) -> str:
             rows.append(f"| world, expert policy, {n} world(s) | {w['steps_per_s'] / 1e6:.3f} M steps/s "
                         f"({w['us_per_step']:.1f} us/step) | random-number bound {w['bound_steps_per_s'] / 1e6:.3f}"
                         f" M steps/s | {w['of_bound']:.2f} |")
+        f = res["world"]["op_floor"]
+        rows.append(f"| one small XLA operation in a compiled loop ({f['rows']} x 8 product or tanh, one after "
+                    f"another) | {f['us_per_op']:.2f} us | | |")
     if "closed_loop" in res:
         for n, c in res["closed_loop"]["worlds"].items():
             rows.append(f"| closed loop, seed-size model, {n} world(s) | {c['us_per_step']:.1f} us/step, "

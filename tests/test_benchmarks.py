@@ -22,6 +22,8 @@ def test_quick_benchmark_reports_every_section(tmp_path):
     assert data["machine"]["jax"] and data["quick"] and data["repeats"] == 1
     for world in res["world"]["worlds"].values():
         assert world["steps_per_s"] > 0 and world["bound_steps_per_s"] > 0 and world["of_bound"] > 0
+    floor = res["world"]["op_floor"]
+    assert set(floor["us_per_step_by_pairs"]) == {"1", "16"} and min(floor["us_per_step_by_pairs"].values()) > 0
     for loop in res["closed_loop"]["worlds"].values():
         assert loop["mflop_per_step"] > loop["model_mflop_per_step"] > 0  # the world adds arithmetic of its own
         assert 0 < loop["model_share"] and loop["gflops"] > 0 and loop["peak_gflops"] > 0
@@ -32,6 +34,7 @@ def test_quick_benchmark_reports_every_section(tmp_path):
     table = proc.stdout
     assert table.startswith("| measurement | value |") and table.count("\n") >= 10
     assert "random-number bound" in table and "matrix product timed in turn" in table
+    assert "one small XLA operation in a compiled loop" in table
 
 
 def test_profile_self_times_subtract_nested_operations_thread_by_thread():
