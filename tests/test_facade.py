@@ -264,3 +264,16 @@ def test_building_a_loop_turns_on_the_compilation_cache_unless_asked_not_to(tmp_
     finally:
         for n, v in saved.items():
             jax.config.update(n, v)
+
+
+def test_make_run_over_the_loops_configuration_reuses_the_loops_compiled_programs(cycled):
+    from clloop_jax import EnvSource, RunConfig, make_run
+
+    loop, metrics, _ = cycled
+    sizes = [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)]
+    _, env = tiny_world()
+    run = make_run(RunConfig(strategy="ewc", episodes_per_task=10), EnvSource(loop.model, env, num_tasks=NUM_TASKS))
+    _, results = run.run_stepwise(jax.random.fold_in(jax.random.key(0), 2), run.hparams(
+        learning_rate=1e-3, lam=0.5, feedback_weight=0.3))
+    assert [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)] == sizes
+    np.testing.assert_allclose(np.asarray(results.baseline), np.asarray(metrics["baseline"]), atol=1e-6)

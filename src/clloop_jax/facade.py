@@ -89,7 +89,10 @@ class ContinualLearningLoop:
         self.model, self.environment = model, environment
         self.loss_fn = loss_fn or squared_error
         self.objective = objective or imitation_loss(model, self.loss_fn)
-        probe = self._run_for(1, 1, strategy)  # validates the configuration eagerly
+        # The run's configuration names the strategy as given (a registered name stays a name), so the loop's runs
+        # are the runs make_run builds from the same RunConfig: one compilation serves both.
+        self._strategy_spec = strategy
+        probe = self._run_for(1, 1)  # validates the configuration eagerly
         self.strategy = probe.strategy
         strategy_hp = {"lam": ewc_lambda} if "lam" in self.strategy.hparams._fields else {}
         try:
@@ -115,11 +118,11 @@ class ContinualLearningLoop:
     def _run_key(self, i):
         return jax.random.fold_in(self.key, i)
 
-    def _run_for(self, num_tasks: int, episodes_per_task: int, strategy=None):
+    def _run_for(self, num_tasks: int, episodes_per_task: int):
         source = EnvSource(self.model, self.environment, num_tasks=num_tasks, num_envs=self.num_envs,
                            objective=self.objective)
-        config = RunConfig(strategy=strategy if strategy is not None else self.strategy,
-                           episodes_per_task=episodes_per_task, **self.config_overrides)
+        config = RunConfig(strategy=self._strategy_spec, episodes_per_task=episodes_per_task,
+                           **self.config_overrides)
         return make_run(config, source)
 
     def _state_for(self, run) -> TrainState:
