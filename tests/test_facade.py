@@ -271,9 +271,13 @@ def test_make_run_over_the_loops_configuration_reuses_the_loops_compiled_program
 
     loop, metrics, _ = cycled
     sizes = [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)]
-    _, env = tiny_world()
+    model, env = tiny_world()
     run = make_run(RunConfig(strategy="ewc", episodes_per_task=10), EnvSource(loop.model, env, num_tasks=NUM_TASKS))
-    _, results = run.run_stepwise(jax.random.fold_in(jax.random.key(0), 2), run.hparams(
-        learning_rate=1e-3, lam=0.5, feedback_weight=0.3))
+    key, hp = jax.random.fold_in(jax.random.key(0), 2), run.hparams(learning_rate=1e-3, lam=0.5, feedback_weight=0.3)
+    _, results = run.run_stepwise(key, hp)
+    assert np.all(np.isfinite(np.asarray(results.R)))
+    # The loop's first cycle started from a fresh loop's agent, scored with the run key fold_in(key(seed), 2).
+    untrained = ContinualLearningLoop(model=model, environment=env).params
+    np.testing.assert_allclose(np.asarray(run.evaluate(untrained, key, hp)), np.asarray(metrics["baseline"]),
+                               atol=1e-6)
     assert [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)] == sizes
-    np.testing.assert_allclose(np.asarray(results.baseline), np.asarray(metrics["baseline"]), atol=1e-6)
