@@ -16,12 +16,6 @@ import time
 from clloop_jax import ContinualLearningLoop, CrossModalModel, Environment, enable_compilation_cache
 from clloop_jax.metrics import METRIC_MEANINGS, METRIC_NAMES
 
-#: Seconds to compile one strategy's programs on 2 free CPU cores with an empty cache: the whole demo takes 43 s
-#: the first time and 18 s once the cache holds its programs (README), two strategies compiled. A later run loads
-#: them from JAX's persistent cache; on a CPU shared with other jobs compiling takes several times longer.
-COMPILE_SECONDS = 15
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=3)
@@ -43,7 +37,6 @@ def main(argv=None):
     results = {}
     for strategy in ("none", "ewc"):
         print(f"\n== {'fine-tuning' if strategy == 'none' else 'EWC'} (strategy={strategy!r}) ==", flush=True)
-        print(f"compiling (about {COMPILE_SECONDS} s the first time; cached afterwards) ...", flush=True)
         t0 = time.perf_counter()
         loop = ContinualLearningLoop(model=model, environment=environment, learning_rate=args.learning_rate,
                                      ewc_lambda=args.ewc_lambda, feedback_weight=0.3, strategy=strategy,

@@ -162,7 +162,7 @@ class ContinualLearningLoop:
         bar = None
         if verbose:
             if run not in _COMPILED_RUNS:
-                print("compiling the run (about a minute on a CPU the first time; cached afterwards)...", flush=True)
+                print("compiling the run (20-60 s on a CPU the first time; cached afterwards) ...", flush=True)
             from tqdm.auto import tqdm
             bar = tqdm(total=num_tasks, desc="tasks", unit="task", leave=False, disable=None)  # no bar off a terminal
 
@@ -188,6 +188,7 @@ class ContinualLearningLoop:
         summary.update(R=R.tolist(), baseline=baseline.tolist())
         if verbose:
             print(metrics_lib.format_matrix(R))
+            print()
             print(metrics_lib.format_summary(metrics_lib.summarize(R, baseline)))
         return summary
 
