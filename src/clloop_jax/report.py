@@ -122,7 +122,7 @@ def paired_table(results: Mapping[str, tuple], reference: str, metric: str = "av
 _DPI = 120
 
 
-class _Figure(Figure):
+class ReportFigure(Figure):
     """A :class:`matplotlib.figure.Figure` that also renders itself as PNG for Jupyter (``_repr_png_``), so a
     helper's figure shows inline as a cell's value whether or not pyplot or an inline backend was ever loaded."""
 
@@ -134,7 +134,7 @@ class _Figure(Figure):
 
 def _new_figure(figsize) -> Figure:
     """A figure owned by no backend and unknown to pyplot: building it changes no global state."""
-    return _Figure(figsize=figsize)
+    return ReportFigure(figsize=figsize)
 
 
 def _check_path(path):
