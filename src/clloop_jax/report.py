@@ -175,8 +175,8 @@ def plot_matrix(R, path=None, title: str = "performance matrix") -> Figure:
     for i in range(T):
         for j in range(T):
             ax.text(j, i, f"{mean[i, j]:+.2f}", ha="center", va="center", color="white" if mean[i, j] < 0.3 else "black")
-    ax.set_xticks(range(T), [f"task {j}" for j in range(T)])
-    ax.set_yticks(range(T), [f"after {i}" for i in range(T)])
+    ax.set_xticks(range(T), [f"task {j + 1}" for j in range(T)])
+    ax.set_yticks(range(T), [f"after task {i + 1}" for i in range(T)])
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("trained up to")
     ax.set_title(title)
@@ -217,7 +217,7 @@ def plot_scores(R, traces: Mapping[str, np.ndarray], path=None, title: str = "sc
         ax.plot(x, y, color="0.6", lw=1, label="training batch (current task)")
     for j in range(T):
         ends = [(i + 1) * E - 1 for i in range(T)]
-        ax.plot(ends, R.mean(axis=0)[:, j], marker="o", label=f"task {j} (evaluated)")
+        ax.plot(ends, R.mean(axis=0)[:, j], marker="o", label=f"task {j + 1} (evaluated)")
     for t in range(1, T):
         ax.axvline(t * E - 0.5, color="k", ls=":", lw=1)
     ax.set_xlabel("episode (update)")
