@@ -95,7 +95,7 @@ def run_blocks(rel: str, blocks: list[Block]) -> str:
     printed = io.StringIO()
     for block in blocks:
         # pad so that a traceback's line numbers are the Markdown file's
-        code = compile("\n" * (block.line - 1) + block.code, str(ROOT / rel), "exec")
+        code = compile("\n" * (block.line - 1) + block.code, str(ROOT / rel), "exec", dont_inherit=True)  # no __future__ of ours
         try:
             with contextlib.redirect_stdout(printed):
                 exec(code, namespace)
