@@ -131,7 +131,9 @@ def _check_device_report(report, tol=ATOL):
     assert all(i["num_devices"] == 1 for i in pure["one_device_sharding"])
     # The continual-learning run, one seed per device: allclose to one device, bitwise on a rerun.
     assert run["max_diff_all_vs_one"] <= tol and run["max_diff_all_vs_vmap"] <= tol
-    assert run["max_diff_one_vs_vmap"] == 0.0  # one device is plain vmap
+    # One device is plain vmap in a program of its own, which XLA may fuse differently: equal to float32 rounding
+    # (bitwise on some hosts; 2.4e-7 on a host with AVX-512, the same before and after any change of the library).
+    assert run["max_diff_one_vs_vmap"] <= 1e-6
     assert run["rerun_bitwise"] and run["R_spread"] > 1e-3  # seeds really differ
     _assert_sharded_rows(run["sharding"], 8, 1)
     option = report["option"]
