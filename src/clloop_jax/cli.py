@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -177,6 +178,7 @@ def main(argv: Optional[Sequence[str]] = None):
         return 2 if argv and argv[0] not in ("-h", "--help") else 0
     command, rest = argv[0], argv[1:]
     experiment, rest = _split_preset(rest)
+    previous = _stop_on_sigterm()
     try:
         if command == "run":
             args = tyro.cli(RunArgs, args=rest, default=RunArgs(out="", experiment=experiment),
@@ -190,6 +192,31 @@ def main(argv: Optional[Sequence[str]] = None):
             if not args.out:
                 raise SystemExit("clloop compare: --out is required")
             compare_command(args)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError, DivergenceError) as err:
+    except (ValueError, TypeError, OSError, DivergenceError) as err:
         raise SystemExit(f"clloop {command}: {err}") from None
+    except KeyboardInterrupt as err:   # SIGINT / SIGTERM: one line, and 128 + the signal's number
+        from clloop_jax.runs import RunInterrupted, resume_command
+        if isinstance(err, RunInterrupted):
+            print(f"{err}; resume with: {resume_command('clloop', argv)}", file=sys.stderr, flush=True)
+            return err.exit_code
+        print(f"clloop {command}: interrupted", file=sys.stderr, flush=True)
+        return 128 + getattr(err, "signum", 2)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _stop_on_sigterm():
+    """SIGTERM outside a run's task loop (which stops between tasks) raises KeyboardInterrupt, so that ``main``
+    ends with one line and 143 instead of dying without a word; returns the previous handler (None off the main
+    thread)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        err = KeyboardInterrupt()
+        err.signum = signum
+        raise err
+    return signal.signal(signal.SIGTERM, interrupt)
