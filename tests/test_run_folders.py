@@ -3,6 +3,7 @@ after any interruption, a configuration that cannot be edited behind the run's b
 SIGTERM, and clean errors for an --out that cannot be a run folder."""
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -393,22 +394,28 @@ def test_two_processes_one_folder_and_real_signals(reference, tmp_path):
     out = tmp_path / "run"
     first = clloop(out)
     wait_for(out / "checkpoints" / "task_0.json", first)
-    for extra in (["--overwrite", "--lam", "10"], ["--resume"]):
-        second = clloop(out, *extra)
-        _, err = second.communicate()
-        assert second.returncode == 1 and f"is in use by another run (PID {first.pid}" in err, err
-        assert "Traceback" not in err
+    first.send_signal(signal.SIGSTOP)          # held between its tasks while the others try (it keeps its lock)
+    try:
+        for extra in (["--overwrite", "--lam", "10"], ["--resume"]):
+            second = clloop(out, *extra)
+            _, err = second.communicate()
+            assert second.returncode == 1 and f"is in use by another run (PID {first.pid}" in err, err
+            assert "Traceback" not in err
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert first.wait() == 0, first.communicate()
     assert json.load(open(out / "config.json"))["config"]["train"]["lam"] is None
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         stopped = tmp_path / f"stopped{signum}"
         proc = clloop(stopped)
         wait_for(stopped / "checkpoints" / "task_0.json", proc)
+        proc.send_signal(signal.SIGSTOP)       # so that the signal arrives before the last task is done
         proc.send_signal(signum)
+        proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate()
         assert proc.returncode == code, err
         lines = [line for line in err.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("stopped after task ") and \
+        assert len(lines) == 1 and re.match(r"stopped after task [12] of 3; resume with: clloop run ", lines[0]) and \
             lines[0].endswith(f"--out {stopped} --resume"), err
         resumed = subprocess.run(shlex.split(lines[0].split("resume with: ")[1].replace("clloop", sys.executable
                                  + " -m clloop_jax", 1)), cwd=ROOT, capture_output=True,

@@ -250,8 +250,11 @@ class _Lock:
         os.pwrite(fd, data, 0)
         os.fsync(fd)
 
+    def __del__(self):
+        self.release()
+
     def release(self) -> None:
-        if self.fd is None:
+        if getattr(self, "fd", None) is None:
             return
         try:
             os.unlink(self.path)   # while still held: a process waiting on this file sees it gone and retries
