@@ -398,11 +398,13 @@ class RunFolder:
         self._check_mode()
         if self.overwrite or not self.holds_run():
             keep = {LOCK_NAME} | (set() if self.overwrite else set(self._foreign()))
-            for n in self._entries():
-                if n not in keep:
-                    self._remove(self.file(n))
-            if self.resume:
-                _say(self.path, "holds no run yet (no config.json, no finished task): starting it", self.notes)
+            removed = [n for n in self._entries() if n not in keep]
+            for n in removed:
+                self._remove(self.file(n))
+            if not self.overwrite and (self.resume or removed):
+                _say(self.path, "holds no run yet (no config.json, no finished task): starting it"
+                     + (f" (removed what an interrupted start left: {', '.join(removed)})" if removed else ""),
+                     self.notes)
             return
         leftovers = self._leftovers()
         for rel in leftovers:
