@@ -233,7 +233,7 @@ class _Lock:
             break
         else:
             raise RunFolderBusy(f"{folder!r} is in use by another run (its lock stayed busy)", {})
-        self.fd = fd
+        self.fd = None
         previous = _read_holder(fd)
         if previous:
             if previous.get("host") not in (None, host):
@@ -245,6 +245,7 @@ class _Lock:
                  notes)
         self.holder = {"pid": os.getpid(), "host": host,
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": list(sys.argv)}
+        self.fd = fd
         data = json.dumps(self.holder).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
