@@ -668,3 +668,124 @@ def test_state_space_contains_reset_and_stepped_states():
         _, state, *_ = ENV.step(jax.random.key(t + 1), state, jnp.zeros((A,)), params)
         assert bool(ENV.state_space(params).contains(state))
     assert not bool(space.contains(state.replace(time=jnp.int32(EPISODE + 1))))
+
+
+# ---------------------------------------------------------------- a world's own dynamics (overrides of the hooks)
+SMALL = dict(observation_dim=4, action_dim=3, num_modalities=2, latent_dim=3, episode_length=3)
+TRACED = {"step_env": 0, "reset_env": 0}
+
+
+class SameWorld(LatentWorld):
+    """The default world with ``step_env`` and ``reset_env`` overridden by themselves: the keyed path, unchanged."""
+
+    def step_env(self, key, state, action, params):
+        return super().step_env(key, state, action, params)
+
+    def reset_env(self, key, params):
+        return super().reset_env(key, params)
+
+
+class PushedWorld(SameWorld):
+    """A constant push on the latent state at every step: different dynamics, same random numbers."""
+
+    def step_env(self, key, state, action, params):
+        TRACED["step_env"] += 1
+        obs, state, reward, done, info = super().step_env(key, state, action, params)
+        return obs, state.replace(latent=state.latent + 0.5), reward, done, info
+
+
+class OffsetStartWorld(SameWorld):
+    """Every episode's first observation (the reset's) shifted by 3."""
+
+    def reset_env(self, key, params):
+        TRACED["reset_env"] += 1
+        obs, state = super().reset_env(key, params)
+        return obs + 3.0, state
+
+
+def test_only_worlds_whose_noise_methods_stand_below_their_hooks_use_noise_drawn_ahead():
+    class OwnNoiseStep(LatentWorld):  # overrides the hook and the fused step together: its own fast path
+        def step_env(self, key, state, action, params):
+            return super().step_env(key, state, action, params)
+
+        def step_from_noise(self, noise, state, action, params):
+            return super().step_from_noise(noise, state, action, params)
+
+        def step_with_noise(self, noise, state, action, params):
+            return super().step_with_noise(noise, state, action, params)
+
+    class HalfNoiseStep(LatentWorld):  # a new step_from_noise under the world's fused step: that step ignores it
+        def step_env(self, key, state, action, params):
+            return super().step_env(key, state, action, params)
+
+        def step_from_noise(self, noise, state, action, params):
+            return super().step_from_noise(noise, state, action, params)
+
+    class KeyedStep(LatentWorld):  # gymnax's step itself overridden
+        def step(self, key, state, action, params=None):
+            return super().step(key, state, action, params)
+
+    assert LatentWorld(**SMALL).uses_noise_ahead() and OwnNoiseStep(**SMALL).uses_noise_ahead()
+    for world in (SameWorld, PushedWorld, OffsetStartWorld, HalfNoiseStep, KeyedStep):
+        assert not world(**SMALL).uses_noise_ahead(), world.__name__
+
+
+def test_an_overridden_step_env_is_what_the_rollout_runs():
+    """A push ``p = 0.5`` on every latent entry after each step, with the same keys: the expert's target for the
+    state after step 0 moves by ``K p`` and the observation after step 1 by ``C_m F p`` (``F = T + B K``, the
+    expert's closed loop), exactly; the plain world's numbers would be unchanged."""
+    same, pushed = SameWorld(**SMALL), PushedWorld(**SMALL)
+    params = same.task_params(1)
+    before = TRACED["step_env"]
+    a = rollout(jax.random.key(3), same, params, expert_policy(same), (), 6, num_envs=2)
+    b = rollout(jax.random.key(3), pushed, params, expert_policy(pushed), (), 6, num_envs=2)
+    assert TRACED["step_env"] > before  # the override was traced
+    np.testing.assert_array_equal(b.obs[0], a.obs[0])
+    np.testing.assert_array_equal(b.action[0], a.action[0])
+    np.testing.assert_array_equal(b.obs[1], a.obs[1])  # observed before the push
+    p = jnp.full((3,), 0.5)
+    np.testing.assert_allclose(b.target[1] - a.target[1], jnp.broadcast_to(params.gain @ p, (2, 3)), atol=1e-5)
+    closed_loop = params.transition + params.control @ params.gain
+    moved = jnp.einsum("mdl,l->md", params.views, closed_loop @ p)
+    np.testing.assert_allclose(b.obs[2] - a.obs[2], jnp.broadcast_to(moved, (2, 2, 4)), atol=1e-4)
+    assert float(jnp.max(jnp.abs(moved))) > 0.1
+
+
+def test_an_overridden_reset_env_starts_every_episode_including_automatic_resets():
+    same, offset = SameWorld(**SMALL), OffsetStartWorld(**SMALL)
+    params = same.task_params(0)
+    before = TRACED["reset_env"]
+    a = rollout(jax.random.key(4), same, params, expert_policy(same), (), 7, num_envs=2)
+    b = rollout(jax.random.key(4), offset, params, expert_policy(offset), (), 7, num_envs=2)
+    assert TRACED["reset_env"] > before
+    starts = np.array([t % SMALL["episode_length"] == 0 for t in range(7)])  # steps 0, 3 and 6 begin episodes
+    diff = np.asarray(b.obs - a.obs)
+    np.testing.assert_allclose(diff[starts], 3.0, atol=1e-5)
+    np.testing.assert_allclose(diff[~starts], 0.0, atol=1e-5)
+
+
+def test_a_world_for_the_loop_is_checked_before_tracing():
+    from clloop_jax import CrossModalModel, EnvSource
+
+    model = CrossModalModel(input_dim=4, hidden_dim=8, output_dim=3, num_modalities=2, num_heads=2)
+
+    class UnstackedLength(LatentWorld):  # one episode length for all tasks, left unstacked
+        def tasks(self, num_tasks=None, world_key=None):
+            return super().tasks(num_tasks).replace(max_steps_in_episode=jnp.int32(3))
+
+    with pytest.raises(ValueError, match=r"UnstackedLength.tasks\(2\).*field max_steps_in_episode has shape \(\)"):
+        EnvSource(model, UnstackedLength(**SMALL), num_tasks=2)
+
+    class NoExpert(MultiModalEnv):
+        num_modalities, observation_dim, action_dim = 2, 4, 3
+
+        def reset_env(self, key, params):
+            raise AssertionError("not reached")
+
+        def step_env(self, key, state, action, params):
+            raise AssertionError("not reached")
+
+    with pytest.raises(TypeError, match=r"NoExpert must define expert_action.*docs/guides/worlds.md"):
+        EnvSource(model, NoExpert(), num_tasks=2)
+    with pytest.raises(TypeError, match="must be a MultiModalEnv"):
+        EnvSource(model, object(), num_tasks=2)

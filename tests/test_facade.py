@@ -180,3 +180,104 @@ def test_bad_configuration_is_rejected_eagerly():
         loop.continual_learning_cycle(num_tasks=0)
     with pytest.raises(ValueError, match="episodes_per_task"):
         loop.continual_learning_cycle(num_tasks=2, episodes_per_task=1.5)
+
+
+def test_verbose_cycle_announces_compilation_once_then_numbers_tasks_and_prints_the_tables_once(cycled, monkeypatch):
+    from clloop_jax import facade
+
+    loop, _, _ = cycled
+    monkeypatch.setattr(facade, "_COMPILED_RUNS", set())  # as in a fresh process (the programs stay compiled)
+    outputs = []
+    for _ in range(2):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            loop.continual_learning_cycle(num_tasks=NUM_TASKS, episodes_per_task=10, verbose=True)
+        outputs.append(out.getvalue().splitlines())
+    first, second = outputs
+    assert first[0].startswith("compiling the run (") and "cached afterwards" in first[0]
+    assert not any(line.startswith("compiling") for line in second)  # compiled in this process now
+    for lines in outputs:
+        tasks = [line.split(":")[0] for line in lines if line.startswith("task ")]
+        assert tasks == [f"task {i}/{NUM_TASKS}" for i in range(1, NUM_TASKS + 1)]
+        assert sum(line.startswith("| after") for line in lines) == 1  # the matrix once
+        assert sum(line.startswith("| average_performance |") for line in lines) == 1  # the summary once
+
+
+def test_act_is_the_descriptions_model_call_and_model_of_observations_says_what_to_write(cycled):
+    """The description's ``output, internal_state = self.model(observations)`` inside a loop subclass: ``self.model``
+    stays the flax module, whose one-argument call explains itself; ``self.act(observations)`` computes it."""
+    loop, _, _ = cycled
+
+    class CustomLoop(ContinualLearningLoop):
+        def custom_outputs(self, observations):
+            output, internal_state = self.model(observations)
+            return output, internal_state
+
+        def outputs(self, observations):
+            output, internal_state = self.act(observations)
+            return output, internal_state
+
+    model, env = tiny_world()
+    custom = CustomLoop(model=model, environment=env)
+    custom.params = loop.params  # a trained agent, so the numbers are not those of an initialisation
+    obs = np.random.default_rng(1).standard_normal((3, 2, 8)).astype(np.float32)
+    with pytest.raises(TypeError, match=r"model\.apply\(params, model\.initial_carry\(batch_shape\), observations, "
+                                        r"feedback\).*output, internal_state = loop\.act\(observations\)"):
+        custom.custom_outputs(obs)
+    output, state = custom.outputs(obs)
+    m = custom.model
+    carry, want = m.apply(loop.params, jnp.zeros((3, 8)), jnp.asarray(obs), jnp.zeros((3, m.feedback_dim)))
+    np.testing.assert_allclose(output, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state, carry, rtol=1e-5, atol=1e-6)
+    # One observation [M, D] is the first row of the batch; the state carries a sequence on.
+    one, one_state = custom.act(obs[0])
+    np.testing.assert_allclose(one, output[0], rtol=1e-5, atol=1e-6)
+    nxt, _ = custom.act(obs[1], internal_state=one_state, feedback=np.ones(m.feedback_dim, np.float32))
+    _, want_next = m.apply(loop.params, carry[0], jnp.asarray(obs[1]), jnp.ones((m.feedback_dim,)))
+    np.testing.assert_allclose(nxt, want_next, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"internal_state must have shape \(3, 8\)"):
+        custom.act(obs, internal_state=np.zeros(8))
+    with pytest.raises(ValueError, match=r"observations must have shape \[M, D\] or \[B, M, D\]"):
+        custom.act(obs[None])
+
+
+def test_building_a_loop_turns_on_the_compilation_cache_unless_asked_not_to(tmp_path, monkeypatch):
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {n: getattr(jax.config, n) for n in names}
+    model, env = tiny_world()
+    try:
+        monkeypatch.setenv("CLLOOP_JAX_CACHE_DIR", str(tmp_path / "xla"))
+        monkeypatch.delenv("CLLOOP_JAX_NO_CACHE", raising=False)
+        jax.config.update("jax_compilation_cache_dir", None)
+        off = ContinualLearningLoop(model=model, environment=env, compilation_cache=False)
+        assert off.compilation_cache is None and jax.config.jax_compilation_cache_dir is None
+        monkeypatch.setenv("CLLOOP_JAX_NO_CACHE", "1")
+        assert ContinualLearningLoop(model=model, environment=env).compilation_cache is None
+        assert jax.config.jax_compilation_cache_dir is None
+        monkeypatch.delenv("CLLOOP_JAX_NO_CACHE")
+        on = ContinualLearningLoop(model=model, environment=env)
+        assert on.compilation_cache == tmp_path / "xla" and (tmp_path / "xla").is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        with pytest.raises(TypeError, match="compilation_cache must be True or False"):
+            ContinualLearningLoop(model=model, environment=env, compilation_cache="yes")
+    finally:
+        for n, v in saved.items():
+            jax.config.update(n, v)
+
+
+def test_make_run_over_the_loops_configuration_reuses_the_loops_compiled_programs(cycled):
+    from clloop_jax import EnvSource, RunConfig, make_run
+
+    loop, metrics, _ = cycled
+    sizes = [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)]
+    model, env = tiny_world()
+    run = make_run(RunConfig(strategy="ewc", episodes_per_task=10), EnvSource(loop.model, env, num_tasks=NUM_TASKS))
+    key, hp = jax.random.fold_in(jax.random.key(0), 2), run.hparams(learning_rate=1e-3, lam=0.5, feedback_weight=0.3)
+    _, results = run.run_stepwise(key, hp)
+    assert np.all(np.isfinite(np.asarray(results.R)))
+    # The loop's first cycle started from a fresh loop's agent, scored with the run key fold_in(key(seed), 2).
+    untrained = ContinualLearningLoop(model=model, environment=env).params
+    np.testing.assert_allclose(np.asarray(run.evaluate(untrained, key, hp)), np.asarray(metrics["baseline"]),
+                               atol=1e-6)
+    assert [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)] == sizes

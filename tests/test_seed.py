@@ -97,25 +97,61 @@ def test_custom_environment_by_subclassing_as_written():
     env = CustomEnvironment(num_modalities=3)
     assert isinstance(env, Environment) and env.num_modalities == 3
 
-    # The same idea through the world's functional interface: override ``step_env`` (gymnax), and the loop runs it.
-    class PushedWorld(LatentWorld):
-        """The default world with a constant push on its latent state: a domain-specific twist of the dynamics."""
+    # Written as the description writes it, the world cannot run in a compiled loop (its state lives outside it):
+    # building a loop over it says what to write instead.
+    model = CrossModalModel(input_dim=64, hidden_dim=8, output_dim=32, num_modalities=3, num_heads=2)
+    with pytest.raises(TypeError, match=r"CustomEnvironment\.step\(self, action\) overrides.*step_env\(self, "
+                                        r"key, state, action, params\) -> \(obs, state, reward, done, info\).*"
+                                        r"docs/guides/worlds\.md"):
+        ContinualLearningLoop(model=model, environment=env)
 
-        def step_env(self, key, state, action, params):
-            obs, state, reward, done, info = super().step_env(key, state, action, params)
-            return obs, state.replace(latent=state.latent + 0.5), reward, done, info
 
-    pushed = PushedWorld(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=4, episode_length=4)
-    plain = LatentWorld(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=4, episode_length=4)
-    key, task = jax.random.key(0), plain.task_params(0)
-    _, s0 = plain.reset(key, task)
-    _, s_plain, *_ = plain.step(key, s0, jnp.zeros(4), task)
-    _, s_pushed, *_ = pushed.step(key, s0, jnp.zeros(4), task)
-    np.testing.assert_allclose(s_pushed.latent - s_plain.latent, 0.5, atol=1e-6)
+TRACED = []
+
+
+class PushedWorld(LatentWorld):
+    """The default world with a constant push on its latent state: a domain-specific twist of the dynamics."""
+
+    def step_env(self, key, state, action, params):
+        TRACED.append(type(self).__name__)
+        obs, state, reward, done, info = super().step_env(key, state, action, params)
+        return obs, state.replace(latent=state.latent + 0.5), reward, done, info
+
+
+class SameWorld(PushedWorld):
+    """``PushedWorld`` without the push: the same keys and code path, the default dynamics."""
+
+    def step_env(self, key, state, action, params):
+        TRACED.append(type(self).__name__)
+        return LatentWorld.step_env(self, key, state, action, params)
+
+
+def test_custom_environment_through_step_env_changes_what_the_loop_learns_from():
+    """The same idea through the world's functional interface: override ``step_env`` (gymnax), and the loop runs it.
+    The push moves the latent state by 0.5 per step, so the untrained agent's scores (the cycle's baseline, on the
+    same evaluation keys) differ from those in the same world without the push."""
+    sizes = dict(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=4, episode_length=4)
+    pushed, same = PushedWorld(**sizes), SameWorld(**sizes)
     model = CrossModalModel(input_dim=8, hidden_dim=8, output_dim=4, num_modalities=2, num_heads=2)
-    loop = ContinualLearningLoop(model=model, environment=pushed, strategy="none")
-    metrics = loop.continual_learning_cycle(num_tasks=2, episodes_per_task=2)
-    assert np.asarray(metrics["R"]).shape == (2, 2)
+    TRACED.clear()
+    loop = ContinualLearningLoop(model=model, environment=pushed, strategy="none", num_envs=2)
+    untrained = loop.params
+    metrics = loop.continual_learning_cycle(num_tasks=2, episodes_per_task=1)
+    assert TRACED and set(TRACED) == {"PushedWorld"}  # the override was traced into the compiled run
+    R, baseline = np.asarray(metrics["R"]), np.asarray(metrics["baseline"])
+    assert R.shape == (2, 2) and np.all(np.isfinite(R))
+    # The same agent, keys and tasks in the world without the push (only its evaluation is compiled).
+    same_loop = ContinualLearningLoop(model=model, environment=same, strategy="none", num_envs=2)
+    run = same_loop._run_for(2, 1)
+    same_baseline = np.asarray(run.evaluate(untrained, jax.random.fold_in(same_loop.key, 2), same_loop.hparams))
+    assert "SameWorld" in TRACED
+    assert np.max(np.abs(baseline - same_baseline)) > 1e-3
+    # One step from the same state and key: the states differ by the push exactly.
+    key, task = jax.random.key(0), same.task_params(0)
+    _, s0 = same.reset(key, task)
+    _, s_same, *_ = same.step(key, s0, jnp.zeros(4), task)
+    _, s_pushed, *_ = pushed.step(key, s0, jnp.zeros(4), task)
+    np.testing.assert_allclose(s_pushed.latent - s_same.latent, 0.5, atol=1e-6)
 
 
 def test_custom_loss_function_reaches_train_step_and_the_cycle():

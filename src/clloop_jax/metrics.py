@@ -45,7 +45,9 @@ __all__ = [
     "mean_ci",
     "format_matrix",
     "format_summary",
+    "format_meanings",
     "METRIC_NAMES",
+    "METRIC_MEANINGS",
 ]
 
 #: The scalar metrics that :func:`summarize` reports, in report order.
@@ -56,6 +58,18 @@ METRIC_NAMES = (
     "average_forgetting",
     "learning_accuracy",
 )
+
+#: What each metric of :data:`METRIC_NAMES` says, in one line (tasks numbered from 1, as in printed tables).
+METRIC_MEANINGS = {
+    "average_performance": "the final score, averaged over every task (higher is better)",
+    "backward_transfer": "how each earlier task's score changed from just after learning it to the end "
+                         "(negative = forgetting)",
+    "forward_transfer": "the score on each task just before training on it, minus the untrained agent's "
+                        "(positive = earlier tasks helped)",
+    "average_forgetting": "how far each earlier task's final score fell below its best earlier score "
+                          "(lower is better)",
+    "learning_accuracy": "the score on each task just after learning it, averaged (plasticity)",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -292,15 +306,16 @@ def _fmt(v: float, precision: int) -> str:
 def format_matrix(R, names: Optional[Sequence[str]] = None, b=None, precision: int = 3) -> str:
     """The performance matrix as a markdown table: one row per training stage, one column per evaluated task.
 
-    ``names``: task names (default ``t0, t1, ...``); ``b``: optional untrained scores, shown as a first row.
-    A batched ``R [..., T, T]`` is shown as its mean over the batch axes.
+    ``names``: task names (default ``task 1, task 2, ...``, numbered from 1: row ``task i`` is the scores after
+    training on tasks 1 to i, column ``task j`` the score on task j); ``b``: optional untrained scores, shown as a
+    first row. A batched ``R [..., T, T]`` is shown as its mean over the batch axes.
     """
     check_int("precision", precision, min=0)
     _, R = _as_matrix(np.asarray(check_array("R", R, allow_bool=True)))
     T = R.shape[-1]
     if R.ndim > 2:
         R = R.reshape((-1, T, T)).mean(axis=0)
-    names = [f"t{j}" for j in range(T)] if names is None else [str(n) for n in names]
+    names = [f"task {j + 1}" for j in range(T)] if names is None else [str(n) for n in names]
     if len(names) != T:
         raise ValueError(f"names must have T={T} entries (one per task of R, shape {R.shape}), got {len(names)}")
     header = "| after \\ on | " + " | ".join(names) + " |"
@@ -313,6 +328,16 @@ def format_matrix(R, names: Optional[Sequence[str]] = None, b=None, precision: i
     for i in range(T):
         lines.append(f"| {names[i]} | " + " | ".join(_fmt(v, precision) for v in R[i]) + " |")
     return "\n".join(lines)
+
+
+def format_meanings(names: Sequence[str] = METRIC_NAMES) -> str:
+    """One line per metric of ``names``: ``"name: what it says"`` (:data:`METRIC_MEANINGS`)."""
+    if isinstance(names, str):
+        raise TypeError(f"names must be a sequence of metric names, got the string {names!r}")
+    unknown = [n for n in names if n not in METRIC_MEANINGS]
+    if unknown:
+        raise ValueError(f"names must be metric names from {list(METRIC_MEANINGS)}, got {unknown}")
+    return "\n".join(f"{n}: {METRIC_MEANINGS[n]}" for n in names)
 
 
 def format_summary(summary: Mapping[str, Any], confidence: float = 0.95, precision: int = 3,

@@ -315,9 +315,20 @@ class CrossModalModel(nn.Module):
     # ------------------------------------------------------------------ public calls
 
     def __call__(
-        self, carry: Array, obs: Array | Sequence[Array], feedback: Array | None = None
+        self, carry: Array, obs: Array | Sequence[Array] | None = None, feedback: Array | None = None
     ) -> tuple[Array, Array]:
-        """One step: returns ``(new_carry [..., hidden_dim], output [..., output_dim])``."""
+        """One step: returns ``(new_carry [..., hidden_dim], output [..., output_dim])``.
+
+        Called as ``model.apply(params, carry, obs, feedback)``: a flax module holds no parameters of its own, so
+        the one-argument ``model(observations)`` of a stateful model is refused with a ``TypeError`` that says what
+        to write (in a :class:`~clloop_jax.ContinualLearningLoop`, ``output, internal_state = loop.act(obs)``)."""
+        if obs is None:
+            raise TypeError(
+                "CrossModalModel takes (carry, obs, feedback) and returns (new_carry, output); it was called with "
+                "one argument, as in model(observations). A flax module holds no parameters of its own: write "
+                "`carry, output = model.apply(params, model.initial_carry(batch_shape), observations, feedback)`, "
+                "or, in a ContinualLearningLoop (self in a subclass), `output, internal_state = loop.act("
+                "observations)` for the loop's current parameters")
         obs_t, batch = self._check_obs(obs, "obs", "...")
         feedback = self._check_feedback(feedback, "feedback", "...", batch)
         self._check_carry(carry, batch, "obs")

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from clloop_jax import datasets as data_lib
 from clloop_jax import fisher as fisher_lib
-from clloop_jax.envs.base import normalized_score
+from clloop_jax.envs.base import check_world, normalized_score
 from clloop_jax.envs.rollout import Trajectory, rollout
 from clloop_jax.strategies.base import NoHParams, nonnegative
 from clloop_jax.validation import ArgumentTypeError, check_float, check_methods
@@ -157,7 +157,8 @@ class EnvSource:
 
     Args:
       model: a :class:`~clloop_jax.model.CrossModalModel` whose sizes match the environment.
-      env: a :class:`~clloop_jax.envs.MultiModalEnv` offering ``tasks(num_tasks)``.
+      env: a :class:`~clloop_jax.envs.MultiModalEnv` offering ``tasks(num_tasks)`` (what a world must provide is
+        checked here by :func:`~clloop_jax.envs.check_world`; see ``docs/guides/worlds.md``).
       num_tasks: how many tasks of the environment's family to learn in sequence.
       num_envs: parallel environments per training episode.
       num_steps: steps per episode (defaults to the environment's episode length).
@@ -186,6 +187,7 @@ class EnvSource:
         if self.objective is not None and not callable(self.objective):
             raise TypeError(f"objective must be a callable (params, trajectory, hparams) -> (loss, aux), "
                             f"got {type(self.objective).__name__}")
+        check_world(self.env, needs_episode_length=self.num_steps is None)
         object.__setattr__(self, "model", pair_with_env(self.model, self.env))
         check_model_matches_env(self.model, self.env)
         if self.num_steps is None:
@@ -200,6 +202,7 @@ class EnvSource:
                     expected):
                 raise ValueError(f"tasks must be the environment's stacked task parameters for num_tasks="
                                  f"{self.num_tasks} (as env.tasks({self.num_tasks}) gives: {expected}), got {got}")
+        check_world(self.env, tasks=self.tasks, num_tasks=self.num_tasks, needs_episode_length=False)
         if self.objective is None:
             object.__setattr__(self, "objective", imitation_loss(self.model))
 

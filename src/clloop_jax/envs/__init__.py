@@ -1,5 +1,5 @@
 """gymnax-compatible multi-modal environments with task switching, and closed-loop rollouts."""
-from clloop_jax.envs.base import MultiModalEnv, normalized_score
+from clloop_jax.envs.base import MultiModalEnv, check_world, normalized_score
 from clloop_jax.envs.latent import EnvParams, EnvState, Environment, LatentWorld
 from clloop_jax.envs.rollout import PrivilegedPolicy, Trajectory, expert_policy, rollout
 
@@ -11,6 +11,7 @@ __all__ = [
     "MultiModalEnv",
     "PrivilegedPolicy",
     "Trajectory",
+    "check_world",
     "expert_policy",
     "normalized_score",
     "rollout",

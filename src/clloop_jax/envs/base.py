@@ -17,6 +17,8 @@ boolean action and a nested Python list are accepted; they are converted to a fl
 """
 from __future__ import annotations
 
+import inspect
+import numbers
 from functools import partial
 from typing import Any
 
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from gymnax.environments import environment, spaces
 
-from clloop_jax.validation import check_array, check_axis, check_float
+from clloop_jax.validation import check_array, check_axis, check_float, check_int
 
 
 class MultiModalEnv(environment.Environment):
@@ -164,6 +166,26 @@ class MultiModalEnv(environment.Environment):
         """``step_env`` driven by ``noise [noise_dim]``: ``(obs, state, reward, terminated, info)``."""
         raise NotImplementedError
 
+    def uses_noise_ahead(self) -> bool:
+        """Whether :func:`~clloop_jax.envs.rollout` may drive this world by :meth:`step_with_noise` (noise drawn
+        ahead) instead of gymnax's keyed ``step``; the one rule every caller uses.
+
+        The noise-driven methods are used only where they provably compute what the keyed hooks compute: each is
+        defined by the class that defines the hook it stands in for, or by a subclass of it
+        (``step_from_noise`` for ``step_env``, ``reset_from_noise`` for ``reset_env``, ``step_with_noise`` for
+        ``step``), and a ``step_with_noise`` of a world's own (not this base class's composition of the two) is
+        defined below every one of those four. So a subclass that overrides ``step_env`` or ``reset_env`` (and not
+        the noise methods) runs its override, through the keyed path; a world without ``noise_dim`` always does.
+        """
+        if self.noise_dim is None:
+            return False
+        cls = type(self)
+        pairs = [("step_from_noise", "step_env"), ("reset_from_noise", "reset_env"), ("step_with_noise", "step")]
+        if defining_class(cls, "step_with_noise") is not MultiModalEnv:
+            pairs += [("step_with_noise", hook) for hook in ("step_env", "reset_env", "step_from_noise",
+                                                             "reset_from_noise")]
+        return all(issubclass(defining_class(cls, fast), defining_class(cls, slow)) for fast, slow in pairs)
+
     def step_with_noise(self, noise: jax.Array, state, action, params):
         """One step with gymnax's automatic reset, driven by ``noise [noise_dim]`` instead of a key.
 
@@ -183,6 +205,103 @@ class MultiModalEnv(environment.Environment):
             info["feedback"] = self.feedback(reward, action)
         info["target"] = self.expert_action(state, params)
         return obs, state, reward, terminated, truncated, info
+
+
+def defining_class(cls: type, name: str) -> type:
+    """The class in ``cls``'s method resolution order whose own body defines ``name`` (``object`` if none does)."""
+    for owner in cls.__mro__:
+        if name in vars(owner):
+            return owner
+    return object
+
+
+#: Where the worlds' documentation lives, for error messages that point to it.
+WORLDS_GUIDE = "docs/guides/worlds.md"
+
+_GYMNAX_STEP = "step_env(self, key, state, action, params) -> (obs, state, reward, done, info)"
+
+
+def check_step_signature(env) -> None:
+    """Refuses (``TypeError``) a world whose ``step`` is not gymnax's ``step(key, state, action, params=None)``: the
+    stateful ``step(self, action)`` of an object-oriented world cannot run in a compiled loop; such a world writes
+    its dynamics in ``step_env`` instead."""
+    cls = type(env)
+    owner = defining_class(cls, "step")
+    if owner is object or owner is MultiModalEnv or owner is environment.Environment:
+        return
+    try:
+        inspect.signature(env.step).bind("key", "state", "action", "params")
+        return
+    except TypeError:
+        pass
+    except ValueError:  # no signature to read (a builtin): nothing to say about it
+        return
+    raise TypeError(
+        f"{cls.__name__}.step{inspect.signature(owner.step)} overrides the world's step with another signature; the "
+        f"loop calls step(key, state, action, params) as gymnax does and keeps the state outside the world. Write the "
+        f"dynamics as {_GYMNAX_STEP} (and reset_env(self, key, params) -> (obs, state)) instead of step; see "
+        f"{WORLDS_GUIDE}")
+
+
+def check_world(env, *, tasks: Any = None, num_tasks: int | None = None, needs_episode_length: bool = True) -> None:
+    """Checks, before anything is traced, that ``env`` is a world the continual-learning loop can run; raises a
+    ``TypeError`` or ``ValueError`` naming the missing piece (see :data:`WORLDS_GUIDE`).
+
+    A world is a :class:`MultiModalEnv` that is hashable (it is static configuration of the compiled run); has
+    integer sizes ``num_modalities``, ``observation_dim`` and ``action_dim``; defines ``reset_env``, ``step_env``
+    (not a stateful ``step(action)``) and ``expert_action``; offers ``tasks(num_tasks)``; and, when
+    ``needs_episode_length``, an integer ``episode_length >= 1``. Given ``tasks`` (what ``tasks(num_tasks)``
+    returned), every leaf must be an array stacked along a leading task axis of length ``num_tasks``.
+    """
+    name = type(env).__name__
+    if isinstance(env, type):
+        raise TypeError(f"environment must be a world instance, got the class {env.__name__}; pass "
+                        f"{env.__name__}(...)")
+    if not isinstance(env, MultiModalEnv):
+        raise TypeError(f"environment must be a MultiModalEnv (e.g. LatentWorld(...), or a subclass of "
+                        f"MultiModalEnv), got {name}; see {WORLDS_GUIDE}")
+    check_step_signature(env)
+    try:
+        hash(env)
+    except TypeError as err:
+        raise TypeError(f"environment {name} must be hashable (it is static configuration of the compiled run): "
+                        f"make it a frozen dataclass (@dataclasses.dataclass(frozen=True)) or keep the default "
+                        f"object hash; hashing failed with: {err}") from None
+    for size in ("num_modalities", "observation_dim", "action_dim"):
+        try:
+            value = getattr(env, size)
+        except NotImplementedError:
+            raise TypeError(f"{name} must define {size}, a Python int (a field or a property); see "
+                            f"{WORLDS_GUIDE}") from None
+        if size != "observation_dim" or isinstance(value, numbers.Integral):
+            check_int(f"{name}.{size}", value, min=1)
+    for hook, text in (("reset_env", "reset_env(self, key, params) -> (obs, state)"),
+                       ("step_env", _GYMNAX_STEP),
+                       ("expert_action", "expert_action(self, state, params) -> action [action_dim]")):
+        if defining_class(type(env), hook) in (MultiModalEnv, environment.Environment, object):
+            raise TypeError(f"{name} must define {text}; see {WORLDS_GUIDE}")
+    if not callable(getattr(env, "tasks", None)):
+        raise TypeError(f"{name} must define tasks(self, num_tasks) -> the task parameters (an EnvParams-like "
+                        f"pytree) of num_tasks tasks stacked along a leading axis; see {WORLDS_GUIDE}")
+    if needs_episode_length:
+        length = getattr(env, "episode_length", None)
+        if length is None:
+            raise TypeError(f"{name} must define episode_length, the number of steps of a training episode (a "
+                            f"Python int), or the source must be given num_steps; see {WORLDS_GUIDE}")
+        check_int(f"{name}.episode_length", length, min=1)
+    if tasks is not None:
+        leaves = jax.tree_util.tree_flatten_with_path(tasks)[0]
+        if not leaves:
+            raise ValueError(f"{name}.tasks({num_tasks}) returned {type(tasks).__name__} with no array fields")
+        for path, leaf in leaves:
+            shape = tuple(np.shape(leaf))
+            if not shape or shape[0] != num_tasks:
+                field = jax.tree_util.keystr(path, simple=True, separator=".") or "the value"
+                raise ValueError(
+                    f"{name}.tasks({num_tasks}) must stack every task parameter along a leading task axis of length "
+                    f"{num_tasks}; field {field} has shape {shape}. A value shared by all tasks is repeated, e.g. "
+                    f"jnp.full(({num_tasks},), value), or kept out of the pytree with "
+                    f"flax.struct.field(pytree_node=False); see {WORLDS_GUIDE}")
 
 
 def normalized_score(actions, targets, clip_min: float | None = -1.0, axis=None) -> jax.Array:

@@ -13,7 +13,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from clloop_jax.envs.base import MultiModalEnv
+from clloop_jax.envs.base import MultiModalEnv, check_step_signature
 from clloop_jax.validation import check_callable, check_float, check_instance, check_int, check_key
 
 
@@ -81,15 +81,19 @@ def rollout(
     ``feedback_weight`` scales the feedback input and may be traced. ``env``, ``policy``,
     ``num_steps`` and ``num_envs`` are static (mark them static when jitting).
 
-    Random numbers: a world with a ``noise_dim`` (see :class:`~clloop_jax.envs.MultiModalEnv`) is driven by standard
+    Random numbers: a world that may be driven by noise drawn ahead
+    (:meth:`~clloop_jax.envs.MultiModalEnv.uses_noise_ahead`: it has a ``noise_dim`` and no override of ``step_env``,
+    ``reset_env`` or ``step`` below its noise methods) is driven by standard
     normals, step ``t``'s for every world from ``fold_in(k_noise, t)``, drawn ahead in chunks of steps of about 2 MiB
     (the numbers do not depend on the chunk size), and an episode that ends restarts from
     the step's own draw (:meth:`~clloop_jax.envs.MultiModalEnv.step_with_noise`); the policy's
     keys are ``split(fold_in(k_policy, t), num_envs)`` (never computed when the policy ignores its key). Other worlds
-    get one key per step and world, split in one call, and gymnax's ``step``.
+    get one key per step and world, split in one call, and gymnax's ``step``, which calls their ``step_env`` and
+    ``reset_env``.
     """
     key = check_key("key", key)
     check_instance("env", env, MultiModalEnv)
+    check_step_signature(env)
     if not isinstance(policy, PrivilegedPolicy):
         check_callable("policy", policy, signature="(carry, obs, feedback, key) -> (carry, action)")
     _check_count("num_steps", num_steps)
@@ -105,7 +109,7 @@ def rollout(
         return state, obs, jnp.zeros((env.feedback_dim,), jnp.float32), \
             env.expert_action(state, env_params), policy_carry
 
-    noise_dim = env.noise_dim
+    noise_dim = env.noise_dim if env.uses_noise_ahead() else None
 
     def step_one(carry, inputs):
         state, obs, feedback, target, pcarry = carry
