@@ -5,11 +5,13 @@ One folder per run::
     config.json        the resolved configuration, library / jax / flax / optax versions, platform, command, the
                        configuration's hash and the hash of the file's own contents
     seeds.json         the seeds
-    traces.jsonl       one line per (seed, task, episode): every per-episode record of the run
-    R_seed{k}.csv      the performance matrix of seed k (first row: the untrained baseline)
+    traces.jsonl       one line per (seed, task, episode): every per-episode record of the run (``task`` and
+                       ``episode`` are array indices, from 0)
+    R_seed{k}.csv      the performance matrix of seed k (first row: the untrained baseline; rows and columns
+                       labelled task_1 ... task_T, as tables and figures number tasks)
     summary.md/.json   mean and 95% interval across seeds of every metric (:func:`clloop_jax.report.summary`)
     plots/*.png        matrix.png, scores.png, divergence.png
-    checkpoints/       task_{i}/ (orbax) and task_{i}.json, one per finished task
+    checkpoints/       task_{i}/ (orbax) and task_{i}.json, one per finished task (i the task's index, from 0)
     .lock              while a run writes the folder: its PID, host, start time and command (``fcntl.flock``)
 
 Every file is written to a temporary name and renamed, and a checkpoint's ``.json`` is written only after its orbax
@@ -654,10 +656,10 @@ class RunFolder:
         for s in range(S):
             buf = io.StringIO()
             writer = csv.writer(buf)
-            writer.writerow(["after"] + [f"task_{j}" for j in range(T)])
+            writer.writerow(["after"] + [f"task_{j + 1}" for j in range(T)])
             writer.writerow(["untrained"] + [f"{v:.6f}" for v in baseline[s]])
             for i in range(T):
-                writer.writerow([f"task_{i}"] + [f"{v:.6f}" for v in R[s, i]])
+                writer.writerow([f"task_{i + 1}"] + [f"{v:.6f}" for v in R[s, i]])
             write_atomic(self.file(f"R_seed{seeds[s]}.csv"), buf.getvalue())
         stats = report.summary(R, baseline)
         self.write_json("summary.json", {"seeds": list(seeds), "metrics": stats,
