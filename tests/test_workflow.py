@@ -303,7 +303,7 @@ def test_run_writes_every_file(tiny_run):
     E = TINY.train.episodes_per_task
     assert len(rows) == 2 * TINY.world.num_tasks * E and {"seed", "task", "episode", "loss", "finite"} <= set(rows[0])
     csv_rows = open(os.path.join(tiny_run, "R_seed0.csv")).read().splitlines()
-    assert csv_rows[0] == "after,task_0,task_1" and len(csv_rows) == 2 + TINY.world.num_tasks
+    assert csv_rows[0] == "after,task_1,task_2" and len(csv_rows) == 2 + TINY.world.num_tasks
     for name in ("matrix.png", "scores.png", "divergence.png"):
         w, h = png_size(os.path.join(tiny_run, "plots", name))
         assert w > 200 and h > 200 and os.path.getsize(os.path.join(tiny_run, "plots", name)) > 5000

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -223,7 +224,7 @@ def _split_preset(argv: Sequence[str]):
 def _expected_errors() -> tuple:
     """The errors reported as one line: bad input, a refused folder, a diverged run (whose class is looked up only
     when the run's module was loaded: otherwise no run can have raised it)."""
-    errors = (ValueError, TypeError, FileExistsError, FileNotFoundError)
+    errors = (ValueError, TypeError, OSError)
     loop = sys.modules.get("clloop_jax.loop")
     return errors + ((loop.DivergenceError,) if loop is not None else ())
 
@@ -237,6 +238,7 @@ def main(argv: Optional[Sequence[str]] = None):
     command, rest = argv[0], argv[1:]
     experiment, rest = _split_preset(rest)
     cls = RunArgs if command == "run" else CompareArgs
+    previous = _stop_on_sigterm()
     try:
         args = tyro.cli(cls, args=rest, default=cls(out="", experiment=experiment), prog=f"clloop {command}",
                         description=_description(cls), config=(tyro.conf.FlagCreatePairsOff,))
@@ -245,4 +247,29 @@ def main(argv: Optional[Sequence[str]] = None):
         (run_command if command == "run" else compare_command)(args)
     except _expected_errors() as err:  # evaluated once an error is raised
         raise SystemExit(f"clloop {command}: {err}") from None
+    except KeyboardInterrupt as err:   # SIGINT / SIGTERM: one line, and 128 + the signal's number
+        from clloop_jax.runs import RunInterrupted, resume_command
+        if isinstance(err, RunInterrupted):
+            print(f"{err}; resume with: {resume_command('clloop', argv)}", file=sys.stderr, flush=True)
+            return err.exit_code
+        print(f"clloop {command}: interrupted", file=sys.stderr, flush=True)
+        return 128 + getattr(err, "signum", 2)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _stop_on_sigterm():
+    """SIGTERM outside a run's task loop (which stops between tasks) raises KeyboardInterrupt, so that ``main``
+    ends with one line and 143 instead of dying without a word; returns the previous handler (None off the main
+    thread)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        err = KeyboardInterrupt()
+        err.signum = signum
+        raise err
+    return signal.signal(signal.SIGTERM, interrupt)

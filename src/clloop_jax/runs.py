@@ -2,17 +2,25 @@
 
 One folder per run::
 
-    config.json        the resolved configuration, library / jax / flax / optax versions, platform, config hash
+    config.json        the resolved configuration, library / jax / flax / optax versions, platform, command, the
+                       configuration's hash and the hash of the file's own contents
     seeds.json         the seeds
-    traces.jsonl       one line per (seed, task, episode): every per-episode record of the run
-    R_seed{k}.csv      the performance matrix of seed k (first row: the untrained baseline)
+    traces.jsonl       one line per (seed, task, episode): every per-episode record of the run (``task`` and
+                       ``episode`` are array indices, from 0)
+    R_seed{k}.csv      the performance matrix of seed k (first row: the untrained baseline; rows and columns
+                       labelled task_1 ... task_T, as tables and figures number tasks)
     summary.md/.json   mean and 95% interval across seeds of every metric (:func:`clloop_jax.report.summary`)
     plots/*.png        matrix.png, scores.png, divergence.png
-    checkpoints/       task_{i}/ (orbax) and task_{i}.json, one per finished task
+    checkpoints/       task_{i}/ (orbax) and task_{i}.json, one per finished task (i the task's index, from 0)
+    .lock              while a run writes the folder: its PID, host, start time and command (``fcntl.flock``)
 
 Every file is written to a temporary name and renamed, and a checkpoint's ``.json`` is written only after its orbax
 folder is complete, so an interrupted run never leaves a half-written file or checkpoint: the last complete
 checkpoint is the one ``resume`` continues from, and resuming gives bitwise the numbers of an uninterrupted run.
+One process writes a folder at a time (:class:`RunFolder`'s lock; a second one gets :class:`RunFolderBusy`); resume
+removes what a killed writer left (temporary files, unsealed checkpoints), writes again the files of the run's start
+that are missing, and refuses a ``config.json`` edited by hand. SIGINT and SIGTERM stop a run between tasks
+(:class:`RunInterrupted`).
 :func:`execute` drives a run over seeds (``jax.vmap``) one task at a time; when an update becomes non-finite it raises
 :class:`~clloop_jax.loop.DivergenceError` naming the seed, task and episode, keeping the last good checkpoint and
 writing nothing for the diverged task.
@@ -22,14 +30,21 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import io
 import json
 import os
 import platform
+import re
+import shlex
 import shutil
+import socket
+import signal
 import sys
+import threading
+import time
 from typing import Any, Callable, Dict, Optional
 
 import jax
@@ -39,7 +54,8 @@ import numpy as np
 from clloop_jax.loop import DivergenceError, Run, RunResults, check_finite
 from clloop_jax.sharding import batch_mesh, sharded_vmap
 
-__all__ = ["RunFolder", "config_hash", "jsonable", "write_atomic", "execute", "CheckpointError"]
+__all__ = ["RunFolder", "config_hash", "jsonable", "write_atomic", "execute", "CheckpointError", "RunFolderError",
+           "RunFolderBusy", "RunInterrupted", "check_place", "resume_command", "LOCK_NAME"]
 
 
 class CheckpointError(ValueError):
@@ -71,8 +87,27 @@ def jsonable(value) -> Any:
 
 def config_hash(config) -> str:
     """A stable 16-hex-digit hash of the configuration's JSON form."""
-    text = json.dumps(jsonable(config), sort_keys=True, separators=(",", ":"))
+    return _hash_of(jsonable(config))
+
+
+def _hash_of(value) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _contents_hash(record: dict) -> str:
+    """The hash of a ``config.json`` record's every field but ``contents_hash`` itself."""
+    return _hash_of({k: v for k, v in jsonable(record).items() if k != "contents_hash"})
+
+
+def _differences(a, b, prefix: str = "") -> list:
+    """``(dotted name, value in a, value in b)`` for every leaf where the JSON values ``a`` and ``b`` differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [(prefix[:-1] or "config", a, b)]
 
 
 def write_atomic(path: str, data) -> str:
@@ -104,28 +139,343 @@ def _versions() -> dict:
             "devices": [str(d) for d in jax.devices()]}
 
 
+#: The lock file inside a run folder: held (``fcntl.flock``) by the one process writing the folder, and naming it.
+LOCK_NAME = ".lock"
+_RESULT_FILES = ("config.json", "seeds.json", "traces.jsonl", "summary.md", "summary.json", "plots", "checkpoints")
+_TEMP = re.compile(r"^\..+\.tmp\d+$|.+\.tmp\.png$|.+\.orbax-checkpoint-tmp.*$")
+_SEAL = re.compile(r"^task_(\d+)\.json$")
+_CKPT = re.compile(r"^task_(\d+)$")
+
+
+def _say(path: str, text: str, notes: list) -> None:
+    notes.append(text)
+    print(f"{path}: {text}", file=sys.stderr, flush=True)
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(holder: dict) -> str:
+    return (f"PID {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+            + (f": {' '.join(map(str, holder['command']))}" if holder.get("command") else ""))
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        text = os.pread(fd, 65536, 0).decode(errors="replace")
+        return json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        return {"unreadable": True}
+
+
+def check_place(path) -> str:
+    """The absolute form of ``path`` if a run folder can be there (an existing folder, or one that can be made);
+    :class:`RunFolderError` naming the path and what is wrong otherwise: a file, a path under a file, a place
+    without write permission. Nothing is created."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise TypeError(f"the run folder must be a non-empty path, got {path!r}")
+    full = os.path.abspath(os.fspath(path))
+    if os.path.lexists(full) and not os.path.isdir(full):
+        raise RunFolderError(f"{os.fspath(path)!r} is a file, not a folder (name a folder for the run)")
+    probe = full
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise RunFolderError(f"{os.fspath(path)!r}: {probe!r} is a file, so no folder can be made under it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{os.fspath(path)!r}: cannot write in {probe!r} (permission denied or a read-only "
+                             f"file system)")
+    return full
+
+
+class _Lock:
+    """An exclusive ``flock`` on ``folder/.lock``, the file holding the holder's PID, host, start time and
+    command. Released by :meth:`release`, which removes the file; a holder that died leaves its description, and the
+    next one takes the lock over (with a message) when that PID is gone from this host."""
+
+    def __init__(self, folder: str, notes: list):
+        self.path = os.path.join(folder, LOCK_NAME)
+        host = socket.gethostname()
+        for attempt in range(40):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as err:
+                raise RunFolderError(f"{self.path}: cannot create the run folder's lock file ({err.strerror})") \
+                    from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                if holder.get("pid") and (holder.get("host") != host or _pid_alive(holder["pid"])):
+                    raise RunFolderBusy(f"{folder!r} is in use by another run ({_describe(holder)}); wait for it to "
+                                        f"end, or stop it (it stops after its current task and can be resumed)",
+                                        holder) from None
+                time.sleep(0.05)   # a holder that is just starting or just ending, or a brief look at the lock
+                continue
+            except OSError as err:
+                os.close(fd)
+                raise RunFolderError(f"{self.path}: cannot lock the run folder ({err.strerror})") from None
+            try:   # the file may have been removed (and made again) by a holder that ended meanwhile
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            break
+        else:
+            raise RunFolderBusy(f"{folder!r} is in use by another run (its lock stayed busy)", {})
+        self.fd = None
+        previous = _read_holder(fd)
+        if previous:
+            if previous.get("host") not in (None, host):
+                os.close(fd)
+                raise RunFolderBusy(f"{folder!r} was locked by a run on another host ({_describe(previous)}) that did "
+                                    f"not release it; if that run is no longer running, delete {self.path} and try "
+                                    f"again", previous)
+            _say(folder, f"took over the lock of a run that ended without releasing it ({_describe(previous)})",
+                 notes)
+        self.holder = {"pid": os.getpid(), "host": host,
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": list(sys.argv)}
+        self.fd = fd
+        data = json.dumps(self.holder).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+
+    def __del__(self):
+        self.release()
+
+    def release(self) -> None:
+        if getattr(self, "fd", None) is None:
+            return
+        try:
+            os.unlink(self.path)   # while still held: a process waiting on this file sees it gone and retries
+        except OSError:
+            pass
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked: a file, a path under a file, no write permission, not a run
+    folder, a configuration edited by hand."""
+
+
+class RunFolderBusy(RunFolderError):
+    """Another live process holds the run folder's lock; ``holder`` describes it (PID, host, start time, command)."""
+
+    def __init__(self, message: str, holder: dict):
+        super().__init__(message)
+        self.holder = holder
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM at a safe point: every finished task is checkpointed, no file is
+    half-written, and ``resume`` continues it. ``signum``, ``done`` (tasks finished), ``total``, ``path``."""
+
+    def __init__(self, signum: int, done: int, total: int, path: str, immediate: bool = False):
+        self.signum, self.done, self.total, self.path = signum, done, total, path
+        if immediate:
+            text = f"stopped during task {done + 1} of {total} ({done} finished tasks are kept)"
+        elif done:
+            text = f"stopped after task {done} of {total}"
+        else:
+            text = f"stopped before task 1 of {total} was done"
+        super().__init__(text)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + int(self.signum)
+
+
+def resume_command(prog: str, argv) -> str:
+    """The command line that resumes the run started by ``prog argv`` (``--overwrite`` dropped, ``--resume`` added)."""
+    args = [a for a in argv if a not in ("--overwrite", "--no-overwrite", "--no-resume")]
+    if "--resume" not in args:
+        args.append("--resume")
+    return " ".join([prog] + [shlex.quote(str(a)) for a in args])
+
+
 @dataclasses.dataclass
 class RunFolder:
     """A run's folder. ``overwrite`` empties an existing one; ``resume`` continues in it; otherwise an existing
-    non-empty folder is refused (``FileExistsError``), so nothing is lost by accident."""
+    non-empty folder is refused (``FileExistsError``), so nothing is lost by accident.
+
+    Constructing one only checks (the path, and that the folder's state fits the mode); nothing is created or
+    removed until the folder is locked, by :func:`execute` or ``with folder:``. The lock (``.lock`` inside, an
+    exclusive ``fcntl.flock``) is held for the whole run: a second writer, ``overwrite`` included, is refused with
+    :class:`RunFolderBusy` naming the holder before anything is touched; the lock of a process that died is taken
+    over with a message. Once locked, the folder is made consistent: temporary files of a writer that died are
+    removed, a checkpoint whose orbax folder is missing no longer counts (its seal is removed, and the run falls back
+    to the last complete task), and each such repair is printed to stderr and listed in ``notes``. A folder with
+    no ``config.json`` and no sealed checkpoint holds no run: it counts as empty (a plain run reuses it, ``resume``
+    starts it).
+    """
 
     path: str
     overwrite: bool = False
     resume: bool = False
 
     def __post_init__(self):
+        for name in ("overwrite", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"RunFolder: {name} must be True or False, got {getattr(self, name)!r}")
         if self.overwrite and self.resume:
             raise ValueError("overwrite and resume exclude each other")
-        exists = os.path.isdir(self.path) and bool(os.listdir(self.path))
-        if exists and not (self.overwrite or self.resume):
+        check_place(self.path)
+        self.path = os.fspath(self.path)
+        self.notes: list = []
+        self._lock: Optional[_Lock] = None
+        self._depth = 0
+        self._made = False
+        self._check_mode()
+
+    # ----- the folder's state ------------------------------------------------------------------------------
+    def _entries(self, sub: str = "") -> list:
+        folder = os.path.join(self.path, sub)
+        return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+    def _seals(self) -> list:
+        return sorted(int(m.group(1)) for m in map(_SEAL.match, self._entries("checkpoints")) if m)
+
+    def _foreign(self) -> list:
+        """The entries that a run does not write."""
+        return [n for n in self._entries() if n not in _RESULT_FILES and n != LOCK_NAME
+                and not re.match(r"^R_seed\d+\.csv$", n) and not _TEMP.match(n)]
+
+    def holds_run(self) -> bool:
+        """Whether the folder holds a run: a ``config.json`` or a sealed checkpoint."""
+        return os.path.isfile(self.file("config.json")) or bool(self._seals())
+
+    def _check_mode(self) -> None:
+        exists = os.path.isdir(self.path)
+        if self.resume:
+            if not exists:
+                raise FileNotFoundError(f"--resume: {self.path!r} holds no run (the folder does not exist)")
+            if not self.holds_run() and self._foreign():
+                raise FileNotFoundError(f"--resume: {self.path!r} holds no run (no config.json, no finished task)")
+        elif self.overwrite:
+            if exists and not self.holds_run() and self._foreign():
+                raise RunFolderError(f"--overwrite: {self.path!r} does not look like a run folder (it holds "
+                                     f"{', '.join(self._foreign()[:5])}); --overwrite deletes run folders only")
+        elif exists and (self.holds_run() or self._foreign()):
             raise FileExistsError(f"the run folder {self.path!r} exists and is not empty; pass --overwrite to replace "
                                   f"it or --resume to continue it")
-        if self.resume and not os.path.exists(os.path.join(self.path, "config.json")):
-            raise FileNotFoundError(f"--resume: {self.path!r} holds no run (no config.json)")
-        if exists and self.overwrite:
-            shutil.rmtree(self.path)
-        os.makedirs(os.path.join(self.path, "plots"), exist_ok=True)
-        os.makedirs(os.path.join(self.path, "checkpoints"), exist_ok=True)
+
+    def _leftovers(self) -> list:
+        """Temporary files and folders of a writer that stopped, and checkpoints without a seal (relative paths)."""
+        out = [n for n in self._entries() if _TEMP.match(n)]
+        out += [os.path.join("plots", n) for n in self._entries("plots") if _TEMP.match(n)]
+        seals = set(self._seals())
+        for n in self._entries("checkpoints"):
+            m = _CKPT.match(n)
+            if _TEMP.match(n) or (m and int(m.group(1)) not in seals):
+                out.append(os.path.join("checkpoints", n))
+        return out
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+
+    def _prepare(self) -> None:
+        """Under the lock: the mode's checks again (the folder may have changed since), then the repairs."""
+        self._check_mode()
+        if self.overwrite or not self.holds_run():
+            keep = {LOCK_NAME} | (set() if self.overwrite else set(self._foreign()))
+            removed = [n for n in self._entries() if n not in keep]
+            for n in removed:
+                self._remove(self.file(n))
+            if not self.overwrite and (self.resume or removed):
+                _say(self.path, "holds no run yet (no config.json, no finished task): starting it"
+                     + (f" (removed what an interrupted start left: {', '.join(removed)})" if removed else ""),
+                     self.notes)
+            return
+        leftovers = self._leftovers()
+        for rel in leftovers:
+            self._remove(self.file(rel))
+        if leftovers:
+            _say(self.path, f"removed what an interrupted writer left: {', '.join(leftovers)}", self.notes)
+        seals = self._seals()
+        orphans = [t for t in seals if not os.path.isdir(self._ckpt(t))]
+        for t in orphans:
+            os.unlink(self._ckpt(t) + ".json")
+        if orphans:
+            last = self.latest_checkpoint()
+            _say(self.path, ", ".join(f"checkpoints/task_{t}/" for t in orphans) + " missing though sealed (seal "
+                 "removed); " + (f"continuing from task {last}, the last complete one" if last is not None
+                    else "no complete checkpoint is left: starting from the first task"), self.notes)
+
+    # ----- the lock ----------------------------------------------------------------------------------------
+    def __enter__(self) -> "RunFolder":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> "RunFolder":
+        """Locks the folder for this process (creating it when missing) and makes it consistent (see the class);
+        nested calls count. :class:`RunFolderBusy` when another live process holds it."""
+        if self._depth:
+            self._depth += 1
+            return self
+        check_place(self.path)
+        self._check_mode()
+        if not os.path.isdir(self.path):
+            try:
+                os.makedirs(self.path)
+            except OSError as err:
+                raise RunFolderError(f"{self.path!r}: cannot create the run folder ({err.strerror})") from None
+            self._made = True
+        self._lock = _Lock(self.path, self.notes)
+        self._depth = 1
+        try:
+            self._prepare()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        """Unlocks the folder (after the last nested :meth:`acquire`); a folder this process made and left empty
+        is removed again."""
+        if not self._depth:
+            return
+        self._depth -= 1
+        if self._depth:
+            return
+        lock, self._lock = self._lock, None
+        lock.release()
+        if self._made and not os.listdir(self.path):
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass
+            self._made = False
+
+    @property
+    def locked(self) -> bool:
+        """Whether this object holds the folder's lock."""
+        return bool(self._depth)
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -138,21 +488,80 @@ class RunFolder:
 
     # ----- the configuration -----------------------------------------------------------------------------
     def write_config(self, config, seeds) -> str:
-        """``config.json`` (resolved config, versions, platform, hash) and ``seeds.json``; on resume, checks that
-        the folder's configuration is this one (``CheckpointError`` naming the file otherwise)."""
+        """``config.json`` (resolved config, versions, platform, the config's hash and the hash of the file's own
+        contents) and ``seeds.json``; returns the config's hash.
+
+        A folder that holds a run keeps its files: ``config.json`` is checked against this configuration and against
+        its own hash (a file edited by hand is refused naming the fields that differ), ``seeds.json`` against these
+        seeds; either one missing is written again (``config.json`` only when the folder's sealed checkpoints were
+        saved by this configuration). ``CheckpointError`` naming the file otherwise."""
         digest = config_hash(config)
-        if self.resume:
-            with open(self.file("config.json")) as f:
-                stored = json.load(f)
-            if stored.get("config_hash") != digest:
-                raise CheckpointError(f"{self.file('config.json')}: the folder holds a run of another configuration "
-                                      f"(hash {stored.get('config_hash')}, this one {digest}); resume it with its own "
-                                      f"configuration or start a new folder")
-            return digest
-        self.write_json("config.json", {"config": config, "config_hash": digest, "versions": _versions(),
-                                        "command": sys.argv})
-        self.write_json("seeds.json", list(seeds))
+        seeds = [int(s) for s in seeds]
+        path = self.file("config.json")
+        had_config = os.path.exists(path)
+        if had_config:
+            self._check_config(path, config, digest)
+        else:
+            seals = self._seals()
+            if seals:
+                meta = self._seal(seals[-1])
+                if meta.get("config_hash") != digest:
+                    raise CheckpointError(f"{self._ckpt(seals[-1])}.json: saved by a run of another configuration "
+                                          f"(hash {meta.get('config_hash')}, this run {digest}); config.json is "
+                                          f"missing, so it cannot be written again for this run")
+                _say(self.path, "config.json was missing: written again (this configuration is the one its "
+                     "checkpoints were saved with)", self.notes)
+            record = {"config": jsonable(config), "config_hash": digest, "versions": _versions(),
+                      "command": list(sys.argv)}
+            record["contents_hash"] = _contents_hash(record)
+            self.write_json("config.json", record)
+        path = self.file("seeds.json")
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    stored = json.load(f)
+            except (OSError, ValueError) as err:
+                raise CheckpointError(f"{path}: cannot read the seeds ({err})") from None
+            if stored != seeds:
+                raise CheckpointError(f"{path}: the folder's run has seeds {stored}, this run {seeds}")
+        else:
+            if had_config:
+                _say(self.path, "seeds.json was missing: written again", self.notes)
+            self.write_json("seeds.json", seeds)
         return digest
+
+    def _seal(self, task: int) -> dict:
+        try:
+            with open(self._ckpt(task) + ".json") as f:
+                return json.load(f)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{self._ckpt(task)}.json: cannot read the checkpoint's metadata ({err})") from None
+
+    def _check_config(self, path: str, config, digest: str) -> None:
+        try:
+            with open(path) as f:
+                stored = json.load(f)
+            if not isinstance(stored, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: cannot read the run's configuration ({err})") from None
+        diffs = _differences(stored.get("config"), jsonable(config))
+        listed = "; ".join(f"{k} ({a!r} in config.json, {b!r} in this run)" for k, a, b in diffs[:10])
+        if "contents_hash" in stored:
+            edited = stored["contents_hash"] != _contents_hash(stored)
+        else:   # written before config.json carried its own hash
+            edited = stored.get("config_hash") != _hash_of(stored.get("config"))
+        if edited:
+            raise CheckpointError(f"{path} was edited after the run wrote it (its contents no longer match their "
+                                  f"hash); " + (f"fields that differ from this run's configuration: {listed}" if diffs
+                                                else "its configuration equals this run's, so a field outside it, or "
+                                                     "the hash, was changed")
+                                  + "; restore the file, or start a new folder")
+        if stored.get("config_hash") != digest:
+            raise CheckpointError(f"{path}: the folder holds a run of another configuration (hash "
+                                  f"{stored.get('config_hash')}, this one {digest})"
+                                  + (f": {listed}" if listed else "")
+                                  + "; resume it with its own configuration or start a new folder")
 
     # ----- checkpoints -----------------------------------------------------------------------------------
     def _ckpt(self, task: int) -> str:
@@ -163,8 +572,11 @@ class RunFolder:
         import orbax.checkpoint as ocp
         leaves, treedef = jax.tree.flatten(tree)
         path = self._ckpt(task)
+        if os.path.exists(path + ".json"):   # unseal first: a checkpoint being replaced never counts half-written
+            os.unlink(path + ".json")
         if os.path.exists(path):
             shutil.rmtree(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(os.path.abspath(path), {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
         checkpointer.wait_until_finished()
@@ -175,9 +587,7 @@ class RunFolder:
 
     def latest_checkpoint(self) -> Optional[int]:
         """The last task whose checkpoint is complete (sealed), or None."""
-        folder = os.path.join(self.path, "checkpoints")
-        done = [int(n[len("task_"):-len(".json")]) for n in os.listdir(folder)
-                if n.startswith("task_") and n.endswith(".json")]
+        done = [t for t in self._seals() if os.path.isdir(self._ckpt(t))]
         return max(done) if done else None
 
     def restore_checkpoint(self, task: int, like, digest: str):
@@ -246,10 +656,10 @@ class RunFolder:
         for s in range(S):
             buf = io.StringIO()
             writer = csv.writer(buf)
-            writer.writerow(["after"] + [f"task_{j}" for j in range(T)])
+            writer.writerow(["after"] + [f"task_{j + 1}" for j in range(T)])
             writer.writerow(["untrained"] + [f"{v:.6f}" for v in baseline[s]])
             for i in range(T):
-                writer.writerow([f"task_{i}"] + [f"{v:.6f}" for v in R[s, i]])
+                writer.writerow([f"task_{i + 1}"] + [f"{v:.6f}" for v in R[s, i]])
             write_atomic(self.file(f"R_seed{seeds[s]}.csv"), buf.getvalue())
         stats = report.summary(R, baseline)
         self.write_json("summary.json", {"seeds": list(seeds), "metrics": stats,
@@ -286,6 +696,38 @@ def _programs(run: Run, devices: Optional[tuple] = None):
     return init, evaluate, step
 
 
+class _StopOnSignals:
+    """While active (in the main thread): the first SIGINT or SIGTERM asks the run to stop at its next safe point
+    (between tasks); a second one stops it at once."""
+
+    def __init__(self, total: int, path: str):
+        self.total, self.path, self.done, self.signum, self.previous = total, path, 0, None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise RunInterrupted(signum, self.done, self.total, self.path, immediate=True)
+        self.signum = signum
+        if sys.stderr.isatty():
+            print(f"\n{self.path}: stopping after the current task (again to stop at once)", file=sys.stderr,
+                  flush=True)
+
+    def check(self, done: int) -> None:
+        self.done = done
+        if self.signum is not None and done < self.total:
+            raise RunInterrupted(self.signum, done, self.total, self.path)
+
+
 def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None,
             progress: Optional[Callable] = None, label: str = "run", devices=None) -> RunResults:
     """Runs ``run`` for every seed at once (``jax.vmap``), one task at a time: checkpoints after every task, resumes
@@ -295,20 +737,31 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
     ``devices`` spreads the seeds over several devices (a count, or a sequence of devices; see
     :mod:`clloop_jax.sharding`); None runs them all on the default device. Results agree to float32 rounding.
 
+    With a ``folder``, the folder is locked for the whole run (:class:`RunFolder`), its configuration is checked or
+    written before anything is compiled, and SIGINT / SIGTERM (in the main thread) stop the run at the next safe
+    point, between tasks, raising :class:`RunInterrupted` (a second signal stops it at once; files stay whole).
+
     Returns :class:`RunResults` with a leading seed axis; writes the folder's result files and plots when done.
     ``progress(task_done, num_tasks)`` is called after each task.
     """
     seeds = [int(s) for s in seeds]
+    mesh = None if devices is None else tuple(batch_mesh(devices).devices.flat)
+    if folder is None:
+        return _execute(run, hp, seeds, None, config, progress, label, mesh, None)
+    with folder, _StopOnSignals(run.source.num_tasks, folder.path) as stop:
+        return _execute(run, hp, seeds, folder, config, progress, label, mesh, stop)
+
+
+def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     T = run.source.num_tasks
     tasks = run.source.tasks
-    mesh = None if devices is None else tuple(batch_mesh(devices).devices.flat)
-    init, evaluate, step = (functools.partial(f, tasks) for f in _programs(run, mesh))
-    state = init(keys, hp)
     digest = None
-    start, rows, traces = 0, [], []
     if folder is not None:
         digest = folder.write_config(config if config is not None else run.config, seeds)
+    init, evaluate, step = (functools.partial(f, tasks) for f in _programs(run, mesh))
+    state = init(keys, hp)
+    start, rows, traces = 0, [], []
     baseline = evaluate(state.params, keys, hp)
     if folder is not None and folder.resume:
         last = folder.latest_checkpoint()
@@ -324,6 +777,8 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
             traces = [jax.tree.map(lambda x: x[i], saved["traces"]) for i in range(last + 1)]
             start = last + 1
     for task in range(start, T):
+        if stop is not None:
+            stop.check(task)
         new_state, row, trace = step(state, keys, jnp.int32(task), hp)
         finite = np.asarray(trace["finite"])  # [S, E]
         if not finite.all():

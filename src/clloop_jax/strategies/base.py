@@ -146,8 +146,8 @@ def check_hparam(name: str, value, ok: Callable[[np.ndarray], np.ndarray], expec
     if arr is None:
         return
     if arr.size == 0 or not np.all(np.abs(arr) <= FLOAT32_MAX) or not np.all(ok(arr)):
-        hint = " (it overflows float32, the dtype hyperparameters are traced in)" if np.all(np.isfinite(arr)) \
-            and arr.size else ""
+        overflows = arr.size and np.all(np.isfinite(arr)) and not np.all(np.abs(arr) <= FLOAT32_MAX)
+        hint = " (it overflows float32, the dtype hyperparameters are traced in)" if overflows else ""
         raise ValueError(f"{name} must be {expected}, got {value!r}{hint}")
 
 

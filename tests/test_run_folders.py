@@ -1,0 +1,430 @@
+"""Run folders one can trust: one writer at a time (a lock naming its holder), files that are whole and consistent
+after any interruption, a configuration that cannot be edited behind the run's back, a clean stop on SIGINT and
+SIGTERM, and clean errors for an --out that cannot be a run folder."""
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from clloop_jax import cli
+from clloop_jax.runs import LOCK_NAME, RunFolder, RunFolderBusy, RunFolderError, RunInterrupted, resume_command
+from test_workflow import ROOT
+
+ARGS = ["--preset", "tiny", "--num-tasks", "3", "--quiet", "--no-cache"]
+TEMP_MARKERS = (".tmp", "orbax-checkpoint-tmp")
+
+
+def run(out, *extra):
+    """``clloop run`` in this process on the 3-task tiny run; returns (exit code, message)."""
+    try:
+        return cli.main(["run", *ARGS, "--out", str(out), *extra]), ""
+    except SystemExit as done:
+        return done.code, str(done.code)
+
+
+def files(folder):
+    """Every file of a run folder with its bytes, but the insides of orbax's checkpoint folders (which hold write
+    times); their arrays are compared by :func:`assert_same_run`."""
+    out = {}
+    for d, dirs, names in os.walk(folder):
+        rel = os.path.relpath(d, folder)
+        if rel.startswith(os.path.join("checkpoints", "task_")):
+            continue
+        for n in names:
+            with open(os.path.join(d, n), "rb") as f:
+                out[os.path.normpath(os.path.join(rel, n))] = f.read()
+        out.update({os.path.normpath(os.path.join(rel, n)) + "/": b"" for n in dirs})
+    return out
+
+
+def temporaries(folder):
+    return [os.path.join(d, n) for d, dirs, names in os.walk(folder) for n in dirs + names
+            if any(m in n for m in TEMP_MARKERS) or n == LOCK_NAME]
+
+
+def assert_same_run(folder, reference):
+    """Bitwise the same files (names and bytes) as ``reference``, no temporary file or lock left, and bitwise the
+    same arrays in the last checkpoint."""
+    assert temporaries(folder) == []
+    got, want = files(folder), files(reference)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name] == want[name], name
+    last = [RunFolder(f, resume=True).latest_checkpoint() for f in (folder, reference)]
+    assert last == [2, 2]
+    a, b = (RunFolder(f, resume=True).checkpoint_arrays(2) for f in (folder, reference))
+    assert len(a) == len(b) > 10
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: the result every interrupted and resumed run must equal."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert run(out) == (0, "")
+    return str(out)
+
+
+def copy_of(reference, tmp_path, name="run"):
+    out = str(tmp_path / name)
+    shutil.copytree(reference, out)
+    return out
+
+
+def remove(folder, *names):
+    for n in names:
+        path = os.path.join(folder, n)
+        shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+
+
+def half(folder, name, source=None, size=None):
+    """A temporary file as a writer killed during its write leaves it: ``size`` bytes (default half) of ``source``."""
+    data = open(os.path.join(folder, source), "rb").read() if source else b'{"half": '
+    with open(os.path.join(folder, name), "wb") as f:
+        f.write(data[: len(data) // 2 if size is None else size])
+
+
+# ----- the path given to --out ---------------------------------------------------------------------------------
+
+
+def test_an_out_that_cannot_be_a_run_folder_is_named_and_nothing_is_created(tmp_path, monkeypatch):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    code, message = run(a_file)
+    assert code != 0 and repr(str(a_file)) in message and "is a file, not a folder" in message
+    code, message = run(a_file / "sub" / "run")
+    assert repr(str(a_file)) in message and "is a file, so no folder can be made under it" in message
+    assert a_file.read_text() == "mine"
+    # A place without write permission (faked: the suite may run as root, who may write anywhere).
+    monkeypatch.setattr(os, "access", lambda path, mode: not str(path).startswith(str(tmp_path / "locked")))
+    (tmp_path / "locked").mkdir()
+    code, message = run(tmp_path / "locked" / "run")
+    assert repr(str(tmp_path / "locked")) in message and "permission denied" in message
+    monkeypatch.undo()
+    # A place where the folder cannot be made at all: the system's error, named.
+    def refuse(path, *a, **k):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(os, "makedirs", refuse)
+    code, message = run(tmp_path / "forbidden")
+    assert "forbidden" in message and "cannot create the run folder (Permission denied)" in message
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["locked", "notes.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_a_read_only_place_is_named(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    code, message = run(tmp_path / "ro" / "run")
+    assert "permission denied" in message and repr(str(tmp_path / "ro")) in message
+
+
+def test_a_validation_error_leaves_the_folder_as_it_was_found(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, message = run(out, "--devices", "5")
+    assert code != 0 and "--devices" in message and not out.exists()
+    out.mkdir()
+    code, message = run(out, "--devices", "5")
+    assert "--devices" in message and os.listdir(out) == []
+    # An out-of-range value is named with its range (the float32 hint only where float32 overflows).
+    for option, value, text in (("--learning-rate", "0", "learning_rate must be a finite number > 0, got 0.0"),
+                                ("--gamma", "2", "gamma must be in [0, 1], got 2.0"),
+                                ("--lam", "-1", "lam must be a finite number >= 0, got -1.0"),
+                                ("--lam", "1e39", "(it overflows float32")):
+        capsys.readouterr()
+        assert run(out, "--strategy", "online_ewc", option, value)[0] == 2
+        err = " ".join(capsys.readouterr().err.replace("│", " ").split())
+        assert text in err and ("overflow" in err) == ("e39" in value), err
+    assert os.listdir(out) == []
+
+
+# ----- the lock ------------------------------------------------------------------------------------------------
+
+
+def test_a_locked_folder_refuses_a_second_writer_naming_the_holder_and_is_left_untouched(tmp_path):
+    out = str(tmp_path / "run")
+    with RunFolder(out) as first:
+        assert first.locked
+        holder = json.load(open(os.path.join(out, LOCK_NAME)))
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        open(os.path.join(out, "config.json"), "w").write("{}")     # the first writer's work so far
+        before = files(out)
+        for mode in ({"overwrite": True}, {"resume": True}):
+            with pytest.raises(RunFolderBusy, match=rf"in use by another run \(PID {os.getpid()} on "
+                                                    rf"{socket.gethostname()}, started 20") as err:
+                RunFolder(out, **mode).acquire()
+            assert err.value.holder["pid"] == os.getpid()
+        assert files(out) == before                                  # --overwrite deleted nothing
+        # The command line says the same, without a traceback.
+        code, message = run(out, "--overwrite", "--lam", "10")
+        assert "is in use by another run (PID" in message
+    assert not first.locked and LOCK_NAME not in os.listdir(out)     # released: the lock file goes with it
+
+
+def test_a_dead_writers_lock_is_taken_over_and_another_hosts_is_not(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                             "started": "2025-01-01T00:00:00", "command": ["clloop", "run"]}))
+    with RunFolder(str(out)) as folder:
+        assert json.load(open(out / LOCK_NAME))["pid"] == os.getpid()
+    assert f"took over the lock of a run that ended without releasing it (PID {dead.pid}" in folder.notes[0]
+    assert "took over the lock" in capsys.readouterr().err
+    (out / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "x"}))
+    with pytest.raises(RunFolderBusy, match="on elsewhere.*delete .*\\.lock"):
+        RunFolder(str(out)).acquire()
+
+
+def test_a_second_writer_started_during_a_run_is_refused_and_the_first_ends_intact(reference, tmp_path,
+                                                                                    monkeypatch):
+    """`--overwrite --lam 10` and a concurrent `--resume`, started while a run is between its tasks, are refused
+    naming the running process; the running one ends with bitwise the files of an undisturbed run."""
+    out = str(tmp_path / "run")
+    refusals = []
+    save = RunFolder.save_checkpoint
+
+    def save_then_intrude(self, task, tree, digest):
+        path = save(self, task, tree, digest)
+        if task == 0:
+            refusals.append(run(out, "--overwrite", "--lam", "10"))
+            refusals.append(run(out, "--resume"))
+        return path
+    monkeypatch.setattr(RunFolder, "save_checkpoint", save_then_intrude)
+    assert run(out) == (0, "")
+    assert len(refusals) == 2
+    for code, message in refusals:
+        assert f"is in use by another run (PID {os.getpid()}" in message
+    assert json.load(open(os.path.join(out, "config.json")))["config"]["train"]["lam"] is None
+    assert_same_run(out, reference)
+
+
+# ----- interrupted writes, then --resume -----------------------------------------------------------------------
+
+RESULTS = ("traces.jsonl", "R_seed0.csv", "R_seed1.csv", "summary.md", "summary.json", "plots")
+
+
+def killed_writing_config(d):
+    remove(d, *os.listdir(d))
+    half(d, ".config.json.tmp99999")
+
+
+def killed_writing_seeds(d):
+    remove(d, *[n for n in os.listdir(d) if n != "config.json"])
+    half(d, ".seeds.json.tmp99999")
+
+
+def seeds_lost_after_checkpoints(d):                 # the state a kill while seeds.json was written used to leave
+    remove(d, "seeds.json")
+    half(d, ".seeds.json.tmp99999")
+
+
+def config_lost_after_checkpoints(d):
+    remove(d, "config.json")
+
+
+def killed_writing_a_checkpoint(d):
+    remove(d, *RESULTS, "checkpoints/task_1.json", "checkpoints/task_2", "checkpoints/task_2.json")
+    os.rename(os.path.join(d, "checkpoints/task_1"), os.path.join(d, "checkpoints/task_1.orbax-checkpoint-tmp-17"))
+
+
+def killed_writing_a_seal(d):
+    remove(d, *RESULTS, "checkpoints/task_2.json")
+    half(d, "checkpoints/.task_2.json.tmp99999", "checkpoints/task_1.json")
+
+
+def killed_writing_traces(d):
+    remove(d, *RESULTS)
+    half(d, ".traces.jsonl.tmp99999", size=0)
+
+
+def killed_writing_a_csv(d):
+    remove(d, "R_seed1.csv", "summary.md", "summary.json", "plots")
+    half(d, ".R_seed1.csv.tmp99999", "R_seed0.csv")
+
+
+def killed_writing_a_plot(d):
+    remove(d, "plots/scores.png", "plots/divergence.png")
+    half(d, "plots/scores.png.tmp.png", "plots/matrix.png")
+
+
+def checkpoint_folder_deleted(d):
+    remove(d, "checkpoints/task_2", "summary.json")
+
+
+SCENARIOS = {
+    "config.json": (killed_writing_config, "holds no run yet"),
+    "seeds.json": (killed_writing_seeds, "removed what an interrupted writer left: .seeds.json.tmp99999"),
+    "seeds.json after checkpoints": (seeds_lost_after_checkpoints, "seeds.json was missing: written again"),
+    "config.json after checkpoints": (config_lost_after_checkpoints, "config.json was missing: written again"),
+    "a checkpoint": (killed_writing_a_checkpoint, "checkpoints/task_1.orbax-checkpoint-tmp-17"),
+    "a checkpoint's seal": (killed_writing_a_seal, "checkpoints/.task_2.json.tmp99999, checkpoints/task_2"),
+    "traces.jsonl": (killed_writing_traces, ".traces.jsonl.tmp99999"),
+    "a CSV": (killed_writing_a_csv, ".R_seed1.csv.tmp99999"),
+    "a plot": (killed_writing_a_plot, "plots/scores.png.tmp.png"),
+    "a deleted checkpoint folder": (checkpoint_folder_deleted, "checkpoints/task_2/ missing though sealed (seal "
+                                    "removed); continuing from task 1, the last complete one"),
+}
+
+
+@pytest.mark.parametrize("where", list(SCENARIOS))
+def test_resume_after_a_kill_during_a_write_gives_the_uninterrupted_files(where, reference, tmp_path, capsys):
+    """The folder a kill during each write leaves (the temporary file half-written, the target missing), resumed:
+    every file bitwise as in an uninterrupted run, no temporary file left, and the repair named on stderr."""
+    break_it, message = SCENARIOS[where]
+    out = copy_of(reference, tmp_path)
+    break_it(out)
+    capsys.readouterr()
+    assert run(out, "--resume") == (0, "")
+    assert message in capsys.readouterr().err
+    assert_same_run(out, reference)
+
+
+def test_a_folder_stopped_before_its_configuration_is_reused_by_a_plain_run(reference, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    os.makedirs(os.path.join(out, "plots"))
+    os.makedirs(os.path.join(out, "checkpoints", "task_0"))       # unsealed: no run yet
+    half(out, ".config.json.tmp4242")
+    capsys.readouterr()
+    assert run(out) == (0, "")
+    assert "holds no run yet (no config.json, no finished task): starting it (removed what an interrupted start " \
+           "left: .config.json.tmp4242, checkpoints, plots)" in capsys.readouterr().err
+    assert_same_run(out, reference)
+
+
+def test_a_folder_holding_other_files_is_neither_reused_nor_overwritten(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("keep")
+    assert "exists and is not empty" in run(out)[1]
+    assert "holds no run" in run(out, "--resume")[1]
+    assert "does not look like a run folder (it holds thesis.tex)" in run(out, "--overwrite")[1]
+    assert os.listdir(out) == ["thesis.tex"]
+
+
+# ----- the configuration's own hash ----------------------------------------------------------------------------
+
+
+def test_an_edited_config_is_refused_naming_the_fields(reference, tmp_path):
+    out = copy_of(reference, tmp_path)
+    path = os.path.join(out, "config.json")
+    record = json.load(open(path))
+    record["config"]["model"]["hidden_dim"] = 64
+    record["config"]["train"]["strategy"] = "si"                   # the hashes kept
+    json.dump(record, open(path, "w"), indent=1)
+    before = files(out)
+    code, message = run(out, "--resume")
+    assert "config.json was edited after the run wrote it" in message
+    assert "model.hidden_dim (64 in config.json, 8 in this run)" in message
+    assert "train.strategy ('si' in config.json, 'ewc' in this run)" in message
+    assert files(out) == before and temporaries(out) == []
+    # Not edited, but another configuration: refused naming what differs.
+    out = copy_of(reference, tmp_path, "other")
+    code, message = run(out, "--resume", "--lam", "10")
+    assert "holds a run of another configuration" in message and "train.lam (None in config.json, 10.0 in this run)" \
+        in message
+
+
+# ----- signals -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_between_tasks_with_one_line_and_the_resume_command(signum, code, reference, tmp_path,
+                                                                          monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    save = RunFolder.save_checkpoint
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+    def save_then_signal(self, task, tree, digest):
+        path = save(self, task, tree, digest)
+        if task == 0:
+            signal.raise_signal(signum)
+        return path
+    monkeypatch.setattr(RunFolder, "save_checkpoint", save_then_signal)
+    capsys.readouterr()
+    assert run(out) == (code, "")
+    err = capsys.readouterr().err.strip().splitlines()
+    command = f"clloop run {' '.join(ARGS)} --out {out} --resume"
+    assert err == [f"stopped after task 1 of 3; resume with: {command}"]
+    assert RunFolder(out, resume=True).latest_checkpoint() == 0 and temporaries(out) == []
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers   # restored
+    monkeypatch.undo()
+    assert cli.main(shlex.split(command)[1:]) == 0
+    assert_same_run(out, reference)
+
+
+def test_run_interrupted_and_the_resume_command():
+    err = RunInterrupted(signal.SIGINT, 3, 6, "D")
+    assert (str(err), err.exit_code) == ("stopped after task 3 of 6", 130)
+    assert str(RunInterrupted(signal.SIGTERM, 0, 6, "D")) == "stopped before task 1 of 6 was done"
+    assert resume_command("clloop", ["run", "--out", "my runs/a", "--overwrite"]) == \
+        "clloop run --out 'my runs/a' --resume"
+    assert isinstance(RunFolderBusy("x", {}), RunFolderError) and isinstance(RunFolderError("x"), ValueError)
+
+
+# ----- real processes (slow) -----------------------------------------------------------------------------------
+
+
+def clloop(out, *extra):
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    return subprocess.Popen([sys.executable, "-m", "clloop_jax", "run", *ARGS[:-1], "--out", str(out), *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, proc, timeout=600):
+    end = time.time() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < end
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_two_processes_one_folder_and_real_signals(tmp_path):
+    """Real processes: a second writer (--overwrite --lam 10) and a concurrent --resume are refused naming the
+    first's PID; the first ends as an undisturbed run. SIGINT and SIGTERM sent after the first task stop the run
+    with one line and 130 / 143, and the printed command resumes it to the first run's files (this process's runs
+    are compiled with other XLA settings, see conftest.py, so they are not the reference here)."""
+    out = tmp_path / "run"
+    first = clloop(out)
+    wait_for(out / "checkpoints" / "task_0.json", first)
+    first.send_signal(signal.SIGSTOP)          # held between its tasks while the others try (it keeps its lock)
+    try:
+        for extra in (["--overwrite", "--lam", "10"], ["--resume"]):
+            second = clloop(out, *extra)
+            _, err = second.communicate()
+            assert second.returncode == 1 and f"is in use by another run (PID {first.pid}" in err, err
+            assert "Traceback" not in err
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait() == 0, first.communicate()
+    assert json.load(open(out / "config.json"))["config"]["train"]["lam"] is None
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        stopped = tmp_path / f"stopped{signum}"
+        proc = clloop(stopped)
+        wait_for(stopped / "checkpoints" / "task_0.json", proc)
+        proc.send_signal(signal.SIGSTOP)       # so that the signal arrives before the last task is done
+        proc.send_signal(signum)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate()
+        assert proc.returncode == code, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and re.match(r"stopped after task [12] of 3; resume with: clloop run ", lines[0]) and \
+            lines[0].endswith(f"--out {stopped} --resume"), err
+        resumed = subprocess.run(shlex.split(lines[0].split("resume with: ")[1].replace("clloop", sys.executable
+                                 + " -m clloop_jax", 1)), cwd=ROOT, capture_output=True,
+                                 env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src")))
+        assert resumed.returncode == 0, resumed.stderr
+        for name in ("traces.jsonl", "R_seed0.csv", "R_seed1.csv", "summary.json", "seeds.json"):
+            assert open(stopped / name).read() == open(out / name).read(), name   # compiled alike: bitwise
+        assert temporaries(stopped) == []
