@@ -182,6 +182,19 @@ def test_bad_configuration_is_rejected_eagerly():
         loop.continual_learning_cycle(num_tasks=2, episodes_per_task=1.5)
 
 
+def test_more_tasks_than_the_world_has_are_refused_naming_both_numbers():
+    from clloop_jax.sources import EnvSource
+    model, env = tiny_world()
+    assert env.num_tasks == NUM_TASKS == 3
+    loop = ContinualLearningLoop(model, env)
+    more = r"num_tasks=5 is more than the 3 tasks of the world LatentWorld \(its num_tasks=3\)"
+    with pytest.raises(ValueError, match=more):
+        loop.continual_learning_cycle(num_tasks=5)
+    with pytest.raises(ValueError, match=more):
+        EnvSource(model, env, num_tasks=5)
+    assert EnvSource(model, env, num_tasks=3).tasks.task_id.shape == (3,)  # as many as it has, or fewer: accepted
+
+
 def test_verbose_cycle_announces_compilation_once_then_numbers_tasks_and_prints_the_tables_once(cycled, monkeypatch):
     from clloop_jax import facade
 

@@ -187,7 +187,7 @@ class EnvSource:
         if self.objective is not None and not callable(self.objective):
             raise TypeError(f"objective must be a callable (params, trajectory, hparams) -> (loss, aux), "
                             f"got {type(self.objective).__name__}")
-        check_world(self.env, needs_episode_length=self.num_steps is None)
+        check_world(self.env, num_tasks=self.num_tasks, needs_episode_length=self.num_steps is None)
         object.__setattr__(self, "model", pair_with_env(self.model, self.env))
         check_model_matches_env(self.model, self.env)
         if self.num_steps is None:
