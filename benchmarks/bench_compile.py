@@ -38,7 +38,7 @@ def child(tasks: int, program: str, cache: str | None) -> dict:
 
     if cache:
         enable_compilation_cache(cache)
-    env = Environment(observation_dim=64, action_dim=32, num_modalities=2)
+    env = Environment(observation_dim=64, action_dim=32, num_modalities=2, num_tasks=tasks)
     model = CrossModalModel(input_dim=64, hidden_dim=64, output_dim=32, num_modalities=2)
     run = make_run(RunConfig(strategy="ewc", episodes_per_task=5), EnvSource(model, env, num_tasks=tasks, num_envs=8))
     hp = run.hparams(learning_rate=1e-3, lam=1.0, feedback_weight=0.3)

@@ -28,7 +28,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     enable_compilation_cache(enabled=not args.no_cache)
 
-    environment = Environment(observation_dim=64, action_dim=32, num_modalities=2)
+    environment = Environment(observation_dim=64, action_dim=32, num_modalities=2, num_tasks=args.tasks)
     model = CrossModalModel(input_dim=64, hidden_dim=64, output_dim=32, num_modalities=2)
 
     print(f"An agent learns {args.tasks} tasks one after the other in a closed loop, first by plain fine-tuning, "

@@ -147,6 +147,30 @@ def test_train_step_refuses_non_finite_input_and_divergence(cycled):
     assert len(before) == len(jax.tree.leaves(wild.params))
 
 
+def test_train_step_refuses_what_is_not_a_real_array_naming_the_argument(cycled):
+    loop, _, _ = cycled
+    obs, target, fb = np.zeros((2, 8)), np.zeros((4,)), np.zeros((loop.model.feedback_dim,))
+    ragged = [[0.0] * 8, [0.0] * 7]
+    for bad, hint in (("abc", r"got str"), (None, r"got None"), (ragged, r"rectangular array of numbers"),
+                      (np.ones((2, 8), np.complex64), r"dtype is complex64"), (np.ones((2, 8), bool), r"dtype is bool")):
+        for name, call in (("observations", lambda: loop.train_step(bad, target, fb)),
+                           ("target", lambda: loop.train_step(obs, bad if not isinstance(bad, np.ndarray)
+                                                               else bad[0, :4], fb)),
+                           ("feedback", lambda: loop.train_step(obs, target, bad if not isinstance(bad, np.ndarray)
+                                                                 else bad[0, :fb.shape[0]]))):
+            if name == "feedback" and bad is None:
+                continue                                              # None feedback means zeros
+            with pytest.raises(TypeError, match=rf"^{name} must be a real numeric array.*{hint}"):
+                call()
+    with pytest.raises(TypeError, match=r"^observations must be a real numeric array"):
+        loop.act(np.ones((2, 8), np.complex64))
+    # Integers are numbers: taken as the same values in float32 (as documented), so the step equals the float one.
+    floats, ints = (ContinualLearningLoop(*tiny_world()) for _ in range(2))
+    assert floats.train_step(np.arange(16.0).reshape(2, 8), np.ones(4)) == \
+        ints.train_step(np.arange(16).reshape(2, 8), np.ones(4, np.int32))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(floats.params), jax.tree.leaves(ints.params)))
+
+
 def test_train_step_rejects_bad_shapes(cycled):
     loop, _, _ = cycled
     with pytest.raises(ValueError, match="observations"):
@@ -180,6 +204,19 @@ def test_bad_configuration_is_rejected_eagerly():
         loop.continual_learning_cycle(num_tasks=0)
     with pytest.raises(ValueError, match="episodes_per_task"):
         loop.continual_learning_cycle(num_tasks=2, episodes_per_task=1.5)
+
+
+def test_more_tasks_than_the_world_has_are_refused_naming_both_numbers():
+    from clloop_jax.sources import EnvSource
+    model, env = tiny_world()
+    assert env.num_tasks == NUM_TASKS == 3
+    loop = ContinualLearningLoop(model, env)
+    more = r"num_tasks=5 is more than the 3 tasks of the world LatentWorld \(its num_tasks=3\)"
+    with pytest.raises(ValueError, match=more):
+        loop.continual_learning_cycle(num_tasks=5)
+    with pytest.raises(ValueError, match=more):
+        EnvSource(model, env, num_tasks=5)
+    assert EnvSource(model, env, num_tasks=3).tasks.task_id.shape == (3,)  # as many as it has, or fewer: accepted
 
 
 def test_verbose_cycle_announces_compilation_once_then_numbers_tasks_and_prints_the_tables_once(cycled, monkeypatch):

@@ -349,8 +349,10 @@ CASES = [
     Case("Run.train_task", "state", st.one_of(GARBAGE, NONE, st.integers()),
          lambda v: tiny_run()[0].train_task(v, jax.random.key(0), 0, tiny_run()[1])),
     # sources
+    Case("EnvSource", "num_tasks", bounded_count(1, ENV.num_tasks),  # no more tasks than the world has
+         lambda v: SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, num_tasks=v)),
     *[Case("EnvSource", name, count(1), lambda v, name=name: SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, **{name: v}))
-      for name in ("num_tasks", "num_envs", "eval_envs")],
+      for name in ("num_envs", "eval_envs")],
     Case("EnvSource", "num_steps", count(1, allow_none=True),
          lambda v: SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, num_steps=v)),
     Case("EnvSource", "sigma", number(0, open_lo=True), lambda v: SRC.EnvSource(SMALL_CLOSED_MODEL, ENV, sigma=v)),

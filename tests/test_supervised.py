@@ -280,3 +280,15 @@ def test_bad_configuration_is_rejected_naming_the_field(streams):
     with pytest.raises(ValueError, match="output_dim"):
         MLP(output_dim=0)
     assert SupervisedSource(model, stream).fisher_size == min(256, n_train)
+
+
+def test_a_stream_of_no_tasks_is_refused_naming_the_stream(streams):
+    stream = streams["class"]
+    model = MLP(output_dim=stream.num_classes, hidden=(4,))
+    empty = jax.tree.map(lambda a: a[:0], stream)                    # what slicing a stream past its end gives
+    assert empty.num_tasks == 0
+    for batch_size in (8, 128):                                      # before any size is compared with the task's
+        with pytest.raises(ValueError, match=r"stream must hold at least one task, got a split TaskStream of 0 "
+                                             r"tasks \(x of shape \(0, \d+, 64\)\)"):
+            SupervisedSource(model, empty, batch_size=batch_size)
+    assert SupervisedSource(model, jax.tree.map(lambda a: a[:1], stream), batch_size=8).stream.num_tasks == 1

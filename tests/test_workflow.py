@@ -1,4 +1,5 @@
 """The research workflow: typed configs and the command line, run folders, plots, checkpoints, resume, the NaN alarm."""
+import argparse
 import contextlib
 import dataclasses
 import importlib
@@ -203,6 +204,56 @@ def test_the_library_checks_what_the_configuration_cannot(tmp_path):
     with pytest.raises(SystemExit, match="monitors"):
         cli.main(["run", "--preset", "tiny", "--out", str(out), "--monitors", "parameter", "nonsense", "--quiet"])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("strategy, option, value, has", [
+    ("ewc", "--gamma", "0.5", "it has lam"),                      # only online_ewc and ewc_budget have gamma
+    ("none", "--lam", "5", "it has neither lam nor gamma"),
+    ("replay", "--lam", "2", "it has neither lam nor gamma"),
+])
+def test_an_option_the_strategy_does_not_use_is_refused_naming_both(strategy, option, value, has, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as err:
+        cli.main(["run", "--preset", "tiny", "--out", str(out), "--strategy", strategy, option, value, "--quiet"])
+    message = str(err.value.code)
+    assert f"{option} {float(value)!r}) is not used by the strategy {strategy!r} ({has})" in message, message
+    assert not out.exists()                                         # refused before the folder is made
+    # Unset, the same strategies build with their defaults; online_ewc takes the given gamma, 0.9 otherwise.
+    exp = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, strategy=strategy))
+    assert exp.train.gamma is None and exp.train.lam is None
+    exp.build()
+    for gamma, expected in ((None, 0.9), (0.5, 0.5)):
+        online = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, strategy="online_ewc", gamma=gamma))
+        assert float(online.build()[1].strategy.gamma) == pytest.approx(expected)
+
+
+def test_compare_gives_one_gamma_to_the_strategies_that_have_it_and_refuses_lam(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    class Enough(Exception):
+        pass
+
+    def record(args, label=None):
+        seen[label] = args.experiment.train
+        if len(seen) == 2:
+            raise Enough
+        return argparse.Namespace(R=np.zeros((2, 2, 2)), baseline=np.zeros((2, 2)))
+    monkeypatch.setattr(cli, "run_command", record)
+    args = dict(out=str(tmp_path / "cmp"), experiment=dataclasses.replace(
+        TINY, train=dataclasses.replace(TINY.train, gamma=0.5)))
+    with pytest.raises(Enough):
+        cli.compare_command(cli.CompareArgs(strategies="none,online_ewc:2", **args))
+    assert (seen["none"].gamma, seen["online_ewc"].gamma, seen["online_ewc"].lam) == (None, 0.5, 2.0)
+    assert capsys.readouterr().out.startswith("--gamma 0.5 applies to online_ewc only (the others have no gamma)\n")
+    with pytest.raises(ValueError, match=r"--gamma 0\.5 is used by none of the strategies none, ewc"):
+        cli.compare_command(cli.CompareArgs(strategies="none,ewc", **args))
+    with pytest.raises(ValueError, match=r"--lam 5\.0: compare takes each strategy's strength in --strategies "
+                                         r"NAME:LAMBDA \(for example ewc:5\)"):
+        cli.compare_command(cli.CompareArgs(strategies="none,ewc", out=args["out"], experiment=dataclasses.replace(
+            TINY, train=dataclasses.replace(TINY.train, lam=5.0))))
+    with pytest.raises(ValueError, match=r"train\.lam \(--lam 3\.0\) is not used by the strategy 'none'"):
+        cli.compare_command(cli.CompareArgs(strategies="none:3,ewc", out=args["out"], experiment=TINY))
+    assert not (tmp_path / "cmp").exists()
 
 
 @pytest.mark.parametrize("loader, module, package", [

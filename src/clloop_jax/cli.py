@@ -172,7 +172,22 @@ def compare_command(args: CompareArgs):
     from clloop_jax.strategies import get_strategy
     strategies = _parse_strategies(args.strategies)
     base = args.experiment
-    experiments = {name: base.with_strategy(name, lam) for name, lam in strategies}  # every one checked first
+    if base.train.lam is not None:
+        raise ValueError(f"--lam {base.train.lam!r}: compare takes each strategy's strength in --strategies "
+                         f"NAME:LAMBDA (for example ewc:{base.train.lam:g})")
+    experiments = {name: base.with_strategy(name, lam) for name, lam in strategies}
+    gamma = base.train.gamma
+    if gamma is not None:  # one --gamma for every strategy: it reaches those that have one
+        takers = [name for name in experiments if "gamma" in get_strategy(name).hparams._fields]
+        if not takers:
+            raise ValueError(f"--gamma {gamma!r} is used by none of the strategies {', '.join(experiments)} "
+                             f"(online_ewc and ewc_budget have it); leave it unset")
+        experiments = {name: e if name in takers else dataclasses.replace(
+            e, train=dataclasses.replace(e.train, gamma=None)) for name, e in experiments.items()}
+        if not args.quiet:
+            print(f"--gamma {gamma:g} applies to {', '.join(takers)} only (the others have no gamma)", flush=True)
+    for experiment in experiments.values():  # every one checked first
+        experiment.train.check_strategy_options()
     if os.path.isdir(args.out) and os.listdir(args.out) and not (args.overwrite or args.resume):
         raise FileExistsError(f"the folder {args.out!r} exists and is not empty; pass --overwrite or --resume")
     results = {}

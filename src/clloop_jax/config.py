@@ -24,10 +24,13 @@ if TYPE_CHECKING:  # annotations only: importing these loads JAX
     from clloop_jax.loop import HParams, Run
 
 __all__ = ["WorldConfig", "ModelConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "DEFAULT_LAMBDA",
-           "STRATEGY_NAMES", "FISHER_VARIANTS", "describe_preset"]
+           "DEFAULT_GAMMA", "STRATEGY_NAMES", "FISHER_VARIANTS", "describe_preset"]
 
 #: Penalty strength per strategy in the default world (chosen on seed 0 of a shorter run; README, "Results").
 DEFAULT_LAMBDA = {"none": 0.0, "l2": 0.3, "ewc": 3.0, "online_ewc": 3.0, "si": 30.0, "mas": 1.0, "ewc_budget": 3.0}
+
+#: The decay of the running importance (``gamma``) of online_ewc and ewc_budget when it is not given.
+DEFAULT_GAMMA = 0.9
 
 #: The built-in strategies by name: :func:`clloop_jax.strategies.registered` before anything else is registered,
 #: known here without importing JAX. A strategy registered later (:func:`clloop_jax.strategies.register`) is accepted
@@ -120,9 +123,11 @@ class TrainConfig:
     learning_rate: float = 1e-3
     """the optimizer's (Adam's) learning rate (> 0)"""
     lam: Optional[float] = None
-    """penalty strength (>= 0); unset: the strategy's default (l2 0.3, ewc 3, online_ewc 3, si 30, mas 1, ewc_budget 3)"""
-    gamma: float = 0.9
-    """decay of the running importance, in [0, 1]; used by online_ewc and ewc_budget only"""
+    """penalty strength (>= 0), for the strategies that have one (refused for the others); unset: the strategy's
+    default (l2 0.3, ewc 3, online_ewc 3, si 30, mas 1, ewc_budget 3)"""
+    gamma: Optional[float] = None
+    """decay of the running importance, in [0, 1]; used by online_ewc and ewc_budget only (refused for the other
+    strategies); unset: 0.9"""
     feedback_weight: float = 0.3
     """scale of the world's feedback (reward, previous action) the agent sees (>= 0)"""
     fisher_variant: str = "sampled"
@@ -142,7 +147,8 @@ class TrainConfig:
         _number("train", "learning_rate", self.learning_rate, 0, open_low=True)
         if self.lam is not None:
             _number("train", "lam", self.lam, 0)
-        _number("train", "gamma", self.gamma, 0, 1)
+        if self.gamma is not None:
+            _number("train", "gamma", self.gamma, 0, 1)
         _number("train", "feedback_weight", self.feedback_weight, 0)
         if self.fisher_variant not in FISHER_VARIANTS:
             raise ValueError(f"train.fisher_variant must be one of {list(FISHER_VARIANTS)}, got {self.fisher_variant!r}")
@@ -154,6 +160,23 @@ class TrainConfig:
     @property
     def strength(self) -> float:
         return DEFAULT_LAMBDA.get(self.strategy, 1.0) if self.lam is None else self.lam
+
+    @property
+    def decay(self) -> float:
+        """``gamma``, or its default when unset."""
+        return DEFAULT_GAMMA if self.gamma is None else self.gamma
+
+    def check_strategy_options(self) -> None:
+        """``ValueError`` when ``lam`` or ``gamma`` is set and the strategy has no such hyperparameter (it would be
+        recorded as if used). Looks the strategy up in the registry, which imports JAX."""
+        from clloop_jax.strategies import get_strategy
+        fields = get_strategy(self.strategy).hparams._fields
+        for name in ("lam", "gamma"):
+            if getattr(self, name) is not None and name not in fields:
+                has = ", ".join(f for f in ("lam", "gamma") if f in fields)
+                raise ValueError(f"train.{name} (--{name} {getattr(self, name)!r}) is not used by the strategy "
+                                 f"{self.strategy!r} ({f'it has {has}' if has else 'it has neither lam nor gamma'}"
+                                 f"); leave it unset")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +204,7 @@ class ExperimentConfig:
         from clloop_jax.loop import RunConfig, make_run
         from clloop_jax.model import CrossModalModel
         from clloop_jax.sources import EnvSource
+        self.train.check_strategy_options()
         env = self.world.make()
         model = CrossModalModel(input_dim=self.world.observation_dim, hidden_dim=self.model.hidden_dim,
                                 output_dim=self.world.action_dim, num_modalities=self.world.num_modalities,
@@ -191,7 +215,7 @@ class ExperimentConfig:
         source = EnvSource(model, env, num_tasks=self.world.num_tasks, num_envs=self.train.num_envs)
         run = make_run(config, source)
         names = run.hparams().names()
-        own = {k: v for k, v in (("lam", t.strength), ("gamma", t.gamma)) if k in names}
+        own = {k: v for k, v in (("lam", t.strength), ("gamma", t.decay)) if k in names}
         return run, run.hparams(learning_rate=t.learning_rate, feedback_weight=t.feedback_weight, **own)
 
 

@@ -24,7 +24,7 @@ from clloop_jax.envs.rollout import Trajectory
 from clloop_jax.strategies import get_strategy
 from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax.envs.base import check_world
-from clloop_jax.validation import check_bool, check_callable, check_float, check_seed
+from clloop_jax.validation import check_array, check_bool, check_callable, check_float, check_seed
 from clloop_jax.loop import _Program, DivergenceError, HParams, RunConfig, TrainState, check_finite, make_run
 from clloop_jax.sources import EnvSource, check_model_matches_env, imitation_loss, pair_with_env, squared_error
 
@@ -225,12 +225,15 @@ class ContinualLearningLoop:
         with ``output_dim`` last; ``feedback``: the same leading axes with ``feedback_dim`` last (zeros if None).
         The step is the run's own update (same optimizer, clipping and strategy penalty, so after a cycle the
         consolidated tasks stay protected); the loss returned is the objective plus the penalty. Non-finite inputs
-        are refused; a step that would make the parameters non-finite raises and leaves them unchanged.
+        are refused; a step that would make the parameters non-finite raises and leaves them unchanged. Each input
+        is a real numeric array (or a nested list of numbers): integer values are converted to float32 (``3`` is
+        taken as ``3.0``); strings, ``None`` (but for ``feedback``), ragged lists and boolean or complex values are
+        refused naming the argument.
         """
         obs, feedback = self._check_inputs(observations, feedback, ranks=(2, 3, 4),
                                            shapes="[M, D], [B, M, D] or [T, B, M, D]")
         lead = obs.shape[:-2]
-        target = jnp.asarray(target, jnp.float32)
+        target = jnp.asarray(check_array("target", target), jnp.float32)
         if target.shape != lead + (self.model.output_dim,):
             raise ValueError(f"target must have shape {lead + (self.model.output_dim,)} for observations of shape "
                              f"{obs.shape}, got {target.shape}")
@@ -257,7 +260,7 @@ class ContinualLearningLoop:
 
     def _check_inputs(self, observations, feedback, ranks, shapes):
         """``(obs, feedback)`` as float32 arrays of matching leading axes (zero feedback if None), checked."""
-        obs = jnp.asarray(observations, jnp.float32)
+        obs = jnp.asarray(check_array("observations", observations), jnp.float32)  # real numbers (ints become floats)
         M, dims = self.model.num_modalities, tuple(self.model.modality_dims)
         if len(set(dims)) != 1:
             raise ValueError(f"observations must be one array [..., M, D], which needs equal modality sizes; the "
@@ -268,7 +271,7 @@ class ContinualLearningLoop:
         lead = obs.shape[:-2]
         if feedback is None:
             feedback = jnp.zeros(lead + (self.model.feedback_dim,), jnp.float32)
-        feedback = jnp.asarray(feedback, jnp.float32)
+        feedback = jnp.asarray(check_array("feedback", feedback), jnp.float32)
         if feedback.shape != lead + (self.model.feedback_dim,):
             raise ValueError(f"feedback must have shape {lead + (self.model.feedback_dim,)}, got {feedback.shape}")
         for name, x in (("observations", obs), ("feedback", feedback)):
@@ -289,6 +292,7 @@ class ContinualLearningLoop:
         ``self.model.apply(self.params, internal_state, observations, feedback)`` with its pair swapped. Pass the
         returned state back in to step through a sequence. The result carries no gradient of the loop's training;
         a custom loss trains through ``loss_fn=`` or ``objective=`` (see ``docs/guides/description.md``).
+        ``observations`` and ``feedback`` are checked as in :meth:`train_step` (integer values become float32).
         """
         obs, feedback = self._check_inputs(observations, feedback, ranks=(2, 3), shapes="[M, D] or [B, M, D]")
         lead = obs.shape[:-2]

@@ -187,7 +187,7 @@ class EnvSource:
         if self.objective is not None and not callable(self.objective):
             raise TypeError(f"objective must be a callable (params, trajectory, hparams) -> (loss, aux), "
                             f"got {type(self.objective).__name__}")
-        check_world(self.env, needs_episode_length=self.num_steps is None)
+        check_world(self.env, num_tasks=self.num_tasks, needs_episode_length=self.num_steps is None)
         object.__setattr__(self, "model", pair_with_env(self.model, self.env))
         check_model_matches_env(self.model, self.env)
         if self.num_steps is None:
@@ -340,6 +340,9 @@ class SupervisedSource:
         check_methods("model", self.model, ["init", "apply"], example="MLP(output_dim=10)")
         if not isinstance(self.stream, data_lib.TaskStream):
             raise ValueError(f"stream must be a clloop_jax.datasets.TaskStream, got {type(self.stream).__name__}")
+        if self.stream.num_tasks == 0 or int(self.stream.x.shape[0]) == 0:
+            raise ValueError(f"stream must hold at least one task, got a {self.stream.kind} TaskStream of 0 tasks "
+                             f"(x of shape {tuple(self.stream.x.shape)})")
         n_train, n_test = int(self.stream.x.shape[1]), int(self.stream.x_test.shape[1])
         _positive_int("batch_size", self.batch_size)
         _positive_int("eval_size", self.eval_size, allow_none=True)

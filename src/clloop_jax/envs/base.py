@@ -250,8 +250,10 @@ def check_world(env, *, tasks: Any = None, num_tasks: int | None = None, needs_e
     A world is a :class:`MultiModalEnv` that is hashable (it is static configuration of the compiled run); has
     integer sizes ``num_modalities``, ``observation_dim`` and ``action_dim``; defines ``reset_env``, ``step_env``
     (not a stateful ``step(action)``) and ``expert_action``; offers ``tasks(num_tasks)``; and, when
-    ``needs_episode_length``, an integer ``episode_length >= 1``. Given ``tasks`` (what ``tasks(num_tasks)``
-    returned), every leaf must be an array stacked along a leading task axis of length ``num_tasks``.
+    ``needs_episode_length``, an integer ``episode_length >= 1``. Given ``num_tasks`` and a world that says how many
+    tasks it has (an integer ``num_tasks`` attribute, as :class:`~clloop_jax.envs.LatentWorld`), ``num_tasks`` must
+    not exceed it. Given ``tasks`` (what ``tasks(num_tasks)`` returned), every leaf must be an array stacked along a
+    leading task axis of length ``num_tasks``.
     """
     name = type(env).__name__
     if isinstance(env, type):
@@ -289,6 +291,10 @@ def check_world(env, *, tasks: Any = None, num_tasks: int | None = None, needs_e
             raise TypeError(f"{name} must define episode_length, the number of steps of a training episode (a "
                             f"Python int), or the source must be given num_steps; see {WORLDS_GUIDE}")
         check_int(f"{name}.episode_length", length, min=1)
+    own = getattr(env, "num_tasks", None)
+    if num_tasks is not None and isinstance(own, numbers.Integral) and not isinstance(own, bool) and num_tasks > own:
+        raise ValueError(f"num_tasks={num_tasks} is more than the {own} tasks of the world {name} (its num_tasks="
+                         f"{own}): learn at most {own} tasks, or make the world with num_tasks={num_tasks}")
     if tasks is not None:
         leaves = jax.tree_util.tree_flatten_with_path(tasks)[0]
         if not leaves:
