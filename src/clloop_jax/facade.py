@@ -233,12 +233,10 @@ class ContinualLearningLoop:
         obs, feedback = self._check_inputs(observations, feedback, ranks=(2, 3, 4),
                                            shapes="[M, D], [B, M, D] or [T, B, M, D]")
         lead = obs.shape[:-2]
-        target = jnp.asarray(check_array("target", target), jnp.float32)
+        target = _finite_float32("target", target)
         if target.shape != lead + (self.model.output_dim,):
             raise ValueError(f"target must have shape {lead + (self.model.output_dim,)} for observations of shape "
                              f"{obs.shape}, got {target.shape}")
-        if not bool(jnp.all(jnp.isfinite(target))):
-            raise ValueError("target must be finite; got NaN or infinite values")
         if obs.ndim == 2:
             obs, target, feedback = obs[None, None], target[None, None], feedback[None, None]
         elif obs.ndim == 3:
@@ -260,7 +258,7 @@ class ContinualLearningLoop:
 
     def _check_inputs(self, observations, feedback, ranks, shapes):
         """``(obs, feedback)`` as float32 arrays of matching leading axes (zero feedback if None), checked."""
-        obs = jnp.asarray(check_array("observations", observations), jnp.float32)  # real numbers (ints become floats)
+        obs = _finite_float32("observations", observations)
         M, dims = self.model.num_modalities, tuple(self.model.modality_dims)
         if len(set(dims)) != 1:
             raise ValueError(f"observations must be one array [..., M, D], which needs equal modality sizes; the "
@@ -271,12 +269,9 @@ class ContinualLearningLoop:
         lead = obs.shape[:-2]
         if feedback is None:
             feedback = jnp.zeros(lead + (self.model.feedback_dim,), jnp.float32)
-        feedback = jnp.asarray(check_array("feedback", feedback), jnp.float32)
+        feedback = _finite_float32("feedback", feedback)
         if feedback.shape != lead + (self.model.feedback_dim,):
             raise ValueError(f"feedback must have shape {lead + (self.model.feedback_dim,)}, got {feedback.shape}")
-        for name, x in (("observations", obs), ("feedback", feedback)):
-            if not bool(jnp.all(jnp.isfinite(x))):
-                raise ValueError(f"{name} must be finite; got NaN or infinite values")
         return obs, feedback
 
     # ----- the agent as a function ------------------------------------------------------------------------
@@ -312,6 +307,15 @@ class ContinualLearningLoop:
         episodes = 1 if self.results is None else int(np.shape(self.results.traces["loss"])[1])
         return self._run_for(tasks, episodes)
 
+
+
+def _finite_float32(name, value):
+    """``value`` as a float32 array: a real numeric array or nested list (integers become floats), all finite; a
+    ``TypeError`` or ``ValueError`` naming ``name`` otherwise."""
+    x = jnp.asarray(check_array(name, value), jnp.float32)
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{name} must be finite; got NaN or infinite values")
+    return x
 
 
 _init_params = _Program(lambda model, key: model.init_params(key))
