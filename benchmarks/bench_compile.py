@@ -32,9 +32,10 @@ def child(tasks: int, program: str, cache: str | None) -> dict:
     import jax
 
     from clloop_jax import CrossModalModel, Environment
-    from clloop_jax.compilation import enable_compilation_cache
-    from clloop_jax.loop import RunConfig, _jit_run, _jit_task_step, make_run
-    from clloop_jax.sources import EnvSource
+    from clloop_jax.run.config import RunConfig
+    from clloop_jax.run.sequential import _jit_run, _jit_task_step, make_run
+    from clloop_jax.sources.world import EnvSource
+    from clloop_jax.workflow.compilation import enable_compilation_cache
 
     if cache:
         enable_compilation_cache(cache)

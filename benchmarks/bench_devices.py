@@ -1,5 +1,5 @@
 """Seeds split over devices: 16 and 64 vmapped seeds of a tiny continual-learning run on 1 device and on every
-device (8 simulated CPU devices by default), with :func:`clloop_jax.sharding.sharded_vmap`.
+device (8 simulated CPU devices by default), with :func:`clloop_jax.workflow.sharding.sharded_vmap`.
 
 The run: ``Environment(observation_dim=8, action_dim=8, num_modalities=2, latent_dim=4, episode_length=8)``, a
 ``CrossModalModel`` (hidden 16, 2 heads), ``EnvSource(num_tasks=2, num_envs=4, eval_envs=4)``,
@@ -45,10 +45,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from clloop_jax.envs import Environment  # noqa: E402
-from clloop_jax.loop import HParams, RunConfig, make_run  # noqa: E402
 from clloop_jax.model import CrossModalModel  # noqa: E402
-from clloop_jax.sharding import sharded_vmap, sharding_info  # noqa: E402
-from clloop_jax.sources import EnvSource  # noqa: E402
+from clloop_jax.run.config import HParams, RunConfig
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.world import EnvSource
+from clloop_jax.workflow.sharding import sharded_vmap, sharding_info  # noqa: E402
 
 WORLD = dict(observation_dim=8, action_dim=8, num_modalities=2, latent_dim=4, episode_length=8)
 

@@ -1,7 +1,7 @@
 """Environment steps per second of the continual actor-critic run next to a plain single-task actor-critic loop.
 
-Both train :class:`clloop_jax.rl.GymnaxSource` on CartPole-v1 with the same rollouts (``num_envs x num_steps``
-per update) and the same number of updates, in the same process:
+Both train :class:`clloop_jax.sources.gymnax.GymnaxSource` on CartPole-v1 with the same rollouts (``num_envs x
+num_steps`` per update) and the same number of updates, in the same process:
 
 * **continual**: ``make_run(RunConfig(strategy="ewc", episodes_per_task=E), source)`` over 3 tasks: per task E
   updates, then an exact policy Fisher from one more rollout and an evaluation on every task (plus the untrained
@@ -30,8 +30,9 @@ import time
 import jax
 import optax
 
-from clloop_jax.loop import RunConfig, make_run
-from clloop_jax.rl import GymnaxSource
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.gymnax import GymnaxSource
 
 
 def timed(fn, args_list):

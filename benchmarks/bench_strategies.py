@@ -20,12 +20,13 @@ import time
 import jax
 import numpy as np
 
-from clloop_jax import fisher as fisher_lib
-from clloop_jax.compilation import enable_compilation_cache
-from clloop_jax.datasets import permuted_stream
-from clloop_jax.loop import RunConfig, make_run
+from clloop_jax.data.streams import permuted_stream
+from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.model import MLP
-from clloop_jax.sources import SupervisedSource
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.supervised import SupervisedSource
+from clloop_jax.workflow.compilation import enable_compilation_cache
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from benchmarks.run import FULL, RESULTS, seed_model, xla_flops
 from clloop_jax.envs import LatentWorld, expert_policy, rollout
-from clloop_jax.runs import write_atomic
+from clloop_jax.workflow.files import write_atomic
 
 #: Trace events that are the runtime's own bookkeeping, not XLA operations of the program.
 _RUNTIME = ("ThunkExecutor", "PjitFunction", "CommonPjRt", "end:", "$")

@@ -44,13 +44,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clloop_jax import fisher as F
 from clloop_jax.envs import LatentWorld, expert_policy, rollout
 from clloop_jax.envs.rollout import _chunk_steps
-from clloop_jax.loop import RunConfig, make_run
-from clloop_jax.runs import write_atomic
+from clloop_jax.importance import fisher as F
 from clloop_jax.model import CrossModalModel
-from clloop_jax.sources import EnvSource
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.world import EnvSource
+from clloop_jax.workflow.files import write_atomic
 
 SECTIONS = ("peak", "world", "closed_loop", "update", "fisher", "run")
 #: The sizes of the full suite, and of ``--quick`` (a smoke run of every section: tiny sizes, one size each).

@@ -1,7 +1,7 @@
 """Continual reinforcement learning on gymnax: fine-tuning vs EWC vs online EWC vs training from scratch.
 
-One actor-critic agent (:class:`clloop_jax.rl.GymnaxSource`: the ``CrossModalModel`` as policy and value) learns
-the parameter variants of a gymnax environment one after another, in one compiled program per strategy that
+One actor-critic agent (:class:`clloop_jax.sources.gymnax.GymnaxSource`: the ``CrossModalModel`` as policy and value)
+learns the parameter variants of a gymnax environment one after another, in one compiled program per strategy that
 ``vmap``s over seeds. Returns are normalized per task: 0 = the uniform random policy's return, 1 = the same agent
 trained from scratch on that task alone (same updates, same seeds); ACC, BWT, FWT and the other metrics are reported
 with 95% Student t intervals over seeds::
@@ -25,11 +25,12 @@ import numpy as np
 import optax
 
 from clloop_jax import metrics
-from clloop_jax.compilation import enable_compilation_cache
-from clloop_jax.runs import write_atomic
-from clloop_jax.loop import RunConfig, make_run
 from clloop_jax.report import cell, paired_table, summary, summary_table
-from clloop_jax.rl import GymnaxSource
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.gymnax import GymnaxSource
+from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.files import write_atomic
 
 #: The task variants: physics that changes what the right action is, one override dict per task; per environment
 #: the source's settings beyond the command line's (``source``), the run's hyperparameters (``hparams``) and the

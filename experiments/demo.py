@@ -16,6 +16,7 @@ import time
 from clloop_jax import ContinualLearningLoop, CrossModalModel, Environment, enable_compilation_cache
 from clloop_jax.metrics import METRIC_MEANINGS, METRIC_NAMES
 
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=3)

@@ -1,6 +1,6 @@
 """Split and permuted MNIST on real images: the rehearsal strategies against the penalties and fine-tuning.
 
-The 5,000 real MNIST images of ``clloop_jax.datasets.load_mnist`` (400 training and 100 test images per digit), an
+The 5,000 real MNIST images of ``clloop_jax.data.loaders.load_mnist`` (400 training and 100 test images per digit), an
 MLP 400-400, Adam, batches of 128, ``--updates`` per task, all seeds in one compiled program per strategy
 (``jax.vmap``). Scenarios (van de Ven & Tolias 2019):
 
@@ -32,15 +32,18 @@ import time
 import jax
 import numpy as np
 
-from clloop_jax.compilation import enable_compilation_cache
-from clloop_jax.datasets import load_mnist, permuted_stream, split_stream
+from clloop_jax.data.loaders import load_mnist
+from clloop_jax.data.streams import permuted_stream, split_stream
 from clloop_jax.metrics import average_performance
-from clloop_jax.runs import jsonable, write_atomic
-from clloop_jax.loop import RunConfig, make_joint_run, make_run
 from clloop_jax.model import MLP
 from clloop_jax.report import cell, paired_table, summary_table
-from clloop_jax.sources import SupervisedSource
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.joint import make_joint_run
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.supervised import SupervisedSource
 from clloop_jax.strategies import agem, derpp, get_strategy, replay
+from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.files import jsonable, write_atomic
 
 #: Strengths chosen on split digits, class-incremental (experiments/scenarios.py): the fallback where a scenario
 #: has no entry in mnist_tune.json.

@@ -1,8 +1,8 @@
 """Returns are real: the actor-critic source learns CartPole-v1 (default parameters) from scratch.
 
-Trains :class:`clloop_jax.rl.GymnaxSource` on CartPole-v1 through the same ``make_run`` as every continual run (one
-task, strategy ``none``), several seeds at once with ``vmap``, and reports each seed's evaluation return (the mean
-over ``eval_envs`` episodes of up to 500 steps, stochastic policy) next to the uniform random policy's::
+Trains :class:`clloop_jax.sources.gymnax.GymnaxSource` on CartPole-v1 through the same ``make_run`` as every continual
+run (one task, strategy ``none``), several seeds at once with ``vmap``, and reports each seed's evaluation return (the
+mean over ``eval_envs`` episodes of up to 500 steps, stochastic policy) next to the uniform random policy's::
 
     python experiments/rl_cartpole.py     # 3 seeds, 2000 updates of 8 x 256 steps (4M steps each), lr 1e-3 -> 0
 
@@ -19,10 +19,11 @@ import jax
 import numpy as np
 import optax
 
-from clloop_jax.compilation import enable_compilation_cache
-from clloop_jax.loop import RunConfig, make_run
-from clloop_jax.rl import GymnaxSource
-from clloop_jax.runs import write_atomic
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.gymnax import GymnaxSource
+from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.files import write_atomic
 
 
 def from_scratch(run, hp, source, seeds: int, name: str):

@@ -1,7 +1,7 @@
 """Returns are real on a continuous action space: PPO on Pendulum-v1 (default parameters) from scratch.
 
-Trains :class:`clloop_jax.rl.GymnaxSource` (Gaussian policy, learned log-std) on Pendulum-v1 through the same
-``make_run`` as every continual run (one task, strategy ``none``), several seeds at once with ``vmap``. Each update
+Trains :class:`clloop_jax.sources.gymnax.GymnaxSource` (Gaussian policy, learned log-std) on Pendulum-v1 through the
+same ``make_run`` as every continual run (one task, strategy ``none``), several seeds at once with ``vmap``. Each update
 collects ``num_envs x num_steps`` steps from environments that keep running between updates (``persistent_envs``),
 then takes ``epochs`` passes of ``num_minibatches`` clipped-PPO steps over them. Reports each seed's evaluation return
 (the mean over ``eval_envs`` episodes of 200 steps, stochastic policy) next to the untrained policy's and the
@@ -20,12 +20,13 @@ import os
 import jax
 import numpy as np
 import optax
-
-from clloop_jax.compilation import enable_compilation_cache
-from clloop_jax.loop import RunConfig, make_run
-from clloop_jax.rl import GymnaxSource
-from clloop_jax.runs import write_atomic
 from rl_cartpole import from_scratch
+
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.gymnax import GymnaxSource
+from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.files import write_atomic
 
 #: The PPO settings of Pendulum-v1 from scratch (``continual_rl.py`` takes 5 epochs of 16 minibatches).
 PENDULUM = dict(num_envs=16, num_steps=256, epochs=10, num_minibatches=32, persistent_envs=True)

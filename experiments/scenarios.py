@@ -51,14 +51,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax import metrics
-from clloop_jax.datasets import load_dataset, permuted_stream, split_stream
-from clloop_jax.runs import write_atomic
-from clloop_jax.report import cell as report_cell
-from clloop_jax.loop import HParams, RunConfig, make_joint_run, make_run
+from clloop_jax.data.loaders import load_dataset
+from clloop_jax.data.streams import permuted_stream, split_stream
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
-from clloop_jax.sources import SupervisedSource
+from clloop_jax.report import cell as report_cell
+from clloop_jax.run.config import HParams, RunConfig
+from clloop_jax.run.joint import make_joint_run
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.supervised import SupervisedSource
+from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.files import write_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")

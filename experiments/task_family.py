@@ -23,13 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax import metrics
 from clloop_jax.envs import Environment, PrivilegedPolicy, normalized_score, rollout
-from clloop_jax.loop import RunConfig, make_joint_run, make_run
-from clloop_jax.runs import write_atomic
 from clloop_jax.model import CrossModalModel
-from clloop_jax.sources import EnvSource
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.joint import make_joint_run
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.world import EnvSource
+from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.files import write_atomic
 
 
 def gain_policy(gain, max_action):

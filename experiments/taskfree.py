@@ -8,14 +8,15 @@ Two streams, each over ``--seeds`` seeds (all seeds of a configuration in one co
   score = test accuracy).
 
 Abrupt streams switch task at irregular, unannounced episodes (each seed its own switch times,
-:func:`clloop_jax.taskfree.irregular_schedule`). Compared: EWC whose consolidations are triggered by the Page-Hinkley
-detector on the training loss (``detect``), EWC consolidated at the true switches (``oracle``), and fine-tuning.
-Detection is scored against the true switches (delay in episodes, missed switches, false alarms). Gradual streams
-blend consecutive tasks linearly over ``blend`` episodes; compared: fine-tuning, the boundary-free streaming EWC and
-streaming SI with one long memory for importance and anchor (``decay``), the same with a lagged anchor (the anchor's
+:func:`clloop_jax.taskfree.schedules.irregular_schedule`). Compared: EWC whose consolidations are triggered by the
+Page-Hinkley detector on the training loss (``detect``), EWC consolidated at the true switches (``oracle``), and
+fine-tuning. Detection is scored against the true switches (delay in episodes, missed switches, false alarms). Gradual
+streams blend consecutive tasks linearly over ``blend`` episodes; compared: fine-tuning, the boundary-free streaming EWC
+and streaming SI with one long memory for importance and anchor (``decay``), the same with a lagged anchor (the anchor's
 memory ``anchor_decay = 1 - 1 / (m * blend)``, a horizon of ``m`` blends, while the importance keeps the long
-memory; ``lam`` and ``m`` chosen by ``experiments/taskfree_tune.py`` on tuning seeds), and detect-triggered EWC. The performance matrix is evaluated at the true boundaries; mean ± 95%
-Student t interval over seeds; paired differences use the same seeds and streams::
+memory; ``lam`` and ``m`` chosen by ``experiments/taskfree_tune.py`` on tuning seeds), and detect-triggered EWC. The
+performance matrix is evaluated at the true boundaries; mean ± 95% Student t interval over seeds; paired differences use
+the same seeds and streams::
 
     python experiments/taskfree.py                 # 5 seeds, both streams (about 10 minutes on 2 CPU cores)
     python experiments/taskfree.py --quick         # 2 seeds, short streams: a smoke run
@@ -30,16 +31,20 @@ import time
 import jax
 import numpy as np
 
-from clloop_jax.compilation import enable_compilation_cache
-from clloop_jax.runs import write_atomic
-from clloop_jax.datasets import load_dataset, permuted_stream
+from clloop_jax.data.loaders import load_dataset
+from clloop_jax.data.streams import permuted_stream
 from clloop_jax.envs import Environment
-from clloop_jax.loop import RunConfig
 from clloop_jax.model import MLP, CrossModalModel
 from clloop_jax.report import cell
-from clloop_jax.sources import EnvSource, SupervisedSource
-from clloop_jax.taskfree import (PageHinkley, gradual_schedule, irregular_schedule, make_taskfree_run,
-                                 taskfree_summary)
+from clloop_jax.run.config import RunConfig
+from clloop_jax.sources.supervised import SupervisedSource
+from clloop_jax.sources.world import EnvSource
+from clloop_jax.taskfree.detect import PageHinkley
+from clloop_jax.taskfree.metrics import taskfree_summary
+from clloop_jax.taskfree.run import make_taskfree_run
+from clloop_jax.taskfree.schedules import gradual_schedule, irregular_schedule
+from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.files import write_atomic
 
 TASKS = 3
 

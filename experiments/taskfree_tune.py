@@ -23,13 +23,14 @@ import time
 
 import jax
 import numpy as np
-
-from clloop_jax.compilation import enable_compilation_cache
-from clloop_jax.loop import RunConfig
-from clloop_jax.runs import write_atomic
-from clloop_jax.taskfree import gradual_schedule, make_taskfree_run, taskfree_summary
-
 import taskfree
+
+from clloop_jax.run.config import RunConfig
+from clloop_jax.taskfree.metrics import taskfree_summary
+from clloop_jax.taskfree.run import make_taskfree_run
+from clloop_jax.taskfree.schedules import gradual_schedule
+from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.files import write_atomic
 
 #: per strategy: the strengths tried, each at every anchor horizon ``m`` of HORIZONS and the importance's memory
 #: ``--decay``

@@ -5,10 +5,11 @@ rewards each step with ``-|a - a*|^2 / A``, ``a*`` the expert action it never sh
 of the same width learn its first task from scratch through the same ``make_run`` (strategy ``none``), several
 seeds at once with ``vmap``:
 
-* **from reward**: :class:`clloop_jax.rl.GymnaxSource` with ``environment=world`` (the two modalities as the model's two
+* **from reward**: :class:`clloop_jax.sources.gymnax.GymnaxSource` with ``environment=world`` (the two modalities as the
+model's two
   modalities), a Gaussian policy, PPO epochs of minibatches with a short discount (the reward depends only on the
   current action);
-* **imitation**: :class:`clloop_jax.sources.EnvSource`, regressing the expert action the world reveals.
+* **imitation**: :class:`clloop_jax.sources.world.EnvSource`, regressing the expert action the world reveals.
 
 Both are scored the same way: the imitation-normalized score ``1 - sum |a - a*|^2 / sum |a*|^2`` of the agent's
 (mean) action on ``eval_envs`` fresh episodes (1 = the expert, 0 = the zero action, clipped at -1)::
@@ -28,13 +29,14 @@ import jax
 import numpy as np
 import optax
 
-from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax.envs import Environment
-from clloop_jax.loop import RunConfig, make_run
 from clloop_jax.model import CrossModalModel
-from clloop_jax.rl import GymnaxSource
-from clloop_jax.runs import write_atomic
-from clloop_jax.sources import EnvSource
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.gymnax import GymnaxSource
+from clloop_jax.sources.world import EnvSource
+from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.files import write_atomic
 
 
 def main(argv=None):

@@ -54,6 +54,7 @@ def test_profile_self_times_subtract_nested_operations_thread_by_thread():
 def test_profile_of_a_compiled_loop_finds_its_matrix_product_once_per_step():
     import jax
     import jax.numpy as jnp
+
     from benchmarks.profile import op_kind, op_sources, profile
     w = jnp.eye(64) * 0.5
 

@@ -1,4 +1,4 @@
-"""Tests of clloop_jax.datasets: loaders, permuted and split streams, scenario label maps and masks."""
+"""Tests of clloop_jax.data: loaders, permuted and split streams, scenario label maps and masks."""
 
 import os
 import random
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clloop_jax import datasets as D
+from clloop_jax import data as D
 
 
 def tagged_data(counts, dim=5, seed=0):
@@ -380,7 +380,7 @@ def test_stream_arguments_are_checked(small):
 
 
 def test_real_mnist_split_is_fixed_balanced_and_scaled():
-    from clloop_jax.datasets import load_dataset, load_mnist
+    from clloop_jax.data.loaders import load_dataset, load_mnist
     x, y, x_test, y_test = load_mnist()
     assert x.shape == (4000, 784) and x_test.shape == (1000, 784) and x.dtype == np.float32
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0

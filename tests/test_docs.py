@@ -213,7 +213,7 @@ def test_every_public_name_is_on_an_api_page(site):
     module_names |= {"clloop_jax." + ".".join(p.parent.relative_to(package).parts)
                      for p in package.rglob("*/__init__.py")}
     documented_modules = ids & module_names
-    assert "clloop_jax.loop" in documented_modules
+    assert "clloop_jax.run" in documented_modules
     # each public name has an entry of its own, directly under a documented module (where it is defined)
     missing = [name for name in clloop_jax.__all__
                if not any(i.rsplit(".", 1) == [module, name] for i in ids for module in documented_modules)]
@@ -228,8 +228,8 @@ def test_docstring_markup_is_converted_on_the_api_pages(site):
         assert "``" not in text, name
     runs = pages["api/runs/index.html"]
     # make_run's docstring: ":class:`Run`" became a link to the Run class on the same page
-    start = runs.index('id="clloop_jax.loop.make_run"')
-    assert re.search(r'<a class="autorefs autorefs-internal"[^>]*href="#clloop_jax\.loop\.Run"[^>]*><code>Run</code></a>',
+    start = runs.index('id="clloop_jax.run.sequential.make_run"')
+    assert re.search(r'<a class="autorefs autorefs-internal"[^>]*href="#clloop_jax\.run\.sequential\.Run"[^>]*><code>Run</code></a>',
                      runs[start:start + 20000])
     # and a "~" reference to another page shows only the last name
     taskfree = pages["api/taskfree/index.html"]

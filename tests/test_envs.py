@@ -12,17 +12,8 @@ from gymnax.wrappers import LogWrapper
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clloop_jax.envs import (
-    EnvParams,
-    Environment,
-    LatentWorld,
-    MultiModalEnv,
-    PrivilegedPolicy,
-    Trajectory,
-    expert_policy,
-    normalized_score,
-    rollout,
-)
+from clloop_jax.envs import (Environment, EnvParams, LatentWorld, MultiModalEnv, PrivilegedPolicy, Trajectory,
+                             expert_policy, normalized_score, rollout)
 
 EPISODE = 5
 M, D, A, L = 2, 6, 8, 8

@@ -10,7 +10,9 @@ import pytest
 
 from clloop_jax import ContinualLearningLoop, CrossModalModel, Environment
 from clloop_jax.envs.rollout import Trajectory
-from clloop_jax.loop import DivergenceError, _jit_evaluate, _jit_init, _jit_task_step
+from clloop_jax.run.errors import DivergenceError
+from clloop_jax.run.programs import jit_evaluate
+from clloop_jax.run.sequential import _jit_init, _jit_task_step
 
 NUM_TASKS = 3
 
@@ -59,7 +61,7 @@ def test_documented_example_reports_floats_and_the_matrix(cycled):
 
 def test_a_second_loop_and_a_second_cycle_reuse_the_compiled_run_and_continue(cycled, capsys):
     loop, metrics, _ = cycled
-    sizes = [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)]
+    sizes = [fn._cache_size() for fn in (_jit_init, _jit_task_step, jit_evaluate)]
     model, env = tiny_world()
     other = ContinualLearningLoop(model=model, environment=env, learning_rate=1e-3, ewc_lambda=0.5,
                                   feedback_weight=0.3)
@@ -68,7 +70,7 @@ def test_a_second_loop_and_a_second_cycle_reuse_the_compiled_run_and_continue(cy
     np.testing.assert_array_equal(np.asarray(first["R"]), np.asarray(metrics["R"]))
     again = other.continual_learning_cycle(num_tasks=NUM_TASKS, episodes_per_task=10)
     assert capsys.readouterr().out == ""  # not verbose
-    assert [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)] == sizes
+    assert [fn._cache_size() for fn in (_jit_init, _jit_task_step, jit_evaluate)] == sizes
     # The second cycle continues from the first one's agent, with the same evaluation keys: its baseline is the
     # first cycle's last row.
     np.testing.assert_array_equal(np.asarray(again["baseline"]), np.asarray(first["R"])[-1])
@@ -207,7 +209,7 @@ def test_bad_configuration_is_rejected_eagerly():
 
 
 def test_more_tasks_than_the_world_has_are_refused_naming_both_numbers():
-    from clloop_jax.sources import EnvSource
+    from clloop_jax.sources.world import EnvSource
     model, env = tiny_world()
     assert env.num_tasks == NUM_TASKS == 3
     loop = ContinualLearningLoop(model, env)
@@ -307,7 +309,7 @@ def test_make_run_over_the_loops_configuration_reuses_the_loops_compiled_program
     from clloop_jax import EnvSource, RunConfig, make_run
 
     loop, metrics, _ = cycled
-    sizes = [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)]
+    sizes = [fn._cache_size() for fn in (_jit_init, _jit_task_step, jit_evaluate)]
     model, env = tiny_world()
     run = make_run(RunConfig(strategy="ewc", episodes_per_task=10), EnvSource(loop.model, env, num_tasks=NUM_TASKS))
     key, hp = jax.random.fold_in(jax.random.key(0), 2), run.hparams(learning_rate=1e-3, lam=0.5, feedback_weight=0.3)
@@ -317,4 +319,4 @@ def test_make_run_over_the_loops_configuration_reuses_the_loops_compiled_program
     untrained = ContinualLearningLoop(model=model, environment=env).params
     np.testing.assert_allclose(np.asarray(run.evaluate(untrained, key, hp)), np.asarray(metrics["baseline"]),
                                atol=1e-6)
-    assert [fn._cache_size() for fn in (_jit_init, _jit_task_step, _jit_evaluate)] == sizes
+    assert [fn._cache_size() for fn in (_jit_init, _jit_task_step, jit_evaluate)] == sizes

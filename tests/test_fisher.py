@@ -1,4 +1,4 @@
-"""Tests for clloop_jax.fisher against NumPy float64 references.
+"""Tests for clloop_jax.importance.fisher against NumPy float64 references.
 
 Two small models: a 1-hidden-layer tanh MLP (reference: hand-written float64 backprop and the closed-form
 Jacobian) applied to one input or per position of a short sequence, and an Elman RNN over 3 steps (reference:
@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clloop_jax import dense_taps
-from clloop_jax import fisher as F
+from clloop_jax.importance import dense_taps
+from clloop_jax.importance import fisher as F
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
 
 D, H, K = 3, 4, 3          # input, hidden, classes/outputs
@@ -487,7 +487,7 @@ def test_squared_batch_gradient_is_smaller(mlp, kind):
 
 
 def test_sum_leading_is_the_sum_over_the_leading_axis():
-    from clloop_jax.reductions import sum_leading
+    from clloop_jax.importance.reductions import sum_leading
     rng = np.random.default_rng(9)
     for n in range(1, 10):
         a = rng.normal(size=(n, 3, 2))

@@ -19,19 +19,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from clloop_jax import datasets as D
+from clloop_jax import data as D
 from clloop_jax import divergence as div
-from clloop_jax import fisher as F
 from clloop_jax import metrics as M
-from clloop_jax import sharding as S
-from clloop_jax import loop as L
-from clloop_jax import regularizers as REG
+from clloop_jax import run as L
 from clloop_jax import sources as SRC
-from clloop_jax.strategies import registered
 from clloop_jax.envs import LatentWorld, MultiModalEnv, expert_policy, normalized_score, rollout
+from clloop_jax.importance import fisher as F
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
+from clloop_jax.strategies import registered
+from clloop_jax.strategies import regularizers as REG
+from clloop_jax.workflow import sharding as S
 
 # ----------------------------------------------------------------------------------------------------------------
 # Invalid values, by kind

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 from clloop_jax import monitors as monitors_lib
-from clloop_jax import regularizers as reg_lib
 from clloop_jax.envs import LatentWorld, normalized_score
-from clloop_jax.loop import RunConfig, _jit_run, _jit_task_step, make_run
 from clloop_jax.model import CrossModalModel
-from clloop_jax.sources import EnvSource
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import _jit_run, _jit_task_step, make_run
+from clloop_jax.sources.world import EnvSource
+from clloop_jax.strategies import regularizers as reg_lib
 
 # float32 programs compiled differently (op by op, batched by vmap, or whole) may reorder reductions and fuse
 # differently; the differences seen are ~1e-6, so agreement is asserted to these tolerances.

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clloop_jax import regularizers as reg_lib
-from clloop_jax.regularizers import make_regularizer
+from clloop_jax.strategies import regularizers as reg_lib
+from clloop_jax.strategies.regularizers import make_regularizer
 
 SHAPES = {"dense": {"kernel": (3, 2), "bias": (2,)}, "gain": ()}
 QUADRATIC = ("l2", "ewc", "online_ewc", "si", "mas", "ewc_budget")

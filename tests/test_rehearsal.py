@@ -7,12 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clloop_jax.datasets import load_digits_data, split_stream
-from clloop_jax.loop import RunConfig, make_run
+from clloop_jax.data.loaders import load_digits_data
+from clloop_jax.data.streams import split_stream
 from clloop_jax.model import MLP
-from clloop_jax.sources import SupervisedSource
-from clloop_jax.strategies.rehearsal import (agem_project, distillation_loss, memory_init, memory_sample,
-                                             reservoir_add)
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.supervised import SupervisedSource
+from clloop_jax.strategies.rehearsal import agem_project, distillation_loss, memory_init, memory_sample, reservoir_add
 
 
 def test_reservoir_keeps_a_uniform_sample_of_the_stream():

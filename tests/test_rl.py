@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clloop_jax import fisher as fisher_lib
-from clloop_jax.loop import RunConfig, make_run
-from clloop_jax.rl import (GaussianPolicyLikelihood, GymnaxSource, RLHParams, clipped_surrogate, gae, minibatch_indices,
-                         task_params)
+from clloop_jax.importance import fisher as fisher_lib
+from clloop_jax.rl.ppo import GaussianPolicyLikelihood, RLHParams, clipped_surrogate, gae, minibatch_indices
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.gymnax import GymnaxSource, task_params
 
 TINY = dict(hidden_dim=8, num_envs=3, num_steps=12, eval_envs=2, eval_steps=20, fisher_size=16)
 

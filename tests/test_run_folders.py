@@ -14,10 +14,12 @@ import time
 
 import numpy as np
 import pytest
-
-from clloop_jax import cli
-from clloop_jax.runs import LOCK_NAME, RunFolder, RunFolderBusy, RunFolderError, RunInterrupted, resume_command
 from test_workflow import ROOT
+
+from clloop_jax.workflow import cli
+from clloop_jax.workflow.execute import RunInterrupted, resume_command
+from clloop_jax.workflow.lock import LOCK_NAME, RunFolderBusy, RunFolderError
+from clloop_jax.workflow.runs import RunFolder
 
 ARGS = ["--preset", "tiny", "--num-tasks", "3", "--quiet", "--no-cache"]
 TEMP_MARKERS = (".tmp", "orbax-checkpoint-tmp")

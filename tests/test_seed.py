@@ -20,7 +20,7 @@ def test_basic_example_runs_as_written():
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         # ----- verbatim -----
-        from clloop_jax import CrossModalModel, Environment, ContinualLearningLoop
+        from clloop_jax import ContinualLearningLoop, CrossModalModel, Environment
 
         # Initialize components
         model = CrossModalModel(

@@ -1,8 +1,8 @@
-"""The seed axis split over devices (clloop_jax.sharding).
+"""The seed axis split over devices (clloop_jax.workflow.sharding).
 
 In this process JAX has one CPU device: the sharded path is checked against plain ``jax.vmap`` there, with its
 argument checks. The multi-device checks need their own processes (the device count is fixed when JAX starts):
-tests/device_check.py runs them with 8 simulated CPU devices, or as two ``jax.distributed`` processes, and prints
+tools/device_check.py runs them with 8 simulated CPU devices, or as two ``jax.distributed`` processes, and prints
 JSON that the tests below assert on.
 """
 import json
@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clloop_jax.sharding import BATCH_AXIS, batch_mesh, format_sharding, gather, shard_seeds, sharded_vmap, \
-    sharding_info
+from clloop_jax.workflow.sharding import (BATCH_AXIS, batch_mesh, format_sharding, gather, shard_seeds, sharded_vmap,
+                                          sharding_info)
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "device_check.py"
+SCRIPT = ROOT / "tools" / "device_check.py"
 RTOL, ATOL = 1e-4, 1e-5  # float32 programs batched differently (as in tests/test_loop.py)
 #: The real agent (attention and a GRU trained over several tasks) on 8 devices against 1: its scores (at most 1 in
 #: size) agree to RTOL; the float32 rounding of differently batched programs accumulates over its updates (1.0e-5
@@ -53,7 +53,7 @@ def test_one_device_equals_vmap_and_results_are_sharded_on_the_batch_axis():
     assert "walk: float32[5,32] P('batch',)" in format_sharding(out)
     # The compiled program is kept for the next call with the same function.
     shard_seeds(walk, keys, 0.7)
-    from clloop_jax.sharding import _SEED_CACHE
+    from clloop_jax.workflow.sharding import _SEED_CACHE
     assert sum(entry.fn is walk for entry in _SEED_CACHE.values()) == 1
     np.testing.assert_array_equal(gather(out)["max"], np.asarray(ref["max"]))
 

@@ -8,13 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clloop_jax import fisher as fisher_lib
 from clloop_jax import divergence as div_lib
-from clloop_jax.datasets import load_digits_data, split_stream
+from clloop_jax.data.loaders import load_digits_data
+from clloop_jax.data.streams import split_stream
 from clloop_jax.divergence import tree_sum
-from clloop_jax.loop import RunConfig, make_run
+from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.model import MLP
-from clloop_jax.sources import SupervisedSource
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.supervised import SupervisedSource
 from clloop_jax.strategies import Strategy, get_strategy, register, registered
 
 

@@ -5,13 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clloop_jax.datasets import load_digits_data, split_stream, permuted_stream
-from clloop_jax.fisher import Categorical, fisher_diagonal
-from clloop_jax.monitors import functional_divergence
-from clloop_jax.loop import RunConfig, make_joint_run, make_run
+from clloop_jax.data.loaders import load_digits_data
+from clloop_jax.data.streams import permuted_stream, split_stream
+from clloop_jax.importance.fisher import Categorical, fisher_diagonal
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
-from clloop_jax.sources import SupervisedBatch, SupervisedSource
-
+from clloop_jax.monitors import functional_divergence
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.joint import make_joint_run
+from clloop_jax.run.sequential import make_run
+from clloop_jax.sources.supervised import SupervisedBatch, SupervisedSource
 
 # ----------------------------------------------------------------------------------------------------------------
 # Fixtures and float64 references

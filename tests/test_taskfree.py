@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from clloop_jax import taskfree as tf
-from clloop_jax.datasets import load_digits_data, permuted_stream
+from clloop_jax.data.loaders import load_digits_data
+from clloop_jax.data.streams import permuted_stream
 from clloop_jax.envs import Environment
-from clloop_jax.fisher import Gaussian
-from clloop_jax.loop import RunConfig
+from clloop_jax.importance.fisher import Gaussian
 from clloop_jax.model import MLP, CrossModalModel
-from clloop_jax.sources import EnvSource, SupervisedSource
+from clloop_jax.run.config import RunConfig
+from clloop_jax.sources.supervised import SupervisedSource
+from clloop_jax.sources.world import EnvSource
 from clloop_jax.strategies import Strategy, get_strategy, streaming_ewc, streaming_si
 
 # ----------------------------------------------------------------------------------------------------------------

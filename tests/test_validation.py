@@ -6,12 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from clloop_jax.fisher import Gaussian
-from clloop_jax.validation import (FLOAT32_MAX, ArgumentTypeError, check_array, check_axis, check_bool,
-                                   check_callable, check_choice, check_float, check_instance, check_int,
-                                   check_key, check_methods, check_number_tree, check_path, check_seed, describe)
+from clloop_jax.importance.fisher import Gaussian
+from clloop_jax.validation import (FLOAT32_MAX, ArgumentTypeError, check_array, check_axis, check_bool, check_callable,
+                                   check_choice, check_float, check_instance, check_int, check_key, check_methods,
+                                   check_number_tree, check_path, check_seed, describe)
 
 NAME = "some_argument"
 

@@ -18,11 +18,13 @@ import jax
 import numpy as np
 import pytest
 
-from clloop_jax import cli
-from clloop_jax.config import (FISHER_VARIANTS, PRESETS, STRATEGY_NAMES, ExperimentConfig, ModelConfig, TrainConfig,
-                               WorldConfig)
-from clloop_jax.loop import DivergenceError
-from clloop_jax.runs import CheckpointError, RunFolder, execute
+from clloop_jax.run.errors import DivergenceError
+from clloop_jax.workflow import cli
+from clloop_jax.workflow.execute import execute
+from clloop_jax.workflow.experiment import (FISHER_VARIANTS, PRESETS, STRATEGY_NAMES, ExperimentConfig, ModelConfig,
+                                            TrainConfig, WorldConfig)
+from clloop_jax.workflow.files import CheckpointError
+from clloop_jax.workflow.runs import RunFolder
 
 TINY = PRESETS["tiny"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +110,7 @@ def test_help_lists_presets_and_strategies_describes_every_option_without_markup
             assert len(re.findall(r"[a-z]{3,}", words)) >= 3, (command, option, description)
     assert "--no-no-cache" not in texts["run"] and "--strategies" in texts["compare"]
     # The names the help lists are the library's: the built-in strategies, the Fisher estimators.
-    from clloop_jax.loop import FISHER_VARIANTS as LOOP_FISHER_VARIANTS
+    from clloop_jax.run.config import FISHER_VARIANTS as LOOP_FISHER_VARIANTS
     from clloop_jax.strategies import registered
     assert tuple(registered())[:len(STRATEGY_NAMES)] == STRATEGY_NAMES
     assert FISHER_VARIANTS == LOOP_FISHER_VARIANTS
@@ -117,9 +119,9 @@ def test_help_lists_presets_and_strategies_describes_every_option_without_markup
 NO_JAX = textwrap.dedent("""
     import contextlib, io, sys
     import clloop_jax
-    assert "clloop_jax.loop" not in sys.modules
-    from clloop_jax import cli
-    from clloop_jax.config import PRESETS, ExperimentConfig, TrainConfig
+    assert "clloop_jax.run" not in sys.modules
+    from clloop_jax.workflow import cli
+    from clloop_jax.workflow.experiment import PRESETS, ExperimentConfig, TrainConfig
     import tyro
     with contextlib.redirect_stdout(io.StringIO()):
         cli.main(["--help"])
@@ -135,7 +137,7 @@ NO_JAX = textwrap.dedent("""
         TrainConfig(learning_rate=-1.0)
     except ValueError:
         pass
-    heavy = ("jax", "jaxlib", "flax", "optax", "orbax", "gymnax", "matplotlib", "numpy", "clloop_jax.loop")
+    heavy = ("jax", "jaxlib", "flax", "optax", "orbax", "gymnax", "matplotlib", "numpy", "clloop_jax.run")
     print(sorted(m for m in sys.modules if m in heavy or m.split(".")[0] in heavy))
 """)
 
@@ -160,7 +162,7 @@ def test_the_package_names_stay_importable_when_imported_lazily():
         value = getattr(clloop_jax, name)
         module = importlib.import_module(f"clloop_jax.{clloop_jax._EXPORTS[name]}")
         assert value is getattr(module, name) is namespace[name], name
-    assert clloop_jax.loop.make_run is clloop_jax.make_run       # modules are attributes, as after an eager import
+    assert clloop_jax.run.sequential.make_run is clloop_jax.make_run       # modules are attributes, as after an eager import
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         clloop_jax.nothing_here
     with pytest.raises(ImportError):
@@ -263,7 +265,7 @@ def test_compare_gives_one_gamma_to_the_strategies_that_have_it_and_refuses_lam(
 ])
 def test_a_missing_data_package_is_named_with_the_command_that_installs_it(loader, module, package, monkeypatch,
                                                                            tmp_path):
-    from clloop_jax import datasets
+    from clloop_jax import data as datasets
     monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
     kwargs = {"cache_dir": str(tmp_path)} if loader == "load_mnist1d" else {}
     with pytest.raises(ImportError) as err:
@@ -276,7 +278,7 @@ def test_a_missing_data_package_is_named_with_the_command_that_installs_it(loade
 def test_runs_built_alike_are_equal_and_share_their_compiled_programs():
     """Every monitor, the functional one included, compares by value; so the same configuration built twice (two
     run folders, a resumed run) is one run to the driver's cache and compiles once."""
-    from clloop_jax.runs import _programs
+    from clloop_jax.workflow.execute import _programs
     (a, _), (b, _) = TINY.build(), TINY.build()
     assert "functional" in [m.name for m in a.monitors]
     assert a == b and hash(a) == hash(b) and _programs(a) is _programs(b)
@@ -384,7 +386,7 @@ def test_corrupted_and_mismatched_checkpoints_are_named(tiny_run, tmp_path):
     # Other sizes: refused by the checkpoint's metadata, naming the file and the shapes.
     digest = json.load(open(os.path.join(copy, "config.json")))["config_hash"]
     keys = jax.random.split(jax.random.key(0), 2)
-    wrong = jax.eval_shape(jax.vmap(lambda k: like_run._init(like_run.source.tasks, k, hp), in_axes=0), keys)
+    wrong = jax.eval_shape(jax.vmap(lambda k: like_run.init_on(like_run.source.tasks, k, hp), in_axes=0), keys)
     with pytest.raises(CheckpointError, match=r"task_0.json.*structure|task_0.json: array \d+ has shape"):
         folder.restore_checkpoint(0, {"state": wrong}, digest)
     # A truncated array file: refused, naming the checkpoint.
@@ -399,8 +401,9 @@ def test_corrupted_and_mismatched_checkpoints_are_named(tiny_run, tmp_path):
 
 DRIVER = textwrap.dedent("""
     import dataclasses, os, signal, sys
-    from clloop_jax.config import PRESETS
-    from clloop_jax.runs import RunFolder, execute
+    from clloop_jax.workflow.experiment import PRESETS
+    from clloop_jax.workflow.runs import RunFolder
+    from clloop_jax.workflow.execute import execute
     folder, kill_after, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume"
     exp = dataclasses.replace(PRESETS["tiny"], world=dataclasses.replace(PRESETS["tiny"].world, num_tasks=3))
     run, hp = exp.build()

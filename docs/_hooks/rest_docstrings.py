@@ -1,6 +1,6 @@
 """A griffe extension that turns the library's reST docstring markup into Markdown when the site is built.
 
-The docstrings are written for Sphinx: cross-reference roles (``:class:`~clloop_jax.loop.Run```, ``:func:``,
+The docstrings are written for Sphinx: cross-reference roles (``:class:`~clloop_jax.run.sequential.Run```, ``:func:``,
 ``:meth:``, ``:mod:``, ``:attr:``, ``:data:``), double-backtick literals and ``::`` literal blocks. Before
 mkdocstrings parses a docstring (Google style), this extension rewrites its text:
 

@@ -1,6 +1,6 @@
 """``python -m clloop_jax``: the ``clloop`` command line."""
 import sys
 
-from clloop_jax.cli import main
+from clloop_jax.workflow.cli import main
 
 sys.exit(main())

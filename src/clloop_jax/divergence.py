@@ -16,7 +16,7 @@ Functional divergence compares what two parameter settings compute on the same p
 
 Both reduce per probe first (:func:`output_divergence`, mean over all positions of a probe) and then average over
 probes (:func:`functional_divergence`). ``apply_fn(params, x)`` takes one probe ``x`` (no batch axis), like
-:mod:`clloop_jax.fisher`; the probe axis is added by ``vmap``.
+:mod:`clloop_jax.importance.fisher`; the probe axis is added by ``vmap``.
 
 Everything is a pure, jittable function of arrays. Mismatched pytrees are rejected with a ``ValueError`` before
 tracing (structures and shapes are static), naming the argument and the first mismatch.

@@ -1,7 +1,8 @@
 """``ContinualLearningLoop``: a small stateful object over the pure run, handy in a notebook.
 
 It holds the model, the environment, the hyperparameters and the agent's current state, and delegates all work to
-:func:`clloop_jax.loop.make_run` (compiled once per configuration, shared by every loop with that configuration)::
+:func:`clloop_jax.run.sequential.make_run` (compiled once per configuration, shared by every loop with that
+configuration)::
 
     loop = ContinualLearningLoop(model=model, environment=env, learning_rate=1e-3, ewc_lambda=0.5,
                                  feedback_weight=0.3)
@@ -20,13 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from clloop_jax import metrics as metrics_lib
-from clloop_jax.envs.rollout import Trajectory
-from clloop_jax.strategies import get_strategy
-from clloop_jax.compilation import enable_compilation_cache
 from clloop_jax.envs.base import check_world
+from clloop_jax.envs.rollout import Trajectory
+from clloop_jax.run.config import HParams, RunConfig
+from clloop_jax.run.errors import DivergenceError, check_finite
+from clloop_jax.run.programs import Program
+from clloop_jax.run.sequential import TrainState, make_run
+from clloop_jax.sources.world import EnvSource, check_model_matches_env, imitation_loss, pair_with_env, squared_error
+from clloop_jax.strategies import get_strategy
 from clloop_jax.validation import check_array, check_bool, check_callable, check_float, check_seed
-from clloop_jax.loop import _Program, DivergenceError, HParams, RunConfig, TrainState, check_finite, make_run
-from clloop_jax.sources import EnvSource, check_model_matches_env, imitation_loss, pair_with_env, squared_error
+from clloop_jax.workflow.compilation import enable_compilation_cache
 
 _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in ("strategy", "episodes_per_task"))
 
@@ -54,14 +58,14 @@ class ContinualLearningLoop:
       loss_fn: ``loss_fn(actions, targets) -> scalar``, the imitation error of the cycle and of ``train_step``
         (default: mean squared error summed over action dimensions).
       objective: a whole closed-loop objective ``(params, trajectory, hparams) -> (loss, aux)`` instead of
-        ``loss_fn`` (see :class:`~clloop_jax.sources.EnvSource`); ``train_step`` then needs none of its own.
+        ``loss_fn`` (see :class:`~clloop_jax.sources.world.EnvSource`); ``train_step`` then needs none of its own.
       compilation_cache: turn on JAX's persistent compilation cache
-        (:func:`~clloop_jax.compilation.enable_compilation_cache`: the folder ``CLLOOP_JAX_CACHE_DIR`` or
+        (:func:`~clloop_jax.workflow.compilation.enable_compilation_cache`: the folder ``CLLOOP_JAX_CACHE_DIR`` or
         ``~/.cache/clloop_jax/xla``), so that a later process loads the compiled run from disk instead of compiling it
         again. This is a process-wide JAX setting, changed here (building the loop), never on import; False, or the
         environment variable ``CLLOOP_JAX_NO_CACHE=1``, leaves JAX's settings alone. The folder used (or None) is
         ``loop.compilation_cache``.
-      **config: further :class:`~clloop_jax.loop.RunConfig` fields (``fisher_variant``, ``monitors``, ...) or the
+      **config: further :class:`~clloop_jax.run.config.RunConfig` fields (``fisher_variant``, ``monitors``, ...) or the
         strategy's other hyperparameters (``gamma``, ``xi``, ``budget``, ``dual_lr``).
     """
 
@@ -141,8 +145,8 @@ class ContinualLearningLoop:
         """Learns ``num_tasks`` tasks of the environment's family in sequence, evaluating on all of them after each.
 
         The cycle continues from the loop's current agent: its parameters (as left by ``train_step`` or an earlier
-        cycle) and its strategy's memory of the tasks consolidated before. ``reset()`` starts afresh. Scores use the same
-        evaluation keys in every cycle, so a cycle's ``baseline`` is the previous cycle's last row of ``R``.
+        cycle) and its strategy's memory of the tasks consolidated before. ``reset()`` starts afresh. Scores use the
+        same evaluation keys in every cycle, so a cycle's ``baseline`` is the previous cycle's last row of ``R``.
 
         ``verbose``: print a line before compiling (the first cycle of a configuration in a process), a progress bar
         over tasks (``tqdm.auto``: a widget in a notebook, on stderr in a terminal), one line per task numbered from 1
@@ -196,12 +200,13 @@ class ContinualLearningLoop:
                          devices: Any = None) -> dict:
         """The cycle from scratch for ``seeds`` independent agents of this loop's configuration, all in one
         compiled program, the seeds spread over ``devices`` (None: every device; a count; or a sequence of
-        devices; see :meth:`clloop_jax.loop.Run.seeds`). The loop's own agent is neither used nor changed.
+        devices; see :meth:`clloop_jax.run.sequential.Run.seeds`). The loop's own agent is neither used nor changed.
 
         Seed ``i`` uses the key ``fold_in(key(seed), 1000 + i)``. Returns
         :func:`clloop_jax.report.summary` of the seeds (per metric: ``mean``, 95% interval ``ci``, ``n``, every
         seed's ``values``) with ``R [S, T, T]`` and ``baseline [S, T]`` as nested lists. Raises
-        :class:`~clloop_jax.loop.DivergenceError` naming the seed, task and episode where an update went non-finite.
+        :class:`~clloop_jax.run.errors.DivergenceError` naming the seed, task and episode where an update went
+        non-finite.
         """
         from clloop_jax import report
         seeds = _check_count("seeds", seeds)
@@ -318,8 +323,8 @@ def _finite_float32(name, value):
     return x
 
 
-_init_params = _Program(lambda model, key: model.init_params(key))
+_init_params = Program(lambda model, key: model.init_params(key))
 #: The runs this process has compiled (a cycle's run is compiled once per configuration, then reused).
 _COMPILED_RUNS: set = set()
-_jit_act = _Program(lambda model, params, carry, obs, feedback: model.apply(params, carry, obs, feedback))
-_jit_update = _Program(lambda run, state, batch, key, hp: run.update(state, batch, key, hp))
+_jit_act = Program(lambda model, params, carry, obs, feedback: model.apply(params, carry, obs, feedback))
+_jit_update = Program(lambda run, state, batch, key, hp: run.update(state, batch, key, hp))

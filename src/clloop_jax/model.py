@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clloop_jax.dense_taps import TAP_COLLECTION
+from clloop_jax.importance.dense_taps import TAP_COLLECTION
 from clloop_jax.validation import check_float, check_instance, check_int
 
 __all__ = ["CrossModalModel", "MLP", "SequenceClassifier", "reflection_orthogonal"]

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from clloop_jax import divergence as div_lib
-from clloop_jax import fisher as fisher_lib
+from clloop_jax.importance import fisher as fisher_lib
 
 PyTree = Any
 

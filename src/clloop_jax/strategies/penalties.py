@@ -31,7 +31,7 @@ every optimizer step) update the state. How ``lam`` relates to each paper's cons
   ``theta_end``, which is also the anchor. The paper's surrogate loss is ``c sum_i Omega_i (theta_i -
   theta*_i)^2``, so ``lam = 2c``; ``xi`` is the paper's damping.
 * ``mas`` (Aljundi et al., 2018): ``Omega`` is the sum over tasks of the per-task MAS importances handed to
-  ``consolidate`` (see :func:`clloop_jax.fisher.mas_importance`); anchor latest. The paper's penalty is
+  ``consolidate`` (see :func:`clloop_jax.importance.fisher.mas_importance`); anchor latest. The paper's penalty is
   ``lambda sum_i Omega_i (theta_i - theta*_i)^2``, so ``lam = 2 lambda``.
 * ``ewc_budget``: online-EWC importance and anchor, with ``lam`` adapted by dual ascent so that the
   Fisher-weighted divergence ``D(theta) = sum_i Omega_i (theta_i - theta*_i)^2`` stays under ``budget``: after
@@ -52,8 +52,15 @@ import jax
 import jax.numpy as jnp
 
 from clloop_jax.divergence import check_like, tree_sum
-from clloop_jax.strategies.base import (NoHParams, Strategy, check_hparams, nonnegative, positive, register,
-                                        unit_interval)
+from clloop_jax.strategies.base import (
+    NoHParams,
+    Strategy,
+    check_hparams,
+    nonnegative,
+    positive,
+    register,
+    unit_interval,
+)
 
 PyTree = Any
 

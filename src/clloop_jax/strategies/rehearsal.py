@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from clloop_jax.divergence import tree_sum
-from clloop_jax.fisher import Categorical
+from clloop_jax.importance.fisher import Categorical
 from clloop_jax.strategies.base import NoHParams, Strategy, check_hparams, nonnegative, positive, register
 
 __all__ = ["Memory", "memory_init", "reservoir_add", "memory_sample", "agem_project", "distillation_loss",

@@ -27,7 +27,7 @@ trajectory, while a long importance memory keeps what every past task needed. Be
   ``n_t = decay * n_{t-1} + 1``, and ``F_t`` the Fisher diagonal at the
   parameters update ``t`` started from (``theta_{t-1}``, those its batch was learned from) on that update's batch,
   from per-sample gradients
-  (:func:`clloop_jax.fisher.fisher_diagonal`, ``variant`` ``"sampled"`` by default; never a squared batch
+  (:func:`clloop_jax.importance.fisher.fisher_diagonal`, ``variant`` ``"sampled"`` by default; never a squared batch
   gradient). ``every = k`` computes the Fisher on every k-th update only (the others leave ``Omega`` unchanged,
   and the average then runs over those updates, ``n`` counting only them); the anchor is updated every step.
   With ``decay = anchor_decay = 1`` the importance is the plain mean of every Fisher seen and the anchor the mean
@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from clloop_jax import fisher as fisher_lib
+from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.strategies.base import Strategy, check_hparams, nonnegative, positive, register, unit_interval
 from clloop_jax.strategies.penalties import quadratic_form
 
@@ -197,7 +197,7 @@ def streaming_ewc(lam=1.0, decay=0.99, variant: str = "sampled", every: int = 1,
     only the importance's memory, ``hparams(anchor_decay=...)`` the anchor's.
 
     ``variant``: the Fisher (``"empirical"``, ``"sampled"``, ``"exact"``); ``every``: compute it on every k-th
-    update; ``num_samples``, ``chunk_size``: as in :func:`clloop_jax.fisher.fisher_diagonal`.
+    update; ``num_samples``, ``chunk_size``: as in :func:`clloop_jax.importance.fisher.fisher_diagonal`.
     """
     if variant not in FISHER_VARIANTS:
         raise ValueError(f"variant must be one of {list(FISHER_VARIANTS)}, got {variant!r}")

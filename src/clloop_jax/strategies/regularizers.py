@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from clloop_jax.divergence import check_like
-from clloop_jax.strategies.penalties import (PENALTIES, RegularizerState, penalty_gradient, quadratic_form)
+from clloop_jax.strategies.penalties import PENALTIES, RegularizerState, penalty_gradient, quadratic_form
 
 __all__ = ["STRATEGIES", "RegularizerState", "Regularizer", "make_regularizer", "quadratic_form",
            "penalty_gradient", "penalty_gradient_transform"]

@@ -29,8 +29,8 @@ layers' scores differently: the vector-Jacobian product holds the dense kernels 
 output cotangent ``delta_s`` of every position ``s`` of every dense layer, whose inputs ``x_s`` its forward pass
 records; a sample's kernel score is then ``sum_s x_s^T delta_s`` (bias: ``sum_s delta_s``), one contraction after
 the backward pass instead of an ``[N, P]`` per-sample gradient accumulated at every step of a recurrent model
-(:mod:`clloop_jax.dense_taps`). Every other parameter takes the per-sample product. The numbers are the same up to
-floating-point rounding.
+(:mod:`clloop_jax.importance.dense_taps`). Every other parameter takes the per-sample product. The numbers are the same
+up to floating-point rounding.
 
 Likelihoods are small frozen dataclasses with ``log_prob(output, target)``, ``sample(key, output)`` and
 ``fisher_factor(output)``; any object with these three methods can be used in their place.
@@ -46,8 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clloop_jax import dense_taps
-from clloop_jax.reductions import sum_leading
+from clloop_jax.importance import dense_taps
+from clloop_jax.importance.reductions import sum_leading
 from clloop_jax.validation import check_callable, check_choice, check_float, check_int, check_key, check_methods
 
 __all__ = [
@@ -341,9 +341,9 @@ def fisher_diagonal(apply_fn: Callable, params: PyTree, inputs: PyTree, targets:
         ``"per_sample"``, one vector-Jacobian product per sample with respect to all of ``params``;
         ``"per_layer"``, for a flax model, the dense layers' (``nn.Dense``, ``nn.DenseGeneral``) kernel and bias
         scores contracted after the backward pass from every position's layer input and output cotangent
-        (:mod:`clloop_jax.dense_taps`; every other parameter as in ``"per_sample"``), which avoids accumulating
-        an ``[N, P]`` per-sample gradient at every step of a recurrent model; ValueError naming the reason when
-        ``apply_fn`` and ``params`` do not allow it; ``"auto"`` (default), ``"per_layer"`` where it applies and
+        (:mod:`clloop_jax.importance.dense_taps`; every other parameter as in ``"per_sample"``), which avoids
+        accumulating an ``[N, P]`` per-sample gradient at every step of a recurrent model; ValueError naming the reason
+        when ``apply_fn`` and ``params`` do not allow it; ``"auto"`` (default), ``"per_layer"`` where it applies and
         ``"per_sample"`` otherwise (any ``apply_fn`` that is not a flax model with tappable dense layers).
 
     Returns:

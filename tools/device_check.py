@@ -1,13 +1,13 @@
 """Checks of the sharded seed axis that need several devices, run in a process of their own.
 
-``python tests/device_check.py devices MODEL [sweep]`` (started with
+``python tools/device_check.py devices MODEL [sweep]`` (started with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``) runs a small pure function and a tiny continual-learning run
 (``make_run``; ``MODEL`` is ``linear``, a linear policy that compiles fast, or ``crossmodal``, the real agent) for
 one seed per device on every device, on one device and with plain ``jax.vmap``, twice, and prints one JSON object
 with the largest differences, whether reruns are bitwise equal, and the sharding of the results; ``sweep`` adds a
 penalty-strength sweep split over the devices.
 
-``python tests/device_check.py distributed PROCESS_ID NUM_PROCESSES PORT [run]`` joins a ``jax.distributed`` job
+``python tools/device_check.py distributed PROCESS_ID NUM_PROCESSES PORT [run]`` joins a ``jax.distributed`` job
 on ``localhost:PORT`` (each process with two CPU devices), runs the same pure function (and with ``run`` the tiny
 run) with the seeds split over the devices of every process, gathers the results and prints them as JSON with a
 reference computed in this process alone.
@@ -33,10 +33,11 @@ import numpy as np  # noqa: E402
 jax.config.update("jax_disable_most_optimizations", True)  # as in tests/conftest.py: compile time halves
 
 from clloop_jax.envs import LatentWorld  # noqa: E402
-from clloop_jax.loop import RunConfig, make_run  # noqa: E402
 from clloop_jax.model import CrossModalModel  # noqa: E402
-from clloop_jax.sharding import format_sharding, gather, shard_seeds, sharded_vmap, sharding_info  # noqa: E402
-from clloop_jax.sources import EnvSource  # noqa: E402
+from clloop_jax.run.config import RunConfig  # noqa: E402
+from clloop_jax.run.sequential import make_run  # noqa: E402
+from clloop_jax.sources.world import EnvSource  # noqa: E402
+from clloop_jax.workflow.sharding import format_sharding, gather, shard_seeds, sharded_vmap, sharding_info  # noqa: E402
 
 
 def pure(key, scale):
@@ -158,7 +159,8 @@ def execute_option_checks(run, hp):
     8) on 8 devices against the default device, and a resumed run folder written on 8 devices."""
     import tempfile
 
-    from clloop_jax.runs import RunFolder, execute
+    from clloop_jax.workflow.execute import execute
+    from clloop_jax.workflow.runs import RunFolder
 
     seeds = list(range(6))
     with tempfile.TemporaryDirectory() as tmp:

@@ -48,12 +48,12 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
-from flax.core.tracers import current_trace
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.core.tracers import current_trace
 
-from clloop_jax.reductions import sum_leading
+from clloop_jax.importance.reductions import sum_leading
 
 __all__ = ["TAP_COLLECTION", "NotApplicable", "DensePlan", "plan", "per_sample_sums"]
 

@@ -22,7 +22,7 @@ removes what a killed writer left (temporary files, unsealed checkpoints), write
 that are missing, and refuses a ``config.json`` edited by hand. SIGINT and SIGTERM stop a run between tasks
 (:class:`RunInterrupted`).
 :func:`execute` drives a run over seeds (``jax.vmap``) one task at a time; when an update becomes non-finite it raises
-:class:`~clloop_jax.loop.DivergenceError` naming the seed, task and episode, keeping the last good checkpoint and
+:class:`~clloop_jax.run.errors.DivergenceError` naming the seed, task and episode, keeping the last good checkpoint and
 writing nothing for the diverged task.
 """
 
@@ -30,286 +30,35 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import fcntl
-import functools
-import hashlib
 import io
 import json
 import os
-import platform
 import re
-import shlex
 import shutil
-import socket
-import signal
 import sys
-import threading
-import time
-from typing import Any, Callable, Dict, Optional
+from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clloop_jax.loop import DivergenceError, Run, RunResults, check_finite
-from clloop_jax.sharding import batch_mesh, sharded_vmap
+from clloop_jax.workflow.files import (CheckpointError, config_differences, config_hash, contents_hash, hash_of,
+                                       jsonable, versions, write_atomic)
+from clloop_jax.workflow.lock import LOCK_NAME, FolderLock, RunFolderError, check_place, say
 
-__all__ = ["RunFolder", "config_hash", "jsonable", "write_atomic", "execute", "CheckpointError", "RunFolderError",
-           "RunFolderBusy", "RunInterrupted", "check_place", "resume_command", "LOCK_NAME"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: truncated, corrupted, or of another configuration, size or dtype."""
+__all__ = ["RunFolder"]
 
 
-def jsonable(value) -> Any:
-    """``value`` as JSON-ready data: dataclasses and NamedTuples as dicts, arrays as lists, callables by name."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple) and hasattr(value, "_asdict"):
-        return {k: jsonable(v) for k, v in value._asdict().items()}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.ndarray, jax.Array)):
-        return np.asarray(value).tolist()
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if callable(value):
-        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
-    return repr(value)
-
-
-def config_hash(config) -> str:
-    """A stable 16-hex-digit hash of the configuration's JSON form."""
-    return _hash_of(jsonable(config))
-
-
-def _hash_of(value) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _contents_hash(record: dict) -> str:
-    """The hash of a ``config.json`` record's every field but ``contents_hash`` itself."""
-    return _hash_of({k: v for k, v in jsonable(record).items() if k != "contents_hash"})
-
-
-def _differences(a, b, prefix: str = "") -> list:
-    """``(dotted name, value in a, value in b)`` for every leaf where the JSON values ``a`` and ``b`` differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _differences(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [(prefix[:-1] or "config", a, b)]
-
-
-def write_atomic(path: str, data) -> str:
-    """Writes ``data`` (str or bytes) to ``path`` through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    try:
-        with open(tmp, mode) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _versions() -> dict:
-    import flax
-    import optax
-
-    from clloop_jax import __version__
-    return {"clloop_jax": __version__, "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "devices": [str(d) for d in jax.devices()]}
-
-
-#: The lock file inside a run folder: held (``fcntl.flock``) by the one process writing the folder, and naming it.
-LOCK_NAME = ".lock"
 _RESULT_FILES = ("config.json", "seeds.json", "traces.jsonl", "summary.md", "summary.json", "plots", "checkpoints")
+
+
 _TEMP = re.compile(r"^\..+\.tmp\d+$|.+\.tmp\.png$|.+\.orbax-checkpoint-tmp.*$")
+
+
 _SEAL = re.compile(r"^task_(\d+)\.json$")
+
+
 _CKPT = re.compile(r"^task_(\d+)$")
-
-
-def _say(path: str, text: str, notes: list) -> None:
-    notes.append(text)
-    print(f"{path}: {text}", file=sys.stderr, flush=True)
-
-
-def _pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _describe(holder: dict) -> str:
-    return (f"PID {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
-            + (f": {' '.join(map(str, holder['command']))}" if holder.get("command") else ""))
-
-
-def _read_holder(fd: int) -> dict:
-    try:
-        text = os.pread(fd, 65536, 0).decode(errors="replace")
-        return json.loads(text) if text.strip() else {}
-    except (OSError, ValueError):
-        return {"unreadable": True}
-
-
-def check_place(path) -> str:
-    """The absolute form of ``path`` if a run folder can be there (an existing folder, or one that can be made);
-    :class:`RunFolderError` naming the path and what is wrong otherwise: a file, a path under a file, a place
-    without write permission. Nothing is created."""
-    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-        raise TypeError(f"the run folder must be a non-empty path, got {path!r}")
-    full = os.path.abspath(os.fspath(path))
-    if os.path.lexists(full) and not os.path.isdir(full):
-        raise RunFolderError(f"{os.fspath(path)!r} is a file, not a folder (name a folder for the run)")
-    probe = full
-    while not os.path.lexists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise RunFolderError(f"{os.fspath(path)!r}: {probe!r} is a file, so no folder can be made under it")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RunFolderError(f"{os.fspath(path)!r}: cannot write in {probe!r} (permission denied or a read-only "
-                             f"file system)")
-    return full
-
-
-class _Lock:
-    """An exclusive ``flock`` on ``folder/.lock``, the file holding the holder's PID, host, start time and
-    command. Released by :meth:`release`, which removes the file; a holder that died leaves its description, and the
-    next one takes the lock over (with a message) when that PID is gone from this host."""
-
-    def __init__(self, folder: str, notes: list):
-        self.path = os.path.join(folder, LOCK_NAME)
-        host = socket.gethostname()
-        for attempt in range(40):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as err:
-                raise RunFolderError(f"{self.path}: cannot create the run folder's lock file ({err.strerror})") \
-                    from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                os.close(fd)
-                if holder.get("pid") and (holder.get("host") != host or _pid_alive(holder["pid"])):
-                    raise RunFolderBusy(f"{folder!r} is in use by another run ({_describe(holder)}); wait for it to "
-                                        f"end, or stop it (it stops after its current task and can be resumed)",
-                                        holder) from None
-                time.sleep(0.05)   # a holder that is just starting or just ending, or a brief look at the lock
-                continue
-            except OSError as err:
-                os.close(fd)
-                raise RunFolderError(f"{self.path}: cannot lock the run folder ({err.strerror})") from None
-            try:   # the file may have been removed (and made again) by a holder that ended meanwhile
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            break
-        else:
-            raise RunFolderBusy(f"{folder!r} is in use by another run (its lock stayed busy)", {})
-        self.fd = None
-        previous = _read_holder(fd)
-        if previous:
-            if previous.get("host") not in (None, host):
-                os.close(fd)
-                raise RunFolderBusy(f"{folder!r} was locked by a run on another host ({_describe(previous)}) that did "
-                                    f"not release it; if that run is no longer running, delete {self.path} and try "
-                                    f"again", previous)
-            _say(folder, f"took over the lock of a run that ended without releasing it ({_describe(previous)})",
-                 notes)
-        self.holder = {"pid": os.getpid(), "host": host,
-                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": list(sys.argv)}
-        self.fd = fd
-        data = json.dumps(self.holder).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
-        os.fsync(fd)
-
-    def __del__(self):
-        self.release()
-
-    def release(self) -> None:
-        if getattr(self, "fd", None) is None:
-            return
-        try:
-            os.unlink(self.path)   # while still held: a process waiting on this file sees it gone and retries
-        except OSError:
-            pass
-        try:
-            os.ftruncate(self.fd, 0)
-        except OSError:
-            pass
-        os.close(self.fd)
-        self.fd = None
-
-
-class RunFolderError(ValueError):
-    """A run folder that cannot be used as asked: a file, a path under a file, no write permission, not a run
-    folder, a configuration edited by hand."""
-
-
-class RunFolderBusy(RunFolderError):
-    """Another live process holds the run folder's lock; ``holder`` describes it (PID, host, start time, command)."""
-
-    def __init__(self, message: str, holder: dict):
-        super().__init__(message)
-        self.holder = holder
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """A run stopped by SIGINT or SIGTERM at a safe point: every finished task is checkpointed, no file is
-    half-written, and ``resume`` continues it. ``signum``, ``done`` (tasks finished), ``total``, ``path``."""
-
-    def __init__(self, signum: int, done: int, total: int, path: str, immediate: bool = False):
-        self.signum, self.done, self.total, self.path = signum, done, total, path
-        if immediate:
-            text = f"stopped during task {done + 1} of {total} ({done} finished tasks are kept)"
-        elif done:
-            text = f"stopped after task {done} of {total}"
-        else:
-            text = f"stopped before task 1 of {total} was done"
-        super().__init__(text)
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal's number: 130 for SIGINT, 143 for SIGTERM."""
-        return 128 + int(self.signum)
-
-
-def resume_command(prog: str, argv) -> str:
-    """The command line that resumes the run started by ``prog argv`` (``--overwrite`` dropped, ``--resume`` added)."""
-    args = [a for a in argv if a not in ("--overwrite", "--no-overwrite", "--no-resume")]
-    if "--resume" not in args:
-        args.append("--resume")
-    return " ".join([prog] + [shlex.quote(str(a)) for a in args])
 
 
 @dataclasses.dataclass
@@ -341,7 +90,7 @@ class RunFolder:
         check_place(self.path)
         self.path = os.fspath(self.path)
         self.notes: list = []
-        self._lock: Optional[_Lock] = None
+        self._lock: Optional[FolderLock] = None
         self._depth = 0
         self._made = False
         self._check_mode()
@@ -405,7 +154,7 @@ class RunFolder:
             for n in removed:
                 self._remove(self.file(n))
             if not self.overwrite and (self.resume or removed):
-                _say(self.path, "holds no run yet (no config.json, no finished task): starting it"
+                say(self.path, "holds no run yet (no config.json, no finished task): starting it"
                      + (f" (removed what an interrupted start left: {', '.join(removed)})" if removed else ""),
                      self.notes)
             return
@@ -413,14 +162,14 @@ class RunFolder:
         for rel in leftovers:
             self._remove(self.file(rel))
         if leftovers:
-            _say(self.path, f"removed what an interrupted writer left: {', '.join(leftovers)}", self.notes)
+            say(self.path, f"removed what an interrupted writer left: {', '.join(leftovers)}", self.notes)
         seals = self._seals()
         orphans = [t for t in seals if not os.path.isdir(self._ckpt(t))]
         for t in orphans:
             os.unlink(self._ckpt(t) + ".json")
         if orphans:
             last = self.latest_checkpoint()
-            _say(self.path, ", ".join(f"checkpoints/task_{t}/" for t in orphans) + " missing though sealed (seal "
+            say(self.path, ", ".join(f"checkpoints/task_{t}/" for t in orphans) + " missing though sealed (seal "
                  "removed); " + (f"continuing from task {last}, the last complete one" if last is not None
                     else "no complete checkpoint is left: starting from the first task"), self.notes)
 
@@ -446,7 +195,7 @@ class RunFolder:
             except OSError as err:
                 raise RunFolderError(f"{self.path!r}: cannot create the run folder ({err.strerror})") from None
             self._made = True
-        self._lock = _Lock(self.path, self.notes)
+        self._lock = FolderLock(self.path, self.notes)
         self._depth = 1
         try:
             self._prepare()
@@ -509,11 +258,11 @@ class RunFolder:
                     raise CheckpointError(f"{self._ckpt(seals[-1])}.json: saved by a run of another configuration "
                                           f"(hash {meta.get('config_hash')}, this run {digest}); config.json is "
                                           f"missing, so it cannot be written again for this run")
-                _say(self.path, "config.json was missing: written again (this configuration is the one its "
+                say(self.path, "config.json was missing: written again (this configuration is the one its "
                      "checkpoints were saved with)", self.notes)
-            record = {"config": jsonable(config), "config_hash": digest, "versions": _versions(),
+            record = {"config": jsonable(config), "config_hash": digest, "versions": versions(),
                       "command": list(sys.argv)}
-            record["contents_hash"] = _contents_hash(record)
+            record["contents_hash"] = contents_hash(record)
             self.write_json("config.json", record)
         path = self.file("seeds.json")
         if os.path.exists(path):
@@ -526,7 +275,7 @@ class RunFolder:
                 raise CheckpointError(f"{path}: the folder's run has seeds {stored}, this run {seeds}")
         else:
             if had_config:
-                _say(self.path, "seeds.json was missing: written again", self.notes)
+                say(self.path, "seeds.json was missing: written again", self.notes)
             self.write_json("seeds.json", seeds)
         return digest
 
@@ -545,12 +294,12 @@ class RunFolder:
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{path}: cannot read the run's configuration ({err})") from None
-        diffs = _differences(stored.get("config"), jsonable(config))
+        diffs = config_differences(stored.get("config"), jsonable(config))
         listed = "; ".join(f"{k} ({a!r} in config.json, {b!r} in this run)" for k, a, b in diffs[:10])
         if "contents_hash" in stored:
-            edited = stored["contents_hash"] != _contents_hash(stored)
+            edited = stored["contents_hash"] != contents_hash(stored)
         else:   # written before config.json carried its own hash
-            edited = stored.get("config_hash") != _hash_of(stored.get("config"))
+            edited = stored.get("config_hash") != hash_of(stored.get("config"))
         if edited:
             raise CheckpointError(f"{path} was edited after the run wrote it (its contents no longer match their "
                                   f"hash); " + (f"fields that differ from this run's configuration: {listed}" if diffs
@@ -673,135 +422,3 @@ class RunFolder:
         report.plot_matrix(R, self.file("plots/matrix.png"))
         report.plot_scores(R, arrays, self.file("plots/scores.png"))
         report.plot_divergence(arrays, self.file("plots/divergence.png"))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Driving a run over seeds, one task at a time
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def _programs(run: Run, devices: Optional[tuple] = None):
-    """The vmapped per-seed programs of ``run``: init, baseline evaluation, one task (compiled once for every task,
-    and shared by every run of the same configuration: the task arrays are arguments). With ``devices``, each
-    program's seed axis is split over them (:func:`~clloop_jax.sharding.sharded_vmap`)."""
-    def batched(fn, in_axes):
-        if devices is None:
-            return jax.jit(jax.vmap(fn, in_axes=in_axes))
-        return sharded_vmap(fn, in_axes=in_axes, devices=list(devices))
-
-    init = batched(lambda tasks, k, hp: run._init(tasks, k, hp), (None, 0, None))
-    evaluate = batched(lambda tasks, p, k, hp: run._evaluate(p, tasks, Run._keys(k)[1], hp), (None, 0, 0, None))
-    step = batched(lambda tasks, s, k, t, hp: run._task_step(s, tasks, k, t, hp), (None, 0, 0, None, None))
-    return init, evaluate, step
-
-
-class _StopOnSignals:
-    """While active (in the main thread): the first SIGINT or SIGTERM asks the run to stop at its next safe point
-    (between tasks); a second one stops it at once."""
-
-    def __init__(self, total: int, path: str):
-        self.total, self.path, self.done, self.signum, self.previous = total, path, 0, None, {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise RunInterrupted(signum, self.done, self.total, self.path, immediate=True)
-        self.signum = signum
-        if sys.stderr.isatty():
-            print(f"\n{self.path}: stopping after the current task (again to stop at once)", file=sys.stderr,
-                  flush=True)
-
-    def check(self, done: int) -> None:
-        self.done = done
-        if self.signum is not None and done < self.total:
-            raise RunInterrupted(self.signum, done, self.total, self.path)
-
-
-def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None,
-            progress: Optional[Callable] = None, label: str = "run", devices=None) -> RunResults:
-    """Runs ``run`` for every seed at once (``jax.vmap``), one task at a time: checkpoints after every task, resumes
-    from the folder's last complete checkpoint when ``folder.resume``, raises :class:`DivergenceError` (naming seed,
-    task and episode) as soon as a task's updates became non-finite, before anything of that task is written.
-
-    ``devices`` spreads the seeds over several devices (a count, or a sequence of devices; see
-    :mod:`clloop_jax.sharding`); None runs them all on the default device. Results agree to float32 rounding.
-
-    With a ``folder``, the folder is locked for the whole run (:class:`RunFolder`), its configuration is checked or
-    written before anything is compiled, and SIGINT / SIGTERM (in the main thread) stop the run at the next safe
-    point, between tasks, raising :class:`RunInterrupted` (a second signal stops it at once; files stay whole).
-
-    Returns :class:`RunResults` with a leading seed axis; writes the folder's result files and plots when done.
-    ``progress(task_done, num_tasks)`` is called after each task.
-    """
-    seeds = [int(s) for s in seeds]
-    mesh = None if devices is None else tuple(batch_mesh(devices).devices.flat)
-    if folder is None:
-        return _execute(run, hp, seeds, None, config, progress, label, mesh, None)
-    with folder, _StopOnSignals(run.source.num_tasks, folder.path) as stop:
-        return _execute(run, hp, seeds, folder, config, progress, label, mesh, stop)
-
-
-def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
-    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-    T = run.source.num_tasks
-    tasks = run.source.tasks
-    digest = None
-    if folder is not None:
-        digest = folder.write_config(config if config is not None else run.config, seeds)
-    init, evaluate, step = (functools.partial(f, tasks) for f in _programs(run, mesh))
-    state = init(keys, hp)
-    start, rows, traces = 0, [], []
-    baseline = evaluate(state.params, keys, hp)
-    if folder is not None and folder.resume:
-        last = folder.latest_checkpoint()
-        if last is not None:
-            trace_like = jax.eval_shape(functools.partial(_programs(run)[2], tasks), state, keys, jnp.int32(0),
-                                        hp)[2]
-            like = {"state": state, "rows": jnp.zeros((last + 1,) + baseline.shape[:1] + (T,), baseline.dtype),
-                    "traces": jax.tree.map(lambda x: jnp.zeros((last + 1,) + x.shape, x.dtype), trace_like),
-                    "baseline": baseline}
-            saved = folder.restore_checkpoint(last, like, digest)
-            state, baseline = saved["state"], saved["baseline"]
-            rows = list(saved["rows"])
-            traces = [jax.tree.map(lambda x: x[i], saved["traces"]) for i in range(last + 1)]
-            start = last + 1
-    for task in range(start, T):
-        if stop is not None:
-            stop.check(task)
-        new_state, row, trace = step(state, keys, jnp.int32(task), hp)
-        finite = np.asarray(trace["finite"])  # [S, E]
-        if not finite.all():
-            try:
-                check_finite(finite[:, None, :], where=label)
-            except DivergenceError as err:
-                seed = seeds[err.seed]
-                raise DivergenceError(f"{label} diverged at seed {seed}, task {task}, episode {err.episode}: the loss, "
-                                      f"a gradient or the parameters became non-finite (lower the learning rate or "
-                                      f"the penalty strength); nothing of task {task} was written, the last good "
-                                      f"checkpoint is kept", seed=seed, task=task, episode=err.episode) from None
-        state = new_state
-        rows.append(row)
-        traces.append(trace)
-        if folder is not None:
-            folder.save_checkpoint(task, {"state": state, "rows": jnp.stack(rows),
-                                          "traces": jax.tree.map(lambda *x: jnp.stack(x), *traces),
-                                          "baseline": baseline}, digest)
-        if progress is not None:
-            progress(task + 1, T)
-    R = jnp.stack(rows, axis=1)                                              # [S, T, T]
-    stacked = jax.tree.map(lambda *x: jnp.stack(x, axis=1), *traces)      # [S, T, E]
-    results = RunResults(R, baseline, stacked)
-    if folder is not None:
-        folder.write_results(R, baseline, {k: np.asarray(v) for k, v in stacked.items()}, seeds)
-    return state, results

@@ -1,8 +1,8 @@
 """Learning from reward: an actor-critic task source over gymnax environments.
 
 :class:`GymnaxSource` turns a registered gymnax environment id and a list of ``EnvParams`` overrides (one per task:
-a longer pole, a heavier pendulum, ...) into a task source for the same :func:`~clloop_jax.loop.make_run` and the
-same strategies as the imitation and labelled sources. The policy is a
+a longer pole, a heavier pendulum, ...) into a task source for the same :func:`~clloop_jax.run.sequential.make_run` and
+the same strategies as the imitation and labelled sources. The policy is a
 :class:`~clloop_jax.model.CrossModalModel` reading the flat observation as its one modality; its feedback path
 carries ``feedback_weight * [reward_{t-1}, previous action]`` (the previous action one-hot for a discrete action
 space), zero at the first step of an episode; its carry restarts at zero with every episode.
@@ -30,16 +30,16 @@ minibatch). The policy at a step is recomputed from the recorded carry (backprop
 recurrence: the carries are data). By default the run takes one gradient step per rollout, at
 ``theta = theta_old``, where ``rho = 1`` and the clipped surrogate's gradient equals the advantage actor-critic
 (A2C) gradient. With ``epochs`` and ``num_minibatches`` (:meth:`GymnaxSource.minibatches`, :meth:`Run.learn
-<clloop_jax.loop.Run.learn>`) the advantages, targets and ``log pi_old`` are fixed at collection and the run takes
-``epochs x num_minibatches`` steps on minibatches of them, so ``rho`` moves away from 1 and the clip acts (PPO). Every coefficient is a traced hyperparameter
-(:class:`RLHParams`), swept with ``vmap`` like any other.
+<clloop_jax.run.sequential.Run.learn>`) the advantages, targets and ``log pi_old`` are fixed at collection and the run
+takes ``epochs x num_minibatches`` steps on minibatches of them, so ``rho`` moves away from 1 and the clip acts (PPO).
+Every coefficient is a traced hyperparameter (:class:`RLHParams`), swept with ``vmap`` like any other.
 
 **Score** (evaluation): the mean undiscounted return of the first episode of each of ``eval_envs`` environments,
 run for ``eval_steps`` steps (the task's ``max_steps_in_episode`` by default) with the stochastic policy.
 
 **Fisher** (EWC, online EWC, MAS): one sample is one visited state ``(carry, obs, feedback)``; :meth:`predict`
 gives the policy's distribution parameters there (logits, or ``[mean, log_std]``), and :attr:`likelihood` is the
-policy's distribution: :class:`~clloop_jax.fisher.Categorical` (exact over the ``K`` actions with
+policy's distribution: :class:`~clloop_jax.importance.fisher.Categorical` (exact over the ``K`` actions with
 ``fisher_variant="exact"``), or :class:`GaussianPolicyLikelihood`, whose output-space Fisher
 ``diag(1/sigma^2, 2)`` over ``(mean, log_std)`` is exact too. :meth:`fisher_data` draws ``fisher_size`` states of
 one rollout of the current policy in the task.
@@ -48,235 +48,23 @@ one rollout of the current policy in the task.
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Optional
 
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from gymnax.environments import spaces
 
-from clloop_jax import fisher as fisher_lib
 from clloop_jax.envs.base import normalized_score
+from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.model import CrossModalModel
-from clloop_jax.strategies.base import nonnegative, positive, unit_interval
+from clloop_jax.rl.ppo import (GaussianPolicyLikelihood, PPOMinibatch, RLBatch, RLHParams, RolloutState,
+                               clipped_surrogate, episode_returns, gae, minibatch_indices)
+from clloop_jax.rl.tasks import task_params
+from clloop_jax.validation import positive_int
 
-__all__ = ["RLHParams", "RLBatch", "PPOMinibatch", "RolloutState", "GymnaxSource", "GaussianPolicyLikelihood", "gae", "clipped_surrogate",
-           "task_params", "minibatch_indices"]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Hyperparameters, batches
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class RLHParams(NamedTuple):
-    """The actor-critic's traced hyperparameters (see the module docstring)."""
-
-    feedback_weight: Any = 1.0
-    discount: Any = 0.99
-    gae_lambda: Any = 0.95
-    clip_eps: Any = 0.2
-    value_coef: Any = 0.5
-    entropy_coef: Any = 0.01
-    reward_scale: Any = 1.0
-
-    def check(self):
-        nonnegative("feedback_weight", self.feedback_weight)
-        unit_interval("discount", self.discount)
-        unit_interval("gae_lambda", self.gae_lambda)
-        positive("clip_eps", self.clip_eps)
-        nonnegative("value_coef", self.value_coef)
-        nonnegative("entropy_coef", self.entropy_coef)
-        positive("reward_scale", self.reward_scale)
-
-
-class RLBatch(NamedTuple):
-    """A time-major rollout ``[T, B, ...]``: what the policy acted on and what came of it.
-
-    obs ``[T, B, D]``, feedback ``[T, B, F]``, carry ``[T, B, H]`` (the carry the step started from), action
-    ``[T, B]`` (int32) or ``[T, B, A]``, log_prob ``[T, B]`` and value ``[T, B]`` under the acting parameters,
-    reward ``[T, B]``, done ``[T, B]`` (the episode ended at step t), last_value ``[B]`` (value after the last
-    step), episode_return ``[T, B]`` (the reward summed from the start of step t's episode through step t, that
-    start possibly in an earlier rollout of a stream; None: counted from this rollout's start), target
-    ``[T, B, A]`` (the environment's expert action at the state the step acted from, recorded for an imitation
-    score only; None otherwise).
-    """
-
-    obs: jax.Array
-    feedback: jax.Array
-    carry: jax.Array
-    action: jax.Array
-    log_prob: jax.Array
-    value: jax.Array
-    reward: jax.Array
-    done: jax.Array
-    last_value: jax.Array
-    episode_return: Any = None
-    target: Any = None
-
-
-class PPOMinibatch(NamedTuple):
-    """Flat samples ``[N, ...]`` of one collected rollout, for several optimizer steps on it: the state the policy
-    acted from (carry, obs, feedback), the action, its log-probability ``log pi_old`` and the value under the
-    collecting parameters, and the GAE advantage and value target computed once at collection (with
-    ``reward_scale``, ``discount``, ``gae_lambda``); ``score`` (a scalar) is the collected rollout's
-    :meth:`GymnaxSource.batch_return`."""
-
-    carry: jax.Array
-    obs: jax.Array
-    feedback: jax.Array
-    action: jax.Array
-    log_prob: jax.Array
-    value: jax.Array
-    advantage: jax.Array
-    target: jax.Array
-    score: jax.Array
-
-
-class RolloutState(NamedTuple):
-    """Where ``B`` environments of a stream stand between two rollouts: the environments' states, the observation,
-    the feedback and the policy's carry for the next step, and each environment's return so far in its episode."""
-
-    env_state: Any
-    obs: jax.Array
-    feedback: jax.Array
-    carry: jax.Array
-    episode_return: jax.Array
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The objective's pieces
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def gae(rewards, values, dones, last_value, discount, gae_lambda):
-    """Generalized advantage estimation over a time-major rollout: ``(advantages, value_targets)``, each ``[T, ...]``.
-
-    ``delta_t = r_t + discount * V_{t+1} (1 - d_t) - V_t`` with ``V_T = last_value``;
-    ``A_t = delta_t + discount * gae_lambda * (1 - d_t) * A_{t+1}`` (a reverse ``lax.scan``); targets ``A_t + V_t``.
-    """
-    rewards, values = jnp.asarray(rewards), jnp.asarray(values)
-    if rewards.shape != values.shape or jnp.shape(dones) != rewards.shape:
-        raise ValueError(f"rewards, values and dones must share one shape [T, ...], got {rewards.shape}, "
-                         f"{values.shape} and {jnp.shape(dones)}")
-    if jnp.shape(last_value) != rewards.shape[1:]:
-        raise ValueError(f"last_value must have shape {rewards.shape[1:]} (values without the time axis), "
-                         f"got {jnp.shape(last_value)}")
-    not_done = 1.0 - jnp.asarray(dones, values.dtype)
-    next_values = jnp.concatenate([values[1:], jnp.asarray(last_value, values.dtype)[None]], axis=0)
-    deltas = rewards + discount * next_values * not_done - values
-
-    def back(adv_next, x):
-        delta, nd = x
-        adv = delta + discount * gae_lambda * nd * adv_next
-        return adv, adv
-
-    _, advantages = jax.lax.scan(back, jnp.zeros_like(values[0]), (deltas, not_done), reverse=True)
-    return advantages, advantages + values
-
-
-def clipped_surrogate(ratio, advantages, clip_eps):
-    """PPO's clipped surrogate objective (to maximise): ``mean min(rho A, clip(rho, 1 - eps, 1 + eps) A)``."""
-    ratio, advantages = jnp.asarray(ratio), jnp.asarray(advantages)
-    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    return jnp.mean(jnp.minimum(ratio * advantages, clipped * advantages))
-
-
-@dataclasses.dataclass(frozen=True)
-class GaussianPolicyLikelihood:
-    """A diagonal Gaussian whose output is ``[mean (A), log_std (A)]`` (the policy's distribution parameters).
-
-    ``log_prob(output, target) = sum_k log N(target_k; mean_k, exp(log_std_k)^2)``; the output-space Fisher of
-    ``(mean, log_std)`` is ``diag(exp(-2 log_std), 2)``, whose factor :meth:`fisher_factor` returns, so
-    ``fisher_variant="exact"`` is the exact Fisher of the policy."""
-
-    def _split(self, output):
-        output = jnp.asarray(output)
-        a = output.shape[-1] // 2
-        return output[..., :a], output[..., a:]
-
-    def log_prob(self, output, target):
-        mean, log_std = self._split(output)
-        target = jnp.asarray(target)
-        if target.shape != mean.shape:
-            raise ValueError(f"GaussianPolicyLikelihood.log_prob: target must have the mean's shape {mean.shape}, "
-                             f"got {target.shape}")
-        z = (target - mean) * jnp.exp(-log_std)
-        return jnp.sum(-0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
-
-    def sample(self, key, output):
-        mean, log_std = self._split(output)
-        return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)
-
-    def fisher_factor(self, output):
-        """``L [..., 2A, 2A]`` with ``L L^T = diag(exp(-2 log_std), 2)``."""
-        mean, log_std = self._split(output)
-        diag = jnp.concatenate([jnp.exp(-log_std), jnp.full_like(log_std, math.sqrt(2.0))], axis=-1)
-        return diag[..., :, None] * jnp.eye(diag.shape[-1], dtype=diag.dtype)
-
-    def entropy(self, output):
-        _, log_std = self._split(output)
-        return jnp.sum(log_std + 0.5 * math.log(2 * math.pi * math.e), axis=-1)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Tasks
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _cartpole_derived(default, override, params):
-    """CartPole-v1 stores ``total_mass`` and ``polemass_length``; keep them consistent with overridden masses."""
-    if "total_mass" not in override:
-        params = params.replace(total_mass=params.masscart + params.masspole)
-    if "polemass_length" not in override:
-        params = params.replace(polemass_length=params.masspole * params.length)
-    return params
-
-
-_DERIVED = {"CartPole-v1": _cartpole_derived}
-
-
-def task_params(env_id: str, overrides: Sequence[dict]):
-    """``(env, stacked EnvParams)``: the environment ``env_id``'s default parameters with each override applied
-    (one task per override; every leaf gets a leading task axis). Fields another field is derived from (CartPole's
-    ``total_mass`` and ``polemass_length``) follow the overridden ones unless given themselves."""
-    if not isinstance(env_id, str) or env_id not in gymnax.registered_envs:
-        raise ValueError(f"env_id must be a registered gymnax environment id (one of gymnax.registered_envs), "
-                         f"got {env_id!r}")
-    if isinstance(overrides, dict) or not isinstance(overrides, (list, tuple)) or not overrides:
-        raise ValueError(f"overrides must be a non-empty list of dicts of EnvParams fields (one per task), "
-                         f"got {overrides!r}")
-    env, default = gymnax.make(env_id)
-    fields = {f.name for f in dataclasses.fields(default)}
-    tasks = []
-    for i, override in enumerate(overrides):
-        if not isinstance(override, dict):
-            raise ValueError(f"overrides[{i}] must be a dict of EnvParams fields, got {override!r}")
-        unknown = sorted(set(override) - fields)
-        if unknown:
-            raise ValueError(f"overrides[{i}] names unknown EnvParams fields {unknown} of {env_id}; "
-                             f"it has {sorted(fields)}")
-        params = default.replace(**override)
-        if env_id in _DERIVED:
-            params = _DERIVED[env_id](default, override, params)
-        tasks.append(params)
-    tasks = [jax.tree.map(lambda x, d: jnp.asarray(x, jnp.result_type(jnp.asarray(d))), t, default) for t in tasks]
-    return env, jax.tree.map(lambda *xs: jnp.stack(xs), *tasks)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The source
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1{' or None' if allow_none else ''}, got {value!r}")
+__all__ = ["GymnaxSource"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,16 +143,16 @@ class GymnaxSource:
             raise ValueError(f"score_kind='imitation' needs an environment with expert_action; {self.env_id!r} has "
                              f"none")
         for name in ("hidden_dim", "num_envs", "num_steps", "eval_envs", "epochs", "num_minibatches"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         if (self.num_envs * self.num_steps) % self.num_minibatches:
             raise ValueError(f"num_minibatches must divide num_envs * num_steps = {self.num_envs * self.num_steps}, "
                              f"got {self.num_minibatches}")
         if not isinstance(self.persistent_envs, bool):
             raise ValueError(f"persistent_envs must be a bool, got {self.persistent_envs!r}")
-        _positive_int("fisher_size", self.fisher_size, allow_none=True)
+        positive_int("fisher_size", self.fisher_size, allow_none=True)
         if self.fisher_size is None:
             object.__setattr__(self, "fisher_size", min(256, self.num_envs * self.num_steps))
-        _positive_int("eval_steps", self.eval_steps, allow_none=True)
+        positive_int("eval_steps", self.eval_steps, allow_none=True)
         if self.fisher_size > self.num_envs * self.num_steps:
             raise ValueError(f"fisher_size must be at most num_envs * num_steps = {self.num_envs * self.num_steps}, "
                              f"got {self.fisher_size}")
@@ -597,7 +385,7 @@ class GymnaxSource:
     def batch_return(batch: RLBatch):
         """Mean return of the episodes that ended in ``batch`` (reward summed from each episode's start)."""
         ended = jnp.sum(batch.done)
-        returns = _episode_returns(batch.reward, batch.done) if batch.episode_return is None else batch.episode_return
+        returns = episode_returns(batch.reward, batch.done) if batch.episode_return is None else batch.episode_return
         return jnp.where(ended > 0, jnp.sum(returns * batch.done)
                          / jnp.maximum(ended, 1), jnp.sum(batch.reward) / batch.reward.shape[1])
 
@@ -658,26 +446,3 @@ class GymnaxSource:
         """The policy's distribution parameters at one state ``(carry [H], obs [D], feedback [F])``."""
         carry, obs, feedback = x
         return self._apply(params, carry, obs, feedback)[1]
-
-
-def minibatch_indices(key, num_samples: int, epochs: int, num_minibatches: int):
-    """``[epochs * num_minibatches, num_samples / num_minibatches]`` sample indices: per epoch one permutation of
-    ``range(num_samples)`` (``jax.random.permutation`` with that epoch's key) cut into ``num_minibatches`` consecutive
-    pieces, so each epoch's minibatches cover every sample exactly once."""
-    for name, value in (("num_samples", num_samples), ("epochs", epochs), ("num_minibatches", num_minibatches)):
-        _positive_int(name, value)
-    if num_samples % num_minibatches:
-        raise ValueError(f"num_minibatches must divide num_samples = {num_samples}, got {num_minibatches}")
-    perms = jax.vmap(lambda k: jax.random.permutation(k, num_samples))(jax.random.split(key, epochs))
-    return perms.reshape(epochs * num_minibatches, num_samples // num_minibatches)
-
-
-def _episode_returns(rewards, dones):
-    """``G[t]``: the reward summed from the start of the episode that step t belongs to, through step t."""
-    def fwd(acc, x):
-        r, d = x
-        acc = acc + r
-        return jnp.where(d, 0.0, acc), acc
-
-    _, out = jax.lax.scan(fwd, jnp.zeros_like(rewards[0]), (rewards, dones))
-    return out

@@ -39,175 +39,29 @@ resume; ``run.run_stepwise`` gives the same numbers as ``run(key, hp)``.
 
 A non-finite loss, gradient or parameter never reaches the state: that update is skipped (the last good state is
 kept) and the episode's ``finite`` trace entry is False, so the host can stop and say where
-(:func:`clloop_jax.runs.check_finite` does it for a whole run).
+(:func:`clloop_jax.run.errors.check_finite` does it for a whole run).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import numbers
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from clloop_jax import fisher as fisher_lib
+from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.monitors import Monitor, get_monitor
-from clloop_jax.strategies.base import NoHParams, Strategy, check_hparam, check_hparams, get_strategy
-from clloop_jax.sharding import shard_seeds
-from clloop_jax.validation import check_bool, check_choice, check_float, check_int, check_key
+from clloop_jax.run.config import HParams, RunConfig
+from clloop_jax.run.errors import all_finite
+from clloop_jax.run.programs import Program, jit_evaluate
+from clloop_jax.strategies.base import NoHParams, Strategy, get_strategy
+from clloop_jax.validation import check_int, check_key, is_int
+from clloop_jax.workflow.sharding import shard_seeds
 
-FISHER_VARIANTS = ("empirical", "sampled", "exact")
-
-__all__ = ["HParams", "RunConfig", "Run", "RunResults", "TrainState", "make_run", "make_joint_run", "task_at",
-           "FISHER_VARIANTS", "DivergenceError", "check_finite", "check_key"]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Hyperparameters
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class HParams(NamedTuple):
-    """Numeric hyperparameters of a run, traced: ``learning_rate`` (the optimizer's), ``strategy`` (the strategy's
-    own ``NamedTuple``) and ``source`` (the task source's). Build it with :meth:`Run.hparams`."""
-
-    learning_rate: Any = 1e-3
-    strategy: Any = NoHParams()
-    source: Any = NoHParams()
-
-    def _owner(self, name: str) -> str:
-        owners = [part for part in ("strategy", "source") if name in getattr(self, part)._fields]
-        if name == "learning_rate":
-            owners.append("learning_rate")
-        if len(owners) != 1:
-            valid = self.names()
-            if not owners:
-                raise ValueError(f"unknown hyperparameter {name!r}; this run has {valid}")
-            raise ValueError(f"hyperparameter {name!r} is ambiguous: both {owners} have it")
-        return owners[0]
-
-    def names(self) -> list:
-        """Every hyperparameter's name, flat."""
-        return ["learning_rate", *self.strategy._fields, *self.source._fields]
-
-    def flat(self) -> Dict[str, Any]:
-        """``{name: value}`` for every hyperparameter."""
-        return {"learning_rate": self.learning_rate, **self.strategy._asdict(), **self.source._asdict()}
-
-    def replace(self, **values) -> "HParams":
-        """The same hyperparameters with the named ones changed (names as in :meth:`names`), validated."""
-        hp = self
-        for name, value in values.items():
-            owner = hp._owner(name)
-            if owner == "learning_rate":
-                hp = hp._replace(learning_rate=value)
-            else:
-                hp = hp._replace(**{owner: getattr(hp, owner)._replace(**{name: value})})
-        hp.validate()
-        return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), hp)
-
-    def axes(self, *names: str) -> "HParams":
-        """``in_axes`` for ``jax.vmap`` that batch the named fields (axis 0) and broadcast the others."""
-        for name in names:
-            self._owner(name)
-        part = lambda tup: type(tup)(*[0 if f in names else None for f in tup._fields])  # noqa: E731
-        return HParams(0 if "learning_rate" in names else None, part(self.strategy), part(self.source))
-
-    def validate(self) -> None:
-        """Checks concrete values (traced ones are skipped): finite numbers, a positive learning rate, and each
-        part's own ranges. Raises ``ValueError``/``TypeError`` naming the field."""
-        for part in ("strategy", "source"):
-            value = getattr(self, part)
-            if not (isinstance(value, tuple) and hasattr(value, "_fields")):
-                raise TypeError(f"HParams.{part} must be a NamedTuple of hyperparameters, got "
-                                f"{type(value).__name__}")
-        check_hparam("learning_rate", self.learning_rate, lambda v: v > 0, "a finite number > 0")
-        check_hparams(self.strategy, "strategy")
-        check_hparams(self.source, "source")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Configuration
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Static configuration of a continual-learning run (changing it recompiles).
-
-    Attributes:
-      strategy: a registered strategy name (``none``, ``l2``, ``ewc``, ``online_ewc``, ``si``, ``mas``,
-        ``ewc_budget``, ...) or a :class:`~clloop_jax.strategies.Strategy`.
-      episodes_per_task: optimizer updates per task, one per episode (batch).
-      fisher_variant: ``empirical``, ``sampled`` or ``exact`` (see :func:`clloop_jax.fisher.fisher_diagonal`).
-      fisher_samples: label draws per input for the ``sampled`` Fisher.
-      fisher_chunk_size: per-sample gradients computed this many at a time (bounds memory); None = all at once.
-      fisher_method: how per-sample scores are formed for the Fisher and MAS importances: ``"auto"`` (the dense
-        layers' scores contracted after the backward pass where the source's model allows it, else one
-        vector-Jacobian product per sample), ``"per_layer"`` or ``"per_sample"``; the numbers agree up to rounding
-        (see :func:`clloop_jax.fisher.fisher_diagonal`).
-      monitors: the measurements recorded in the traces: names (``"parameter"``, ``"fisher"``, ``"functional"``)
-        or :class:`~clloop_jax.monitors.Monitor` values; those not named are not in the program.
-      measure_every: the monitors' ``measure`` (functional divergence) runs every this many episodes; None = once per
-        task, after its last episode. Must divide ``episodes_per_task``.
-      max_grad_norm: global-norm clipping of the gradient before the optimizer (None = no clipping).
-      reset_optimizer: start each task with a fresh optimizer state.
-      optimizer: ``learning_rate -> optax.GradientTransformation``; Adam by default.
-    """
-
-    strategy: Union[str, Strategy] = "ewc"
-    episodes_per_task: int = 10
-    fisher_variant: str = "sampled"
-    fisher_samples: int = 1
-    fisher_chunk_size: Optional[int] = None
-    fisher_method: str = "auto"
-    monitors: Tuple[Union[str, Monitor], ...] = ("parameter",)
-    measure_every: Optional[int] = None
-    max_grad_norm: Optional[float] = 1.0
-    reset_optimizer: bool = True
-    optimizer: Callable[[Any], optax.GradientTransformation] = optax.adam
-
-    def __post_init__(self):
-        get_strategy(self.strategy)  # a clear error for an unknown name or a wrong type
-        if not _is_int(self.episodes_per_task) or self.episodes_per_task < 1:
-            raise ValueError(f"episodes_per_task must be an integer >= 1, got {self.episodes_per_task!r}")
-        if self.fisher_variant not in FISHER_VARIANTS:
-            raise ValueError(f"fisher_variant must be one of {list(FISHER_VARIANTS)}, got {self.fisher_variant!r}")
-        if not _is_int(self.fisher_samples) or self.fisher_samples < 1:
-            raise ValueError(f"fisher_samples must be an integer >= 1, got {self.fisher_samples!r}")
-        if self.fisher_chunk_size is not None and (not _is_int(self.fisher_chunk_size) or self.fisher_chunk_size < 1):
-            raise ValueError(f"fisher_chunk_size must be an integer >= 1 or None, got {self.fisher_chunk_size!r}")
-        check_choice("fisher_method", self.fisher_method, fisher_lib.METHODS)
-        if isinstance(self.monitors, (str, Monitor)) or not isinstance(self.monitors, (tuple, list)):
-            raise ValueError(f"monitors must be a tuple of monitor names or Monitor values, got {self.monitors!r}")
-        object.__setattr__(self, "monitors", tuple(self.monitors))
-        try:
-            names = [get_monitor(m).name for m in self.monitors]
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"monitors: {err}") from None
-        if len(set(names)) != len(names):
-            raise ValueError(f"monitors must not repeat a monitor, got {names}")
-        if self.measure_every is not None and (not _is_int(self.measure_every) or self.measure_every < 1
-                                               or self.episodes_per_task % self.measure_every):
-            raise ValueError(f"measure_every must be None or an integer >= 1 dividing episodes_per_task="
-                             f"{self.episodes_per_task}, got {self.measure_every!r}")
-        check_float("max_grad_norm", self.max_grad_norm, min=0, open_min=True, allow_none=True, scalar=True)
-        check_bool("reset_optimizer", self.reset_optimizer)
-        if not callable(self.optimizer):
-            raise TypeError(f"optimizer must be a callable learning_rate -> optax.GradientTransformation, "
-                            f"got {self.optimizer!r}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# State and results
-# ----------------------------------------------------------------------------------------------------------------
+__all__ = ["Run", "RunResults", "TrainState", "make_run", "task_at"]
 
 
 class TrainState(NamedTuple):
@@ -234,42 +88,6 @@ class RunResults(NamedTuple):
 def task_at(tasks, task_id):
     """Slice one task out of a stacked task pytree (``task_id`` may be traced)."""
     return jax.tree.map(lambda x: x[task_id], tasks)
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
-class DivergenceError(FloatingPointError):
-    """A run (or a step) met a non-finite loss, gradient or parameter. ``seed``, ``task`` and ``episode`` say where
-    (None when not applicable); the updates from there on were skipped, so the state holds the last good values."""
-
-    def __init__(self, message: str, seed=None, task=None, episode=None):
-        super().__init__(message)
-        self.seed, self.task, self.episode = seed, task, episode
-
-
-def check_finite(finite, where: str = "the run") -> None:
-    """Raises :class:`DivergenceError` at the first False of ``finite`` (``[tasks, episodes]`` or
-    ``[seeds, tasks, episodes]``, the run's ``traces["finite"]``), naming the seed, task and episode."""
-    finite = np.asarray(finite, bool)
-    if finite.ndim not in (2, 3):
-        raise ValueError(f"finite must have shape [tasks, episodes] or [seeds, tasks, episodes], got {finite.shape}")
-    bad = np.argwhere(~finite.reshape((-1,) + finite.shape[-2:]))
-    if bad.size == 0:
-        return
-    seed, task, episode = (int(v) for v in min(bad.tolist(), key=lambda b: (b[1], b[2], b[0])))
-    seed_text = f"seed {seed}, " if finite.ndim == 3 else ""
-    raise DivergenceError(f"{where} diverged at {seed_text}task {task}, episode {episode}: the loss, a gradient or "
-                          f"the parameters became non-finite (lower the learning rate or the penalty strength); "
-                          f"the updates from there on were skipped", seed=seed if finite.ndim == 3 else None,
-                          task=task, episode=episode)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The run
-# ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,7 +139,8 @@ class Run:
         return opt
 
     @staticmethod
-    def _keys(key):
+    def split_key(key):
+        """The run key's three streams: ``(initialisation, evaluation, tasks)``."""
         k_init, k_eval, k_tasks = jax.random.split(key, 3)
         return k_init, k_eval, k_tasks
 
@@ -329,8 +148,9 @@ class Run:
         kinds = {self.strategy.importance} | {m.importance for m in self.monitors}
         return sorted(k for k in kinds if k is not None)
 
-    def _init(self, tasks, key, hp: HParams) -> TrainState:
-        k_init, _, k_tasks = self._keys(key)
+    def init_on(self, tasks, key, hp: HParams) -> TrainState:
+        """The state before the first task, for the task arrays ``tasks`` (traceable; :meth:`init` compiles it)."""
+        k_init, _, k_tasks = self.split_key(key)
         params = self.source.init_params(k_init)
         data_shape = None
         if any(m.uses_data for m in self.monitors):
@@ -394,7 +214,7 @@ class Run:
             strategy_state = strat.accumulate(strategy_state, params, new_params, task_grads, hp.strategy)
         if strat.observe is not None:
             strategy_state = strat.observe(strategy_state, params, samples, src, k_observe, hp.strategy)
-        finite = jnp.isfinite(loss) & jnp.isfinite(penalty) & _all_finite(grads) & _all_finite(new_params)
+        finite = jnp.isfinite(loss) & jnp.isfinite(penalty) & all_finite(grads) & all_finite(new_params)
         new = state._replace(params=new_params, opt_state=opt_state, strategy=strategy_state)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         trace = {"loss": loss, "penalty": penalty, "finite": finite}
@@ -493,18 +313,22 @@ class Run:
             for m, s in zip(self.monitors, state.monitors))
         return state._replace(strategy=strategy_state, monitors=monitors, tasks_done=state.tasks_done + 1)
 
-    def _evaluate(self, params, tasks, key, hp: HParams):
+    def evaluate_on(self, params, tasks, key, hp: HParams):
+        """Scores of ``params`` on every task of ``tasks`` with evaluation key ``key`` (traceable; one vmapped call)."""
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(self.source.num_tasks))
         return jax.vmap(lambda task, k: self.source.score(k, params, task, hp.source))(tasks, keys)
 
-    def _task_step(self, state: TrainState, tasks, key, task_id, hp: HParams):
-        _, k_eval, k_tasks = self._keys(key)
+    def task_step_on(self, state: TrainState, tasks, key, task_id, hp: HParams):
+        """One task and the evaluation after it: ``(state, R_row, traces)`` (traceable; :meth:`train_task`
+        compiles it)."""
+        _, k_eval, k_tasks = self.split_key(key)
         state, trace = self._train_task(state, tasks, jax.random.fold_in(k_tasks, task_id), task_id, hp)
-        return state, self._evaluate(state.params, tasks, k_eval, hp), trace
+        return state, self.evaluate_on(state.params, tasks, k_eval, hp), trace
 
-    def _run(self, tasks, key, hp: HParams):
-        state = self._init(tasks, key, hp)
-        _, k_eval, k_tasks = self._keys(key)
+    def run_on(self, tasks, key, hp: HParams):
+        """The whole run over the task arrays ``tasks`` (traceable; ``run(key, hp)`` compiles it)."""
+        state = self.init_on(tasks, key, hp)
+        _, k_eval, k_tasks = self.split_key(key)
         n = self.source.num_tasks
 
         # Traced once: the shapes for the skipped branch come from the same (cached) trace the cond then reuses.
@@ -513,7 +337,7 @@ class Run:
         trace_shape = jax.eval_shape(train, state, jnp.int32(0))[1]
 
         def phase(st, i):
-            row = self._evaluate(st.params, tasks, k_eval, hp)
+            row = self.evaluate_on(st.params, tasks, k_eval, hp)
             skip = lambda s, _: (s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), trace_shape))  # noqa
             st, trace = jax.lax.cond(i < n, train, skip, st, jnp.minimum(i, n - 1))
             return st, (row, trace)
@@ -530,8 +354,8 @@ class Run:
     def seeds(self, keys, hp: HParams, devices=None):
         """The whole run for every key of ``keys [S]`` at once: ``(final_state, RunResults)`` with a leading seed
         axis, the seeds split over ``devices`` (None: every device; a count: the first that many; or a sequence of
-        devices) with :func:`clloop_jax.sharding.shard_seeds`. On one device this is ``jax.vmap(run)``; on several,
-        each device runs its share of the seeds and the results stay sharded over the seed axis (equal to one
+        devices) with :func:`clloop_jax.workflow.sharding.shard_seeds`. On one device this is ``jax.vmap(run)``; on
+        several, each device runs its share of the seeds and the results stay sharded over the seed axis (equal to one
         device's up to float32 rounding)."""
         keys = check_key("keys", keys, ndim=1)
         self._check_single(hp)
@@ -555,7 +379,7 @@ class Run:
     def evaluate(self, params, key, hp: HParams):
         """Scores of ``params`` on every task, with the run's fixed evaluation keys (derived from the run key)."""
         key = self._checked(key, hp)
-        return _jit_evaluate(self.source, params, self.source.tasks, self._keys(key)[1], hp.source)
+        return jit_evaluate(self.source, params, self.source.tasks, self.split_key(key)[1], hp.source)
 
     def run_stepwise(self, key, hp: HParams, callback: Optional[Callable] = None, state: Optional[TrainState] = None,
                      start_task: int = 0, results: Optional[RunResults] = None):
@@ -567,7 +391,7 @@ class Run:
         """
         key = self._checked(key, hp)
         n = self.source.num_tasks
-        if not _is_int(start_task) or not 0 <= start_task <= n:
+        if not is_int(start_task) or not 0 <= start_task <= n:
             raise ValueError(f"start_task must be an integer in [0, {n}], got {start_task!r}")
         if state is None:
             if start_task:
@@ -592,58 +416,13 @@ class Run:
         return state, RunResults(jnp.stack(rows), baseline, stacked)
 
 
-#: XLA options for the run's programs on a CPU: LLVM's most expensive passes off, backend optimisation level 1. On the
-#: demo's configuration they cut the whole run's compile time by about a fifth and leave its steady state as fast
-#: (``benchmarks/bench_compile.py``). Set to ``{}`` to compile with XLA's defaults.
-CPU_COMPILER_OPTIONS = {"xla_llvm_disable_expensive_passes": True, "xla_backend_optimization_level": 1}
+_jit_run = Program(Run.run_on)
 
 
-class _Program:
-    """``jax.jit(fn, static_argnums=0)`` with :data:`CPU_COMPILER_OPTIONS` on a CPU backend (unless the session already
-    asked for unoptimised programs with ``jax_disable_most_optimizations``); one compilation cache per variant.
-
-    JAX accepts compiler options only on a top-level ``jit``: called inside another ``jit`` (``jax.jit(jax.vmap(run))``)
-    the program is traced into the caller's, compiled with the caller's options."""
-
-    def __init__(self, fn):
-        self._fn = fn
-        self._variants = {}
-
-    def _jitted(self, top_level: bool = True):
-        options = {}
-        if top_level and jax.default_backend() == "cpu" and not jax.config.read("jax_disable_most_optimizations"):
-            options = dict(CPU_COMPILER_OPTIONS)
-        variant = tuple(sorted(options.items()))
-        if variant not in self._variants:
-            self._variants[variant] = jax.jit(self._fn, static_argnums=0, compiler_options=options or None)
-        return self._variants[variant]
-
-    def __call__(self, *args):
-        try:
-            return self._jitted()(*args)
-        except ValueError as err:
-            if "compiler_options" not in str(err):
-                raise
-            return self._jitted(top_level=False)(*args)
-
-    def lower(self, *args):
-        return self._jitted().lower(*args)
-
-    def _cache_size(self) -> int:
-        return self._jitted()._cache_size()
+_jit_init = Program(Run.init_on)
 
 
-_jit_run = _Program(Run._run)
-_jit_init = _Program(Run._init)
-_jit_task_step = _Program(Run._task_step)
-
-
-def _evaluate_source(source, params, tasks, key, hp_source):
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(source.num_tasks))
-    return jax.vmap(lambda task, k: source.score(k, params, task, hp_source))(tasks, keys)
-
-
-_jit_evaluate = _Program(_evaluate_source)
+_jit_task_step = Program(Run.task_step_on)
 
 
 def make_run(config: RunConfig, source) -> Run:
@@ -661,60 +440,6 @@ _SOURCE_INTERFACE = ("num_tasks", "tasks", "likelihood", "init_params", "batch",
 def _check_source(source) -> None:
     missing = [name for name in _SOURCE_INTERFACE if not hasattr(source, name)]
     if source is None or missing:
-        raise TypeError(f"source must be a task source (EnvSource, SupervisedSource or one with {list(_SOURCE_INTERFACE)})"
+        raise TypeError(f"source must be a task source (EnvSource, SupervisedSource or one with "
+                        f"{list(_SOURCE_INTERFACE)})"
                         f", got {type(source).__name__}" + (f" missing {missing}" if source is not None else ""))
-
-
-def make_joint_run(config: RunConfig, source) -> Callable:
-    """The multi-task upper bound: one model trained on all tasks at once, every update seeing every task.
-
-    Trains for ``episodes_per_task * num_tasks`` updates through the same update step as the continual run (without
-    a strategy's penalty), each on the mean loss of one batch of every task. Returns
-    ``joint(key, hparams) -> scores [num_tasks]``, compiled once, evaluated with the same fixed evaluation keys as
-    :class:`Run` for the same run key. ``hparams`` is that of ``make_run(config, source)``; its strategy part is
-    ignored.
-    """
-    run = make_run(dataclasses.replace(config, strategy="none", monitors=()), source)
-    joint_source = _JointSource(source)
-    joint_run = Run(run.config, joint_source, run.strategy, ())
-
-    def joint(key, hp: HParams):
-        hp = hp._replace(strategy=NoHParams())
-        k_init, k_eval, k_tasks = Run._keys(key)
-        state = joint_run._init(source.tasks, key, hp)
-        task_ids = jnp.arange(source.num_tasks)
-
-        def step(st, k):
-            keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(task_ids)
-            batches = jax.vmap(lambda task, kk: source.batch(kk, st.params, task, hp.source))(source.tasks, keys)
-            st, _ = joint_run.update(st, batches, k, hp)
-            return st, None
-
-        keys = jax.random.split(k_tasks, config.episodes_per_task * source.num_tasks)
-        state, _ = jax.lax.scan(step, state, keys)
-        return _evaluate_source(source, state.params, source.tasks, k_eval, hp.source)
-
-    jitted = jax.jit(joint)
-
-    def call(key, hp: HParams):
-        key = check_key("key", key)
-        if not isinstance(hp, HParams):
-            raise TypeError(f"hp must be the run's HParams (from run.hparams(...)), got {type(hp).__name__}")
-        hp.validate()
-        return jitted(key, hp)
-
-    return call
-
-
-@dataclasses.dataclass(frozen=True)
-class _JointSource:
-    """A source whose batch is one batch of every task (leading task axis) and whose loss is their mean."""
-
-    base: Any
-
-    def __getattr__(self, name):
-        return getattr(self.base, name)
-
-    def loss(self, params, batches, hp_source):
-        losses, aux = jax.vmap(lambda b: self.base.loss(params, b, hp_source))(batches)
-        return jnp.mean(losses), jax.tree.map(jnp.mean, aux)

@@ -1,4 +1,4 @@
-"""The ``clloop`` command line over the typed configurations of :mod:`clloop_jax.config`.
+"""The ``clloop`` command line over the typed configurations of :mod:`clloop_jax.workflow.experiment`.
 
 ::
 
@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import tyro
 
-from clloop_jax.config import PRESETS, STRATEGY_NAMES, ExperimentConfig, describe_preset
+from clloop_jax.workflow.experiment import PRESETS, STRATEGY_NAMES, ExperimentConfig, describe_preset
 
 __all__ = ["main", "RunArgs", "CompareArgs", "run_command", "compare_command", "overview"]
 
@@ -119,8 +119,9 @@ def _legend() -> str:
 
 def run_command(args: RunArgs, label: Optional[str] = None):
     """``clloop run``: returns the run's results (leading seed axis)."""
-    from clloop_jax.compilation import enable_compilation_cache
-    from clloop_jax.runs import RunFolder, execute
+    from clloop_jax.workflow.compilation import enable_compilation_cache
+    from clloop_jax.workflow.execute import execute
+    from clloop_jax.workflow.runs import RunFolder
     enable_compilation_cache(enabled=not args.no_cache)
     experiment = args.experiment
     run, hp = experiment.build()  # every check before the folder is touched
@@ -146,6 +147,7 @@ def _devices(count: Optional[int]):
     if count is None:
         return None
     import jax
+
     from clloop_jax.validation import check_int
     count = check_int("--devices", count, min=0, max=jax.device_count())
     return count or jax.device_count()
@@ -168,8 +170,8 @@ def compare_command(args: CompareArgs):
     import numpy as np
 
     from clloop_jax import report
-    from clloop_jax.runs import jsonable, write_atomic
     from clloop_jax.strategies import get_strategy
+    from clloop_jax.workflow.files import jsonable, write_atomic
     strategies = _parse_strategies(args.strategies)
     base = args.experiment
     if base.train.lam is not None:
@@ -240,7 +242,7 @@ def _expected_errors() -> tuple:
     """The errors reported as one line: bad input, a refused folder, a diverged run (whose class is looked up only
     when the run's module was loaded: otherwise no run can have raised it)."""
     errors = (ValueError, TypeError, OSError)
-    loop = sys.modules.get("clloop_jax.loop")
+    loop = sys.modules.get("clloop_jax.run")
     return errors + ((loop.DivergenceError,) if loop is not None else ())
 
 
@@ -263,7 +265,7 @@ def main(argv: Optional[Sequence[str]] = None):
     except _expected_errors() as err:  # evaluated once an error is raised
         raise SystemExit(f"clloop {command}: {err}") from None
     except KeyboardInterrupt as err:   # SIGINT / SIGTERM: one line, and 128 + the signal's number
-        from clloop_jax.runs import RunInterrupted, resume_command
+        from clloop_jax.workflow.execute import RunInterrupted, resume_command
         if isinstance(err, RunInterrupted):
             print(f"{err}; resume with: {resume_command('clloop', argv)}", file=sys.stderr, flush=True)
             return err.exit_code

@@ -1,10 +1,11 @@
 """Typed, frozen configurations of an experiment in the closed loop, validated eagerly, and what they build.
 
 ``ExperimentConfig(world=WorldConfig(...), model=ModelConfig(...), train=TrainConfig(...))`` describes one run; its
-:meth:`~ExperimentConfig.build` gives the :class:`~clloop_jax.loop.Run` and its :class:`~clloop_jax.loop.HParams`.
+:meth:`~ExperimentConfig.build` gives the :class:`~clloop_jax.run.sequential.Run` and its
+:class:`~clloop_jax.run.config.HParams`.
 :data:`PRESETS` names ready-made ones (``tiny``: a few seconds after compilation; ``default``: the README's forgetting
-experiment). The command line (:mod:`clloop_jax.cli`) is these dataclasses, field for field; each field's docstring
-is its help text there.
+experiment). The command line (:mod:`clloop_jax.workflow.cli`) is these dataclasses, field for field; each field's
+docstring is its help text there.
 
 A configuration is a description: constructing one checks every field in plain Python (sizes, names, the ranges of
 the numeric hyperparameters) and imports nothing heavy, so the command line parses its arguments and prints its help
@@ -21,7 +22,8 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 if TYPE_CHECKING:  # annotations only: importing these loads JAX
     from clloop_jax.envs import Environment
-    from clloop_jax.loop import HParams, Run
+    from clloop_jax.run.config import HParams
+    from clloop_jax.run.sequential import Run
 
 __all__ = ["WorldConfig", "ModelConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "DEFAULT_LAMBDA",
            "DEFAULT_GAMMA", "STRATEGY_NAMES", "FISHER_VARIANTS", "describe_preset"]
@@ -38,7 +40,7 @@ DEFAULT_GAMMA = 0.9
 STRATEGY_NAMES = ("none", "l2", "ewc", "online_ewc", "si", "mas", "ewc_budget", "replay", "agem", "lwf", "derpp",
                   "streaming_ewc", "streaming_si")
 
-#: The Fisher estimators, as :data:`clloop_jax.loop.FISHER_VARIANTS`.
+#: The Fisher estimators, as :data:`clloop_jax.run.config.FISHER_VARIANTS`.
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
 
 
@@ -151,7 +153,8 @@ class TrainConfig:
             _number("train", "gamma", self.gamma, 0, 1)
         _number("train", "feedback_weight", self.feedback_weight, 0)
         if self.fisher_variant not in FISHER_VARIANTS:
-            raise ValueError(f"train.fisher_variant must be one of {list(FISHER_VARIANTS)}, got {self.fisher_variant!r}")
+            raise ValueError(f"train.fisher_variant must be one of {list(FISHER_VARIANTS)}, got "
+                             f"{self.fisher_variant!r}")
         if isinstance(self.monitors, str) or not isinstance(self.monitors, (tuple, list)) \
                 or not all(isinstance(m, str) for m in self.monitors):
             raise TypeError(f"train.monitors must be a tuple of monitor names, got {self.monitors!r}")
@@ -201,9 +204,10 @@ class ExperimentConfig:
     def build(self) -> Tuple["Run", "HParams"]:
         """The run and its hyperparameters. The world, the agent and the run's configuration are made (and checked
         by the library) before the world's tasks are drawn, the first computation that compiles."""
-        from clloop_jax.loop import RunConfig, make_run
         from clloop_jax.model import CrossModalModel
-        from clloop_jax.sources import EnvSource
+        from clloop_jax.run.config import RunConfig
+        from clloop_jax.run.sequential import make_run
+        from clloop_jax.sources.world import EnvSource
         self.train.check_strategy_options()
         env = self.world.make()
         model = CrossModalModel(input_dim=self.world.observation_dim, hidden_dim=self.model.hidden_dim,

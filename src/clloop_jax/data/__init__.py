@@ -1,0 +1,11 @@
+"""Labelled datasets (no network) and the continual-learning task streams over them.
+"""
+
+from clloop_jax.data.loaders import (load_digits_data, load_mnist1d, load_mnist, MNIST_TEST_PER_CLASS, load_dataset,
+                                     train_test_split)  # noqa: F401
+from clloop_jax.data.streams import (SCENARIOS, MASK_VALUE, TaskStream, permuted_stream, split_stream, masked_logits,
+                                     masked_cross_entropy, accuracy)  # noqa: F401
+
+__all__ = ["load_digits_data", "load_mnist1d", "load_mnist", "MNIST_TEST_PER_CLASS", "load_dataset", "train_test_split",
+           "SCENARIOS", "MASK_VALUE", "TaskStream", "permuted_stream", "split_stream", "masked_logits",
+           "masked_cross_entropy", "accuracy"]

@@ -1,0 +1,52 @@
+"""Gymnax task families: a registered environment's ``EnvParams`` with per-task overrides, stacked as tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import gymnax
+import jax
+import jax.numpy as jnp
+
+__all__ = ["task_params"]
+
+
+def _cartpole_derived(default, override, params):
+    """CartPole-v1 stores ``total_mass`` and ``polemass_length``; keep them consistent with overridden masses."""
+    if "total_mass" not in override:
+        params = params.replace(total_mass=params.masscart + params.masspole)
+    if "polemass_length" not in override:
+        params = params.replace(polemass_length=params.masspole * params.length)
+    return params
+
+
+_DERIVED = {"CartPole-v1": _cartpole_derived}
+
+
+def task_params(env_id: str, overrides: Sequence[dict]):
+    """``(env, stacked EnvParams)``: the environment ``env_id``'s default parameters with each override applied
+    (one task per override; every leaf gets a leading task axis). Fields another field is derived from (CartPole's
+    ``total_mass`` and ``polemass_length``) follow the overridden ones unless given themselves."""
+    if not isinstance(env_id, str) or env_id not in gymnax.registered_envs:
+        raise ValueError(f"env_id must be a registered gymnax environment id (one of gymnax.registered_envs), "
+                         f"got {env_id!r}")
+    if isinstance(overrides, dict) or not isinstance(overrides, (list, tuple)) or not overrides:
+        raise ValueError(f"overrides must be a non-empty list of dicts of EnvParams fields (one per task), "
+                         f"got {overrides!r}")
+    env, default = gymnax.make(env_id)
+    fields = {f.name for f in dataclasses.fields(default)}
+    tasks = []
+    for i, override in enumerate(overrides):
+        if not isinstance(override, dict):
+            raise ValueError(f"overrides[{i}] must be a dict of EnvParams fields, got {override!r}")
+        unknown = sorted(set(override) - fields)
+        if unknown:
+            raise ValueError(f"overrides[{i}] names unknown EnvParams fields {unknown} of {env_id}; "
+                             f"it has {sorted(fields)}")
+        params = default.replace(**override)
+        if env_id in _DERIVED:
+            params = _DERIVED[env_id](default, override, params)
+        tasks.append(params)
+    tasks = [jax.tree.map(lambda x, d: jnp.asarray(x, jnp.result_type(jnp.asarray(d))), t, default) for t in tasks]
+    return env, jax.tree.map(lambda *xs: jnp.stack(xs), *tasks)

@@ -1,0 +1,151 @@
+"""The static configuration of a run and its traced hyperparameters.
+
+:class:`RunConfig` holds what changes the compiled program (strategy, monitors, Fisher variant, sizes);
+:class:`HParams` holds the numbers a run traces (learning rate, the strategy's and the source's hyperparameters),
+which ``vmap`` sweeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from clloop_jax.importance import fisher as fisher_lib
+from clloop_jax.monitors import Monitor, get_monitor
+from clloop_jax.strategies.base import NoHParams, Strategy, check_hparam, check_hparams, get_strategy
+from clloop_jax.validation import check_bool, check_choice, check_float, is_int
+
+__all__ = ["HParams", "RunConfig", "FISHER_VARIANTS"]
+
+
+FISHER_VARIANTS = ("empirical", "sampled", "exact")
+
+
+class HParams(NamedTuple):
+    """Numeric hyperparameters of a run, traced: ``learning_rate`` (the optimizer's), ``strategy`` (the strategy's
+    own ``NamedTuple``) and ``source`` (the task source's). Build it with :meth:`Run.hparams`."""
+
+    learning_rate: Any = 1e-3
+    strategy: Any = NoHParams()
+    source: Any = NoHParams()
+
+    def _owner(self, name: str) -> str:
+        owners = [part for part in ("strategy", "source") if name in getattr(self, part)._fields]
+        if name == "learning_rate":
+            owners.append("learning_rate")
+        if len(owners) != 1:
+            valid = self.names()
+            if not owners:
+                raise ValueError(f"unknown hyperparameter {name!r}; this run has {valid}")
+            raise ValueError(f"hyperparameter {name!r} is ambiguous: both {owners} have it")
+        return owners[0]
+
+    def names(self) -> list:
+        """Every hyperparameter's name, flat."""
+        return ["learning_rate", *self.strategy._fields, *self.source._fields]
+
+    def flat(self) -> Dict[str, Any]:
+        """``{name: value}`` for every hyperparameter."""
+        return {"learning_rate": self.learning_rate, **self.strategy._asdict(), **self.source._asdict()}
+
+    def replace(self, **values) -> "HParams":
+        """The same hyperparameters with the named ones changed (names as in :meth:`names`), validated."""
+        hp = self
+        for name, value in values.items():
+            owner = hp._owner(name)
+            if owner == "learning_rate":
+                hp = hp._replace(learning_rate=value)
+            else:
+                hp = hp._replace(**{owner: getattr(hp, owner)._replace(**{name: value})})
+        hp.validate()
+        return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), hp)
+
+    def axes(self, *names: str) -> "HParams":
+        """``in_axes`` for ``jax.vmap`` that batch the named fields (axis 0) and broadcast the others."""
+        for name in names:
+            self._owner(name)
+        part = lambda tup: type(tup)(*[0 if f in names else None for f in tup._fields])  # noqa: E731
+        return HParams(0 if "learning_rate" in names else None, part(self.strategy), part(self.source))
+
+    def validate(self) -> None:
+        """Checks concrete values (traced ones are skipped): finite numbers, a positive learning rate, and each
+        part's own ranges. Raises ``ValueError``/``TypeError`` naming the field."""
+        for part in ("strategy", "source"):
+            value = getattr(self, part)
+            if not (isinstance(value, tuple) and hasattr(value, "_fields")):
+                raise TypeError(f"HParams.{part} must be a NamedTuple of hyperparameters, got "
+                                f"{type(value).__name__}")
+        check_hparam("learning_rate", self.learning_rate, lambda v: v > 0, "a finite number > 0")
+        check_hparams(self.strategy, "strategy")
+        check_hparams(self.source, "source")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Static configuration of a continual-learning run (changing it recompiles).
+
+    Attributes:
+      strategy: a registered strategy name (``none``, ``l2``, ``ewc``, ``online_ewc``, ``si``, ``mas``,
+        ``ewc_budget``, ...) or a :class:`~clloop_jax.strategies.Strategy`.
+      episodes_per_task: optimizer updates per task, one per episode (batch).
+      fisher_variant: ``empirical``, ``sampled`` or ``exact`` (see
+      :func:`clloop_jax.importance.fisher.fisher_diagonal`). fisher_samples: label draws per input for the ``sampled``
+      Fisher. fisher_chunk_size: per-sample gradients computed this many at a time (bounds memory); None = all at once.
+      fisher_method: how per-sample scores are formed for the Fisher and MAS importances: ``"auto"`` (the dense
+        layers' scores contracted after the backward pass where the source's model allows it, else one
+        vector-Jacobian product per sample), ``"per_layer"`` or ``"per_sample"``; the numbers agree up to rounding
+        (see :func:`clloop_jax.importance.fisher.fisher_diagonal`).
+      monitors: the measurements recorded in the traces: names (``"parameter"``, ``"fisher"``, ``"functional"``)
+        or :class:`~clloop_jax.monitors.Monitor` values; those not named are not in the program.
+      measure_every: the monitors' ``measure`` (functional divergence) runs every this many episodes; None = once per
+        task, after its last episode. Must divide ``episodes_per_task``.
+      max_grad_norm: global-norm clipping of the gradient before the optimizer (None = no clipping).
+      reset_optimizer: start each task with a fresh optimizer state.
+      optimizer: ``learning_rate -> optax.GradientTransformation``; Adam by default.
+    """
+
+    strategy: Union[str, Strategy] = "ewc"
+    episodes_per_task: int = 10
+    fisher_variant: str = "sampled"
+    fisher_samples: int = 1
+    fisher_chunk_size: Optional[int] = None
+    fisher_method: str = "auto"
+    monitors: Tuple[Union[str, Monitor], ...] = ("parameter",)
+    measure_every: Optional[int] = None
+    max_grad_norm: Optional[float] = 1.0
+    reset_optimizer: bool = True
+    optimizer: Callable[[Any], optax.GradientTransformation] = optax.adam
+
+    def __post_init__(self):
+        get_strategy(self.strategy)  # a clear error for an unknown name or a wrong type
+        if not is_int(self.episodes_per_task) or self.episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task must be an integer >= 1, got {self.episodes_per_task!r}")
+        if self.fisher_variant not in FISHER_VARIANTS:
+            raise ValueError(f"fisher_variant must be one of {list(FISHER_VARIANTS)}, got {self.fisher_variant!r}")
+        if not is_int(self.fisher_samples) or self.fisher_samples < 1:
+            raise ValueError(f"fisher_samples must be an integer >= 1, got {self.fisher_samples!r}")
+        if self.fisher_chunk_size is not None and (not is_int(self.fisher_chunk_size) or self.fisher_chunk_size < 1):
+            raise ValueError(f"fisher_chunk_size must be an integer >= 1 or None, got {self.fisher_chunk_size!r}")
+        check_choice("fisher_method", self.fisher_method, fisher_lib.METHODS)
+        if isinstance(self.monitors, (str, Monitor)) or not isinstance(self.monitors, (tuple, list)):
+            raise ValueError(f"monitors must be a tuple of monitor names or Monitor values, got {self.monitors!r}")
+        object.__setattr__(self, "monitors", tuple(self.monitors))
+        try:
+            names = [get_monitor(m).name for m in self.monitors]
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"monitors: {err}") from None
+        if len(set(names)) != len(names):
+            raise ValueError(f"monitors must not repeat a monitor, got {names}")
+        if self.measure_every is not None and (not is_int(self.measure_every) or self.measure_every < 1
+                                               or self.episodes_per_task % self.measure_every):
+            raise ValueError(f"measure_every must be None or an integer >= 1 dividing episodes_per_task="
+                             f"{self.episodes_per_task}, got {self.measure_every!r}")
+        check_float("max_grad_norm", self.max_grad_norm, min=0, open_min=True, allow_none=True, scalar=True)
+        check_bool("reset_optimizer", self.reset_optimizer)
+        if not callable(self.optimizer):
+            raise TypeError(f"optimizer must be a callable learning_rate -> optax.GradientTransformation, "
+                            f"got {self.optimizer!r}")

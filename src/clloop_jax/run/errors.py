@@ -1,0 +1,40 @@
+"""The NaN alarm: where a run's update first went non-finite, said by seed, task and episode."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["DivergenceError", "check_finite"]
+
+
+def all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class DivergenceError(FloatingPointError):
+    """A run (or a step) met a non-finite loss, gradient or parameter. ``seed``, ``task`` and ``episode`` say where
+    (None when not applicable); the updates from there on were skipped, so the state holds the last good values."""
+
+    def __init__(self, message: str, seed=None, task=None, episode=None):
+        super().__init__(message)
+        self.seed, self.task, self.episode = seed, task, episode
+
+
+def check_finite(finite, where: str = "the run") -> None:
+    """Raises :class:`DivergenceError` at the first False of ``finite`` (``[tasks, episodes]`` or
+    ``[seeds, tasks, episodes]``, the run's ``traces["finite"]``), naming the seed, task and episode."""
+    finite = np.asarray(finite, bool)
+    if finite.ndim not in (2, 3):
+        raise ValueError(f"finite must have shape [tasks, episodes] or [seeds, tasks, episodes], got {finite.shape}")
+    bad = np.argwhere(~finite.reshape((-1,) + finite.shape[-2:]))
+    if bad.size == 0:
+        return
+    seed, task, episode = (int(v) for v in min(bad.tolist(), key=lambda b: (b[1], b[2], b[0])))
+    seed_text = f"seed {seed}, " if finite.ndim == 3 else ""
+    raise DivergenceError(f"{where} diverged at {seed_text}task {task}, episode {episode}: the loss, a gradient or "
+                          f"the parameters became non-finite (lower the learning rate or the penalty strength); "
+                          f"the updates from there on were skipped", seed=seed if finite.ndim == 3 else None,
+                          task=task, episode=episode)

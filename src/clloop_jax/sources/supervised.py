@@ -1,0 +1,183 @@
+"""Labelled task streams as a task source: minibatches, the masked loss and accuracy of each task."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from clloop_jax import data as data_lib
+from clloop_jax.importance import fisher as fisher_lib
+from clloop_jax.strategies.base import NoHParams
+from clloop_jax.validation import check_methods, positive_int
+
+__all__ = ["SupervisedBatch", "SupervisedSource"]
+
+
+class SupervisedBatch(NamedTuple):
+    """A minibatch of one task: inputs ``x [B, D]``, labels ``y [B]`` and the task's training mask ``mask [C]``
+    (the head outputs active in the softmax)."""
+
+    x: jax.Array
+    y: jax.Array
+    mask: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisedSource:
+    """Labelled tasks: one task of a :class:`~clloop_jax.data.streams.TaskStream` (permuted or split) per task.
+
+    ``tasks`` is the stream itself (every leaf has a leading task axis, so the trainer slices one task with a
+    traced index). The model is any flax module mapping one input ``x [D]`` (or a batch ``[..., D]``) to logits
+    ``[..., stream.num_classes]``: :class:`~clloop_jax.model.MLP`, or a
+    :class:`~clloop_jax.model.SequenceClassifier` around a ``CrossModalModel``.
+
+    * ``batch``: ``batch_size`` training samples of the task drawn without replacement with the key, and the
+      task's ``train_mask`` (:class:`SupervisedBatch`). Streams hold no padded samples (split tasks are cut to
+      equal size by :func:`~clloop_jax.data.streams.split_stream`), so every row of a task may be drawn.
+    * ``loss``: :func:`~clloop_jax.data.streams.masked_cross_entropy` under the training mask; ``aux["score"]`` is
+      the batch accuracy under the same mask.
+    * ``score``: test accuracy under the task's ``test_mask``, in ``[0, 1]``, on all test samples
+      (``eval_size=None``) or on ``eval_size`` of them drawn with the key.
+    * ``likelihood``: :class:`~clloop_jax.importance.fisher.Categorical`. Use ``RunConfig(fisher_variant="exact")``:
+    with
+      ``C`` head outputs it costs ``C`` backward passes per sample, and it has no sampling noise.
+    * ``fisher_data``: ``fisher_size`` training samples of the task drawn with the key. Inputs are pairs
+      ``(x [n, D], mask [n, C])`` of the samples and the task's training mask; targets are the labels.
+    * ``predict(params, (x, mask))``: one sample's masked logits, ``masked_logits(model(x), mask)``.
+
+    Which outputs the Fisher ranges over: the masked-out logits are set to
+    :data:`~clloop_jax.data.streams.MASK_VALUE`, so their probability is exactly 0 and they carry no gradient. The
+    Fisher's expectation over labels therefore runs over the outputs the task was trained on (the task's
+    ``train_mask``): the task's own block in task-incremental learning, the whole head in domain-incremental
+    learning, and all classes seen so far in class-incremental learning (as in van de Ven & Tolias 2019). The
+    same masked outputs feed MAS's output-norm importance (masked outputs contribute nothing to its gradient)
+    and the functional-divergence probes, each probe keeping the mask of the task it was drawn from.
+
+    Joint training (:func:`~clloop_jax.run.joint.make_joint_run`) uses each task's training mask too; in the
+    class-incremental scenario that never trains early tasks against later classes. :meth:`joint` returns the
+    source whose training masks are the evaluation masks, the multi-task upper bound of the literature.
+
+    Args:
+      model: a flax module, ``model.apply(params, x [..., D]) -> logits [..., stream.num_classes]``.
+      stream: the :class:`~clloop_jax.data.streams.TaskStream` to learn.
+      batch_size: training samples per update (at most the task's number of training samples).
+      eval_size: test samples per score; None uses every test sample of the task.
+      fisher_size: training samples per Fisher diagonal (and MAS importance); None uses
+        ``min(256, number of training samples)``.
+    """
+
+    model: Any
+    stream: data_lib.TaskStream = dataclasses.field(compare=False)
+    batch_size: int = 128
+    eval_size: Optional[int] = None
+    fisher_size: Optional[int] = None
+
+    def __post_init__(self):
+        check_methods("model", self.model, ["init", "apply"], example="MLP(output_dim=10)")
+        if not isinstance(self.stream, data_lib.TaskStream):
+            raise ValueError(f"stream must be a clloop_jax.data.streams.TaskStream, got {type(self.stream).__name__}")
+        if self.stream.num_tasks == 0 or int(self.stream.x.shape[0]) == 0:
+            raise ValueError(f"stream must hold at least one task, got a {self.stream.kind} TaskStream of 0 tasks "
+                             f"(x of shape {tuple(self.stream.x.shape)})")
+        n_train, n_test = int(self.stream.x.shape[1]), int(self.stream.x_test.shape[1])
+        positive_int("batch_size", self.batch_size)
+        positive_int("eval_size", self.eval_size, allow_none=True)
+        positive_int("fisher_size", self.fisher_size, allow_none=True)
+        if self.batch_size > n_train:
+            raise ValueError(f"batch_size must be at most the task's {n_train} training samples, "
+                             f"got {self.batch_size}")
+        if self.eval_size is not None and self.eval_size > n_test:
+            raise ValueError(f"eval_size must be at most the task's {n_test} test samples (or None), "
+                             f"got {self.eval_size}")
+        if self.fisher_size is None:
+            object.__setattr__(self, "fisher_size", min(256, n_train))
+        elif self.fisher_size > n_train:
+            raise ValueError(f"fisher_size must be at most the task's {n_train} training samples (or None), "
+                             f"got {self.fisher_size}")
+        x0 = self.stream.x[0, 0]
+        out = jax.eval_shape(lambda k: self.model.apply(self.model.init(k, x0), x0), jax.random.key(0))
+        if tuple(out.shape) != (self.stream.num_classes,):
+            raise ValueError(f"model must map one input of shape {tuple(x0.shape)} to logits of shape "
+                             f"({self.stream.num_classes},) (stream.num_classes for the {self.stream.scenario!r} "
+                             f"scenario), got shape {tuple(out.shape)}")
+
+    # ----- the task-source interface ------------------------------------------------------------------------
+    @property
+    def num_tasks(self) -> int:
+        return self.stream.num_tasks
+
+    @property
+    def tasks(self) -> data_lib.TaskStream:
+        return self.stream
+
+    @property
+    def likelihood(self):
+        return fisher_lib.Categorical()
+
+    @property
+    def hparams(self) -> NoHParams:
+        return NoHParams()
+
+    def init_params(self, key):
+        x = self.stream.x
+        return self.model.init(key, jnp.zeros(x.shape[2:], x.dtype))
+
+    def batch(self, key, params, task, hparams):
+        del params, hparams
+        idx = jax.random.choice(key, task.x.shape[0], (self.batch_size,), replace=False)
+        return SupervisedBatch(task.x[idx], task.y[idx], task.train_mask)
+
+    def loss(self, params, batch, hparams):
+        del hparams
+        logits = self.model.apply(params, batch.x)
+        loss = data_lib.masked_cross_entropy(logits, batch.y, batch.mask)
+        return loss, {"score": data_lib.accuracy(logits, batch.y, batch.mask)}
+
+    def score(self, key, params, task, hparams):
+        del hparams
+        x, y = task.x_test, task.y_test
+        if self.eval_size is not None and self.eval_size < x.shape[0]:
+            idx = jax.random.choice(key, x.shape[0], (self.eval_size,), replace=False)
+            x, y = x[idx], y[idx]
+        return data_lib.accuracy(self.model.apply(params, x), y, task.test_mask)
+
+    def fisher_data(self, key, params, task, hparams):
+        del params, hparams
+        n = self.fisher_size
+        idx = jax.random.choice(key, task.x.shape[0], (n,), replace=False)
+        return self.samples(SupervisedBatch(task.x[idx], task.y[idx], task.train_mask))
+
+    def samples(self, batch: SupervisedBatch):
+        """Per-sample ``((x, mask), y)``, each sample keeping its task's training mask."""
+        mask = jnp.broadcast_to(batch.mask, batch.x.shape[:1] + batch.mask.shape)
+        return (batch.x, mask), batch.y
+
+    def rehearse(self, inputs, current):
+        """Remembered ``(x, mask)`` made ready to be learned next to the ``current`` samples. Class-incremental:
+        under the current training mask (every class seen so far, as van de Ven & Tolias 2019 replay), so old and
+        new classes compete in one softmax. Task- and domain-incremental: under the mask of the task the sample
+        came from (its own head; domain-incremental tasks share one), so a replayed sample is never trained on
+        another task's outputs."""
+        x, mask = inputs
+        if self.stream.scenario != "class":
+            return x, mask
+        return x, jnp.broadcast_to(current[0][1][0], mask.shape)
+
+    def sample_loss(self, params, inputs, targets):
+        """The masked cross-entropy on per-sample data (each sample under its own mask)."""
+        return data_lib.masked_cross_entropy(self.predict(params, inputs), targets, inputs[1])
+
+    def predict(self, params, x):
+        inputs, mask = x
+        return data_lib.masked_logits(self.model.apply(params, inputs), mask)
+
+    # ----- helpers -------------------------------------------------------------------------------------------
+    def joint(self) -> "SupervisedSource":
+        """The same source with every task trained under its evaluation mask (``train_mask = test_mask``): the
+        multi-task upper bound, for :func:`~clloop_jax.run.joint.make_joint_run`. Identical to ``self`` in the task-
+        and domain-incremental scenarios, where the two masks agree."""
+        stream = self.stream.replace(train_mask=self.stream.test_mask)
+        return dataclasses.replace(self, stream=stream)

@@ -1,0 +1,176 @@
+"""Driving a run over seeds one task at a time into its folder: checkpoints, resume, the NaN alarm and signals."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import signal
+import sys
+import threading
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clloop_jax.run.errors import DivergenceError, check_finite
+from clloop_jax.run.sequential import Run, RunResults
+from clloop_jax.workflow.runs import RunFolder
+from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
+
+__all__ = ["execute", "RunInterrupted", "resume_command"]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM at a safe point: every finished task is checkpointed, no file is
+    half-written, and ``resume`` continues it. ``signum``, ``done`` (tasks finished), ``total``, ``path``."""
+
+    def __init__(self, signum: int, done: int, total: int, path: str, immediate: bool = False):
+        self.signum, self.done, self.total, self.path = signum, done, total, path
+        if immediate:
+            text = f"stopped during task {done + 1} of {total} ({done} finished tasks are kept)"
+        elif done:
+            text = f"stopped after task {done} of {total}"
+        else:
+            text = f"stopped before task 1 of {total} was done"
+        super().__init__(text)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + int(self.signum)
+
+
+def resume_command(prog: str, argv) -> str:
+    """The command line that resumes the run started by ``prog argv`` (``--overwrite`` dropped, ``--resume`` added)."""
+    args = [a for a in argv if a not in ("--overwrite", "--no-overwrite", "--no-resume")]
+    if "--resume" not in args:
+        args.append("--resume")
+    return " ".join([prog] + [shlex.quote(str(a)) for a in args])
+
+
+@functools.lru_cache(maxsize=64)
+def _programs(run: Run, devices: Optional[tuple] = None):
+    """The vmapped per-seed programs of ``run``: init, baseline evaluation, one task (compiled once for every task,
+    and shared by every run of the same configuration: the task arrays are arguments). With ``devices``, each
+    program's seed axis is split over them (:func:`~clloop_jax.workflow.sharding.sharded_vmap`)."""
+    def batched(fn, in_axes):
+        if devices is None:
+            return jax.jit(jax.vmap(fn, in_axes=in_axes))
+        return sharded_vmap(fn, in_axes=in_axes, devices=list(devices))
+
+    init = batched(lambda tasks, k, hp: run.init_on(tasks, k, hp), (None, 0, None))
+    evaluate = batched(lambda tasks, p, k, hp: run.evaluate_on(p, tasks, Run.split_key(k)[1], hp), (None, 0, 0, None))
+    step = batched(lambda tasks, s, k, t, hp: run.task_step_on(s, tasks, k, t, hp), (None, 0, 0, None, None))
+    return init, evaluate, step
+
+
+class _StopOnSignals:
+    """While active (in the main thread): the first SIGINT or SIGTERM asks the run to stop at its next safe point
+    (between tasks); a second one stops it at once."""
+
+    def __init__(self, total: int, path: str):
+        self.total, self.path, self.done, self.signum, self.previous = total, path, 0, None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise RunInterrupted(signum, self.done, self.total, self.path, immediate=True)
+        self.signum = signum
+        if sys.stderr.isatty():
+            print(f"\n{self.path}: stopping after the current task (again to stop at once)", file=sys.stderr,
+                  flush=True)
+
+    def check(self, done: int) -> None:
+        self.done = done
+        if self.signum is not None and done < self.total:
+            raise RunInterrupted(self.signum, done, self.total, self.path)
+
+
+def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None,
+            progress: Optional[Callable] = None, label: str = "run", devices=None) -> RunResults:
+    """Runs ``run`` for every seed at once (``jax.vmap``), one task at a time: checkpoints after every task, resumes
+    from the folder's last complete checkpoint when ``folder.resume``, raises :class:`DivergenceError` (naming seed,
+    task and episode) as soon as a task's updates became non-finite, before anything of that task is written.
+
+    ``devices`` spreads the seeds over several devices (a count, or a sequence of devices; see
+    :mod:`clloop_jax.workflow.sharding`); None runs them all on the default device. Results agree to float32 rounding.
+
+    With a ``folder``, the folder is locked for the whole run (:class:`RunFolder`), its configuration is checked or
+    written before anything is compiled, and SIGINT / SIGTERM (in the main thread) stop the run at the next safe
+    point, between tasks, raising :class:`RunInterrupted` (a second signal stops it at once; files stay whole).
+
+    Returns :class:`RunResults` with a leading seed axis; writes the folder's result files and plots when done.
+    ``progress(task_done, num_tasks)`` is called after each task.
+    """
+    seeds = [int(s) for s in seeds]
+    mesh = None if devices is None else tuple(batch_mesh(devices).devices.flat)
+    if folder is None:
+        return _execute(run, hp, seeds, None, config, progress, label, mesh, None)
+    with folder, _StopOnSignals(run.source.num_tasks, folder.path) as stop:
+        return _execute(run, hp, seeds, folder, config, progress, label, mesh, stop)
+
+
+def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+    T = run.source.num_tasks
+    tasks = run.source.tasks
+    digest = None
+    if folder is not None:
+        digest = folder.write_config(config if config is not None else run.config, seeds)
+    init, evaluate, step = (functools.partial(f, tasks) for f in _programs(run, mesh))
+    state = init(keys, hp)
+    start, rows, traces = 0, [], []
+    baseline = evaluate(state.params, keys, hp)
+    if folder is not None and folder.resume:
+        last = folder.latest_checkpoint()
+        if last is not None:
+            trace_like = jax.eval_shape(functools.partial(_programs(run)[2], tasks), state, keys, jnp.int32(0),
+                                        hp)[2]
+            like = {"state": state, "rows": jnp.zeros((last + 1,) + baseline.shape[:1] + (T,), baseline.dtype),
+                    "traces": jax.tree.map(lambda x: jnp.zeros((last + 1,) + x.shape, x.dtype), trace_like),
+                    "baseline": baseline}
+            saved = folder.restore_checkpoint(last, like, digest)
+            state, baseline = saved["state"], saved["baseline"]
+            rows = list(saved["rows"])
+            traces = [jax.tree.map(lambda x: x[i], saved["traces"]) for i in range(last + 1)]
+            start = last + 1
+    for task in range(start, T):
+        if stop is not None:
+            stop.check(task)
+        new_state, row, trace = step(state, keys, jnp.int32(task), hp)
+        finite = np.asarray(trace["finite"])  # [S, E]
+        if not finite.all():
+            try:
+                check_finite(finite[:, None, :], where=label)
+            except DivergenceError as err:
+                seed = seeds[err.seed]
+                raise DivergenceError(f"{label} diverged at seed {seed}, task {task}, episode {err.episode}: the loss, "
+                                      f"a gradient or the parameters became non-finite (lower the learning rate or "
+                                      f"the penalty strength); nothing of task {task} was written, the last good "
+                                      f"checkpoint is kept", seed=seed, task=task, episode=err.episode) from None
+        state = new_state
+        rows.append(row)
+        traces.append(trace)
+        if folder is not None:
+            folder.save_checkpoint(task, {"state": state, "rows": jnp.stack(rows),
+                                          "traces": jax.tree.map(lambda *x: jnp.stack(x), *traces),
+                                          "baseline": baseline}, digest)
+        if progress is not None:
+            progress(task + 1, T)
+    R = jnp.stack(rows, axis=1)                                              # [S, T, T]
+    stacked = jax.tree.map(lambda *x: jnp.stack(x, axis=1), *traces)      # [S, T, E]
+    results = RunResults(R, baseline, stacked)
+    if folder is not None:
+        folder.write_results(R, baseline, {k: np.asarray(v) for k, v in stacked.items()}, seeds)
+    return state, results
