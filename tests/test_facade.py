@@ -10,7 +10,7 @@ import pytest
 
 from clloop_jax import ContinualLearningLoop, CrossModalModel, Environment
 from clloop_jax.envs.rollout import Trajectory
-from clloop_jax.run.errors import DivergenceError
+from clloop_jax.run.errors import NonFiniteError
 from clloop_jax.run.programs import jit_evaluate
 from clloop_jax.run.sequential import _jit_init, _jit_task_step
 
@@ -142,7 +142,7 @@ def test_train_step_refuses_non_finite_input_and_divergence(cycled):
     model, env = tiny_world()
     wild = ContinualLearningLoop(model=model, environment=env, learning_rate=1e30)
     before = jax.tree.leaves(wild.params)
-    with pytest.raises(DivergenceError):
+    with pytest.raises(NonFiniteError):
         for _ in range(5):
             wild.train_step(np.full((2, 8), 1e30, np.float32), np.full((4,), 1e30, np.float32))
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(wild.params))

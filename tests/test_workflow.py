@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from clloop_jax.run.errors import DivergenceError
+from clloop_jax.run.errors import NonFiniteError
 from clloop_jax.workflow import cli
 from clloop_jax.workflow.execute import execute
 from clloop_jax.workflow.experiment import (FISHER_VARIANTS, PRESETS, STRATEGY_NAMES, ExperimentConfig, ModelConfig,
@@ -448,7 +448,7 @@ def test_a_diverging_run_stops_naming_where_and_keeps_the_last_good_checkpoint(t
     assert folder_files == ["task_0", "task_0.json"]           # task 0's checkpoint kept, nothing of task 1
     assert not os.path.exists(os.path.join(out, "summary.json"))
     run, hp = exp.build()
-    with pytest.raises(DivergenceError) as err:
+    with pytest.raises(NonFiniteError) as err:
         execute(run, hp, [0, 1])
     assert err.value.task == 1 and err.value.episode is not None
 

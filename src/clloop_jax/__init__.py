@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
                                  Trajectory, expert_policy, normalized_score, rollout)
     from clloop_jax.facade import ContinualLearningLoop
     from clloop_jax.importance.fisher import Categorical, Gaussian, fisher_diagonal, mas_importance, per_sample_grads
-    from clloop_jax.run.errors import DivergenceError
+    from clloop_jax.run.errors import DivergenceError, NonFiniteError
     from clloop_jax.run.config import HParams, RunConfig
     from clloop_jax.run.sequential import RunResults, TrainState, make_run
     from clloop_jax.run.joint import make_joint_run
@@ -74,7 +74,7 @@ _EXPORTS = {
     "Monitor": "monitors",
     "RLHParams": "rl.ppo",
     "HParams": "run.config", "RunConfig": "run.config",
-    "DivergenceError": "run.errors",
+    "NonFiniteError": "run.errors", "DivergenceError": "run.errors",
     "make_joint_run": "run.joint",
     "RunResults": "run.sequential", "TrainState": "run.sequential", "make_run": "run.sequential",
     "GymnaxSource": "sources.gymnax",
@@ -91,9 +91,9 @@ _EXPORTS = {
     "enable_compilation_cache": "workflow.compilation",
 }
 
-__all__ = ["Categorical", "ContinualLearningLoop", "CrossModalModel", "DivergenceError", "EnvHParams", "EnvParams",
-           "EnvSource", "EnvState", "Environment", "Gaussian", "GymnaxSource", "HParams", "LatentWorld", "MLP",
-           "Monitor", "MultiModalEnv", "PageHinkley", "PrivilegedPolicy", "RLHParams", "RunConfig", "RunResults",
+__all__ = ["Categorical", "ContinualLearningLoop", "CrossModalModel", "DivergenceError", "NonFiniteError", "EnvHParams",
+           "EnvParams", "EnvSource", "EnvState", "Environment", "Gaussian", "GymnaxSource", "HParams", "LatentWorld",
+           "MLP", "Monitor", "MultiModalEnv", "PageHinkley", "PrivilegedPolicy", "RLHParams", "RunConfig", "RunResults",
            "STRATEGIES", "Schedule", "SequenceClassifier", "Strategy", "SupervisedBatch", "SupervisedSource",
            "TaskFreeResults", "TaskFreeRun", "TrainState", "Trajectory", "abrupt_schedule", "average_forgetting",
            "average_performance", "backward_transfer", "detection_metrics", "enable_compilation_cache", "expert_policy",

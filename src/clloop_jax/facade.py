@@ -24,7 +24,7 @@ from clloop_jax import metrics as metrics_lib
 from clloop_jax.envs.base import check_world
 from clloop_jax.envs.rollout import Trajectory
 from clloop_jax.run.config import HParams, RunConfig
-from clloop_jax.run.errors import DivergenceError, check_finite
+from clloop_jax.run.errors import NonFiniteError, check_finite
 from clloop_jax.run.programs import Program
 from clloop_jax.run.sequential import TrainState, make_run
 from clloop_jax.sources.world import EnvSource, check_model_matches_env, imitation_loss, pair_with_env, squared_error
@@ -205,7 +205,7 @@ class ContinualLearningLoop:
         Seed ``i`` uses the key ``fold_in(key(seed), 1000 + i)``. Returns
         :func:`clloop_jax.report.summary` of the seeds (per metric: ``mean``, 95% interval ``ci``, ``n``, every
         seed's ``values``) with ``R [S, T, T]`` and ``baseline [S, T]`` as nested lists. Raises
-        :class:`~clloop_jax.run.errors.DivergenceError` naming the seed, task and episode where an update went
+        :class:`~clloop_jax.run.errors.NonFiniteError` naming the seed, task and episode where an update went
         non-finite.
         """
         from clloop_jax import report
@@ -255,7 +255,7 @@ class ContinualLearningLoop:
         state, trace = _jit_update(run, self._step_state, batch, jax.random.fold_in(self._run_key(4),
                                                                                      self._step_count), self.hparams)
         if not bool(trace["finite"]):
-            raise DivergenceError("train_step: the loss, gradient or new parameters were not finite; the parameters "
+            raise NonFiniteError("train_step: the loss, gradient or new parameters were not finite; the parameters "
                                   "were left unchanged")
         self._step_state = state
         self.params = state.params

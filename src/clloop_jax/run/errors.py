@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["DivergenceError", "check_finite"]
+__all__ = ["NonFiniteError", "DivergenceError", "check_finite"]
 
 
 def all_finite(tree) -> jax.Array:
@@ -14,7 +14,7 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-class DivergenceError(FloatingPointError):
+class NonFiniteError(FloatingPointError):
     """A run (or a step) met a non-finite loss, gradient or parameter. ``seed``, ``task`` and ``episode`` say where
     (None when not applicable); the updates from there on were skipped, so the state holds the last good values."""
 
@@ -23,8 +23,12 @@ class DivergenceError(FloatingPointError):
         self.seed, self.task, self.episode = seed, task, episode
 
 
+#: The earlier name of :class:`NonFiniteError` ("divergence" is the parameter drift of :mod:`clloop_jax.divergence`).
+DivergenceError = NonFiniteError
+
+
 def check_finite(finite, where: str = "the run") -> None:
-    """Raises :class:`DivergenceError` at the first False of ``finite`` (``[tasks, episodes]`` or
+    """Raises :class:`NonFiniteError` at the first False of ``finite`` (``[tasks, episodes]`` or
     ``[seeds, tasks, episodes]``, the run's ``traces["finite"]``), naming the seed, task and episode."""
     finite = np.asarray(finite, bool)
     if finite.ndim not in (2, 3):
@@ -34,7 +38,7 @@ def check_finite(finite, where: str = "the run") -> None:
         return
     seed, task, episode = (int(v) for v in min(bad.tolist(), key=lambda b: (b[1], b[2], b[0])))
     seed_text = f"seed {seed}, " if finite.ndim == 3 else ""
-    raise DivergenceError(f"{where} diverged at {seed_text}task {task}, episode {episode}: the loss, a gradient or "
+    raise NonFiniteError(f"{where} diverged at {seed_text}task {task}, episode {episode}: the loss, a gradient or "
                           f"the parameters became non-finite (lower the learning rate or the penalty strength); "
                           f"the updates from there on were skipped", seed=seed if finite.ndim == 3 else None,
                           task=task, episode=episode)

@@ -47,6 +47,8 @@ class Program:
 
 
 def evaluate_source(source, params, tasks, key, hp_source):
+    """The one evaluation: ``source.score`` of ``params`` on every task of ``tasks``, task ``i`` with the key
+    ``fold_in(key, i)``, as one vmapped call: ``[num_tasks]`` scores."""
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(source.num_tasks))
     return jax.vmap(lambda task, k: source.score(k, params, task, hp_source))(tasks, keys)
 

@@ -56,8 +56,10 @@ from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.monitors import Monitor, get_monitor
 from clloop_jax.run.config import HParams, RunConfig
 from clloop_jax.run.errors import all_finite
-from clloop_jax.run.programs import Program, jit_evaluate
-from clloop_jax.strategies.base import NoHParams, Strategy, get_strategy
+from clloop_jax.run.programs import Program, evaluate_source, jit_evaluate
+from clloop_jax.sources.base import capability, check_source
+from clloop_jax.strategies.base import Strategy, get_strategy
+from clloop_jax.tree import task_at
 from clloop_jax.validation import check_int, check_key, is_int
 from clloop_jax.workflow.sharding import shard_seeds
 
@@ -85,11 +87,6 @@ class RunResults(NamedTuple):
     traces: Dict[str, jax.Array]
 
 
-def task_at(tasks, task_id):
-    """Slice one task out of a stacked task pytree (``task_id`` may be traced)."""
-    return jax.tree.map(lambda x: x[task_id], tasks)
-
-
 @dataclasses.dataclass(frozen=True)
 class Run:
     """A continual-learning run over ``source``, built by :func:`make_run` (see the module docstring)."""
@@ -103,7 +100,7 @@ class Run:
     def hparams(self, **values) -> HParams:
         """The run's hyperparameters: the strategy's and the source's defaults, with ``values`` (flat names such
         as ``learning_rate``, ``lam``, ``gamma``, ``feedback_weight``) set; validated, float32."""
-        base = HParams(1e-3, self.strategy.hparams, getattr(self.source, "hparams", NoHParams()))
+        base = HParams(1e-3, self.strategy.hparams, capability(self.source, "hparams"))
         return base.replace(**values)
 
     def check_hparams(self, hp) -> None:
@@ -111,7 +108,7 @@ class Run:
         if not isinstance(hp, HParams):
             raise TypeError(f"hp must be the run's HParams (from run.hparams(...)), got {type(hp).__name__}")
         for part, default in (("strategy", self.strategy.hparams),
-                              ("source", getattr(self.source, "hparams", NoHParams()))):
+                              ("source", capability(self.source, "hparams"))):
             if type(getattr(hp, part)) is not type(default):
                 raise TypeError(f"hp.{part} must be {type(default).__name__} for this run, got "
                                 f"{type(getattr(hp, part)).__name__}; build hp with run.hparams(...)")
@@ -233,7 +230,7 @@ class Run:
             state = state._replace(opt_state=self.optimizer(hp).init(state.params))
 
         src = self.source
-        streaming = bool(getattr(src, "streaming", False))
+        streaming = bool(capability(src, "streaming"))
 
         def episode(carry, k):
             st, stream = carry
@@ -274,8 +271,8 @@ class Run:
         ``source.minibatches(key, batch, hp)`` gives them. The trace is the mean over those updates (``finite``: all
         of them)."""
         src = self.source
-        passes = int(getattr(src, "minibatch_passes", 1))
-        if passes == 1 and not getattr(src, "streaming", False):
+        passes = int(capability(src, "minibatch_passes"))
+        if passes == 1 and not capability(src, "streaming"):
             return self.update(state, batch, key, hp)
         k_split, k_update = jax.random.split(key)
         minibatches = src.minibatches(k_split, batch, hp.source)
@@ -315,8 +312,7 @@ class Run:
 
     def evaluate_on(self, params, tasks, key, hp: HParams):
         """Scores of ``params`` on every task of ``tasks`` with evaluation key ``key`` (traceable; one vmapped call)."""
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(self.source.num_tasks))
-        return jax.vmap(lambda task, k: self.source.score(k, params, task, hp.source))(tasks, keys)
+        return evaluate_source(self.source, params, tasks, key, hp.source)
 
     def task_step_on(self, state: TrainState, tasks, key, task_id, hp: HParams):
         """One task and the evaluation after it: ``(state, R_row, traces)`` (traceable; :meth:`train_task`
@@ -429,17 +425,5 @@ def make_run(config: RunConfig, source) -> Run:
     """``run = make_run(config, source)``; ``run(key, hparams) -> (final_state, RunResults)``."""
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
-    _check_source(source)
+    check_source(source)
     return Run(config, source, get_strategy(config.strategy), tuple(get_monitor(m) for m in config.monitors))
-
-
-_SOURCE_INTERFACE = ("num_tasks", "tasks", "likelihood", "init_params", "batch", "loss", "score", "fisher_data",
-                     "predict")
-
-
-def _check_source(source) -> None:
-    missing = [name for name in _SOURCE_INTERFACE if not hasattr(source, name)]
-    if source is None or missing:
-        raise TypeError(f"source must be a task source (EnvSource, SupervisedSource or one with "
-                        f"{list(_SOURCE_INTERFACE)})"
-                        f", got {type(source).__name__}" + (f" missing {missing}" if source is not None else ""))

@@ -1,17 +1,38 @@
 """Task sources: what the continual trainer learns from, one task at a time (see :mod:`.base`).
 
-The one protocol, :class:`~clloop_jax.sources.base.TaskSource`, and the sources that ship: the closed loop
-(:mod:`.world`), labelled streams (:mod:`.supervised`), gymnax environments learned from reward (:mod:`.gymnax`),
-and mixtures of a source's tasks (:mod:`.mixture`).
+The one protocol, :class:`~clloop_jax.sources.base.TaskSource`, with its named optional capabilities, and the
+sources that ship: the closed loop (:mod:`.world`), labelled streams (:mod:`.supervised`), gymnax environments
+learned from reward (:mod:`.gymnax`), and mixtures of a source's tasks (:mod:`.mixture`).
+
+Each name is imported from its module on first use, so importing :mod:`clloop_jax.sources.base` (the protocol, which
+the run and the strategies read) loads no source.
 """
 
-from clloop_jax.sources.base import TaskSource  # noqa: F401
-from clloop_jax.sources.world import (EnvHParams, EnvSource, ImitationLoss, imitation_loss, squared_error,
-                                      sequence_actions, pair_with_env, check_model_matches_env)  # noqa: F401
-from clloop_jax.sources.supervised import SupervisedBatch, SupervisedSource  # noqa: F401
-from clloop_jax.sources.gymnax import GymnaxSource  # noqa: F401
-from clloop_jax.sources.mixture import draw_tasks, mixture_batch  # noqa: F401
+from __future__ import annotations
 
-__all__ = ["TaskSource", "EnvHParams", "EnvSource", "ImitationLoss", "imitation_loss", "squared_error",
-           "sequence_actions", "pair_with_env", "check_model_matches_env", "SupervisedBatch", "SupervisedSource",
-           "GymnaxSource", "draw_tasks", "mixture_batch"]
+import importlib
+
+#: Where each public name lives.
+_EXPORTS = {
+    "TaskSource": "base", "REQUIRED": "base", "CAPABILITIES": "base", "capability": "base", "check_source": "base",
+    "EnvHParams": "world", "EnvSource": "world", "ImitationLoss": "world", "imitation_loss": "world",
+    "squared_error": "world", "sequence_actions": "world", "pair_with_env": "world", "check_model_matches_env": "world",
+    "SupervisedBatch": "supervised", "SupervisedSource": "supervised",
+    "GymnaxSource": "gymnax",
+    "draw_tasks": "mixture", "mixture_batch": "mixture",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -22,20 +22,57 @@ arrays and keys:
 * ``likelihood``: the output distribution (:class:`~clloop_jax.importance.fisher.Gaussian` or
   :class:`~clloop_jax.importance.fisher.Categorical`), which names the Fisher's expectation and the divergence kind.
 
+Optional capabilities (:data:`CAPABILITIES`), each read through :func:`capability` with its default when a source
+does not define it:
+
+* ``hparams`` (none: :class:`~clloop_jax.strategies.base.NoHParams`): the source's traced hyperparameters;
+* ``streaming`` (False): with ``stream_init(key, task, hparams)`` and ``stream_batch(key, params, task, hparams,
+  stream)``, the environments keep running from one batch to the next within a task;
+* ``minibatch_passes`` (1): with ``minibatches(key, batch, hparams)``, a batch is learned as that many updates on
+  its minibatches (PPO's epochs);
+* ``rehearse`` (None): ``rehearse(memory_inputs, current_samples)`` puts remembered inputs under the current
+  training conditions (a labelled stream's class mask);
+* ``mixture_batch`` (None): ``mixture_batch(key, params, tasks, weights, hparams)``, a batch whose every sample
+  draws its own task from ``weights [K]``, for streams with hidden task boundaries (:mod:`clloop_jax.taskfree`).
+
 Sources compare and hash by their configuration, not by their task arrays: the run passes the tasks to its compiled
 program as arguments, so equal configurations share one compilation.
 
-Two sources ship here: :class:`EnvSource` (the closed loop: an agent acting in an environment) and
-:class:`SupervisedSource` (labelled task streams: permuted and split digits).
+The sources that ship: :class:`~clloop_jax.sources.world.EnvSource` (the closed loop: an agent acting in an
+environment), :class:`~clloop_jax.sources.supervised.SupervisedSource` (labelled task streams: permuted and split
+digits) and :class:`~clloop_jax.sources.gymnax.GymnaxSource` (gymnax environments, learned from reward).
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-__all__ = ["TaskSource"]
+__all__ = ["TaskSource", "REQUIRED", "CAPABILITIES", "capability", "check_source"]
+
+#: What every task source defines.
+REQUIRED = ("num_tasks", "tasks", "likelihood", "init_params", "batch", "loss", "score", "fisher_data", "predict")
+
+#: The optional capabilities and what a source that does not define one has.
+CAPABILITIES = {"hparams": None, "streaming": False, "minibatch_passes": 1, "rehearse": None, "mixture_batch": None}
 
 
+def capability(source, name: str):
+    """The source's optional capability ``name`` (one of :data:`CAPABILITIES`), or its default."""
+    if name not in CAPABILITIES:
+        raise ValueError(f"name must be one of {list(CAPABILITIES)}, got {name!r}")
+    value = getattr(source, name, CAPABILITIES[name])
+    if name == "hparams" and value is None:
+        from clloop_jax.strategies.base import NoHParams
+        return NoHParams()
+    return value
+
+
+def check_source(source) -> None:
+    """``TypeError`` naming what is missing unless ``source`` defines every member of :data:`REQUIRED`."""
+    missing = [name for name in REQUIRED if not hasattr(source, name)]
+    if source is None or missing:
+        raise TypeError(f"source must be a task source (EnvSource, SupervisedSource or one with {list(REQUIRED)})"
+                        f", got {type(source).__name__}" + (f" missing {missing}" if source is not None else ""))
 
 class TaskSource(Protocol):
     """The interface every task source implements (see the module docstring)."""

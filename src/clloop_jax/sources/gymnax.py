@@ -59,8 +59,17 @@ from gymnax.environments import spaces
 from clloop_jax.envs.base import normalized_score
 from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.model import CrossModalModel
-from clloop_jax.rl.ppo import (GaussianPolicyLikelihood, PPOMinibatch, RLBatch, RLHParams, RolloutState,
-                               clipped_surrogate, episode_returns, gae, minibatch_indices)
+from clloop_jax.rl.ppo import (
+    GaussianPolicyLikelihood,
+    PPOMinibatch,
+    RLBatch,
+    RLHParams,
+    RolloutState,
+    clipped_surrogate,
+    episode_returns,
+    gae,
+    minibatch_indices,
+)
 from clloop_jax.rl.tasks import task_params
 from clloop_jax.validation import positive_int
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from clloop_jax import data as data_lib
 from clloop_jax.importance import fisher as fisher_lib
+from clloop_jax.sources.mixture import draw_tasks
 from clloop_jax.strategies.base import NoHParams
 from clloop_jax.validation import check_methods, positive_int
 
@@ -130,6 +131,20 @@ class SupervisedSource:
         idx = jax.random.choice(key, task.x.shape[0], (self.batch_size,), replace=False)
         return SupervisedBatch(task.x[idx], task.y[idx], task.train_mask)
 
+
+    def mixture_batch(self, key, params, tasks, weights, hparams) -> SupervisedBatch:
+        """``batch_size`` rows, row ``r`` a training sample of its own task drawn from ``weights [K]``, with the
+        training mask of that task (``mask [B, C]``). Each task draws ``B`` distinct indices (as its own batch
+        would, without replacement) and row ``r`` takes the ``r``-th of its task's, so rows of one task are distinct
+        samples and a pure batch (one task) is distributed exactly as :meth:`batch`'s. Gathers only the rows it
+        needs."""
+        k_ids, k_batch = jax.random.split(key)
+        B = self.batch_size
+        ids = draw_tasks(k_ids, weights, B)
+        K, N = tasks.x.shape[0], tasks.x.shape[1]
+        perms = jax.vmap(lambda k: jax.random.choice(k, N, (B,), replace=False))(jax.random.split(k_batch, K))
+        idx = perms[ids, jnp.arange(B)]
+        return SupervisedBatch(tasks.x[ids, idx], tasks.y[ids, idx], tasks.train_mask[ids])
     def loss(self, params, batch, hparams):
         del hparams
         logits = self.model.apply(params, batch.x)

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 from clloop_jax.envs.base import check_world, normalized_score
 from clloop_jax.envs.rollout import Trajectory, rollout
 from clloop_jax.importance import fisher as fisher_lib
+from clloop_jax.sources.mixture import draw_tasks
 from clloop_jax.strategies.base import nonnegative
+from clloop_jax.tree import task_at
 from clloop_jax.validation import ArgumentTypeError, check_float, check_methods, positive_int
 
 __all__ = ["EnvHParams", "EnvSource", "ImitationLoss", "imitation_loss", "squared_error", "sequence_actions",
@@ -180,6 +182,16 @@ class EnvSource:
 
     def batch(self, key, params, task, hparams):
         return self.rollout(key, params, task, hparams, self.num_envs)
+
+    def mixture_batch(self, key, params, tasks, weights, hparams):
+        """A rollout of ``num_envs`` worlds, each in its own task drawn from ``weights [K]`` (a stream with hidden
+        task boundaries, :mod:`clloop_jax.taskfree`); the leaves are those of :meth:`batch`."""
+        k_ids, k_batch = jax.random.split(key)
+        ids = draw_tasks(k_ids, weights, self.num_envs)
+        one = dataclasses.replace(self, num_envs=1)
+        trajs = jax.vmap(lambda k, i: one.batch(k, params, task_at(tasks, i), hparams))(
+            jax.random.split(k_batch, self.num_envs), ids)
+        return jax.tree.map(lambda x: jnp.swapaxes(x[:, :, 0], 0, 1), trajs)  # [n, T, 1, ...] -> [T, n, ...]
 
     def loss(self, params, batch, hparams):
         out = self.objective(params, batch, hparams)

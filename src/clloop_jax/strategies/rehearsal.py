@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from clloop_jax.divergence import tree_sum
 from clloop_jax.importance.fisher import Categorical
+from clloop_jax.sources.base import capability
 from clloop_jax.strategies.base import NoHParams, Strategy, check_hparams, nonnegative, positive, register
 
 __all__ = ["Memory", "memory_init", "reservoir_add", "memory_sample", "agem_project", "distillation_loss",
@@ -141,7 +142,7 @@ def _rehearsed(source, memory_inputs, current_samples):
     """Remembered inputs as the source trains them now (``source.rehearse``; unchanged when it has none): a labelled
     stream puts them under the current training mask, so in class-incremental learning remembered classes compete with
     the new ones, as they do in joint training."""
-    rehearse = getattr(source, "rehearse", None)
+    rehearse = capability(source, "rehearse")
     return memory_inputs if rehearse is None else rehearse(memory_inputs, current_samples)
 
 

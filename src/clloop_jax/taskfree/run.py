@@ -46,7 +46,7 @@ true boundaries).
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -54,9 +54,8 @@ import jax.numpy as jnp
 from clloop_jax.run.config import HParams, RunConfig
 from clloop_jax.run.programs import Program
 from clloop_jax.run.sequential import Run, make_run
-from clloop_jax.sources.mixture import StreamSource, mixture_batch, one_sample_source
-from clloop_jax.sources.supervised import SupervisedSource
-from clloop_jax.sources.world import EnvSource
+from clloop_jax.sources.mixture import check_mixture, mixture_batch
+from clloop_jax.sources.supervised import SupervisedBatch
 from clloop_jax.taskfree.detect import PageHinkley
 from clloop_jax.taskfree.schedules import Schedule, ScheduleArrays
 from clloop_jax.validation import check_key
@@ -101,17 +100,12 @@ class TaskFreeRun:
         return self.run.hparams(**values)
 
     # ----- the program ------------------------------------------------------------------------------------
-    def _evaluate(self, params, tasks, k_eval, hp):
-        src = self.run.source
-        keys = jax.vmap(lambda i: jax.random.fold_in(k_eval, i))(jnp.arange(src.num_tasks))
-        return jax.vmap(lambda task, k: src.score(k, params, task, hp.source))(tasks, keys)
-
     def _program(self, axis_name, tasks, key, hp: HParams, sched: ScheduleArrays):
         run, src, det = self.run, self.run.source, self.detector
         K, S = src.num_tasks, sched.order.shape[0]
         _, k_eval, k_stream = jax.random.split(key, 3)
         state = run.init_on(tasks, key, hp)
-        baseline = self._evaluate(state.params, tasks, k_eval, hp)
+        baseline = self.run.evaluate_on(state.params, tasks, k_eval, hp)
         needs_data = run.needs_data()
 
         def any_seed(flag):
@@ -152,7 +146,7 @@ class TaskFreeRun:
                     snap = _where(in_control, (st.params, samples), snap)
 
             def evaluate(r):
-                scores = self._evaluate(st.params, tasks, k_eval, hp)
+                scores = self.run.evaluate_on(st.params, tasks, k_eval, hp)
                 return jnp.where(row >= 0, r.at[jnp.maximum(row, 0)].set(scores), r)
 
             R = jax.lax.cond(any_seed(row >= 0), evaluate, lambda r: r, R)
@@ -220,6 +214,23 @@ _jit_taskfree = Program(_single)
 _jit_taskfree_seeds = Program(_many)
 
 
+@dataclasses.dataclass(frozen=True)
+class _StreamSource:
+    """``base`` with per-sample task masks understood by ``samples`` (a mixed minibatch has one mask per row)."""
+
+    base: Any
+
+    def __getattr__(self, name):
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def samples(self, batch):
+        if isinstance(batch, SupervisedBatch) and batch.mask.ndim == 2:
+            return (batch.x, batch.mask), batch.y
+        return self.base.samples(batch)
+
+
 def make_taskfree_run(config: RunConfig, source, boundaries: str = "detect",
                       detector: Optional[PageHinkley] = None) -> TaskFreeRun:
     """A task-free run: ``tf = make_taskfree_run(config, source)``; ``tf(key, hp, schedule)``.
@@ -237,6 +248,5 @@ def make_taskfree_run(config: RunConfig, source, boundaries: str = "detect",
     detector = PageHinkley() if detector is None else detector
     if not isinstance(detector, PageHinkley):
         raise TypeError(f"detector must be a PageHinkley, got {type(detector).__name__}")
-    if not isinstance(source, (EnvSource, SupervisedSource)) and not hasattr(source, "mixture_batch"):
-        one_sample_source(source)  # the TypeError naming what a source needs
-    return TaskFreeRun(make_run(config, StreamSource(source)), boundaries, detector)
+    check_mixture(source)
+    return TaskFreeRun(make_run(config, _StreamSource(source)), boundaries, detector)

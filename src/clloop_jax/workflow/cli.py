@@ -243,7 +243,7 @@ def _expected_errors() -> tuple:
     when the run's module was loaded: otherwise no run can have raised it)."""
     errors = (ValueError, TypeError, OSError)
     loop = sys.modules.get("clloop_jax.run")
-    return errors + ((loop.DivergenceError,) if loop is not None else ())
+    return errors + ((loop.NonFiniteError,) if loop is not None else ())
 
 
 def main(argv: Optional[Sequence[str]] = None):

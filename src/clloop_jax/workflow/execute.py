@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clloop_jax.run.errors import DivergenceError, check_finite
+from clloop_jax.run.errors import NonFiniteError, check_finite
 from clloop_jax.run.sequential import Run, RunResults
 from clloop_jax.workflow.runs import RunFolder
 from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
@@ -100,7 +100,7 @@ class _StopOnSignals:
 def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None,
             progress: Optional[Callable] = None, label: str = "run", devices=None) -> RunResults:
     """Runs ``run`` for every seed at once (``jax.vmap``), one task at a time: checkpoints after every task, resumes
-    from the folder's last complete checkpoint when ``folder.resume``, raises :class:`DivergenceError` (naming seed,
+    from the folder's last complete checkpoint when ``folder.resume``, raises :class:`NonFiniteError` (naming seed,
     task and episode) as soon as a task's updates became non-finite, before anything of that task is written.
 
     ``devices`` spreads the seeds over several devices (a count, or a sequence of devices; see
@@ -153,9 +153,9 @@ def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
         if not finite.all():
             try:
                 check_finite(finite[:, None, :], where=label)
-            except DivergenceError as err:
+            except NonFiniteError as err:
                 seed = seeds[err.seed]
-                raise DivergenceError(f"{label} diverged at seed {seed}, task {task}, episode {err.episode}: the loss, "
+                raise NonFiniteError(f"{label} diverged at seed {seed}, task {task}, episode {err.episode}: the loss, "
                                       f"a gradient or the parameters became non-finite (lower the learning rate or "
                                       f"the penalty strength); nothing of task {task} was written, the last good "
                                       f"checkpoint is kept", seed=seed, task=task, episode=err.episode) from None

@@ -22,7 +22,7 @@ removes what a killed writer left (temporary files, unsealed checkpoints), write
 that are missing, and refuses a ``config.json`` edited by hand. SIGINT and SIGTERM stop a run between tasks
 (:class:`RunInterrupted`).
 :func:`execute` drives a run over seeds (``jax.vmap``) one task at a time; when an update becomes non-finite it raises
-:class:`~clloop_jax.run.errors.DivergenceError` naming the seed, task and episode, keeping the last good checkpoint and
+:class:`~clloop_jax.run.errors.NonFiniteError` naming the seed, task and episode, keeping the last good checkpoint and
 writing nothing for the diverged task.
 """
 
