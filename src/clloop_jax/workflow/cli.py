@@ -25,16 +25,19 @@ from typing import Optional, Sequence
 
 import tyro
 
-from clloop_jax.workflow.experiment import PRESETS, STRATEGY_NAMES, ExperimentConfig, describe_preset
+from clloop_jax.workflow.experiment import (MEMORY_STRATEGIES, PRESETS, STRATEGY_NAMES, ExperimentConfig,
+                                           describe_preset)
 
 __all__ = ["main", "RunArgs", "CompareArgs", "run_command", "compare_command", "overview"]
 
 # The experiment's fields appear without prefixes: --strategy, --seeds, --hidden-dim, --num-tasks, ...
 _Experiment = tyro.conf.OmitArgPrefixes[ExperimentConfig]
 
-#: What a score means in the default world, printed under every summary.
+#: What a score means for each kind of source, printed under every summary.
 SCORE_MEANING = ("score: 1 = the task's expert, 0 = the zero action (clipped at -1); in the matrix, row 'task i' is "
                  "after training on tasks 1 to i and column 'task j' the score on task j")
+ACCURACY_MEANING = ("score: accuracy on the task's test images (under the scenario's output mask); in the matrix, row "
+                    "'task i' is after training on tasks 1 to i and column 'task j' the accuracy on task j")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +92,8 @@ def overview() -> str:
     """The text of ``clloop --help``: the commands, the presets and the strategies."""
     return (f"usage: clloop {{run,compare}} [--preset NAME] [options]\n\n"
             f"Continual learning in a closed loop: an agent learns a world's tasks one after the other and is scored\n"
-            f"on every task after each.\n\n"
+            f"on every task after each (--source world), or a classifier learns a labelled benchmark's stream of\n"
+            f"tasks (--source mnist, digits or mnist1d; --stream split or permuted; --scenario task, domain or class).\n\n"
             f"commands:\n"
             f"  run       {RunArgs.__doc__.strip()}\n"
             f"  compare   {CompareArgs.__doc__.strip()}\n\n"
@@ -112,9 +116,9 @@ def _progress(quiet: bool, total: int, label: str):
     return (lambda done, n: bar.update(1)), bar
 
 
-def _legend() -> str:
+def _legend(source: str = "world") -> str:
     from clloop_jax.metrics import format_meanings
-    return SCORE_MEANING + "\n" + format_meanings()
+    return (SCORE_MEANING if source == "world" else ACCURACY_MEANING) + "\n" + format_meanings()
 
 
 def run_command(args: RunArgs, label: Optional[str] = None):
@@ -136,7 +140,7 @@ def run_command(args: RunArgs, label: Optional[str] = None):
             bar.close()
     if not args.quiet:
         print(open(folder.file("summary.md")).read())
-        print(_legend() + "\n")
+        print(_legend(experiment.source) + "\n")
         print(f"wrote {args.out} (summary.md, summary.json, R_seed*.csv, traces.jsonl, plots/, checkpoints/)",
               flush=True)
     return results
@@ -163,6 +167,22 @@ def _parse_strategies(text: str):
     return out
 
 
+def _share(experiments: dict, option: str, takes, who: str, quiet: bool) -> dict:
+    """``compare``'s one ``--option`` for every strategy: kept for the strategies that ``takes``, dropped for the
+    others (with a line saying so); refused when none takes it."""
+    value = getattr(next(iter(experiments.values())).train, option)
+    if value is None:
+        return experiments
+    takers = [name for name in experiments if takes(name)]
+    if not takers:
+        raise ValueError(f"--{option} {value!r} is used by none of the strategies {', '.join(experiments)} ({who}); "
+                         f"leave it unset")
+    if not quiet and len(takers) < len(experiments):
+        print(f"--{option} {value:g} applies to {', '.join(takers)} only (the others have no {option})", flush=True)
+    return {name: e if name in takers else dataclasses.replace(e, train=dataclasses.replace(e.train, **{option: None}))
+            for name, e in experiments.items()}
+
+
 def compare_command(args: CompareArgs):
     """``clloop compare``: one run folder per strategy, then ``comparison.md`` / ``.json`` and ``comparison.png``."""
     import json
@@ -178,16 +198,11 @@ def compare_command(args: CompareArgs):
         raise ValueError(f"--lam {base.train.lam!r}: compare takes each strategy's strength in --strategies "
                          f"NAME:LAMBDA (for example ewc:{base.train.lam:g})")
     experiments = {name: base.with_strategy(name, lam) for name, lam in strategies}
-    gamma = base.train.gamma
-    if gamma is not None:  # one --gamma for every strategy: it reaches those that have one
-        takers = [name for name in experiments if "gamma" in get_strategy(name).hparams._fields]
-        if not takers:
-            raise ValueError(f"--gamma {gamma!r} is used by none of the strategies {', '.join(experiments)} "
-                             f"(online_ewc and ewc_budget have it); leave it unset")
-        experiments = {name: e if name in takers else dataclasses.replace(
-            e, train=dataclasses.replace(e.train, gamma=None)) for name, e in experiments.items()}
-        if not args.quiet:
-            print(f"--gamma {gamma:g} applies to {', '.join(takers)} only (the others have no gamma)", flush=True)
+    # one --gamma or --memory for every strategy: it reaches those that have one
+    experiments = _share(experiments, "gamma", lambda name: "gamma" in get_strategy(name).hparams._fields,
+                         "online_ewc and ewc_budget have it", args.quiet)
+    experiments = _share(experiments, "memory", lambda name: name in MEMORY_STRATEGIES,
+                         f"{', '.join(MEMORY_STRATEGIES)} have one", args.quiet)
     for experiment in experiments.values():  # every one checked first
         experiment.train.check_strategy_options()
     if os.path.isdir(args.out) and os.listdir(args.out) and not (args.overwrite or args.resume):
@@ -202,7 +217,7 @@ def compare_command(args: CompareArgs):
         if not args.quiet:
             print(f"{name}: {report.cell(report.summary(*results[name])['average_performance']['values'])} "
                   f"average performance ({os.path.join(args.out, name)})", flush=True)
-    lams = {name: {"lambda": f"{e.train.strength:g}" if "lam" in get_strategy(name).hparams._fields else "-"}
+    lams = {name: {"lambda": f"{e.strength:g}" if "lam" in get_strategy(name).hparams._fields else "-"}
             for name, e in experiments.items()}
     text = report.summary_table(results, extra=lams)
     if "none" in results and len(results) > 1:
@@ -215,7 +230,7 @@ def compare_command(args: CompareArgs):
     report.plot_comparison(results, os.path.join(args.out, "comparison.png"))
     if not args.quiet:
         print("\n" + text + "\n")
-        print(_legend() + "\n")
+        print(_legend(base.source) + "\n")
         print(f"wrote {args.out} (comparison.md, comparison.json, comparison.png; one run folder per strategy: "
               f"{', '.join(results)})", flush=True)
     return results
@@ -241,7 +256,7 @@ def _split_preset(argv: Sequence[str]):
 def _expected_errors() -> tuple:
     """The errors reported as one line: bad input, a refused folder, a diverged run (whose class is looked up only
     when the run's module was loaded: otherwise no run can have raised it)."""
-    errors = (ValueError, TypeError, OSError)
+    errors = (ValueError, TypeError, OSError, ImportError)
     loop = sys.modules.get("clloop_jax.run")
     return errors + ((loop.NonFiniteError,) if loop is not None else ())
 

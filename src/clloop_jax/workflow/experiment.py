@@ -1,6 +1,8 @@
-"""Typed, frozen configurations of an experiment in the closed loop, validated eagerly, and what they build.
+"""Typed, frozen configurations of an experiment, validated eagerly, and what they build.
 
-``ExperimentConfig(world=WorldConfig(...), model=ModelConfig(...), train=TrainConfig(...))`` describes one run; its
+``ExperimentConfig(world=WorldConfig(...), model=ModelConfig(...), train=TrainConfig(...))`` describes one run in the
+closed loop; ``ExperimentConfig(source="mnist", data=DataConfig(...), train=...)`` one over a labelled benchmark's
+stream of tasks (``mnist``, ``digits`` or ``mnist1d``: split or permuted, task, domain or class incremental). Its
 :meth:`~ExperimentConfig.build` gives the :class:`~clloop_jax.run.sequential.Run` and its
 :class:`~clloop_jax.run.config.HParams`.
 :data:`PRESETS` names ready-made ones (``tiny``: a few seconds after compilation; ``default``: the README's forgetting
@@ -25,11 +27,16 @@ if TYPE_CHECKING:  # annotations only: importing these loads JAX
     from clloop_jax.run.config import HParams
     from clloop_jax.run.sequential import Run
 
-__all__ = ["WorldConfig", "ModelConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "DEFAULT_LAMBDA",
-           "DEFAULT_GAMMA", "STRATEGY_NAMES", "FISHER_VARIANTS", "describe_preset"]
+__all__ = ["WorldConfig", "ModelConfig", "DataConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "DEFAULT_LAMBDA",
+           "DATA_LAMBDA", "DEFAULT_GAMMA", "DEFAULT_MEMORY", "STRATEGY_NAMES", "FISHER_VARIANTS", "SOURCES", "MEMORY_STRATEGIES",
+           "describe_preset"]
 
 #: Penalty strength per strategy in the default world (chosen on seed 0 of a shorter run; README, "Results").
 DEFAULT_LAMBDA = {"none": 0.0, "l2": 0.3, "ewc": 3.0, "online_ewc": 3.0, "si": 30.0, "mas": 1.0, "ewc_budget": 3.0}
+
+#: Penalty strength per strategy over a labelled benchmark (chosen on split digits, class-incremental:
+#: experiments/scenarios.py); the others take 1.
+DATA_LAMBDA = {"none": 0.0, "ewc": 1000.0, "online_ewc": 1000.0, "si": 100.0}
 
 #: The decay of the running importance (``gamma``) of online_ewc and ewc_budget when it is not given.
 DEFAULT_GAMMA = 0.9
@@ -42,6 +49,13 @@ STRATEGY_NAMES = ("none", "l2", "ewc", "online_ewc", "si", "mas", "ewc_budget", 
 
 #: The Fisher estimators, as :data:`clloop_jax.run.config.FISHER_VARIANTS`.
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
+
+#: Where a run's tasks come from: the closed-loop world, or a labelled benchmark (:func:`clloop_jax.data.load_dataset`).
+SOURCES = ("world", "mnist", "digits", "mnist1d")
+
+#: The strategies that keep a rehearsal memory, and its size (samples) when ``memory`` is not given.
+MEMORY_STRATEGIES = ("replay", "agem", "derpp")
+DEFAULT_MEMORY = 500
 
 
 def _positive_int(owner, name, value):
@@ -113,20 +127,75 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """A labelled benchmark (--source mnist, digits or mnist1d): its stream of tasks and the classifier."""
+
+    stream: str = "split"
+    """split: the classes in groups of classes-per-task, one group per task; permuted: permuted-tasks tasks of
+    all classes, each with its own fixed permutation of the input features"""
+    scenario: str = "class"
+    """task, domain or class incremental (van de Ven & Tolias 2019): the task's own classes with the task known,
+    the position within the group, or every class seen so far"""
+    classes_per_task: int = 2
+    """classes in each task of a split stream"""
+    permuted_tasks: int = 5
+    """tasks of a permuted stream"""
+    mlp_hidden: Tuple[int, ...] = (400, 400)
+    """widths of the classifier's hidden layers (a multilayer perceptron with ReLU)"""
+    batch_size: int = 128
+    """training samples per update"""
+    fisher_size: int = 256
+    """samples of a task that estimate its Fisher information (and fill a rehearsal memory)"""
+    data_seed: int = 0
+    """the stream's seed: the permutations, the equal-size subsets of a split (an integer >= 0)"""
+
+    def __post_init__(self):
+        for name, choices in (("stream", ("split", "permuted")), ("scenario", ("task", "domain", "class"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"data.{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        for name in ("classes_per_task", "permuted_tasks", "batch_size", "fisher_size"):
+            _positive_int("data", name, getattr(self, name))
+        if isinstance(self.mlp_hidden, (str, bytes)) or not isinstance(self.mlp_hidden, (tuple, list)):
+            raise TypeError(f"data.mlp_hidden must be a tuple of layer widths, got {self.mlp_hidden!r}")
+        for width in self.mlp_hidden:
+            _positive_int("data", "mlp_hidden", width)
+        object.__setattr__(self, "mlp_hidden", tuple(self.mlp_hidden))
+        if isinstance(self.data_seed, bool) or not isinstance(self.data_seed, numbers.Integral) or self.data_seed < 0:
+            raise ValueError(f"data.data_seed must be an integer >= 0, got {self.data_seed!r}")
+
+    def make_source(self, dataset: str):
+        """The :class:`~clloop_jax.sources.supervised.SupervisedSource` of ``dataset`` (loaded from the installed
+        package that ships it: ``pip install -e ".[data]"``)."""
+        from clloop_jax.data import load_dataset, permuted_stream, split_stream
+        from clloop_jax.model import MLP
+        from clloop_jax.sources.supervised import SupervisedSource
+        x, y, x_test, y_test = load_dataset(dataset)
+        if self.stream == "split":
+            stream = split_stream(x, y, classes_per_task=self.classes_per_task, seed=self.data_seed, x_test=x_test,
+                                  y_test=y_test, scenario=self.scenario)
+        else:
+            stream = permuted_stream(x, y, self.permuted_tasks, seed=self.data_seed, x_test=x_test, y_test=y_test,
+                                     scenario=self.scenario)
+        return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=self.mlp_hidden), stream,
+                                batch_size=self.batch_size, fisher_size=self.fisher_size)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How the agent learns: the strategy and its strength, the optimizer, the monitors."""
 
     strategy: str = "ewc"
     """the continual-learning strategy, one of the names listed above (none = plain fine-tuning)"""
     episodes_per_task: int = 150
-    """closed-loop episodes (one update each) per task"""
+    """updates per task: closed-loop episodes, or minibatches of a labelled stream"""
     num_envs: int = 8
     """worlds run in parallel in each episode"""
     learning_rate: float = 1e-3
     """the optimizer's (Adam's) learning rate (> 0)"""
     lam: Optional[float] = None
     """penalty strength (>= 0), for the strategies that have one (refused for the others); unset: the strategy's
-    default (l2 0.3, ewc 3, online_ewc 3, si 30, mas 1, ewc_budget 3)"""
+    default (in the world: l2 0.3, ewc 3, online_ewc 3, si 30, mas 1, ewc_budget 3; on a labelled benchmark: ewc
+    1000, online_ewc 1000, si 100, the others 1)"""
     gamma: Optional[float] = None
     """decay of the running importance, in [0, 1]; used by online_ewc and ewc_budget only (refused for the other
     strategies); unset: 0.9"""
@@ -136,6 +205,10 @@ class TrainConfig:
     """how the Fisher information is estimated: empirical, sampled or exact"""
     monitors: Tuple[str, ...] = ("parameter", "fisher", "functional")
     """measurements recorded during training: parameter, fisher, functional (none: pass no names)"""
+    memory: Optional[int] = None
+    """rehearsal memory in samples (>= 1), for replay, agem and derpp (refused for the others); unset: 500"""
+    max_grad_norm: Optional[float] = 1.0
+    """clip the gradient to this global norm before each update (> 0); None: no clipping"""
 
     def __post_init__(self):
         if not isinstance(self.strategy, str):
@@ -159,9 +232,14 @@ class TrainConfig:
                 or not all(isinstance(m, str) for m in self.monitors):
             raise TypeError(f"train.monitors must be a tuple of monitor names, got {self.monitors!r}")
         object.__setattr__(self, "monitors", tuple(self.monitors))
+        if self.memory is not None:
+            _positive_int("train", "memory", self.memory)
+        if self.max_grad_norm is not None:
+            _number("train", "max_grad_norm", self.max_grad_norm, 0, open_low=True)
 
     @property
     def strength(self) -> float:
+        """``lam``, or the strategy's default strength in the world (:data:`DEFAULT_LAMBDA`) when unset."""
         return DEFAULT_LAMBDA.get(self.strategy, 1.0) if self.lam is None else self.lam
 
     @property
@@ -169,11 +247,21 @@ class TrainConfig:
         """``gamma``, or its default when unset."""
         return DEFAULT_GAMMA if self.gamma is None else self.gamma
 
+    def strategy_value(self):
+        """The strategy as the run takes it: its name, or the rehearsal strategy built with ``memory`` samples."""
+        if self.memory is None:
+            return self.strategy
+        from clloop_jax.strategies import get_strategy
+        return get_strategy(self.strategy, capacity=self.memory)
+
     def check_strategy_options(self) -> None:
         """``ValueError`` when ``lam`` or ``gamma`` is set and the strategy has no such hyperparameter (it would be
         recorded as if used). Looks the strategy up in the registry, which imports JAX."""
         from clloop_jax.strategies import get_strategy
         fields = get_strategy(self.strategy).hparams._fields
+        if self.memory is not None and self.strategy not in MEMORY_STRATEGIES:
+            raise ValueError(f"train.memory (--memory {self.memory!r}) is used only by the rehearsal strategies "
+                             f"{', '.join(MEMORY_STRATEGIES)}, not by {self.strategy!r}; leave it unset")
         for name in ("lam", "gamma"):
             if getattr(self, name) is not None and name not in fields:
                 has = ", ".join(f for f in ("lam", "gamma") if f in fields)
@@ -184,43 +272,90 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """One experiment: the world, the agent, how it learns, and how many seeds (0 to seeds - 1)."""
+    """One experiment: where the tasks come from, the agent, how it learns, and how many seeds (0 to seeds - 1)."""
 
+    source: str = "world"
+    """where the tasks come from: world (the closed loop) or a labelled benchmark, mnist, digits or mnist1d"""
     world: WorldConfig = WorldConfig()
     model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     seeds: int = 5
     """independent runs (seeds 0, 1, ...), trained at once in one program"""
 
     def __post_init__(self):
         _positive_int("experiment", "seeds", self.seeds)
-        for name, cls in (("world", WorldConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        if self.source not in SOURCES:
+            raise ValueError(f"experiment.source must be one of {list(SOURCES)}, got {self.source!r}")
+        for name, cls in (("world", WorldConfig), ("model", ModelConfig), ("data", DataConfig),
+                          ("train", TrainConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise TypeError(f"experiment.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        unused = self.unused_options()
+        if unused:
+            raise ValueError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with --source "
+                             f"{self.source}; leave {'it' if len(unused) == 1 else 'them'} unset")
+
+    def unused_options(self) -> list:
+        """The options (as ``--name value``) set away from their defaults in a part the source does not use: the
+        world, the agent, ``num_envs`` and ``feedback_weight`` for a labelled benchmark; the data for the world."""
+        parts = [("data", DataConfig())] if self.source == "world" else [("world", WorldConfig()),
+                                                                           ("model", ModelConfig())]
+        out = []
+        for part, default in parts:
+            for f in dataclasses.fields(default):
+                value = getattr(getattr(self, part), f.name)
+                if value != getattr(default, f.name):
+                    out.append(f"--{f.name.replace('_', '-')} {value!r}")
+        if self.source != "world":
+            for name in ("num_envs", "feedback_weight"):
+                if getattr(self.train, name) != getattr(TrainConfig, name):
+                    out.append(f"--{name.replace('_', '-')} {getattr(self.train, name)!r}")
+        return out
+
+    @property
+    def strength(self) -> float:
+        """The penalty strength the run uses: ``lam``, or the strategy's default for this source."""
+        if self.source == "world" or self.train.lam is not None:
+            return self.train.strength
+        return DATA_LAMBDA.get(self.train.strategy, 1.0)
+
+    def resolved(self) -> dict:
+        """The parts of the configuration the run uses, as a dict of dataclasses: what ``config.json`` records (a
+        labelled benchmark's run holds no world or agent section, a world's run no data section)."""
+        used = ("world", "model") if self.source == "world" else ("data",)
+        return {"source": self.source, **{part: getattr(self, part) for part in used}, "train": self.train,
+                "seeds": self.seeds}
 
     def with_strategy(self, strategy: str, lam: float | None = None) -> "ExperimentConfig":
         return dataclasses.replace(self, train=dataclasses.replace(self.train, strategy=strategy, lam=lam))
 
     def build(self) -> Tuple["Run", "HParams"]:
-        """The run and its hyperparameters. The world, the agent and the run's configuration are made (and checked
-        by the library) before the world's tasks are drawn, the first computation that compiles."""
-        from clloop_jax.model import CrossModalModel
+        """The run and its hyperparameters. The world (or the benchmark's stream), the agent and the run's
+        configuration are made (and checked by the library) before the first computation that compiles."""
         from clloop_jax.run.config import RunConfig
         from clloop_jax.run.sequential import make_run
-        from clloop_jax.sources.world import EnvSource
         self.train.check_strategy_options()
+        t = self.train
+        config = RunConfig(strategy=t.strategy_value(), episodes_per_task=t.episodes_per_task,
+                           fisher_variant=t.fisher_variant, monitors=t.monitors, max_grad_norm=t.max_grad_norm)
+        run = make_run(config, self.make_source())
+        names = run.hparams().names()
+        own = {k: v for k, v in (("lam", self.strength), ("gamma", t.decay), ("feedback_weight", t.feedback_weight))
+               if k in names}
+        return run, run.hparams(learning_rate=t.learning_rate, **own)
+
+    def make_source(self):
+        """The task source: the closed loop in the world, or the benchmark's stream of labelled tasks."""
+        if self.source != "world":
+            return self.data.make_source(self.source)
+        from clloop_jax.model import CrossModalModel
+        from clloop_jax.sources.world import EnvSource
         env = self.world.make()
         model = CrossModalModel(input_dim=self.world.observation_dim, hidden_dim=self.model.hidden_dim,
                                 output_dim=self.world.action_dim, num_modalities=self.world.num_modalities,
                                 num_heads=self.model.num_heads)
-        t = self.train
-        config = RunConfig(strategy=t.strategy, episodes_per_task=t.episodes_per_task,
-                           fisher_variant=t.fisher_variant, monitors=t.monitors)
-        source = EnvSource(model, env, num_tasks=self.world.num_tasks, num_envs=self.train.num_envs)
-        run = make_run(config, source)
-        names = run.hparams().names()
-        own = {k: v for k, v in (("lam", t.strength), ("gamma", t.decay)) if k in names}
-        return run, run.hparams(learning_rate=t.learning_rate, feedback_weight=t.feedback_weight, **own)
+        return EnvSource(model, env, num_tasks=self.world.num_tasks, num_envs=self.train.num_envs)
 
 
 #: Ready-made experiments by name. They are descriptions (nothing is built or compiled until one is run).
@@ -232,6 +367,11 @@ PRESETS = {
         model=ModelConfig(hidden_dim=8, num_heads=2),
         train=TrainConfig(episodes_per_task=10, num_envs=4, learning_rate=1e-2),
         seeds=2),
+    "split-mnist": ExperimentConfig(
+        source="mnist", train=TrainConfig(strategy="replay", episodes_per_task=300, monitors=(), max_grad_norm=None)),
+    "tiny-digits": ExperimentConfig(
+        source="digits", data=DataConfig(mlp_hidden=(32,), batch_size=32, fisher_size=64),
+        train=TrainConfig(strategy="replay", episodes_per_task=20, monitors=(), max_grad_norm=None), seeds=2),
 }
 
 
@@ -240,6 +380,11 @@ def describe_preset(name: str) -> str:
     if name not in PRESETS:
         raise ValueError(f"name must be one of {list(PRESETS)}, got {name!r}")
     e = PRESETS[name]
+    if e.source != "world":
+        d = e.data
+        tasks = (f"{d.classes_per_task} classes per task" if d.stream == "split" else f"{d.permuted_tasks} tasks")
+        return (f"{e.source} {d.stream} ({tasks}, {d.scenario}-incremental) x {e.train.episodes_per_task} updates of "
+                f"{d.batch_size}, MLP {'-'.join(map(str, d.mlp_hidden))}, strategy {e.train.strategy}, {e.seeds} seeds")
     return (f"{e.world.num_tasks} tasks x {e.train.episodes_per_task} episodes, observation {e.world.observation_dim} "
             f"x {e.world.num_modalities} modalities, action {e.world.action_dim}, hidden {e.model.hidden_dim}, "
             f"strategy {e.train.strategy}, {e.seeds} seeds")

@@ -20,7 +20,10 @@ class CheckpointError(ValueError):
 
 
 def jsonable(value) -> Any:
-    """``value`` as JSON-ready data: dataclasses and NamedTuples as dicts, arrays as lists, callables by name."""
+    """``value`` as JSON-ready data: dataclasses and NamedTuples as dicts (a dataclass with a ``resolved()`` method
+    as what that returns), arrays as lists, callables by name."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(value, "resolved"):
+        return jsonable(value.resolved())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple) and hasattr(value, "_asdict"):

@@ -1,0 +1,138 @@
+"""``clloop run`` and ``compare`` over a labelled benchmark: --source digits / mnist / mnist1d with its stream and
+scenario, rehearsal memory from the command line, run folders with resume, and refusals of options the source does
+not use."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from clloop_jax.workflow import cli
+from clloop_jax.workflow.experiment import PRESETS, DataConfig, ExperimentConfig, TrainConfig
+
+ARGS = ["--preset", "tiny-digits", "--quiet", "--no-cache"]
+
+
+def run(out, *extra, command="run", capsys=None):
+    """The command line in this process; returns the exit code and the message of a refusal (the one line of
+    ``clloop``, or the parser's box on stderr, its frame removed, with ``capsys``)."""
+    try:
+        return cli.main([command, *ARGS, "--out", str(out), *extra]), ""
+    except SystemExit as done:
+        said = str(done.code) if not isinstance(done.code, int) else ""
+        if capsys is not None:
+            said += " ".join(re.sub(r"[│╭╮╰╯─]", " ", capsys.readouterr().err).split())
+        return 2 if isinstance(done.code, str) else done.code, said
+
+
+def matrix(folder, seed=0):
+    with open(os.path.join(folder, f"R_seed{seed}.csv")) as f:
+        rows = [line.strip().split(",") for line in f][1:]
+    return np.array([[float(v) for v in row[1:]] for row in rows])
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("digits") / "run"
+    code, message = run(folder)
+    assert code == 0, message
+    return folder
+
+
+def test_a_digits_run_writes_a_complete_folder_that_records_only_what_it_used(digits_run):
+    with open(digits_run / "config.json") as f:
+        config = json.load(f)["config"]
+    assert config["source"] == "digits" and set(config) == {"source", "data", "train", "seeds"}
+    assert config["data"]["stream"] == "split" and config["data"]["scenario"] == "class"
+    for seed in (0, 1):
+        R = matrix(digits_run, seed)
+        assert R.shape == (6, 5) and np.all((0 <= R) & (R <= 1))  # the untrained row, then one per task
+        # each task is learned: its accuracy right after training beats the untrained one
+        assert np.all(np.diag(R[1:]) > R[0] + 0.2)
+    summary = json.load(open(digits_run / "summary.json"))
+    assert 0 < summary["metrics"]["average_performance"]["mean"] < 1
+    assert sorted(os.listdir(digits_run / "plots")) == ["divergence.png", "matrix.png", "scores.png"]
+
+
+def test_a_digits_run_resumed_after_two_tasks_equals_the_uninterrupted_one(digits_run, tmp_path):
+    folder = tmp_path / "resumed"
+    shutil.copytree(digits_run, folder)
+    for name in os.listdir(folder / "checkpoints"):  # as if stopped after task 2 of 5
+        if not name.startswith(("task_0", "task_1")):
+            path = folder / "checkpoints" / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for name in ("summary.md", "summary.json", "R_seed0.csv", "R_seed1.csv", "traces.jsonl"):
+        (folder / name).unlink()
+    code, message = run(folder, "--resume")
+    assert code == 0, message
+    for name in ("R_seed0.csv", "R_seed1.csv", "traces.jsonl", "summary.json"):
+        assert (folder / name).read_bytes() == (digits_run / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--source", "mnist", "--num-tasks", "4"], "--num-tasks 4 is not used with --source mnist"),
+    (["--hidden-dim", "16"], "--hidden-dim 16 is not used with --source digits"),
+    (["--source", "world", "--num-tasks", "2"], "--mlp-hidden (32,)"),
+    (["--strategy", "ewc", "--memory", "100"], "train.memory (--memory 100) is used only by the rehearsal strategies"),
+    (["--stream", "spiral"], "data.stream must be one of ['split', 'permuted'], got 'spiral'"),
+    (["--scenario", "joint"], "data.scenario must be one of ['task', 'domain', 'class'], got 'joint'"),
+    (["--mlp-hidden", "0"], "data.mlp_hidden must be an integer >= 1, got 0"),
+    (["--source", "cifar"], "experiment.source must be one of ['world', 'mnist', 'digits', 'mnist1d']"),
+    (["--max-grad-norm", "0"], "train.max_grad_norm must be a finite number > 0"),
+])
+def test_options_the_source_does_not_use_or_cannot_take_are_refused_before_the_folder(extra, message, tmp_path,
+                                                                                     capsys):
+    code, said = run(tmp_path / "out", *extra, capsys=capsys)
+    assert code == 2 and message in said
+    assert not (tmp_path / "out").exists()
+
+
+def test_memory_reaches_the_rehearsal_strategy_and_is_recorded():
+    experiment = ExperimentConfig(source="digits", data=DataConfig(mlp_hidden=(8,), batch_size=16, fisher_size=32),
+                                  train=TrainConfig(strategy="replay", memory=40, episodes_per_task=2, monitors=()),
+                                  seeds=1)
+    run_, hp = experiment.build()
+    state = jax.eval_shape(run_.init, jax.random.key(0), hp)
+    sizes = {leaf.shape[0] for leaf in jax.tree.leaves(state.strategy) if leaf.ndim >= 2}
+    assert sizes == {40}  # every memory array holds 40 samples
+    assert experiment.resolved()["train"].memory == 40
+    default = jax.eval_shape(ExperimentConfig(**{**experiment.__dict__, "train": TrainConfig(
+        strategy="replay", episodes_per_task=2, monitors=())}).build()[0].init, jax.random.key(0), hp)
+    assert {leaf.shape[0] for leaf in jax.tree.leaves(default.strategy) if leaf.ndim >= 2} == {500}
+
+
+def test_a_benchmark_uses_its_own_default_strength():
+    assert ExperimentConfig(source="digits", train=TrainConfig(strategy="ewc", monitors=())).strength == 1000.0
+    assert ExperimentConfig(train=TrainConfig(strategy="ewc")).strength == 3.0
+    assert ExperimentConfig(source="digits", train=TrainConfig(strategy="ewc", lam=7.0, monitors=())).strength == 7.0
+
+
+def test_a_missing_data_package_is_one_line_naming_the_install(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    code, said = run(tmp_path / "out", capsys=capsys)
+    assert code == 2 and "load_digits_data needs the scikit-learn package" in said and "pip install" in said
+
+
+def test_presets_of_benchmarks_are_described_and_valid():
+    assert PRESETS["split-mnist"].source == "mnist" and PRESETS["split-mnist"].train.episodes_per_task == 300
+    assert "digits split (2 classes per task, class-incremental)" in cli.overview()
+
+
+@pytest.mark.slow
+def test_compare_over_a_benchmark_writes_one_folder_per_strategy(tmp_path):
+    code, said = run(tmp_path / "cmp", "--strategies", "none,replay", "--memory", "50", command="compare")
+    assert code == 0, said
+    memory = {name: json.load(open(tmp_path / "cmp" / name / "config.json"))["config"]["train"]["memory"]
+              for name in ("none", "replay")}
+    assert memory == {"none": None, "replay": 50}  # --memory reaches the strategy that has a memory only
+    assert sorted(os.listdir(tmp_path / "cmp")) == ["comparison.json", "comparison.md", "comparison.png", "none",
+                                                      "replay"]
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "replay" in table and "none" in table
