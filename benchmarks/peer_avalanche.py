@@ -63,6 +63,7 @@ EWC_LAMBDA = 1000.0  # ours: (lam / 2) sum_i F_i (theta_i - theta*_i)^2 per past
 LWF_ALPHA, LWF_TEMPERATURE = 1.0, 2.0
 DER_ALPHA, DER_BETA = 0.5, 0.5
 AGEM_SAMPLE = 256
+TASK_SAMPLE = 256  # training images of a finished task handed to its consolidation (Fisher sample, A-GEM intake)
 AGEM_PER_TASK = MEMORY // 4  # Avalanche keeps a fixed number per task: 4 earlier tasks fill 500 by the last task
 
 #: Each strategy's settings on both sides, and how they differ (written into the JSON and BENCHMARKS.md).
@@ -144,13 +145,16 @@ def our_strategy(name: str):
     return get_strategy(name)
 
 
-def run_ours(name: str, stream, seeds: int, updates: int, all_outputs: bool = False) -> dict:
+def run_ours(name: str, stream, seeds: int, updates: int, all_outputs: bool = False,
+             task_sample: int = TASK_SAMPLE) -> dict:
     """All seeds of one strategy in one compiled program: the accuracy matrices and the compile and run times.
-    ``all_outputs`` trains every task on all ten outputs (Avalanche's loss) instead of the classes seen so far."""
+    ``all_outputs`` trains every task on all ten outputs (Avalanche's loss) instead of the classes seen so far;
+    ``task_sample`` is the number of a finished task's training images handed to its consolidation (EWC's Fisher
+    sample, A-GEM's memory intake)."""
     if all_outputs:
         stream = stream.replace(train_mask=jnp.ones_like(stream.train_mask))
     source = SupervisedSource(MLP(output_dim=stream.num_classes, hidden=HIDDEN), stream, batch_size=BATCH,
-                              fisher_size=256)
+                              fisher_size=task_sample)
     config = RunConfig(strategy=our_strategy(name), episodes_per_task=updates, monitors=(), max_grad_norm=None)
     run = make_run(config, source)
     values = {"lam": EWC_LAMBDA} if name == "ewc" else {}
@@ -164,7 +168,7 @@ def run_ours(name: str, stream, seeds: int, updates: int, all_outputs: bool = Fa
     t2 = time.perf_counter()
     R = np.asarray(res.R, np.float64)  # [seed, after task i, accuracy on task j]
     return {"R": R.tolist(), "final_acc": R[:, -1].mean(axis=1).tolist(), "compile_s": t1 - t0, "run_s": t2 - t1,
-            "load_avg_before": load[0], "all_outputs": all_outputs}
+            "load_avg_before": load[0], "all_outputs": all_outputs, "task_sample": task_sample}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -382,6 +386,9 @@ def main(argv=None):
     side.add_argument("--peer-only", action="store_true", help="run Avalanche only")
     p.add_argument("--all-outputs", action="store_true",
                    help="train ours on all ten outputs from the first task (Avalanche's loss), a diagnostic")
+    p.add_argument("--task-sample", type=int, default=TASK_SAMPLE,
+                   help="ours: training images of a finished task handed to its consolidation (EWC's Fisher sample, "
+                        "A-GEM's memory intake), a diagnostic")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="PyTorch's intra-op threads (default 1: on a busy 2-core machine two threads made an update "
                         "of this MLP 5-6x slower than one)")
@@ -408,6 +415,7 @@ def main(argv=None):
     settings = {"seeds": args.seeds, "updates": args.updates, "torch_threads": args.torch_threads, "batch": BATCH,
                 "learning_rate": LEARNING_RATE,
                 "hidden": list(HIDDEN), "memory": MEMORY, "all_outputs": args.all_outputs,
+                "task_sample": args.task_sample,
                 "strategies": {n: SETTINGS[n] for n in STRATEGIES}, "common_differences": COMMON_DIFFERENCES}
     stream = make_stream()
     arrays = task_arrays(stream)
@@ -422,7 +430,8 @@ def main(argv=None):
             blob.setdefault(key, {})
     for name in names:
         if run_ours_side:
-            blob["ours"][name] = res = run_ours(name, stream, args.seeds, args.updates, args.all_outputs)
+            blob["ours"][name] = res = run_ours(name, stream, args.seeds, args.updates, args.all_outputs,
+                                                     args.task_sample)
             print(f"clloop_jax {name:>7}: ACC {_acc(interval_row(res))}, compile {res['compile_s']:.1f} s, "
                   f"run {res['run_s']:.1f} s ({args.seeds} seeds vmapped)", flush=True)
         if run_peer_side:
