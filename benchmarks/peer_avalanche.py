@@ -15,8 +15,8 @@ sides), batches of 128, ``--updates`` optimizer updates per task, evaluated on t
   (``drop_last=True``: 6 updates per epoch), and a plugin stops training after exactly ``updates`` optimizer
   updates (50 full epochs for 300 updates). Its time is the sum over seeds of training and evaluating.
 
-Strategies and their settings (``SETTINGS`` holds both sides' values; the differences are listed there and in
-BENCHMARKS.md)::
+Each strategy's settings on both sides, and every known difference between them, are in ``SETTINGS`` (copied into
+the JSON). ``--all-outputs`` and ``--task-sample`` change our side only, to trace an accuracy gap::
 
     python benchmarks/peer_avalanche.py                       # 6 strategies, 5 seeds, 300 updates per task
     python benchmarks/peer_avalanche.py --ours-only --seeds 2 --updates 20 --strategies agem   # a quick look
@@ -91,7 +91,8 @@ SETTINGS = {
                              f"of k earlier tasks later); Avalanche {AGEM_PER_TASK} random images per finished task "
                              f"({AGEM_PER_TASK * 4} by the last task)",
                              f"reference gradient: ours {AGEM_SAMPLE} memory images drawn uniformly with "
-                             f"replacement; Avalanche {AGEM_SAMPLE} // k from each of the k earlier tasks"]},
+                             f"replacement; Avalanche {AGEM_SAMPLE} // k from each of the k earlier tasks, in a fixed "
+                             "order (its memory loader does not shuffle; with k <= 2 that is nearly all the memory)"]},
     "derpp": {"ours": f"derpp(capacity={MEMORY}, batch_size={BATCH}, alpha={DER_ALPHA:g}, beta={DER_BETA:g})",
               "avalanche": f"DER(mem_size={MEMORY}, batch_size_mem={BATCH}, alpha={DER_ALPHA:g}, beta={DER_BETA:g})",
               "differences": ["memory: ours a reservoir over every training batch seen (current task included), "
@@ -271,7 +272,8 @@ def run_peer(name: str, arrays: dict, seeds: int, updates: int, threads: int) ->
     R = np.stack([r["R"] for r in runs])
     return {"R": R.tolist(), "final_acc": R[:, -1].mean(axis=1).tolist(), "compile_s": 0.0,
             "run_s": float(sum(r["seconds"] for r in runs)), "seconds_per_seed": [r["seconds"] for r in runs],
-            "updates_per_task": runs[0]["updates"], "load_avg_before": load[0], "torch_threads": torch.get_num_threads()}
+            "updates_per_task": runs[0]["updates"], "load_avg_before": load[0],
+            "torch_threads": torch.get_num_threads()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -316,6 +318,11 @@ def summarize(blob: dict) -> list:
                 o["acc_ci95"]) else 0.0) + (p["acc_ci95"] if np.isfinite(p["acc_ci95"]) else 0.0))
         rows.append(row)
     return rows
+
+
+def interval_row(res: dict) -> dict:
+    m, h = interval(res["final_acc"])
+    return {"acc_mean": m, "acc_ci95": h}
 
 
 def _acc(side) -> str:
@@ -442,11 +449,6 @@ def main(argv=None):
         blob["machine"]["load_avg_end"] = list(os.getloadavg())
         _write(args.out, blob)
     print(table(blob))
-
-
-def interval_row(res: dict) -> dict:
-    m, h = interval(res["final_acc"])
-    return {"acc_mean": m, "acc_ci95": h}
 
 
 if __name__ == "__main__":
