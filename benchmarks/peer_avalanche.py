@@ -1,7 +1,7 @@
 """The same continual-learning job on clloop_jax and on Avalanche (PyTorch): accuracy and wall time side by side.
 
 The job: class-incremental split MNIST, five tasks of two digits ({0, 1}, {2, 3}, ... in this fixed order), on the
-5,000 real images of ``clloop_jax.datasets.load_mnist`` (800 training and 200 test images per task, the arrays that
+5,000 real images of ``clloop_jax.data.load_mnist`` (800 training and 200 test images per task, the arrays that
 ``split_stream(..., seed=0, scenario="class")`` cuts; the very same arrays are handed to Avalanche as tensor datasets,
 one experience per task). An MLP 784-400-400-10 with ReLU, Adam (learning rate 1e-3, state reset at each task on both
 sides), batches of 128, ``--updates`` optimizer updates per task, evaluated on the ten-way head after every task.
@@ -44,13 +44,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clloop_jax.compilation import enable_compilation_cache
-from clloop_jax.datasets import load_mnist, split_stream
-from clloop_jax.loop import RunConfig, make_run
+from clloop_jax.data import load_mnist, split_stream
 from clloop_jax.metrics import mean_ci
 from clloop_jax.model import MLP
-from clloop_jax.sources import SupervisedSource
+from clloop_jax.run import RunConfig, make_run
+from clloop_jax.sources.supervised import SupervisedSource
 from clloop_jax.strategies import agem, derpp, get_strategy, lwf, replay
+from clloop_jax.workflow.compilation import enable_compilation_cache
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results", "peer_avalanche.json")
