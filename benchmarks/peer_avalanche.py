@@ -36,10 +36,6 @@ import random
 import sys
 import time
 
-# Run as a file, this folder would come first on the import path and its profile.py would hide the standard library's
-# `profile`, which PyTorch imports: drop it (`python -m benchmarks.peer_avalanche` never adds it).
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import jax
 import jax.numpy as jnp
 import numpy as np

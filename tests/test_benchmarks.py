@@ -40,7 +40,7 @@ def test_quick_benchmark_reports_every_section(tmp_path):
 def test_profile_self_times_subtract_nested_operations_thread_by_thread():
     """Hand-worked trace: on one thread a loop of 10 us holds a product of 4 us and a fusion of 3 us (self time of
     the loop: 3 us); another thread's fusion of 5 us overlaps in time but is not nested in the loop."""
-    from benchmarks.profile import self_times
+    from benchmarks.xla_profile import self_times
     ev = [dict(ph="X", pid=1, tid=1, ts=0, dur=10, name="while.1"),
           dict(ph="X", pid=1, tid=1, ts=1, dur=4, name="ynn_fusion"),
           dict(ph="X", pid=1, tid=1, ts=6, dur=3, name="add_fusion"),
@@ -55,7 +55,7 @@ def test_profile_of_a_compiled_loop_finds_its_matrix_product_once_per_step():
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.profile import op_kind, op_sources, profile
+    from benchmarks.xla_profile import op_kind, op_sources, profile
     w = jnp.eye(64) * 0.5
 
     def fn(x):

@@ -1,8 +1,8 @@
 """Where a compiled step spends its time: a per-operation profile from ``jax.profiler``, attributed to the source.
 
-    python -m benchmarks.profile                      # the closed loop at 32 worlds (the seed's model in the world)
-    python -m benchmarks.profile --worlds 1 --top 25  # another batch size, more rows
-    python -m benchmarks.profile --program world --steps 1000   # the world alone, with its expert
+    python -m benchmarks.xla_profile                      # the closed loop at 32 worlds (the seed's model in the world)
+    python -m benchmarks.xla_profile --worlds 1 --top 25  # another batch size, more rows
+    python -m benchmarks.xla_profile --program world --steps 1000   # the world alone, with its expert
 
 The program is compiled ahead of time, run once to warm up, then traced over ``--repeats`` calls with
 ``jax.profiler.trace``; the trace's XLA operations (fusions, matrix products, copies, loops) are reduced to their
@@ -146,7 +146,7 @@ def markdown(rows: List[dict], name: str, worlds: int, steps: int, wall_us: floa
              top: int) -> str:
     traced = sum(r["us_per_step"] for r in rows)
     lines = [f"# Profile of the {name.replace('_', ' ')} at {worlds} world(s)", "",
-             f"`python -m benchmarks.profile --program {name} --worlds {worlds} --steps {steps}"
+             f"`python -m benchmarks.xla_profile --program {name} --worlds {worlds} --steps {steps}"
              f"{'' if top == _DEFAULT_TOP else f' --top {top}'}`: "
              f"{_TITLES[name]}, {steps}-step rollouts, compiled ahead of time; self time per step of each XLA "
              f"operation from `jax.profiler` ({jax.default_backend()}, jax {jax.__version__}).", "",
@@ -166,7 +166,7 @@ def markdown(rows: List[dict], name: str, worlds: int, steps: int, wall_us: floa
 
 
 def main(argv=None) -> List[dict]:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.xla_profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("--program", choices=tuple(_TITLES), default="closed_loop", help="what to profile")
     ap.add_argument("--worlds", type=int, default=32, help="worlds acting in parallel (default 32)")
     ap.add_argument("--steps", type=int, default=200, help="steps per rollout (default 200)")
