@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import random
-import sys
 import time
 
 import jax
