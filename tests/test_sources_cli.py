@@ -136,3 +136,34 @@ def test_compare_over_a_benchmark_writes_one_folder_per_strategy(tmp_path):
                                                       "replay"]
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "replay" in table and "none" in table
+
+
+def test_config_of_a_run_folder_runs_that_run_again_bitwise(digits_run, tmp_path):
+    try:
+        code = cli.main(["run", "--config", str(digits_run / "config.json"), "--out", str(tmp_path / "again"),
+                         "--quiet", "--no-cache"])
+    except SystemExit as done:
+        code = done.code
+    assert code == 0
+    assert json.load(open(tmp_path / "again" / "config.json"))["config_hash"] == \
+        json.load(open(digits_run / "config.json"))["config_hash"]
+    for name in ("R_seed0.csv", "R_seed1.csv", "traces.jsonl", "summary.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (digits_run / name).read_bytes(), name
+
+
+def test_a_toml_file_of_settings_is_an_experiment_and_unknown_settings_are_named(tmp_path):
+    from clloop_jax.workflow.experiment import load_experiment
+    path = tmp_path / "study.toml"
+    path.write_text('source = "digits"\nseeds = 3\n[data]\nstream = "permuted"\nmlp_hidden = [64, 32]\n'
+                    '[train]\nstrategy = "si"\nlam = 30.0\nmonitors = []\n')
+    assert load_experiment(str(path)) == ExperimentConfig(
+        source="digits", seeds=3, data=DataConfig(stream="permuted", mlp_hidden=(64, 32)),
+        train=TrainConfig(strategy="si", lam=30.0, monitors=()))
+    path.write_text('source = "digits"\n[train]\nstrategi = "si"\n')
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['strategi'\] in train"):
+        load_experiment(str(path))
+    path.write_text('source = "digits"\n[train\n')
+    with pytest.raises(ValueError, match=r"study\.toml: cannot read the configuration"):
+        load_experiment(str(path))
+    with pytest.raises(SystemExit, match="--preset and --config both"):
+        cli.main(["run", "--preset", "tiny", "--config", str(path), "--out", str(tmp_path / "x")])

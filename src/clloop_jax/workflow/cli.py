@@ -5,6 +5,7 @@
     clloop run --out runs/ewc --strategy ewc --seeds 5                # one configuration, seeds vmapped
     clloop compare --out runs/cmp --strategies none,ewc,online_ewc,si,mas,l2
     clloop run --preset tiny --out /tmp/tiny                           # a few seconds after compilation
+    clloop run --config runs/ewc/config.json --out runs/again          # the run that folder holds, again
     clloop run --help                                                  # every field with its default
 
 ``--resume`` continues an interrupted run from its last checkpoint (bitwise the result of an uninterrupted one),
@@ -90,7 +91,7 @@ def _strategies_text() -> str:
 
 def overview() -> str:
     """The text of ``clloop --help``: the commands, the presets and the strategies."""
-    return (f"usage: clloop {{run,compare}} [--preset NAME] [options]\n\n"
+    return (f"usage: clloop {{run,compare}} [--preset NAME | --config FILE] [options]\n\n"
             f"Continual learning in a closed loop: an agent learns a world's tasks one after the other and is scored\n"
             f"on every task after each (--source world), or a classifier learns a labelled benchmark's stream of\n"
             f"tasks (--source mnist, digits or mnist1d; --stream split or permuted; --scenario task, domain or class).\n\n"
@@ -105,7 +106,9 @@ def overview() -> str:
 def _description(cls) -> str:
     flag = "--strategy NAME" if cls is RunArgs else "--strategies NAME[:LAMBDA],..."
     return (f"{cls.__doc__.strip()}\n\npresets (--preset NAME before the other options, default: default; the options "
-            f"below override its fields):\n{_presets_text()}\n\nstrategies ({flag}):\n{_strategies_text()}")
+            f"below override its fields):\n{_presets_text()}\n\n--config FILE instead starts from a run folder's "
+            f"config.json (that run again), or a JSON, TOML or YAML file of the same settings.\n\nstrategies ({flag}):"
+            f"\n{_strategies_text()}")
 
 
 def _progress(quiet: bool, total: int, label: str):
@@ -237,17 +240,29 @@ def compare_command(args: CompareArgs):
 
 
 def _split_preset(argv: Sequence[str]):
+    """The experiment the other options start from, and the remaining options: ``--preset NAME`` (default: default)
+    or ``--config FILE`` (a run folder's config.json, or a JSON, TOML or YAML file of settings)."""
     argv = list(argv)
-    preset = "default"
-    for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            preset = argv[i + 1]
-            del argv[i:i + 2]
-            break
-        if a.startswith("--preset="):
-            preset = a.split("=", 1)[1]
-            del argv[i]
-            break
+    found = {}
+    for flag in ("--preset", "--config"):
+        for i, a in enumerate(argv):
+            if a == flag and i + 1 < len(argv):
+                found[flag] = argv[i + 1]
+                del argv[i:i + 2]
+                break
+            if a.startswith(flag + "="):
+                found[flag] = a.split("=", 1)[1]
+                del argv[i]
+                break
+    if len(found) == 2:
+        raise SystemExit("--preset and --config both give the experiment to start from: pass one of them")
+    if "--config" in found:
+        from clloop_jax.workflow.experiment import load_experiment
+        try:
+            return load_experiment(found["--config"]), argv
+        except (ValueError, TypeError, OSError, ImportError) as err:
+            raise SystemExit(f"--config: {err}") from None
+    preset = found.get("--preset", "default")
     if preset not in PRESETS:
         raise SystemExit(f"--preset must be one of {list(PRESETS)}, got {preset!r}")
     return PRESETS[preset], argv

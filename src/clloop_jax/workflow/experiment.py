@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # annotations only: importing these loads JAX
 
 __all__ = ["WorldConfig", "ModelConfig", "DataConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "DEFAULT_LAMBDA",
            "DATA_LAMBDA", "DEFAULT_GAMMA", "DEFAULT_MEMORY", "STRATEGY_NAMES", "FISHER_VARIANTS", "SOURCES", "MEMORY_STRATEGIES",
-           "describe_preset"]
+           "describe_preset", "experiment_from_dict", "load_experiment"]
 
 #: Penalty strength per strategy in the default world (chosen on seed 0 of a shorter run; README, "Results").
 DEFAULT_LAMBDA = {"none": 0.0, "l2": 0.3, "ewc": 3.0, "online_ewc": 3.0, "si": 30.0, "mas": 1.0, "ewc_budget": 3.0}
@@ -356,6 +356,60 @@ class ExperimentConfig:
                                 output_dim=self.world.action_dim, num_modalities=self.world.num_modalities,
                                 num_heads=self.model.num_heads)
         return EnvSource(model, env, num_tasks=self.world.num_tasks, num_envs=self.train.num_envs)
+
+
+def experiment_from_dict(values: dict, where: str = "the configuration") -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of ``values``, a dict such as ``config.json``'s ``"config"`` (what
+    :meth:`ExperimentConfig.resolved` gives, as JSON): sections and fields left out take their defaults; an unknown
+    one is refused naming it."""
+    parts = {"world": WorldConfig, "model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+    if not isinstance(values, dict):
+        raise TypeError(f"{where} must be a table of settings, got {type(values).__name__}")
+    known = {"source", "seeds", *parts}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; expected some of {sorted(known)}")
+    out = {k: values[k] for k in ("source", "seeds") if k in values}
+    for part, cls in parts.items():
+        section = values.get(part, {})
+        if not isinstance(section, dict):
+            raise TypeError(f"{where}: {part} must be a table of settings, got {type(section).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - fields)
+        if unknown:
+            raise ValueError(f"{where}: unknown setting(s) {unknown} in {part}; expected some of {sorted(fields)}")
+        out[part] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in section.items()})
+    return ExperimentConfig(**out)
+
+
+def load_experiment(path: str) -> ExperimentConfig:
+    """The experiment a file describes: a run folder's ``config.json`` (its ``"config"``), or a JSON, TOML or YAML
+    file of the same settings (``source``, ``seeds`` and the tables ``world``, ``model``, ``data``, ``train``)."""
+    import json
+    import os
+    ext = os.path.splitext(path)[1].lower()
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        if ext == ".toml":
+            import tomllib
+            values = tomllib.loads(raw.decode())
+        elif ext in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ImportError(f"{path}: reading YAML needs the PyYAML package (pip install pyyaml)") from None
+            try:
+                values = yaml.safe_load(raw)
+            except yaml.YAMLError as err:
+                raise ValueError(str(err)) from None
+        else:
+            values = json.loads(raw)
+    except ValueError as err:  # JSON, TOML and YAML errors are ValueErrors
+        raise ValueError(f"{path}: cannot read the configuration ({err})") from None
+    if isinstance(values, dict) and "config" in values and "config_hash" in values:  # a run folder's config.json
+        values = values["config"]
+    return experiment_from_dict(values, where=path)
 
 
 #: Ready-made experiments by name. They are descriptions (nothing is built or compiled until one is run).
