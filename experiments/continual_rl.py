@@ -26,33 +26,26 @@ import optax
 
 from clloop_jax import metrics
 from clloop_jax.report import cell, paired_table, summary, summary_table
+from clloop_jax.rl.tasks import TASK_FAMILIES
 from clloop_jax.run.config import RunConfig
 from clloop_jax.run.sequential import make_run
 from clloop_jax.sources.gymnax import GymnaxSource
 from clloop_jax.workflow.compilation import enable_compilation_cache
 from clloop_jax.workflow.files import write_atomic
 
-#: The task variants: physics that changes what the right action is, one override dict per task; per environment
-#: the source's settings beyond the command line's (``source``), the run's hyperparameters (``hparams``) and the
-#: updates per task when ``--episodes`` is not given. CartPole: one optimizer step per rollout of 8 x 64 steps from a
-#: reset. Pendulum (200-step episodes, continuous torque): PPO proper, environments that continue between updates,
-#: 5 epochs of 16 minibatches per collected rollout of 16 x 256 steps, discount 0.9.
+#: The task variants (:data:`clloop_jax.rl.tasks.TASK_FAMILIES`: physics that changes what the right action is); per
+#: environment the source's settings beyond the command line's (``source``), the run's hyperparameters (``hparams``)
+#: and the updates per task when ``--episodes`` is not given. CartPole: one optimizer step per rollout of 8 x 64 steps
+#: from a reset. Pendulum (200-step episodes, continuous torque): PPO proper, environments that continue between
+#: updates, 5 epochs of 16 minibatches per collected rollout of 16 x 256 steps, discount 0.9.
 ENVS = {
     "cartpole": dict(env_id="CartPole-v1", hparams=dict(reward_scale=0.1, learning_rate=1e-3), episodes=1000,
-                     source=dict(num_envs=8, num_steps=64), overrides=[
-        {},                                                   # the default pole
-        {"length": 1.5, "masspole": 0.5},                     # a long, heavy pole
-        {"length": 0.25, "gravity": 15.0, "force_mag": 7.0},  # a short pole under strong gravity, a weak push
-    ]),
+                     source=dict(num_envs=8, num_steps=64), overrides=list(TASK_FAMILIES["CartPole-v1"])),
     "pendulum": dict(env_id="Pendulum-v1", hparams=dict(reward_scale=0.1, learning_rate=1e-3, discount=0.9,
                                                         gae_lambda=0.95, entropy_coef=0.0, feedback_weight=0.1),
                      episodes=40, anneal=True,
                      source=dict(num_envs=16, num_steps=256, epochs=5, num_minibatches=16, persistent_envs=True),
-                     overrides=[
-        {},                                                   # the default pendulum
-        {"m": 1.5, "l": 1.2},                                 # heavier and longer
-        {"g": 14.0},                                          # stronger gravity
-    ]),
+                     overrides=list(TASK_FAMILIES["Pendulum-v1"])),
 }
 
 

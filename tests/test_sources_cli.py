@@ -4,6 +4,7 @@ not use."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -167,3 +168,49 @@ def test_a_toml_file_of_settings_is_an_experiment_and_unknown_settings_are_named
         load_experiment(str(path))
     with pytest.raises(SystemExit, match="--preset and --config both"):
         cli.main(["run", "--preset", "tiny", "--config", str(path), "--out", str(tmp_path / "x")])
+
+
+def test_a_gymnax_experiment_builds_its_tasks_and_traced_hyperparameters():
+    from clloop_jax.workflow.experiment import GymnaxConfig
+    experiment = dataclasses.replace(PRESETS["tiny-cartpole"], gymnax=GymnaxConfig(
+        variants='[{}, {"length": 1.5}]', rollout_steps=8, policy_hidden=8, discount=0.9, entropy_coef=0.0))
+    run_, hp = experiment.build()
+    assert run_.source.num_tasks == 2 and float(run_.source.tasks.length[1]) == 1.5
+    assert (hp.source.discount, hp.source.entropy_coef) == (np.float32(0.9), 0.0)  # the run's float32
+    assert hp.source.feedback_weight == np.float32(experiment.train.feedback_weight)
+    assert float(hp.strategy.lam) == 1000.0  # EWC away from the world
+    assert set(experiment.resolved()) == {"source", "gymnax", "train", "seeds"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--variants", "[{}, 3]"], "gymnax.variants must be 'family' or a JSON list of EnvParams overrides"),
+    (["--env-id", "Acrobot-v1"], "gymnax.variants 'family' is defined for ['CartPole-v1', 'Pendulum-v1']"),
+    (["--variants", '[{"lenght": 2.0}]'], "overrides[0] names unknown EnvParams fields ['lenght'] of CartPole-v1"),
+    (["--discount", "1.5"], "gymnax.discount must be a finite number >= 0 and <= 1"),
+    (["--stream", "permuted"], "--stream 'permuted' is not used with --source gymnax"),
+])
+def test_gymnax_options_are_checked_before_the_folder(extra, message, tmp_path, capsys):
+    try:
+        cli.main(["run", "--preset", "tiny-cartpole", "--quiet", "--no-cache", "--out", str(tmp_path / "out"), *extra])
+        said = ""
+    except SystemExit as done:
+        said = (str(done.code) if not isinstance(done.code, int) else "") + " ".join(
+            re.sub(r"[│╭╮╰╯─]", " ", capsys.readouterr().err).split())
+    assert message in said
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_gymnax_run_folder_resumes_bitwise(tmp_path):
+    args = ["run", "--preset", "tiny-cartpole", "--quiet"]
+    assert cli.main([*args, "--out", str(tmp_path / "full")]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "part")]) == 0
+    for name in os.listdir(tmp_path / "part" / "checkpoints"):  # as if stopped after task 1 of 3
+        if not name.startswith("task_0"):
+            path = tmp_path / "part" / "checkpoints" / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for name in ("summary.md", "summary.json", "R_seed0.csv", "R_seed1.csv", "traces.jsonl"):
+        (tmp_path / "part" / name).unlink()
+    assert cli.main([*args, "--out", str(tmp_path / "part"), "--resume"]) == 0
+    for name in ("R_seed0.csv", "R_seed1.csv", "traces.jsonl", "summary.json"):
+        assert (tmp_path / "part" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name

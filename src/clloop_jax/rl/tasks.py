@@ -9,7 +9,18 @@ import gymnax
 import jax
 import jax.numpy as jnp
 
-__all__ = ["task_params"]
+__all__ = ["task_params", "TASK_FAMILIES"]
+
+#: Task variants of two gymnax environments: physics that changes what the right action is, one ``EnvParams``
+#: override per task (``{}`` is the default task).
+TASK_FAMILIES = {
+    "CartPole-v1": ({},                                                    # the default pole
+                    {"length": 1.5, "masspole": 0.5},                      # a long, heavy pole
+                    {"length": 0.25, "gravity": 15.0, "force_mag": 7.0}),  # short, strong gravity, a weak push
+    "Pendulum-v1": ({},                                                    # the default pendulum
+                    {"m": 1.5, "l": 1.2},                                  # heavier and longer
+                    {"g": 14.0}),                                          # stronger gravity
+}
 
 
 def _cartpole_derived(default, override, params):

@@ -37,6 +37,8 @@ _Experiment = tyro.conf.OmitArgPrefixes[ExperimentConfig]
 #: What a score means for each kind of source, printed under every summary.
 SCORE_MEANING = ("score: 1 = the task's expert, 0 = the zero action (clipped at -1); in the matrix, row 'task i' is "
                  "after training on tasks 1 to i and column 'task j' the score on task j")
+RETURN_MEANING = ("score: the mean undiscounted return of an episode in the task; in the matrix, row 'task i' is after "
+                  "training on tasks 1 to i and column 'task j' the return on task j")
 ACCURACY_MEANING = ("score: accuracy on the task's test images (under the scenario's output mask); in the matrix, row "
                     "'task i' is after training on tasks 1 to i and column 'task j' the accuracy on task j")
 
@@ -94,7 +96,8 @@ def overview() -> str:
     return (f"usage: clloop {{run,compare}} [--preset NAME | --config FILE] [options]\n\n"
             f"Continual learning in a closed loop: an agent learns a world's tasks one after the other and is scored\n"
             f"on every task after each (--source world), or a classifier learns a labelled benchmark's stream of\n"
-            f"tasks (--source mnist, digits or mnist1d; --stream split or permuted; --scenario task, domain or class).\n\n"
+            f"tasks (--source mnist, digits or mnist1d; --stream split or permuted; --scenario task, domain or class),\n"
+            f"or an actor-critic learns variants of a gymnax environment from reward (--source gymnax --env-id ID).\n\n"
             f"commands:\n"
             f"  run       {RunArgs.__doc__.strip()}\n"
             f"  compare   {CompareArgs.__doc__.strip()}\n\n"
@@ -121,7 +124,8 @@ def _progress(quiet: bool, total: int, label: str):
 
 def _legend(source: str = "world") -> str:
     from clloop_jax.metrics import format_meanings
-    return (SCORE_MEANING if source == "world" else ACCURACY_MEANING) + "\n" + format_meanings()
+    meaning = {"world": SCORE_MEANING, "gymnax": RETURN_MEANING}.get(source, ACCURACY_MEANING)
+    return meaning + "\n" + format_meanings()
 
 
 def run_command(args: RunArgs, label: Optional[str] = None):

@@ -27,15 +27,16 @@ if TYPE_CHECKING:  # annotations only: importing these loads JAX
     from clloop_jax.run.config import HParams
     from clloop_jax.run.sequential import Run
 
-__all__ = ["WorldConfig", "ModelConfig", "DataConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "DEFAULT_LAMBDA",
-           "DATA_LAMBDA", "DEFAULT_GAMMA", "DEFAULT_MEMORY", "STRATEGY_NAMES", "FISHER_VARIANTS", "SOURCES", "MEMORY_STRATEGIES",
-           "describe_preset", "experiment_from_dict", "load_experiment"]
+__all__ = ["WorldConfig", "ModelConfig", "DataConfig", "GymnaxConfig", "TrainConfig", "ExperimentConfig", "PRESETS",
+           "DEFAULT_LAMBDA", "DATA_LAMBDA", "DEFAULT_GAMMA", "DEFAULT_MEMORY", "STRATEGY_NAMES", "FISHER_VARIANTS",
+           "SOURCES", "MEMORY_STRATEGIES", "describe_preset", "experiment_from_dict", "load_experiment"]
 
 #: Penalty strength per strategy in the default world (chosen on seed 0 of a shorter run; README, "Results").
 DEFAULT_LAMBDA = {"none": 0.0, "l2": 0.3, "ewc": 3.0, "online_ewc": 3.0, "si": 30.0, "mas": 1.0, "ewc_budget": 3.0}
 
-#: Penalty strength per strategy over a labelled benchmark (chosen on split digits, class-incremental:
-#: experiments/scenarios.py); the others take 1.
+#: Penalty strength per strategy away from the world: chosen on split digits, class-incremental, for the labelled
+#: benchmarks (experiments/scenarios.py); EWC's and online EWC's 1000 is also experiments/continual_rl.py's on gymnax.
+#: The other strategies take 1.
 DATA_LAMBDA = {"none": 0.0, "ewc": 1000.0, "online_ewc": 1000.0, "si": 100.0}
 
 #: The decay of the running importance (``gamma``) of online_ewc and ewc_budget when it is not given.
@@ -50,8 +51,9 @@ STRATEGY_NAMES = ("none", "l2", "ewc", "online_ewc", "si", "mas", "ewc_budget", 
 #: The Fisher estimators, as :data:`clloop_jax.run.config.FISHER_VARIANTS`.
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
 
-#: Where a run's tasks come from: the closed-loop world, or a labelled benchmark (:func:`clloop_jax.data.load_dataset`).
-SOURCES = ("world", "mnist", "digits", "mnist1d")
+#: Where a run's tasks come from: the closed-loop world, a labelled benchmark (:func:`clloop_jax.data.load_dataset`),
+#: or a gymnax environment learned from reward.
+SOURCES = ("world", "mnist", "digits", "mnist1d", "gymnax")
 
 #: The strategies that keep a rehearsal memory, and its size (samples) when ``memory`` is not given.
 MEMORY_STRATEGIES = ("replay", "agem", "derpp")
@@ -181,6 +183,81 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GymnaxConfig:
+    """A gymnax environment learned from reward by an actor-critic (--source gymnax): its tasks and the learner."""
+
+    env_id: str = "CartPole-v1"
+    """a registered gymnax environment with a flat observation: CartPole-v1, Acrobot-v1, Pendulum-v1, ..."""
+    variants: str = "family"
+    """the tasks: family (the library's variants of CartPole-v1 or Pendulum-v1: a longer, heavier pole or
+    pendulum, stronger gravity) or a JSON list of EnvParams overrides, one per task, such as [{}, {"length": 1.5}]"""
+    rollout_steps: int = 64
+    """steps of each environment's rollout per update (num-envs environments run in parallel)"""
+    ppo_epochs: int = 1
+    """passes over each rollout (1 with one minibatch: one actor-critic step per rollout; more: PPO)"""
+    ppo_minibatches: int = 1
+    """minibatches of each pass over a rollout"""
+    persistent_envs: bool = False
+    """environments continue from one rollout to the next within a task (reset when a task starts)"""
+    policy_hidden: int = 32
+    """width of the policy's hidden state (a cross-modal model reading the observation)"""
+    discount: float = 0.99
+    """the return's discount, in [0, 1]"""
+    gae_lambda: float = 0.95
+    """generalized advantage estimation's lambda, in [0, 1]"""
+    entropy_coef: float = 0.01
+    """weight of the policy's entropy bonus (>= 0)"""
+    reward_scale: float = 1.0
+    """rewards are multiplied by this before the advantages (> 0)"""
+
+    def __post_init__(self):
+        if not isinstance(self.env_id, str) or not self.env_id:
+            raise ValueError(f"gymnax.env_id must be a gymnax environment id, got {self.env_id!r}")
+        if not isinstance(self.variants, str):
+            raise TypeError(f"gymnax.variants must be 'family' or a JSON list of overrides, got {self.variants!r}")
+        if self.variants != "family":
+            self.overrides()
+        for name in ("rollout_steps", "ppo_epochs", "ppo_minibatches", "policy_hidden"):
+            _positive_int("gymnax", name, getattr(self, name))
+        if not isinstance(self.persistent_envs, bool):
+            raise TypeError(f"gymnax.persistent_envs must be True or False, got {self.persistent_envs!r}")
+        _number("gymnax", "discount", self.discount, 0, 1)
+        _number("gymnax", "gae_lambda", self.gae_lambda, 0, 1)
+        _number("gymnax", "entropy_coef", self.entropy_coef, 0)
+        _number("gymnax", "reward_scale", self.reward_scale, 0, open_low=True)
+
+    def overrides(self) -> list:
+        """The tasks' ``EnvParams`` overrides: the family's, or the JSON list of ``variants``."""
+        if self.variants == "family":
+            from clloop_jax.rl.tasks import TASK_FAMILIES
+            if self.env_id not in TASK_FAMILIES:
+                raise ValueError(f"gymnax.variants 'family' is defined for {sorted(TASK_FAMILIES)}, not "
+                                 f"{self.env_id!r}; give the tasks as a JSON list of EnvParams overrides")
+            return [dict(o) for o in TASK_FAMILIES[self.env_id]]
+        import json
+        try:
+            values = json.loads(self.variants)
+        except ValueError:
+            values = None
+        if not isinstance(values, list) or not values or not all(isinstance(v, dict) for v in values):
+            raise ValueError(f"gymnax.variants must be 'family' or a JSON list of EnvParams overrides (one dict per "
+                             f"task, such as [{{}}, {{\"length\": 1.5}}]), got {self.variants!r}")
+        return values
+
+    def make_source(self, num_envs: int):
+        """The :class:`~clloop_jax.sources.gymnax.GymnaxSource` of these tasks with ``num_envs`` environments."""
+        from clloop_jax.sources.gymnax import GymnaxSource
+        return GymnaxSource(self.env_id, self.overrides(), hidden_dim=self.policy_hidden, num_envs=num_envs,
+                            num_steps=self.rollout_steps, epochs=self.ppo_epochs, num_minibatches=self.ppo_minibatches,
+                            persistent_envs=self.persistent_envs)
+
+    def hparams(self) -> dict:
+        """The actor-critic's traced hyperparameters set here."""
+        return {"discount": self.discount, "gae_lambda": self.gae_lambda, "entropy_coef": self.entropy_coef,
+                "reward_scale": self.reward_scale}
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How the agent learns: the strategy and its strength, the optimizer, the monitors."""
 
@@ -194,7 +271,7 @@ class TrainConfig:
     """the optimizer's (Adam's) learning rate (> 0)"""
     lam: Optional[float] = None
     """penalty strength (>= 0), for the strategies that have one (refused for the others); unset: the strategy's
-    default (in the world: l2 0.3, ewc 3, online_ewc 3, si 30, mas 1, ewc_budget 3; on a labelled benchmark: ewc
+    default (in the world: l2 0.3, ewc 3, online_ewc 3, si 30, mas 1, ewc_budget 3; on the other sources: ewc
     1000, online_ewc 1000, si 100, the others 1)"""
     gamma: Optional[float] = None
     """decay of the running importance, in [0, 1]; used by online_ewc and ewc_budget only (refused for the other
@@ -275,10 +352,12 @@ class ExperimentConfig:
     """One experiment: where the tasks come from, the agent, how it learns, and how many seeds (0 to seeds - 1)."""
 
     source: str = "world"
-    """where the tasks come from: world (the closed loop) or a labelled benchmark, mnist, digits or mnist1d"""
+    """where the tasks come from: world (the closed loop), a labelled benchmark (mnist, digits or mnist1d) or
+    gymnax (an environment learned from reward)"""
     world: WorldConfig = WorldConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
+    gymnax: GymnaxConfig = GymnaxConfig()
     train: TrainConfig = TrainConfig()
     seeds: int = 5
     """independent runs (seeds 0, 1, ...), trained at once in one program"""
@@ -288,7 +367,7 @@ class ExperimentConfig:
         if self.source not in SOURCES:
             raise ValueError(f"experiment.source must be one of {list(SOURCES)}, got {self.source!r}")
         for name, cls in (("world", WorldConfig), ("model", ModelConfig), ("data", DataConfig),
-                          ("train", TrainConfig)):
+                          ("gymnax", GymnaxConfig), ("train", TrainConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise TypeError(f"experiment.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         unused = self.unused_options()
@@ -297,35 +376,42 @@ class ExperimentConfig:
                              f"{self.source}; leave {'it' if len(unused) == 1 else 'them'} unset")
 
     def unused_options(self) -> list:
-        """The options (as ``--name value``) set away from their defaults in a part the source does not use: the
-        world, the agent, ``num_envs`` and ``feedback_weight`` for a labelled benchmark; the data for the world."""
-        parts = [("data", DataConfig())] if self.source == "world" else [("world", WorldConfig()),
-                                                                           ("model", ModelConfig())]
+        """The options (as ``--name value``) set away from their defaults in a part the source does not use: for the
+        world, the data and gymnax parts; for a labelled benchmark, the world, the agent, gymnax, ``num_envs`` and
+        ``feedback_weight``; for gymnax, the world, the agent and the data."""
+        used = self.used_parts()
+        defaults = {"world": WorldConfig(), "model": ModelConfig(), "data": DataConfig(), "gymnax": GymnaxConfig()}
         out = []
-        for part, default in parts:
+        for part, default in defaults.items():
+            if part in used:
+                continue
             for f in dataclasses.fields(default):
                 value = getattr(getattr(self, part), f.name)
                 if value != getattr(default, f.name):
                     out.append(f"--{f.name.replace('_', '-')} {value!r}")
-        if self.source != "world":
+        if self.source in ("mnist", "digits", "mnist1d"):
             for name in ("num_envs", "feedback_weight"):
                 if getattr(self.train, name) != getattr(TrainConfig, name):
                     out.append(f"--{name.replace('_', '-')} {getattr(self.train, name)!r}")
         return out
 
+    def used_parts(self) -> tuple:
+        """The parts of the configuration this source uses (besides ``train``)."""
+        return {"world": ("world", "model"), "gymnax": ("gymnax",)}.get(self.source, ("data",))
+
     @property
     def strength(self) -> float:
-        """The penalty strength the run uses: ``lam``, or the strategy's default for this source."""
+        """The penalty strength the run uses: ``lam``, or the strategy's default for this source (the world's
+        from :data:`DEFAULT_LAMBDA`, the others' from :data:`DATA_LAMBDA`)."""
         if self.source == "world" or self.train.lam is not None:
             return self.train.strength
         return DATA_LAMBDA.get(self.train.strategy, 1.0)
 
     def resolved(self) -> dict:
         """The parts of the configuration the run uses, as a dict of dataclasses: what ``config.json`` records (a
-        labelled benchmark's run holds no world or agent section, a world's run no data section)."""
-        used = ("world", "model") if self.source == "world" else ("data",)
-        return {"source": self.source, **{part: getattr(self, part) for part in used}, "train": self.train,
-                "seeds": self.seeds}
+        labelled benchmark's run holds no world or agent section, a world's run no data or gymnax section)."""
+        parts = {part: getattr(self, part) for part in self.used_parts()}
+        return {"source": self.source, **parts, "train": self.train, "seeds": self.seeds}
 
     def with_strategy(self, strategy: str, lam: float | None = None) -> "ExperimentConfig":
         return dataclasses.replace(self, train=dataclasses.replace(self.train, strategy=strategy, lam=lam))
@@ -341,12 +427,16 @@ class ExperimentConfig:
                            fisher_variant=t.fisher_variant, monitors=t.monitors, max_grad_norm=t.max_grad_norm)
         run = make_run(config, self.make_source())
         names = run.hparams().names()
-        own = {k: v for k, v in (("lam", self.strength), ("gamma", t.decay), ("feedback_weight", t.feedback_weight))
-               if k in names}
+        values = {"lam": self.strength, "gamma": t.decay, "feedback_weight": t.feedback_weight}
+        if self.source == "gymnax":
+            values.update(self.gymnax.hparams())
+        own = {k: v for k, v in values.items() if k in names}
         return run, run.hparams(learning_rate=t.learning_rate, **own)
 
     def make_source(self):
         """The task source: the closed loop in the world, or the benchmark's stream of labelled tasks."""
+        if self.source == "gymnax":
+            return self.gymnax.make_source(self.train.num_envs)
         if self.source != "world":
             return self.data.make_source(self.source)
         from clloop_jax.model import CrossModalModel
@@ -362,7 +452,8 @@ def experiment_from_dict(values: dict, where: str = "the configuration") -> Expe
     """The :class:`ExperimentConfig` of ``values``, a dict such as ``config.json``'s ``"config"`` (what
     :meth:`ExperimentConfig.resolved` gives, as JSON): sections and fields left out take their defaults; an unknown
     one is refused naming it."""
-    parts = {"world": WorldConfig, "model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+    parts = {"world": WorldConfig, "model": ModelConfig, "data": DataConfig, "gymnax": GymnaxConfig,
+             "train": TrainConfig}
     if not isinstance(values, dict):
         raise TypeError(f"{where} must be a table of settings, got {type(values).__name__}")
     known = {"source", "seeds", *parts}
@@ -423,6 +514,13 @@ PRESETS = {
         seeds=2),
     "split-mnist": ExperimentConfig(
         source="mnist", train=TrainConfig(strategy="replay", episodes_per_task=300, monitors=(), max_grad_norm=None)),
+    "cartpole": ExperimentConfig(
+        source="gymnax", gymnax=GymnaxConfig(reward_scale=0.1),
+        train=TrainConfig(episodes_per_task=1000, num_envs=8, monitors=(), fisher_variant="exact", max_grad_norm=0.5)),
+    "tiny-cartpole": ExperimentConfig(
+        source="gymnax", gymnax=GymnaxConfig(rollout_steps=16, policy_hidden=8, reward_scale=0.1),
+        train=TrainConfig(episodes_per_task=5, num_envs=4, monitors=(), fisher_variant="exact", max_grad_norm=0.5),
+        seeds=2),
     "tiny-digits": ExperimentConfig(
         source="digits", data=DataConfig(mlp_hidden=(32,), batch_size=32, fisher_size=64),
         train=TrainConfig(strategy="replay", episodes_per_task=20, monitors=(), max_grad_norm=None), seeds=2),
@@ -434,6 +532,12 @@ def describe_preset(name: str) -> str:
     if name not in PRESETS:
         raise ValueError(f"name must be one of {list(PRESETS)}, got {name!r}")
     e = PRESETS[name]
+    if e.source == "gymnax":
+        g = e.gymnax
+        tasks = "its task family" if g.variants == "family" else f"{len(g.overrides())} tasks"
+        return (f"{g.env_id} ({tasks}) x {e.train.episodes_per_task} updates of {e.train.num_envs} x "
+                f"{g.rollout_steps} steps, policy hidden {g.policy_hidden}, strategy {e.train.strategy}, "
+                f"{e.seeds} seeds")
     if e.source != "world":
         d = e.data
         tasks = (f"{d.classes_per_task} classes per task" if d.stream == "split" else f"{d.permuted_tasks} tasks")
