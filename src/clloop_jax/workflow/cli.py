@@ -109,8 +109,9 @@ def overview() -> str:
 def _description(cls) -> str:
     flag = "--strategy NAME" if cls is RunArgs else "--strategies NAME[:LAMBDA],..."
     return (f"{cls.__doc__.strip()}\n\npresets (--preset NAME before the other options, default: default; the options "
-            f"below override its fields):\n{_presets_text()}\n\n--config FILE instead starts from a run folder's "
-            f"config.json (that run again), or a JSON, TOML or YAML file of the same settings.\n\nstrategies ({flag}):"
+            f"below override its fields):\n{_presets_text()}\n\nInstead of a preset, --config FILE starts from a run "
+            f"folder's config.json (that run again), or a JSON, TOML or YAML file of the same settings.\n\n"
+            f"strategies ({flag}):"
             f"\n{_strategies_text()}")
 
 
