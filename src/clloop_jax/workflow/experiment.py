@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import struct
 from typing import TYPE_CHECKING, Optional, Tuple
 
 if TYPE_CHECKING:  # annotations only: importing these loads JAX
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # annotations only: importing these loads JAX
     from clloop_jax.run.sequential import Run
 
 __all__ = ["WorldConfig", "ModelConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "DEFAULT_LAMBDA",
-           "DEFAULT_GAMMA", "STRATEGY_NAMES", "FISHER_VARIANTS", "describe_preset"]
+           "DEFAULT_GAMMA", "STRATEGY_NAMES", "MONITOR_NAMES", "FISHER_VARIANTS", "describe_preset"]
 
 #: Penalty strength per strategy in the default world (chosen on seed 0 of a shorter run; README, "Results").
 DEFAULT_LAMBDA = {"none": 0.0, "l2": 0.3, "ewc": 3.0, "online_ewc": 3.0, "si": 30.0, "mas": 1.0, "ewc_budget": 3.0}
@@ -49,14 +50,44 @@ def _positive_int(owner, name, value):
         raise ValueError(f"{owner}.{name} must be an integer >= 1, got {value!r}")
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to float32 (the dtype the run traces hyperparameters in); for ``|value| <= _FLOAT32_MAX``."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
 def _number(owner, name, value, low, high=math.inf, open_low=False):
-    """A finite real number in ``[low, high]`` (``(low, high]`` with ``open_low``)."""
+    """A finite real number in ``[low, high]`` (``(low, high]`` with ``open_low``) that stays so in float32."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if open_low else value >= low) and value <= high
+    hint = ""
+    if ok and abs(value) > _FLOAT32_MAX:
+        ok, hint = False, " (it overflows float32 to inf)"
+    elif ok and open_low and not _float32(value) > low:
+        ok, hint = False, f" (it rounds to {_float32(value):g} in float32)"
     if not ok:
         what = f"a finite number {'>' if open_low else '>='} {low:g}" + (f" and <= {high:g}" if high < math.inf
                                                                          else "")
-        raise ValueError(f"{owner}.{name} must be {what}, got {value!r}")
+        raise ValueError(f"{owner}.{name} must be {what}, got {value!r}{hint}")
+
+
+#: The built-in monitors by name, as :data:`clloop_jax.monitors.MONITORS` before anything else is added there.
+MONITOR_NAMES = ("parameter", "fisher", "functional")
+
+
+def _check_monitor_names(names) -> None:
+    """Each name a monitor (a built-in one, or one added to the registry), none repeated."""
+    unknown = [m for m in names if m not in MONITOR_NAMES]
+    if unknown:
+        from clloop_jax.monitors import MONITORS
+        unknown = [m for m in unknown if m not in MONITORS]
+        if unknown:
+            raise ValueError(f"train.monitors must be names of {sorted(set(MONITOR_NAMES) | set(MONITORS))}, got "
+                             f"{unknown[0]!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"train.monitors must not repeat a monitor, got {list(names)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +115,9 @@ class WorldConfig:
             if f.name != "world_seed":
                 _positive_int("world", f.name, getattr(self, f.name))
         if isinstance(self.world_seed, bool) or not isinstance(self.world_seed, numbers.Integral) \
-                or self.world_seed < 0:
-            raise ValueError(f"world.world_seed must be an integer >= 0, got {self.world_seed!r}")
+                or not 0 <= self.world_seed < 2 ** 32:
+            raise ValueError(f"world.world_seed must be an integer >= 0 and < 2**32 (a seed for jax.random.key), "
+                             f"got {self.world_seed!r}")
 
     def make(self) -> "Environment":
         """The world (:class:`~clloop_jax.envs.Environment`), with its own checks."""
@@ -159,6 +191,7 @@ class TrainConfig:
                 or not all(isinstance(m, str) for m in self.monitors):
             raise TypeError(f"train.monitors must be a tuple of monitor names, got {self.monitors!r}")
         object.__setattr__(self, "monitors", tuple(self.monitors))
+        _check_monitor_names(self.monitors)
 
     @property
     def strength(self) -> float:
