@@ -27,7 +27,8 @@ import tyro
 
 from clloop_jax.workflow.experiment import PRESETS, STRATEGY_NAMES, ExperimentConfig, describe_preset
 
-__all__ = ["main", "RunArgs", "CompareArgs", "run_command", "compare_command", "overview"]
+__all__ = ["main", "RunArgs", "CompareArgs", "run_command", "check_run", "run_experiment", "compare_command",
+           "overview"]
 
 # The experiment's fields appear without prefixes: --strategy, --seeds, --hidden-dim, --num-tasks, ...
 _Experiment = tyro.conf.OmitArgPrefixes[ExperimentConfig]
@@ -120,17 +121,34 @@ def _legend() -> str:
 def run_command(args: RunArgs, label: Optional[str] = None):
     """``clloop run``: returns the run's results (leading seed axis)."""
     from clloop_jax.workflow.compilation import enable_compilation_cache
-    from clloop_jax.workflow.execute import execute
-    from clloop_jax.workflow.runs import RunFolder
     enable_compilation_cache(enabled=not args.no_cache)
+    devices, folder = check_run(args)
+    return run_experiment(args, folder, devices, label)
+
+
+def check_run(args: RunArgs):
+    """Every check of ``clloop run`` that needs nothing built, in plain arithmetic: the strategy's options, the
+    device count, the memory the run needs against the machine's, the folder. Returns ``(devices, folder)``; the
+    folder is only checked (:class:`~clloop_jax.workflow.runs.RunFolder` creates nothing until it is locked)."""
+    from clloop_jax.workflow.runs import RunFolder
     experiment = args.experiment
-    run, hp = experiment.build()  # every check before the folder is touched
-    folder = RunFolder(args.out, overwrite=args.overwrite, resume=args.resume)
+    experiment.train.check_strategy_options()
+    devices = _devices(args.devices)
+    experiment.memory_estimate().check(what="this run", devices=devices)
+    return devices, RunFolder(args.out, overwrite=args.overwrite, resume=args.resume)
+
+
+def run_experiment(args: RunArgs, folder, devices, label: Optional[str] = None):
+    """Builds the run ``args`` describes and trains it into ``folder`` (after :func:`check_run`); prints its
+    summary unless ``args.quiet``; returns its results."""
+    from clloop_jax.workflow.execute import execute
+    experiment = args.experiment
+    run, hp = experiment.build()  # the library's own checks, before the folder is touched
     seeds = list(range(experiment.seeds))
     update, bar = _progress(args.quiet, run.source.num_tasks, label or experiment.train.strategy)
     try:
         _, results = execute(run, hp, seeds, folder=folder, config=experiment, progress=update,
-                             label=label or experiment.train.strategy, devices=_devices(args.devices))
+                             label=label or experiment.train.strategy, devices=devices)
     finally:
         if bar is not None:
             bar.close()
@@ -190,6 +208,7 @@ def compare_command(args: CompareArgs):
             print(f"--gamma {gamma:g} applies to {', '.join(takers)} only (the others have no gamma)", flush=True)
     for experiment in experiments.values():  # every one checked first
         experiment.train.check_strategy_options()
+    _check_compare_sizes(experiments, args.devices)
     if os.path.isdir(args.out) and os.listdir(args.out) and not (args.overwrite or args.resume):
         raise FileExistsError(f"the folder {args.out!r} exists and is not empty; pass --overwrite or --resume")
     results = {}
@@ -219,6 +238,20 @@ def compare_command(args: CompareArgs):
         print(f"wrote {args.out} (comparison.md, comparison.json, comparison.png; one run folder per strategy: "
               f"{', '.join(results)})", flush=True)
     return results
+
+
+def _check_compare_sizes(experiments: dict, devices: Optional[int]) -> None:
+    """The device count, and the memory of every strategy's run, checked before the first one starts."""
+    used = _devices(devices)
+    for name, experiment in experiments.items():
+        experiment.memory_estimate().check(what=f"the run of {name}", devices=used)
+
+
+def _refuse_run_only_options(command: str, argv: Sequence[str]) -> None:
+    """``compare`` takes its strategies from --strategies: a --strategy would be silently ignored."""
+    if command == "compare" and any(a == "--strategy" or a.startswith("--strategy=") for a in argv):
+        raise SystemExit("clloop compare: --strategy is not used by compare; name the strategies in --strategies "
+                         "NAME[:LAMBDA],...")
 
 
 def _split_preset(argv: Sequence[str]):

@@ -18,7 +18,7 @@ from clloop_jax.run.sequential import Run, RunResults
 from clloop_jax.workflow.runs import RunFolder
 from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
 
-__all__ = ["execute", "RunInterrupted", "resume_command"]
+__all__ = ["execute", "RunInterrupted", "resume_command", "check_memory"]
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -110,15 +110,31 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
     written before anything is compiled, and SIGINT / SIGTERM (in the main thread) stop the run at the next safe
     point, between tasks, raising :class:`RunInterrupted` (a second signal stops it at once; files stay whole).
 
-    Returns :class:`RunResults` with a leading seed axis; writes the folder's result files and plots when done.
-    ``progress(task_done, num_tasks)`` is called after each task.
+    Before anything is compiled or the folder touched, the memory the run needs is estimated (from ``config``'s
+    numbers when it is an :class:`~clloop_jax.workflow.experiment.ExperimentConfig`, else from the shapes of the
+    run's state and batch) and a run the machine cannot hold is refused with a ``ValueError`` naming both.
+
+    Returns ``(final_state, RunResults)``, results with a leading seed axis; writes the folder's result files and
+    plots when done. ``progress(task_done, num_tasks)`` is called after each task.
     """
     seeds = [int(s) for s in seeds]
     mesh = None if devices is None else tuple(batch_mesh(devices).devices.flat)
+    check_memory(run, hp, seeds, config, mesh)   # before the folder is locked (and made)
     if folder is None:
         return _execute(run, hp, seeds, None, config, progress, label, mesh, None)
     with folder, _StopOnSignals(run.source.num_tasks, folder.path) as stop:
         return _execute(run, hp, seeds, folder, config, progress, label, mesh, stop)
+
+
+def check_memory(run: Run, hp, seeds, config=None, devices=None) -> None:
+    """``ValueError`` when the run cannot fit in the machine's memory (see :func:`execute`)."""
+    from clloop_jax.workflow.experiment import ExperimentConfig
+    from clloop_jax.workflow.memory import estimate_run_memory
+    if isinstance(config, ExperimentConfig) and config.seeds == len(seeds):
+        estimate = config.memory_estimate()
+    else:
+        estimate = estimate_run_memory(run, hp, seeds)
+    estimate.check(what="this run", devices=list(devices) if devices is not None else None)
 
 
 def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):

@@ -231,6 +231,13 @@ class ExperimentConfig:
             if not isinstance(getattr(self, name), cls):
                 raise TypeError(f"experiment.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
 
+    def memory_estimate(self):
+        """The memory this run needs, from these numbers alone (nothing is built):
+        :class:`~clloop_jax.workflow.memory.MemoryEstimate`, whose ``check()`` refuses a run the machine cannot
+        hold."""
+        from clloop_jax.workflow.memory import estimate_experiment
+        return estimate_experiment(self)
+
     def with_strategy(self, strategy: str, lam: float | None = None) -> "ExperimentConfig":
         return dataclasses.replace(self, train=dataclasses.replace(self.train, strategy=strategy, lam=lam))
 
