@@ -1,7 +1,7 @@
 """Run folders one can trust: one writer at a time (a lock naming its holder), files that are whole and consistent
 after any interruption, a configuration that cannot be edited behind the run's back, a clean stop on SIGINT and
-SIGTERM, clean errors for an --out that cannot be a run folder, and a run too large for the machine refused before
-anything is built."""
+SIGTERM, clean errors for an --out that cannot be a run folder, a run too large for the machine refused before
+anything is built, and a task that was not learned named in the summary."""
 import json
 import os
 import re
@@ -19,7 +19,7 @@ import pytest
 from test_workflow import ROOT, TINY
 
 from clloop_jax.workflow import cli, memory
-from clloop_jax.workflow.execute import RunInterrupted, execute, resume_command
+from clloop_jax.workflow.execute import RunInterrupted, execute, resume_command, unmoved
 from clloop_jax.workflow.lock import LOCK_NAME, RunFolderBusy, RunFolderError
 from clloop_jax.workflow.runs import RunFolder
 
@@ -212,6 +212,46 @@ def test_execute_refuses_a_built_run_the_machine_cannot_hold_before_the_folder_i
                                              r"machine this test pretends is small; the largest parts: "):
             execute(run_, hp, [0, 1], folder=RunFolder(str(out)), config=config)
         assert not out.exists()
+
+
+# ----- a task that was not learned ------------------------------------------------------------------------------
+
+
+def test_only_moves_within_float32_rounding_count_as_unmoved():
+    w = np.tile(np.array([1.0, 0.0, -3.0, 1e6], np.float32), (5, 1))
+    moved = w.copy()
+    moved[1, 0] = np.nextafter(np.nextafter(w[1, 0], 2), 2)            # 2 units in the last place: rounding
+    moved[1, 3] = np.nextafter(w[1, 3], 0)
+    moved[2, 1] = 1e-30                                                  # a zero that moves at all has moved
+    moved[3, 3] = w[3, 3] + 1.0                                          # 16 units in the last place of 1e6
+    moved[4, 2] = -3.0001
+    before, after = {"w": w, "b": np.zeros((5, 2), np.float32)}, {"w": moved, "b": np.zeros((5, 2), np.float32)}
+    assert unmoved(before, after).tolist() == [True, True, False, False, False]
+    assert unmoved(before, jax.tree.map(lambda x: x + 0.5, before)).tolist() == [False] * 5
+
+
+def test_a_task_the_penalty_kept_from_being_learned_is_named_in_the_summary(reference, tmp_path, capsys):
+    def summary(folder):
+        return json.load(open(os.path.join(folder, "summary.json"))), open(os.path.join(folder, "summary.md")).read()
+    normal, text = summary(reference)                                    # the default lam: every task learned
+    assert normal["not_learned"] == [] and "not learned" not in text
+    out = str(tmp_path / "strong")
+    capsys.readouterr()
+    assert run(out, "--lam", "1e30") == (0, "")
+    lines = [f"task {t} was not learned by seeds 0, 1: no parameter moved beyond float32 rounding; the penalty "
+             f"(lam 1e+30) may be too strong" for t in (2, 3)]
+    assert [line for line in capsys.readouterr().err.splitlines() if "learned" in line] == [f"ewc: {x}" for x in lines]
+    strong, text = summary(out)
+    assert [(w["task"], w["task_index"], w["seeds"], w["text"]) for w in strong["not_learned"]] == \
+        [(2, 1, [0, 1], lines[0]), (3, 2, [0, 1], lines[1])]
+    assert text.endswith("\nWarnings:\n\n- " + lines[0] + "\n- " + lines[1] + "\n")
+    R = np.array(strong["mean_R"])                                       # the premise: nothing changed after task 1
+    assert (R[1] == R[0]).all() and (R[2] == R[0]).all() and not (np.array(normal["mean_R"])[1] == R[0]).all()
+    # Resumed after task 2, the run still names task 2 (its finding is kept with the checkpoint).
+    resumed = copy_of(out, tmp_path, "resumed")
+    remove(resumed, "checkpoints/task_2", "checkpoints/task_2.json", "summary.json", "summary.md")
+    assert run(resumed, "--lam", "1e30", "--resume") == (0, "")
+    assert summary(resumed) == summary(out)
 
 
 # ----- the lock ------------------------------------------------------------------------------------------------
