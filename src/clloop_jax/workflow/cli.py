@@ -172,12 +172,35 @@ def _devices(count: Optional[int]):
 
 
 def _parse_strategies(text: str):
+    """``[(name, lam or None)]`` from ``NAME[:LAMBDA],...``; ``ValueError`` naming --strategies and the item."""
+    form = f"--strategies must be comma-separated strategy names, each optionally with :LAMBDA (for example " \
+           f"none,ewc:3), got {text!r}"
     out = []
     for item in text.split(","):
-        name, _, lam = item.strip().partition(":")
-        out.append((name, float(lam) if lam else None))
-    if not out or any(not n for n, _ in out):
-        raise ValueError(f"--strategies must be comma-separated names, got {text!r}")
+        name, colon, lam = item.strip().partition(":")
+        if not name or (colon and not lam.strip()):
+            raise ValueError(form)
+        try:
+            value = float(lam) if colon else None
+        except ValueError:
+            raise ValueError(f"--strategies: the strength in {item.strip()!r} is not a number") from None
+        out.append((name, value))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--strategies names a strategy twice: {text!r}")
+    return out
+
+
+def _strategy_experiments(base: ExperimentConfig, text: str) -> dict:
+    """``{name: experiment}`` of ``--strategies``, each checked; errors name --strategies and the item."""
+    out = {}
+    for name, lam in _parse_strategies(text):
+        try:
+            out[name] = base.with_strategy(name, lam)
+            if lam is not None:   # a strength for a strategy that has none (gamma is handed out later)
+                dataclasses.replace(out[name].train, gamma=None).check_strategy_options()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--strategies {name}{'' if lam is None else f':{lam:g}'}: {err}") from None
     return out
 
 
@@ -190,12 +213,11 @@ def compare_command(args: CompareArgs):
     from clloop_jax import report
     from clloop_jax.strategies import get_strategy
     from clloop_jax.workflow.files import jsonable, write_atomic
-    strategies = _parse_strategies(args.strategies)
     base = args.experiment
     if base.train.lam is not None:
         raise ValueError(f"--lam {base.train.lam!r}: compare takes each strategy's strength in --strategies "
                          f"NAME:LAMBDA (for example ewc:{base.train.lam:g})")
-    experiments = {name: base.with_strategy(name, lam) for name, lam in strategies}
+    experiments = _strategy_experiments(base, args.strategies)
     gamma = base.train.gamma
     if gamma is not None:  # one --gamma for every strategy: it reaches those that have one
         takers = [name for name in experiments if "gamma" in get_strategy(name).hparams._fields]
@@ -287,6 +309,7 @@ def main(argv: Optional[Sequence[str]] = None):
         return 2 if argv and argv[0] not in ("-h", "--help") else 0
     command, rest = argv[0], argv[1:]
     experiment, rest = _split_preset(rest)
+    _refuse_run_only_options(command, rest)
     cls = RunArgs if command == "run" else CompareArgs
     previous = _stop_on_sigterm()
     try:
