@@ -301,8 +301,8 @@ def test_a_second_writer_started_during_a_run_is_refused_and_the_first_ends_inta
     refusals = []
     save = RunFolder.save_checkpoint
 
-    def save_then_intrude(self, task, tree, digest):
-        path = save(self, task, tree, digest)
+    def save_then_intrude(self, task, tree, digest, **kwargs):
+        path = save(self, task, tree, digest, **kwargs)
         if task == 0:
             refusals.append(run(out, "--overwrite", "--lam", "10"))
             refusals.append(run(out, "--resume"))
@@ -452,8 +452,8 @@ def test_a_signal_stops_between_tasks_with_one_line_and_the_resume_command(signu
     save = RunFolder.save_checkpoint
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 
-    def save_then_signal(self, task, tree, digest):
-        path = save(self, task, tree, digest)
+    def save_then_signal(self, task, tree, digest, **kwargs):
+        path = save(self, task, tree, digest, **kwargs)
         if task == 0:
             signal.raise_signal(signum)
         return path
