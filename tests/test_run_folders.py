@@ -1,6 +1,7 @@
 """Run folders one can trust: one writer at a time (a lock naming its holder), files that are whole and consistent
 after any interruption, a configuration that cannot be edited behind the run's back, a clean stop on SIGINT and
-SIGTERM, and clean errors for an --out that cannot be a run folder."""
+SIGTERM, clean errors for an --out that cannot be a run folder, a run too large for the machine refused before
+anything is built, and a task that was not learned named in the summary."""
 import json
 import os
 import re
@@ -12,12 +13,13 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
-from test_workflow import ROOT
+from test_workflow import ROOT, TINY
 
-from clloop_jax.workflow import cli
-from clloop_jax.workflow.execute import RunInterrupted, resume_command
+from clloop_jax.workflow import cli, memory
+from clloop_jax.workflow.execute import RunInterrupted, execute, resume_command, unmoved
 from clloop_jax.workflow.lock import LOCK_NAME, RunFolderBusy, RunFolderError
 from clloop_jax.workflow.runs import RunFolder
 
@@ -150,6 +152,108 @@ def test_a_validation_error_leaves_the_folder_as_it_was_found(tmp_path, capsys):
     assert os.listdir(out) == []
 
 
+# ----- the memory a run needs ----------------------------------------------------------------------------------
+
+
+def state_bytes(exp):
+    """What ``jax.eval_shape`` says the state of ``exp``'s run takes for all its seeds."""
+    run, hp = exp.build()
+    state = jax.eval_shape(lambda k: run.init_on(run.source.tasks, k, hp), jax.random.key(0))
+    return run, hp, exp.seeds * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+@pytest.mark.parametrize("strategy", ["ewc", "derpp"])
+def test_the_plain_estimate_of_the_tiny_run_agrees_with_eval_shape(strategy):
+    exp = TINY.with_strategy(strategy)
+    plain = exp.memory_estimate()
+    run, hp, state = state_bytes(exp)
+    ratio = (plain.part("parameters") + plain.part("rehearsal")) / state    # the state: close to exact
+    assert 0.9 < ratio < 1.1, ratio
+    traced = memory.estimate_run_memory(run, hp, exp.seeds)
+    assert traced.part("parameters") == state
+    assert 1 / 3 < plain.total / traced.total < 3, (plain.total, traced.total)
+    assert 10_000 < plain.total < 10_000_000
+
+
+@pytest.mark.parametrize("option, value", [("--hidden-dim", "1000000"), ("--seeds", "1000000000"),
+                                           ("--episode-length", "100000000"), ("--num-envs", "1000000000"),
+                                           ("--observation-dim", "1000000000"), ("--num-modalities", "1000000000"),
+                                           ("--action-dim", "1000000000"), ("--latent-dim", "1000000"),
+                                           ("--num-tasks", "1000000"), ("--episodes-per-task", "10000000000")])
+def test_a_run_too_large_for_the_machine_is_refused_at_once_naming_the_estimate(option, value, tmp_path):
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    code, message = run(out, option, value)
+    took = time.perf_counter() - start
+    limit, where = memory.machine_memory()
+    assert re.match(rf"clloop run: this run would need about [0-9.]+ [KMGTPE]iB of memory, more than the "
+                    rf"{re.escape(memory.format_bytes(limit))} of {where}; the largest parts: .+: [0-9.]+ [KMGTPE]iB",
+                    message), message
+    assert option[2:].replace("-", "_") + " " in message        # the size that makes it too large, with its value
+    assert "\n" not in message and took < 1.0 and not out.exists()
+
+
+def test_compare_checks_the_memory_of_every_strategy_before_running_one(tmp_path):
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["compare", *ARGS, "--out", str(out), "--strategies", "none,replay", "--episode-length",
+                  "100000000"])
+    assert str(refused.value.code).startswith("clloop compare: the run of none would need about ")
+    assert not out.exists()
+
+
+def test_execute_refuses_a_built_run_the_machine_cannot_hold_before_the_folder_is_made(tmp_path, monkeypatch):
+    run_, hp, _ = state_bytes(TINY)
+    need = memory.estimate_run_memory(run_, hp, [0, 1]).total
+    monkeypatch.setattr(memory, "_host_memory", lambda: (need // 2, "a machine this test pretends is small"))
+    out = tmp_path / "run"
+    for config in (None, TINY):     # the shapes of the built run, or the plain estimate of the configuration
+        with pytest.raises(ValueError, match=r"^this run would need about .+ of memory, more than the .+ of a "
+                                             r"machine this test pretends is small; the largest parts: "):
+            execute(run_, hp, [0, 1], folder=RunFolder(str(out)), config=config)
+        assert not out.exists()
+
+
+# ----- a task that was not learned ------------------------------------------------------------------------------
+
+
+def test_only_moves_within_float32_rounding_count_as_unmoved():
+    w = np.tile(np.array([1.0, 0.0, -3.0, 1e6], np.float32), (5, 1))
+    moved = w.copy()
+    moved[1, 0] = np.nextafter(np.nextafter(w[1, 0], 2), 2)            # 2 units in the last place: rounding
+    moved[1, 3] = np.nextafter(w[1, 3], 0)
+    moved[2, 1] = 1e-30                                                  # a zero that moves at all has moved
+    moved[3, 3] = w[3, 3] + 1.0                                          # 16 units in the last place of 1e6
+    moved[4, 2] = -3.0001
+    before, after = {"w": w, "b": np.zeros((5, 2), np.float32)}, {"w": moved, "b": np.zeros((5, 2), np.float32)}
+    assert unmoved(before, after).tolist() == [True, True, False, False, False]
+    assert unmoved(before, jax.tree.map(lambda x: x + 0.5, before)).tolist() == [False] * 5
+
+
+def test_a_task_the_penalty_kept_from_being_learned_is_named_in_the_summary(reference, tmp_path, capsys):
+    def summary(folder):
+        return json.load(open(os.path.join(folder, "summary.json"))), open(os.path.join(folder, "summary.md")).read()
+    normal, text = summary(reference)                                    # the default lam: every task learned
+    assert normal["not_learned"] == [] and "not learned" not in text
+    out = str(tmp_path / "strong")
+    capsys.readouterr()
+    assert run(out, "--lam", "1e30") == (0, "")
+    lines = [f"task {t} was not learned by seeds 0, 1: no parameter moved beyond float32 rounding; the penalty "
+             f"(lam 1e+30) may be too strong" for t in (2, 3)]
+    assert [line for line in capsys.readouterr().err.splitlines() if "learned" in line] == [f"ewc: {x}" for x in lines]
+    strong, text = summary(out)
+    assert [(w["task"], w["task_index"], w["seeds"], w["text"]) for w in strong["not_learned"]] == \
+        [(2, 1, [0, 1], lines[0]), (3, 2, [0, 1], lines[1])]
+    assert text.endswith("\nWarnings:\n\n- " + lines[0] + "\n- " + lines[1] + "\n")
+    R = np.array(strong["mean_R"])                                       # the premise: nothing changed after task 1
+    assert (R[1] == R[0]).all() and (R[2] == R[0]).all() and not (np.array(normal["mean_R"])[1] == R[0]).all()
+    # Resumed after task 2, the run still names task 2 (its finding is kept with the checkpoint).
+    resumed = copy_of(out, tmp_path, "resumed")
+    remove(resumed, "checkpoints/task_2", "checkpoints/task_2.json", "summary.json", "summary.md")
+    assert run(resumed, "--lam", "1e30", "--resume") == (0, "")
+    assert summary(resumed) == summary(out)
+
+
 # ----- the lock ------------------------------------------------------------------------------------------------
 
 
@@ -197,8 +301,8 @@ def test_a_second_writer_started_during_a_run_is_refused_and_the_first_ends_inta
     refusals = []
     save = RunFolder.save_checkpoint
 
-    def save_then_intrude(self, task, tree, digest):
-        path = save(self, task, tree, digest)
+    def save_then_intrude(self, task, tree, digest, **kwargs):
+        path = save(self, task, tree, digest, **kwargs)
         if task == 0:
             refusals.append(run(out, "--overwrite", "--lam", "10"))
             refusals.append(run(out, "--resume"))
@@ -348,8 +452,8 @@ def test_a_signal_stops_between_tasks_with_one_line_and_the_resume_command(signu
     save = RunFolder.save_checkpoint
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 
-    def save_then_signal(self, task, tree, digest):
-        path = save(self, task, tree, digest)
+    def save_then_signal(self, task, tree, digest, **kwargs):
+        path = save(self, task, tree, digest, **kwargs)
         if task == 0:
             signal.raise_signal(signum)
         return path

@@ -85,7 +85,7 @@ def test_a_digits_run_resumed_after_two_tasks_equals_the_uninterrupted_one(digit
     (["--stream", "spiral"], "data.stream must be one of ['split', 'permuted'], got 'spiral'"),
     (["--scenario", "joint"], "data.scenario must be one of ['task', 'domain', 'class'], got 'joint'"),
     (["--mlp-hidden", "0"], "data.mlp_hidden must be an integer >= 1, got 0"),
-    (["--source", "cifar"], "experiment.source must be one of ['world', 'mnist', 'digits', 'mnist1d']"),
+    (["--source", "cifar"], "experiment.source must be one of ['world', 'mnist', 'digits', 'mnist1d', 'gymnax']"),
     (["--max-grad-norm", "0"], "train.max_grad_norm must be a finite number > 0"),
 ])
 def test_options_the_source_does_not_use_or_cannot_take_are_refused_before_the_folder(extra, message, tmp_path,

@@ -196,16 +196,22 @@ def test_bad_configuration_types_are_refused_naming_the_field():
         ExperimentConfig(world=ModelConfig())
 
 
-def test_the_library_checks_what_the_configuration_cannot(tmp_path):
-    """What only the library knows (here, a monitor's name) is checked when the run is built, before anything
-    is traced, and before the command line touches the run folder."""
-    bad = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, monitors=("parameter", "nonsense")))
-    with pytest.raises(ValueError, match="monitors"):
-        bad.build()
+def test_monitor_names_are_checked_by_the_configuration_and_by_the_library(tmp_path, capsys):
+    """A monitor's name is checked by the configuration (built-in names, or those added to the registry; none
+    repeated), so the command line refuses it while parsing, before the run folder is touched; the library checks
+    it again when a run is built."""
+    for monitors, match in ((("parameter", "nonsense"), r"train\.monitors must be names of .*got 'nonsense'"),
+                            (("fisher", "fisher"), r"train\.monitors must not repeat a monitor")):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, monitors=monitors))
     out = tmp_path / "never"
-    with pytest.raises(SystemExit, match="monitors"):
+    with pytest.raises(SystemExit) as refused:
         cli.main(["run", "--preset", "tiny", "--out", str(out), "--monitors", "parameter", "nonsense", "--quiet"])
+    assert refused.value.code == 2 and "nonsense" in capsys.readouterr().err
     assert not out.exists()
+    from clloop_jax.run.config import RunConfig
+    with pytest.raises(ValueError, match="monitors"):
+        RunConfig(monitors=("parameter", "nonsense"))
 
 
 @pytest.mark.parametrize("strategy, option, value, has", [

@@ -29,7 +29,8 @@ import tyro
 from clloop_jax.workflow.experiment import (MEMORY_STRATEGIES, PRESETS, STRATEGY_NAMES, ExperimentConfig,
                                            describe_preset)
 
-__all__ = ["main", "RunArgs", "CompareArgs", "run_command", "compare_command", "overview"]
+__all__ = ["main", "RunArgs", "CompareArgs", "run_command", "check_run", "run_experiment", "compare_command",
+           "overview"]
 
 # The experiment's fields appear without prefixes: --strategy, --seeds, --hidden-dim, --num-tasks, ...
 _Experiment = tyro.conf.OmitArgPrefixes[ExperimentConfig]
@@ -132,17 +133,36 @@ def _legend(source: str = "world") -> str:
 def run_command(args: RunArgs, label: Optional[str] = None):
     """``clloop run``: returns the run's results (leading seed axis)."""
     from clloop_jax.workflow.compilation import enable_compilation_cache
-    from clloop_jax.workflow.execute import execute
-    from clloop_jax.workflow.runs import RunFolder
     enable_compilation_cache(enabled=not args.no_cache)
+    devices, folder = check_run(args)
+    return run_experiment(args, folder, devices, label)
+
+
+def check_run(args: RunArgs):
+    """Every check of ``clloop run`` that needs nothing built, in plain arithmetic: the strategy's options, the
+    device count, the memory the run needs against the machine's, the folder. Returns ``(devices, folder)``; the
+    folder is only checked (:class:`~clloop_jax.workflow.runs.RunFolder` creates nothing until it is locked)."""
+    from clloop_jax.workflow.runs import RunFolder
     experiment = args.experiment
-    run, hp = experiment.build()  # every check before the folder is touched
-    folder = RunFolder(args.out, overwrite=args.overwrite, resume=args.resume)
+    experiment.train.check_strategy_options()
+    devices = _devices(args.devices)
+    estimate = experiment.memory_estimate()
+    if estimate is not None:  # a benchmark's or gymnax's run is estimated once built, before it compiles
+        estimate.check(what="this run", devices=devices)
+    return devices, RunFolder(args.out, overwrite=args.overwrite, resume=args.resume)
+
+
+def run_experiment(args: RunArgs, folder, devices, label: Optional[str] = None):
+    """Builds the run ``args`` describes and trains it into ``folder`` (after :func:`check_run`); prints its
+    summary unless ``args.quiet``; returns its results."""
+    from clloop_jax.workflow.execute import execute
+    experiment = args.experiment
+    run, hp = experiment.build()  # the library's own checks, before the folder is touched
     seeds = list(range(experiment.seeds))
     update, bar = _progress(args.quiet, run.source.num_tasks, label or experiment.train.strategy)
     try:
         _, results = execute(run, hp, seeds, folder=folder, config=experiment, progress=update,
-                             label=label or experiment.train.strategy, devices=_devices(args.devices))
+                             label=label or experiment.train.strategy, devices=devices)
     finally:
         if bar is not None:
             bar.close()
@@ -166,12 +186,35 @@ def _devices(count: Optional[int]):
 
 
 def _parse_strategies(text: str):
+    """``[(name, lam or None)]`` from ``NAME[:LAMBDA],...``; ``ValueError`` naming --strategies and the item."""
+    form = f"--strategies must be comma-separated strategy names, each optionally with :LAMBDA (for example " \
+           f"none,ewc:3), got {text!r}"
     out = []
     for item in text.split(","):
-        name, _, lam = item.strip().partition(":")
-        out.append((name, float(lam) if lam else None))
-    if not out or any(not n for n, _ in out):
-        raise ValueError(f"--strategies must be comma-separated names, got {text!r}")
+        name, colon, lam = item.strip().partition(":")
+        if not name or (colon and not lam.strip()):
+            raise ValueError(form)
+        try:
+            value = float(lam) if colon else None
+        except ValueError:
+            raise ValueError(f"--strategies: the strength in {item.strip()!r} is not a number") from None
+        out.append((name, value))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--strategies names a strategy twice: {text!r}")
+    return out
+
+
+def _strategy_experiments(base: ExperimentConfig, text: str) -> dict:
+    """``{name: experiment}`` of ``--strategies``, each checked; errors name --strategies and the item."""
+    out = {}
+    for name, lam in _parse_strategies(text):
+        try:
+            out[name] = base.with_strategy(name, lam)
+            if lam is not None:   # a strength for a strategy that has none (gamma is handed out later)
+                dataclasses.replace(out[name].train, gamma=None, memory=None).check_strategy_options()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--strategies {name}{'' if lam is None else f':{lam:g}'}: {err}") from None
     return out
 
 
@@ -200,12 +243,11 @@ def compare_command(args: CompareArgs):
     from clloop_jax import report
     from clloop_jax.strategies import get_strategy
     from clloop_jax.workflow.files import jsonable, write_atomic
-    strategies = _parse_strategies(args.strategies)
     base = args.experiment
     if base.train.lam is not None:
         raise ValueError(f"--lam {base.train.lam!r}: compare takes each strategy's strength in --strategies "
                          f"NAME:LAMBDA (for example ewc:{base.train.lam:g})")
-    experiments = {name: base.with_strategy(name, lam) for name, lam in strategies}
+    experiments = _strategy_experiments(base, args.strategies)
     # one --gamma or --memory for every strategy: it reaches those that have one
     experiments = _share(experiments, "gamma", lambda name: "gamma" in get_strategy(name).hparams._fields,
                          "online_ewc and ewc_budget have it", args.quiet)
@@ -213,6 +255,7 @@ def compare_command(args: CompareArgs):
                          f"{', '.join(MEMORY_STRATEGIES)} have one", args.quiet)
     for experiment in experiments.values():  # every one checked first
         experiment.train.check_strategy_options()
+    _check_compare_sizes(experiments, args.devices)
     if os.path.isdir(args.out) and os.listdir(args.out) and not (args.overwrite or args.resume):
         raise FileExistsError(f"the folder {args.out!r} exists and is not empty; pass --overwrite or --resume")
     results = {}
@@ -242,6 +285,22 @@ def compare_command(args: CompareArgs):
         print(f"wrote {args.out} (comparison.md, comparison.json, comparison.png; one run folder per strategy: "
               f"{', '.join(results)})", flush=True)
     return results
+
+
+def _check_compare_sizes(experiments: dict, devices: Optional[int]) -> None:
+    """The device count, and the memory of every strategy's run, checked before the first one starts."""
+    used = _devices(devices)
+    for name, experiment in experiments.items():
+        estimate = experiment.memory_estimate()
+        if estimate is not None:
+            estimate.check(what=f"the run of {name}", devices=used)
+
+
+def _refuse_run_only_options(command: str, argv: Sequence[str]) -> None:
+    """``compare`` takes its strategies from --strategies: a --strategy would be silently ignored."""
+    if command == "compare" and any(a == "--strategy" or a.startswith("--strategy=") for a in argv):
+        raise SystemExit("clloop compare: --strategy is not used by compare; name the strategies in --strategies "
+                         "NAME[:LAMBDA],...")
 
 
 def _split_preset(argv: Sequence[str]):
@@ -289,6 +348,7 @@ def main(argv: Optional[Sequence[str]] = None):
         return 2 if argv and argv[0] not in ("-h", "--help") else 0
     command, rest = argv[0], argv[1:]
     experiment, rest = _split_preset(rest)
+    _refuse_run_only_options(command, rest)
     cls = RunArgs if command == "run" else CompareArgs
     previous = _stop_on_sigterm()
     try:

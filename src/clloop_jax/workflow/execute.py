@@ -18,7 +18,8 @@ from clloop_jax.run.sequential import Run, RunResults
 from clloop_jax.workflow.runs import RunFolder
 from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
 
-__all__ = ["execute", "RunInterrupted", "resume_command"]
+__all__ = ["execute", "RunInterrupted", "resume_command",
+           "check_memory", "unmoved", "not_learned_text"]
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -110,15 +111,62 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
     written before anything is compiled, and SIGINT / SIGTERM (in the main thread) stop the run at the next safe
     point, between tasks, raising :class:`RunInterrupted` (a second signal stops it at once; files stay whole).
 
-    Returns :class:`RunResults` with a leading seed axis; writes the folder's result files and plots when done.
-    ``progress(task_done, num_tasks)`` is called after each task.
+    Before anything is compiled or the folder touched, the memory the run needs is estimated (from ``config``'s
+    numbers when it is an :class:`~clloop_jax.workflow.experiment.ExperimentConfig`, else from the shapes of the
+    run's state and batch) and a run the machine cannot hold is refused with a ``ValueError`` naming both.
+
+    A task after which no parameter of a seed moved beyond float32 rounding was not learned by that seed (a penalty
+    so strong that every update is lost, a learning rate that rounds away): one line says so on stderr, and
+    ``summary.json`` (``not_learned``) and ``summary.md`` record it.
+
+    Returns ``(final_state, RunResults)``, results with a leading seed axis; writes the folder's result files and
+    plots when done. ``progress(task_done, num_tasks)`` is called after each task.
     """
     seeds = [int(s) for s in seeds]
     mesh = None if devices is None else tuple(batch_mesh(devices).devices.flat)
+    check_memory(run, hp, seeds, config, mesh)   # before the folder is locked (and made)
     if folder is None:
         return _execute(run, hp, seeds, None, config, progress, label, mesh, None)
     with folder, _StopOnSignals(run.source.num_tasks, folder.path) as stop:
         return _execute(run, hp, seeds, folder, config, progress, label, mesh, stop)
+
+
+def check_memory(run: Run, hp, seeds, config=None, devices=None) -> None:
+    """``ValueError`` when the run cannot fit in the machine's memory (see :func:`execute`)."""
+    from clloop_jax.workflow.experiment import ExperimentConfig
+    from clloop_jax.workflow.memory import estimate_run_memory
+    if isinstance(config, ExperimentConfig) and config.seeds == len(seeds) and config.source == "world":
+        estimate = config.memory_estimate()
+    else:
+        estimate = estimate_run_memory(run, hp, seeds)
+    estimate.check(what="this run", devices=list(devices) if devices is not None else None)
+
+
+#: How far a parameter may move and still count as not moved: this many units in the last place of float32.
+ROUNDING_ULPS = 4
+
+
+def unmoved(before, after) -> np.ndarray:
+    """``[S]`` bool: True for each seed (the leading axis of every leaf) whose parameters ``after`` a task differ
+    from those ``before`` it by no more than float32 rounding (:data:`ROUNDING_ULPS` units in the last place of
+    the larger magnitude) anywhere."""
+    still = None
+    for b, a in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+        b, a = np.asarray(b, np.float32), np.asarray(a, np.float32)
+        tolerance = ROUNDING_ULPS * np.spacing(np.maximum(np.abs(b), np.abs(a)))
+        same = (np.abs(a.astype(np.float64) - b) <= tolerance).reshape(b.shape[0], -1).all(axis=1)
+        still = same if still is None else still & same
+    return still
+
+
+def not_learned_text(task: int, seeds, hp) -> str:
+    """The line that says task ``task`` (an index; printed numbered from 1) was not learned by ``seeds``."""
+    text = (f"task {task + 1} was not learned by seed{'s' if len(seeds) > 1 else ''} "
+            f"{', '.join(str(s) for s in seeds)}: no parameter moved beyond float32 rounding")
+    strategy = getattr(hp, "strategy", None)
+    if strategy is not None and "lam" in strategy._fields and np.ndim(strategy.lam) == 0:
+        return text + f"; the penalty (lam {float(strategy.lam):g}) may be too strong"
+    return text + f"; the learning rate ({float(np.max(hp.learning_rate)):g}) may be too small"
 
 
 def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
@@ -130,7 +178,7 @@ def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
         digest = folder.write_config(config if config is not None else run.config, seeds)
     init, evaluate, step = (functools.partial(f, tasks) for f in _programs(run, mesh))
     state = init(keys, hp)
-    start, rows, traces = 0, [], []
+    start, rows, traces, not_learned = 0, [], [], {}
     baseline = evaluate(state.params, keys, hp)
     if folder is not None and folder.resume:
         last = folder.latest_checkpoint()
@@ -145,9 +193,11 @@ def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
             rows = list(saved["rows"])
             traces = [jax.tree.map(lambda x: x[i], saved["traces"]) for i in range(last + 1)]
             start = last + 1
+            not_learned = folder.checkpoint_notes(last).get("not_learned", {})
     for task in range(start, T):
         if stop is not None:
             stop.check(task)
+        before = jax.tree.map(np.asarray, state.params)
         new_state, row, trace = step(state, keys, jnp.int32(task), hp)
         finite = np.asarray(trace["finite"])  # [S, E]
         if not finite.all():
@@ -160,17 +210,23 @@ def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
                                       f"the penalty strength); nothing of task {task} was written, the last good "
                                       f"checkpoint is kept", seed=seed, task=task, episode=err.episode) from None
         state = new_state
+        still = [seeds[i] for i in np.flatnonzero(unmoved(before, state.params))]
+        if still:
+            not_learned[str(task)] = still
+            print(f"{label}: {not_learned_text(task, still, hp)}", file=sys.stderr, flush=True)
         rows.append(row)
         traces.append(trace)
         if folder is not None:
             folder.save_checkpoint(task, {"state": state, "rows": jnp.stack(rows),
                                           "traces": jax.tree.map(lambda *x: jnp.stack(x), *traces),
-                                          "baseline": baseline}, digest)
+                                          "baseline": baseline}, digest, notes={"not_learned": not_learned})
         if progress is not None:
             progress(task + 1, T)
     R = jnp.stack(rows, axis=1)                                              # [S, T, T]
     stacked = jax.tree.map(lambda *x: jnp.stack(x, axis=1), *traces)      # [S, T, E]
     results = RunResults(R, baseline, stacked)
     if folder is not None:
-        folder.write_results(R, baseline, {k: np.asarray(v) for k, v in stacked.items()}, seeds)
+        folder.write_results(R, baseline, {k: np.asarray(v) for k, v in stacked.items()}, seeds,
+                             not_learned=[{"task": int(t) + 1, "task_index": int(t), "seeds": s,
+                                        "text": not_learned_text(int(t), s, hp)} for t, s in not_learned.items()])
     return state, results

@@ -316,8 +316,10 @@ class RunFolder:
     def _ckpt(self, task: int) -> str:
         return os.path.join(self.path, "checkpoints", f"task_{task}")
 
-    def save_checkpoint(self, task: int, tree, digest: str) -> str:
-        """Saves the pytree of arrays ``tree`` after task ``task`` (orbax), then its metadata (the checkpoint's seal)."""
+    def save_checkpoint(self, task: int, tree, digest: str, notes: Optional[dict] = None) -> str:
+        """Saves the pytree of arrays ``tree`` after task ``task`` (orbax), then its metadata (the checkpoint's seal),
+        which carries ``notes`` (JSON: what the run found so far that is no array, read back by
+        :meth:`checkpoint_notes`)."""
         import orbax.checkpoint as ocp
         leaves, treedef = jax.tree.flatten(tree)
         path = self._ckpt(task)
@@ -331,8 +333,15 @@ class RunFolder:
         checkpointer.wait_until_finished()
         meta = {"task": task, "config_hash": digest, "treedef": str(treedef),
                 "shapes": [list(np.shape(x)) for x in leaves], "dtypes": [str(np.asarray(x).dtype) for x in leaves]}
+        if notes is not None:
+            meta["notes"] = jsonable(notes)
         write_atomic(path + ".json", json.dumps(meta) + "\n")
         return path
+
+    def checkpoint_notes(self, task: int) -> dict:
+        """The ``notes`` saved with the checkpoint of task ``task`` (empty for one saved without)."""
+        notes = self._seal(task).get("notes", {})
+        return notes if isinstance(notes, dict) else {}
 
     def latest_checkpoint(self) -> Optional[int]:
         """The last task whose checkpoint is complete (sealed), or None."""
@@ -386,8 +395,10 @@ class RunFolder:
         return [np.asarray(restored[f"leaf_{i:05d}"]) for i in range(len(target))]
 
     # ----- results -----------------------------------------------------------------------------------------
-    def write_results(self, R, baseline, traces: Dict[str, np.ndarray], seeds) -> None:
-        """``traces.jsonl``, ``R_seed{k}.csv`` (baseline first), ``summary.md`` / ``summary.json`` and the plots."""
+    def write_results(self, R, baseline, traces: Dict[str, np.ndarray], seeds, not_learned=()) -> None:
+        """``traces.jsonl``, ``R_seed{k}.csv`` (baseline first), ``summary.md`` / ``summary.json`` and the plots.
+        ``not_learned``: one record per task some seeds did not learn (``task`` numbered from 1, ``task_index``,
+        ``seeds``, ``text``), in ``summary.json`` and, by its text, at the end of ``summary.md``."""
         from clloop_jax import report
         R, baseline = np.asarray(R, np.float64), np.asarray(baseline, np.float64)
         S, T = R.shape[:2]
@@ -411,14 +422,18 @@ class RunFolder:
                 writer.writerow([f"task_{i + 1}"] + [f"{v:.6f}" for v in R[s, i]])
             write_atomic(self.file(f"R_seed{seeds[s]}.csv"), buf.getvalue())
         stats = report.summary(R, baseline)
+        not_learned = list(not_learned)
         self.write_json("summary.json", {"seeds": list(seeds), "metrics": stats,
-                                         "mean_R": R.mean(axis=0), "mean_baseline": baseline.mean(axis=0)})
+                                         "mean_R": R.mean(axis=0), "mean_baseline": baseline.mean(axis=0),
+                                         "not_learned": not_learned})
         table = ["| metric | mean ± 95% interval | seeds |", "|---|---:|---:|"]
         for name, st in stats.items():
             table.append(f"| {name} | {report.cell(st['values'])} | {st['n']} |")
         from clloop_jax.metrics import format_matrix
+        warnings = "".join(f"\n- {w['text']}" for w in not_learned)
         self.write_text("summary.md", "\n".join(table) + "\n\nMean performance matrix over seeds:\n\n"
-                        + format_matrix(R.mean(axis=0), b=baseline.mean(axis=0)) + "\n")
+                        + format_matrix(R.mean(axis=0), b=baseline.mean(axis=0)) + "\n"
+                        + (f"\nWarnings:\n{warnings}\n" if warnings else ""))
         report.plot_matrix(R, self.file("plots/matrix.png"))
         report.plot_scores(R, arrays, self.file("plots/scores.png"))
         report.plot_divergence(arrays, self.file("plots/divergence.png"))
