@@ -471,3 +471,13 @@ def test_compare_writes_one_table_paired_gains_and_one_figure(tmp_path):
     assert w > 200 and h > 200
     # Each strategy has a complete run folder of its own.
     assert json.load(open(os.path.join(out, "ewc", "config.json")))["config"]["train"]["lam"] == 5.0
+
+
+def test_help_piped_into_a_reader_that_stops_early_ends_quietly():
+    """``clloop --help | head -1``: no BrokenPipeError traceback, and 141 (128 + SIGPIPE)."""
+    proc = subprocess.Popen([sys.executable, "-m", "clloop_jax", "run", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader stops after one line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -341,7 +341,16 @@ def _expected_errors() -> tuple:
 
 
 def main(argv: Optional[Sequence[str]] = None):
-    """Entry point of ``clloop`` and ``python -m clloop_jax``."""
+    """Entry point of ``clloop`` and ``python -m clloop_jax``. Output piped into a reader that stops early
+    (``clloop --help | head``) ends the command quietly with 141 (128 + SIGPIPE), as other command lines do."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
+
+
+def _main(argv: Optional[Sequence[str]] = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("run", "compare"):
         print(overview())
@@ -357,6 +366,8 @@ def main(argv: Optional[Sequence[str]] = None):
         if not args.out:
             raise SystemExit(f"clloop {command}: --out is required")
         (run_command if command == "run" else compare_command)(args)
+    except BrokenPipeError:  # an OSError, but not the command's: the reader of its output stopped (see main)
+        raise
     except _expected_errors() as err:  # evaluated once an error is raised
         raise SystemExit(f"clloop {command}: {err}") from None
     except KeyboardInterrupt as err:   # SIGINT / SIGTERM: one line, and 128 + the signal's number
