@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from clloop_jax.strategies import get_strategy
 from clloop_jax.workflow import cli
-from clloop_jax.workflow.experiment import (FISHER_VARIANTS, MONITOR_NAMES, PRESETS, SOURCES, STRATEGY_NAMES,
+from clloop_jax.workflow.experiment import (BOUNDARY_MODES, FISHER_VARIANTS, MONITOR_NAMES, PRESETS, SOURCES, STRATEGY_NAMES,
                                            DataConfig, GymnaxConfig)
 
 TINY = PRESETS["tiny"]
@@ -60,7 +60,7 @@ SIZES = {"observation_dim", "action_dim", "num_modalities", "latent_dim", "episo
 FLOAT32_MAX = 3.4028234663852886e38
 FLOATS = {"learning_rate": (0.0, math.inf, True), "lam": (0.0, math.inf, False), "gamma": (0.0, 1.0, False),
           "feedback_weight": (0.0, math.inf, False)}
-CHOICES = {"strategy": STRATEGY_NAMES, "fisher_variant": FISHER_VARIANTS}
+CHOICES = {"strategy": STRATEGY_NAMES, "fisher_variant": FISHER_VARIANTS, "boundaries": BOUNDARY_MODES}
 FLAGS = {"overwrite", "resume", "quiet", "no_cache"}
 OTHERS = {"out", "devices", "world_seed", "monitors", "strategies", "memory", "max_grad_norm", "source"}
 #: Options of the parts the base experiment (the tiny world) does not use: a value is accepted only at its default

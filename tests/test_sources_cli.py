@@ -50,7 +50,7 @@ def digits_run(tmp_path_factory):
 def test_a_digits_run_writes_a_complete_folder_that_records_only_what_it_used(digits_run):
     with open(digits_run / "config.json") as f:
         config = json.load(f)["config"]
-    assert config["source"] == "digits" and set(config) == {"source", "data", "train", "seeds"}
+    assert config["source"] == "digits" and set(config) == {"source", "data", "train", "seeds", "boundaries"}
     assert config["data"]["stream"] == "split" and config["data"]["scenario"] == "class"
     for seed in (0, 1):
         R = matrix(digits_run, seed)
@@ -179,7 +179,7 @@ def test_a_gymnax_experiment_builds_its_tasks_and_traced_hyperparameters():
     assert (hp.source.discount, hp.source.entropy_coef) == (np.float32(0.9), 0.0)  # the run's float32
     assert hp.source.feedback_weight == np.float32(experiment.train.feedback_weight)
     assert float(hp.strategy.lam) == 1000.0  # EWC away from the world
-    assert set(experiment.resolved()) == {"source", "gymnax", "train", "seeds"}
+    assert set(experiment.resolved()) == {"source", "gymnax", "train", "seeds", "boundaries"}
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -214,3 +214,32 @@ def test_a_gymnax_run_folder_resumes_bitwise(tmp_path):
     assert cli.main([*args, "--out", str(tmp_path / "part"), "--resume"]) == 0
     for name in ("R_seed0.csv", "R_seed1.csv", "traces.jsonl", "summary.json"):
         assert (tmp_path / "part" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+
+
+def test_a_stream_with_hidden_switches_runs_into_a_folder_with_its_detection(tmp_path, capsys):
+    """--boundaries detect: the same five digit tasks as one stream switching every 20 episodes unannounced; the
+    folder holds the matrix at the true switches, each episode's alarm and consolidation, and the detection."""
+    code, said = run(tmp_path / "tf", "--boundaries", "detect")
+    assert code == 0, said
+    folder = tmp_path / "tf"
+    detection = json.load(open(folder / "detection.json"))
+    assert len(detection["missed"]) == 2 and len(detection["delay"][0]) == 4      # 2 seeds, 4 hidden switches
+    assert all(c >= 1 for c in detection["consolidations"])
+    rows = [json.loads(line) for line in open(folder / "traces.jsonl")]
+    assert len(rows) == 2 * 5 * 20 and {"alarm", "consolidated", "ph_stat"} <= set(rows[0])
+    consolidated = [r for r in rows if r["consolidated"] and r["seed"] == 0]
+    assert len(consolidated) == detection["consolidations"][0]
+    assert matrix(folder).shape == (6, 5)
+    assert json.load(open(folder / "config.json"))["config"]["boundaries"] == "detect"
+    code, said = run(folder, "--boundaries", "detect", "--resume", capsys=capsys)
+    assert code == 2 and "one compiled program with no checkpoint between tasks" in said
+
+
+def test_hidden_switches_need_a_source_that_mixes_tasks(tmp_path, capsys):
+    try:
+        cli.main(["run", "--preset", "tiny-cartpole", "--boundaries", "oracle", "--out", str(tmp_path / "x")])
+    except SystemExit:
+        pass
+    said = " ".join(re.sub(r"[│╭╮╰╯─]", " ", capsys.readouterr().err).split())
+    assert "--boundaries oracle needs a source that serves batches of mixed tasks" in said
+    assert not (tmp_path / "x").exists()

@@ -155,8 +155,25 @@ def check_run(args: RunArgs):
 def run_experiment(args: RunArgs, folder, devices, label: Optional[str] = None):
     """Builds the run ``args`` describes and trains it into ``folder`` (after :func:`check_run`); prints its
     summary unless ``args.quiet``; returns its results."""
-    from clloop_jax.workflow.execute import execute
+    import json
+
+    from clloop_jax.workflow.execute import execute, execute_taskfree
     experiment = args.experiment
+    if experiment.boundaries != "known":  # one stream with hidden switches: one program, no per-task steps
+        run, hp, schedule = experiment.build_taskfree()
+        _, results = execute_taskfree(run, hp, schedule, list(range(experiment.seeds)), folder, config=experiment,
+                                      label=label or experiment.train.strategy)
+        if not args.quiet:
+            print(open(folder.file("summary.md")).read())
+            found = json.load(open(folder.file("detection.json")))
+            for i, seed in enumerate(range(experiment.seeds)):
+                print(f"seed {seed}: switches detected after {found['delay'][i]} episodes, missed "
+                      f"{found['missed'][i]}, false alarms {found['false_alarms'][i]}, consolidations "
+                      f"{found['consolidations'][i]}")
+            print(_legend(experiment.source) + "\n")
+            print(f"wrote {args.out} (summary.md, summary.json, detection.json, R_seed*.csv, traces.jsonl, plots/)",
+                  flush=True)
+        return results
     run, hp = experiment.build()  # the library's own checks, before the folder is touched
     seeds = list(range(experiment.seeds))
     update, bar = _progress(args.quiet, run.source.num_tasks, label or experiment.train.strategy)

@@ -18,7 +18,7 @@ from clloop_jax.run.sequential import Run, RunResults
 from clloop_jax.workflow.runs import RunFolder
 from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
 
-__all__ = ["execute", "RunInterrupted", "resume_command",
+__all__ = ["execute", "execute_taskfree", "RunInterrupted", "resume_command",
            "check_memory", "unmoved", "not_learned_text"]
 
 
@@ -129,6 +129,40 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
         return _execute(run, hp, seeds, None, config, progress, label, mesh, None)
     with folder, _StopOnSignals(run.source.num_tasks, folder.path) as stop:
         return _execute(run, hp, seeds, folder, config, progress, label, mesh, stop)
+
+
+def execute_taskfree(run, hp, schedule, seeds, folder: RunFolder, config=None, label: str = "run"):
+    """Runs the task-free ``run`` (:class:`~clloop_jax.taskfree.run.TaskFreeRun`) over ``schedule`` for every seed
+    in one compiled program and writes ``folder``: the configuration, the performance matrix at the true switches
+    (one row per segment of equal length), every episode's record (with the detector's ``alarm`` and where the run
+    ``consolidated``), the summary and plots, and ``detection.json`` (delays, missed switches, false alarms per seed).
+    The stream is one program: there is no checkpoint between tasks, so ``folder.resume`` is refused. Raises
+    :class:`NonFiniteError` naming seed, segment and episode when an update went non-finite."""
+    from clloop_jax.taskfree import taskfree_summary
+    from clloop_jax.workflow.files import jsonable
+    if folder.resume:
+        raise ValueError(f"--resume: a stream with hidden boundaries is one compiled program with no checkpoint "
+                         f"between tasks; run {folder.path!r} again with --overwrite")
+    lengths = np.diff(np.concatenate([[0], np.asarray(schedule.boundaries), [schedule.weights.shape[0]]]))
+    if len(set(lengths.tolist())) != 1:
+        raise ValueError(f"schedule must switch at equal intervals for a run folder, got segments of {lengths}")
+    seeds = [int(s) for s in seeds]
+    check_memory(run.run, hp, seeds)
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+    with folder:
+        folder.write_config(config if config is not None else run.run.config, seeds)
+        state, res = run.seeds(keys, hp, schedule)
+        res = jax.tree.map(np.asarray, res)
+        S, K, L = len(seeds), len(lengths), int(lengths[0])
+        per_task = {name: v.reshape(S, K, L) for name, v in res.traces.items()}
+        per_task["alarm"] = res.alarms.reshape(S, K, L)
+        per_task["consolidated"] = res.consolidated.reshape(S, K, L)
+        check_finite(per_task["finite"], where=label)
+        folder.write_results(res.R, res.baseline, per_task, seeds)
+        summary = taskfree_summary(res, schedule)
+        folder.write_json("detection.json", jsonable({k: summary[k] for k in (
+            "delay", "missed", "false_alarms", "consolidations") if k in summary}))
+    return state, res
 
 
 def check_memory(run: Run, hp, seeds, config=None, devices=None) -> None:

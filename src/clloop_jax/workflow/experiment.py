@@ -24,9 +24,9 @@ if TYPE_CHECKING:  # annotations only: importing these loads JAX
     from clloop_jax.run.config import HParams
     from clloop_jax.run.sequential import Run
 
-from clloop_jax.workflow.settings import (WorldConfig, ModelConfig, DataConfig, GymnaxConfig, TrainConfig,
-                                          DEFAULT_LAMBDA, DATA_LAMBDA, DEFAULT_GAMMA, DEFAULT_MEMORY, STRATEGY_NAMES,
-                                          MONITOR_NAMES, FISHER_VARIANTS, SOURCES, MEMORY_STRATEGIES,
+from clloop_jax.workflow.settings import (BOUNDARY_MODES, WorldConfig, ModelConfig, DataConfig, GymnaxConfig,
+                                          TrainConfig, DEFAULT_LAMBDA, DATA_LAMBDA, DEFAULT_GAMMA, DEFAULT_MEMORY,
+                                          STRATEGY_NAMES, MONITOR_NAMES, FISHER_VARIANTS, SOURCES, MEMORY_STRATEGIES,
                                           count_setting)  # noqa: F401 (the parts, importable from here too)
 
 __all__ = ["ExperimentConfig", "PRESETS", "describe_preset", "experiment_from_dict", "load_experiment"]
@@ -46,6 +46,10 @@ class ExperimentConfig:
     train: TrainConfig = TrainConfig()
     seeds: int = 5
     """independent runs (seeds 0, 1, ...), trained at once in one program"""
+    boundaries: str = "known"
+    """known: the tasks one after the other, each learned and consolidated as such; detect, oracle or none: one
+    stream whose task switches every episodes-per-task episodes without the learner being told, consolidated where
+    a shift detector fires, at the true switches, or never (world and labelled benchmarks)"""
 
     def __post_init__(self):
         count_setting("experiment", "seeds", self.seeds)
@@ -55,6 +59,11 @@ class ExperimentConfig:
                           ("gymnax", GymnaxConfig), ("train", TrainConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise TypeError(f"experiment.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.boundaries not in BOUNDARY_MODES:
+            raise ValueError(f"experiment.boundaries must be one of {list(BOUNDARY_MODES)}, got {self.boundaries!r}")
+        if self.boundaries != "known" and self.source == "gymnax":
+            raise ValueError(f"--boundaries {self.boundaries} needs a source that serves batches of mixed tasks: the "
+                             f"world or a labelled benchmark, not gymnax")
         unused = self.unused_options()
         if unused:
             raise ValueError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with --source "
@@ -96,7 +105,7 @@ class ExperimentConfig:
         """The parts of the configuration the run uses, as a dict of dataclasses: what ``config.json`` records (a
         labelled benchmark's run holds no world or agent section, a world's run no data or gymnax section)."""
         parts = {part: getattr(self, part) for part in self.used_parts()}
-        return {"source": self.source, **parts, "train": self.train, "seeds": self.seeds}
+        return {"source": self.source, **parts, "train": self.train, "seeds": self.seeds, "boundaries": self.boundaries}
 
     def memory_estimate(self):
         """The memory this run needs, from these numbers alone (nothing is built):
@@ -128,6 +137,25 @@ class ExperimentConfig:
         own = {k: v for k, v in values.items() if k in names}
         return run, run.hparams(learning_rate=t.learning_rate, **own)
 
+    def build_taskfree(self):
+        """``(taskfree_run, hparams, schedule)`` of a stream with hidden task boundaries (``boundaries`` detect,
+        oracle or none): the same tasks, switching abruptly every ``episodes_per_task`` episodes."""
+        from clloop_jax.run.config import RunConfig
+        from clloop_jax.taskfree import abrupt_schedule, make_taskfree_run
+        if self.boundaries == "known":
+            raise ValueError("build_taskfree needs boundaries detect, oracle or none; build() makes the run with "
+                             "known boundaries")
+        self.train.check_strategy_options()
+        t = self.train
+        config = RunConfig(strategy=t.strategy_value(), episodes_per_task=t.episodes_per_task,
+                           fisher_variant=t.fisher_variant, monitors=t.monitors, max_grad_norm=t.max_grad_norm)
+        source = self.make_source()
+        run = make_taskfree_run(config, source, boundaries=self.boundaries)
+        names = run.hparams().names()
+        values = {"lam": self.strength, "gamma": t.decay, "feedback_weight": t.feedback_weight}
+        hp = run.hparams(learning_rate=t.learning_rate, **{k: v for k, v in values.items() if k in names})
+        return run, hp, abrupt_schedule([t.episodes_per_task] * source.num_tasks)
+
     def make_source(self):
         """The task source: the closed loop in the world, or the benchmark's stream of labelled tasks."""
         if self.source == "gymnax":
@@ -151,11 +179,11 @@ def experiment_from_dict(values: dict, where: str = "the configuration") -> Expe
              "train": TrainConfig}
     if not isinstance(values, dict):
         raise TypeError(f"{where} must be a table of settings, got {type(values).__name__}")
-    known = {"source", "seeds", *parts}
+    known = {"source", "seeds", "boundaries", *parts}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{where}: unknown setting(s) {unknown}; expected some of {sorted(known)}")
-    out = {k: values[k] for k in ("source", "seeds") if k in values}
+    out = {k: values[k] for k in ("source", "seeds", "boundaries") if k in values}
     for part, cls in parts.items():
         section = values.get(part, {})
         if not isinstance(section, dict):

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # annotations only: importing these loads JAX
 
 __all__ = ["WorldConfig", "ModelConfig", "DataConfig", "GymnaxConfig", "TrainConfig", "DEFAULT_LAMBDA", "DATA_LAMBDA",
            "DEFAULT_GAMMA", "DEFAULT_MEMORY", "STRATEGY_NAMES", "MONITOR_NAMES", "FISHER_VARIANTS", "SOURCES",
-           "MEMORY_STRATEGIES", "count_setting"]
+           "MEMORY_STRATEGIES", "BOUNDARY_MODES", "count_setting"]
 
 
 #: Penalty strength per strategy in the default world (chosen on seed 0 of a shorter run; README, "Results").
@@ -51,6 +51,10 @@ FISHER_VARIANTS = ("empirical", "sampled", "exact")
 #: or a gymnax environment learned from reward.
 SOURCES = ("world", "mnist", "digits", "mnist1d", "gymnax")
 
+
+#: How the run meets its tasks: in sequence with known boundaries, or as one stream whose switches are hidden
+#: (:mod:`clloop_jax.taskfree`: consolidations where a detector fires, at the true switches, or never).
+BOUNDARY_MODES = ("known", "detect", "oracle", "none")
 
 #: The strategies that keep a rehearsal memory, and its size (samples) when ``memory`` is not given.
 MEMORY_STRATEGIES = ("replay", "agem", "derpp")
