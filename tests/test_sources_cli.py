@@ -243,3 +243,9 @@ def test_hidden_switches_need_a_source_that_mixes_tasks(tmp_path, capsys):
     said = " ".join(re.sub(r"[│╭╮╰╯─]", " ", capsys.readouterr().err).split())
     assert "--boundaries oracle needs a source that serves batches of mixed tasks" in said
     assert not (tmp_path / "x").exists()
+
+
+def test_hidden_switches_run_on_the_default_device_and_say_so_for_devices(tmp_path):
+    code, said = run(tmp_path / "tf", "--boundaries", "oracle", "--devices", "1")
+    assert code == 2 and "--devices: a stream with hidden boundaries (--boundaries oracle) runs on the default" in said
+    assert not (tmp_path / "tf").exists()

@@ -159,35 +159,35 @@ def run_experiment(args: RunArgs, folder, devices, label: Optional[str] = None):
 
     from clloop_jax.workflow.execute import execute, execute_taskfree
     experiment = args.experiment
+    label = label or experiment.train.strategy
+    seeds = list(range(experiment.seeds))
     if experiment.boundaries != "known":  # one stream with hidden switches: one program, no per-task steps
+        if devices is not None:
+            raise ValueError(f"--devices: a stream with hidden boundaries (--boundaries {experiment.boundaries}) "
+                             f"runs on the default device")
         run, hp, schedule = experiment.build_taskfree()
-        _, results = execute_taskfree(run, hp, schedule, list(range(experiment.seeds)), folder, config=experiment,
-                                      label=label or experiment.train.strategy)
-        if not args.quiet:
-            print(open(folder.file("summary.md")).read())
+        _, results = execute_taskfree(run, hp, schedule, seeds, folder, config=experiment, label=label)
+        files = "summary.md, summary.json, detection.json, R_seed*.csv, traces.jsonl, plots/"
+    else:
+        run, hp = experiment.build()  # the library's own checks, before the folder is touched
+        update, bar = _progress(args.quiet, run.source.num_tasks, label)
+        try:
+            _, results = execute(run, hp, seeds, folder=folder, config=experiment, progress=update, label=label,
+                                 devices=devices)
+        finally:
+            if bar is not None:
+                bar.close()
+        files = "summary.md, summary.json, R_seed*.csv, traces.jsonl, plots/, checkpoints/"
+    if not args.quiet:
+        print(open(folder.file("summary.md")).read())
+        if experiment.boundaries != "known":
             found = json.load(open(folder.file("detection.json")))
-            for i, seed in enumerate(range(experiment.seeds)):
+            for i, seed in enumerate(seeds):
                 print(f"seed {seed}: switches detected after {found['delay'][i]} episodes, missed "
                       f"{found['missed'][i]}, false alarms {found['false_alarms'][i]}, consolidations "
                       f"{found['consolidations'][i]}")
-            print(_legend(experiment.source) + "\n")
-            print(f"wrote {args.out} (summary.md, summary.json, detection.json, R_seed*.csv, traces.jsonl, plots/)",
-                  flush=True)
-        return results
-    run, hp = experiment.build()  # the library's own checks, before the folder is touched
-    seeds = list(range(experiment.seeds))
-    update, bar = _progress(args.quiet, run.source.num_tasks, label or experiment.train.strategy)
-    try:
-        _, results = execute(run, hp, seeds, folder=folder, config=experiment, progress=update,
-                             label=label or experiment.train.strategy, devices=devices)
-    finally:
-        if bar is not None:
-            bar.close()
-    if not args.quiet:
-        print(open(folder.file("summary.md")).read())
         print(_legend(experiment.source) + "\n")
-        print(f"wrote {args.out} (summary.md, summary.json, R_seed*.csv, traces.jsonl, plots/, checkpoints/)",
-              flush=True)
+        print(f"wrote {args.out} ({files})", flush=True)
     return results
 
 

@@ -123,38 +123,38 @@ class ExperimentConfig:
     def build(self) -> Tuple["Run", "HParams"]:
         """The run and its hyperparameters. The world (or the benchmark's stream), the agent and the run's
         configuration are made (and checked by the library) before the first computation that compiles."""
-        from clloop_jax.run.config import RunConfig
         from clloop_jax.run.sequential import make_run
-        self.train.check_strategy_options()
-        t = self.train
-        config = RunConfig(strategy=t.strategy_value(), episodes_per_task=t.episodes_per_task,
-                           fisher_variant=t.fisher_variant, monitors=t.monitors, max_grad_norm=t.max_grad_norm)
-        run = make_run(config, self.make_source())
-        names = run.hparams().names()
-        values = {"lam": self.strength, "gamma": t.decay, "feedback_weight": t.feedback_weight}
-        if self.source == "gymnax":
-            values.update(self.gymnax.hparams())
-        own = {k: v for k, v in values.items() if k in names}
-        return run, run.hparams(learning_rate=t.learning_rate, **own)
+        run = make_run(self.run_config(), self.make_source())
+        return run, self.hparams_of(run)
 
     def build_taskfree(self):
         """``(taskfree_run, hparams, schedule)`` of a stream with hidden task boundaries (``boundaries`` detect,
         oracle or none): the same tasks, switching abruptly every ``episodes_per_task`` episodes."""
-        from clloop_jax.run.config import RunConfig
         from clloop_jax.taskfree import abrupt_schedule, make_taskfree_run
         if self.boundaries == "known":
             raise ValueError("build_taskfree needs boundaries detect, oracle or none; build() makes the run with "
                              "known boundaries")
-        self.train.check_strategy_options()
-        t = self.train
-        config = RunConfig(strategy=t.strategy_value(), episodes_per_task=t.episodes_per_task,
-                           fisher_variant=t.fisher_variant, monitors=t.monitors, max_grad_norm=t.max_grad_norm)
-        source = self.make_source()
+        config, source = self.run_config(), self.make_source()
         run = make_taskfree_run(config, source, boundaries=self.boundaries)
-        names = run.hparams().names()
+        schedule = abrupt_schedule([self.train.episodes_per_task] * source.num_tasks)
+        return run, self.hparams_of(run), schedule
+
+    def run_config(self):
+        """The :class:`~clloop_jax.run.config.RunConfig` of ``train`` (its strategy's options checked first)."""
+        from clloop_jax.run.config import RunConfig
+        t = self.train
+        t.check_strategy_options()
+        return RunConfig(strategy=t.strategy_value(), episodes_per_task=t.episodes_per_task,
+                         fisher_variant=t.fisher_variant, monitors=t.monitors, max_grad_norm=t.max_grad_norm)
+
+    def hparams_of(self, run) -> "HParams":
+        """``run``'s hyperparameters with this experiment's values, each set where the run has it."""
+        t = self.train
         values = {"lam": self.strength, "gamma": t.decay, "feedback_weight": t.feedback_weight}
-        hp = run.hparams(learning_rate=t.learning_rate, **{k: v for k, v in values.items() if k in names})
-        return run, hp, abrupt_schedule([t.episodes_per_task] * source.num_tasks)
+        if self.source == "gymnax":
+            values.update(self.gymnax.hparams())
+        names = run.hparams().names()
+        return run.hparams(learning_rate=t.learning_rate, **{k: v for k, v in values.items() if k in names})
 
     def make_source(self):
         """The task source: the closed loop in the world, or the benchmark's stream of labelled tasks."""
