@@ -475,9 +475,15 @@ def test_compare_writes_one_table_paired_gains_and_one_figure(tmp_path):
 
 def test_help_piped_into_a_reader_that_stops_early_ends_quietly():
     """``clloop --help | head -1``: no BrokenPipeError traceback, and 141 (128 + SIGPIPE)."""
-    proc = subprocess.Popen([sys.executable, "-m", "clloop_jax", "run", "--help"], stdout=subprocess.PIPE,
+    import fcntl
+    read_end, write_end = os.pipe()
+    # a pipe smaller than the help text, so that the command is still writing when the reader stops (with the
+    # default 64 KiB pipe it could write everything and exit 0 before the reader closes, on a loaded machine)
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    proc = subprocess.Popen([sys.executable, "-m", "clloop_jax", "run", "--help"], stdout=write_end,
                             stderr=subprocess.PIPE, cwd=ROOT)
-    proc.stdout.readline()
-    proc.stdout.close()  # the reader stops after one line
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        reader.readline()    # the reader stops after one line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

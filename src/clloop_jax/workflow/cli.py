@@ -6,6 +6,7 @@
     clloop compare --out runs/cmp --strategies none,ewc,online_ewc,si,mas,l2
     clloop run --preset tiny --out /tmp/tiny                           # a few seconds after compilation
     clloop run --config runs/ewc/config.json --out runs/again          # the run that folder holds, again
+    clloop sweep --out runs/lam --strategy ewc --lam 1,10,100,1000 --select-on 100   # one program for the grid
     clloop run --help                                                  # every field with its default
 
 ``--resume`` continues an interrupted run from its last checkpoint (bitwise the result of an uninterrupted one),
@@ -28,6 +29,7 @@ import tyro
 
 from clloop_jax.workflow.experiment import (MEMORY_STRATEGIES, PRESETS, STRATEGY_NAMES, ExperimentConfig,
                                            describe_preset)
+from clloop_jax.workflow.sweep import SweepArgs, split_grid, sweep_command
 
 __all__ = ["main", "RunArgs", "CompareArgs", "run_command", "check_run", "run_experiment", "compare_command",
            "overview"]
@@ -94,22 +96,26 @@ def _strategies_text() -> str:
 
 def overview() -> str:
     """The text of ``clloop --help``: the commands, the presets and the strategies."""
-    return (f"usage: clloop {{run,compare}} [--preset NAME | --config FILE] [options]\n\n"
+    return (f"usage: clloop {{run,compare,sweep}} [--preset NAME | --config FILE] [options]\n\n"
             f"Continual learning in a closed loop: an agent learns a world's tasks one after the other and is scored\n"
             f"on every task after each (--source world), or a classifier learns a labelled benchmark's stream of\n"
             f"tasks (--source mnist, digits or mnist1d; --stream split or permuted; --scenario task, domain or class),\n"
             f"or an actor-critic learns variants of a gymnax environment from reward (--source gymnax --env-id ID).\n\n"
             f"commands:\n"
             f"  run       {RunArgs.__doc__.strip()}\n"
-            f"  compare   {CompareArgs.__doc__.strip()}\n\n"
+            f"  compare   {CompareArgs.__doc__.strip()}\n"
+            f"  sweep     {' '.join(SweepArgs.__doc__.split())}\n\n"
             f"presets (--preset NAME, default: default; the options override its fields):\n{_presets_text()}\n\n"
             f"strategies (run --strategy NAME, compare --strategies NAME[:LAMBDA],...):\n{_strategies_text()}\n\n"
             f"clloop run --help and clloop compare --help list every option with its default.")
 
 
 def _description(cls) -> str:
-    flag = "--strategy NAME" if cls is RunArgs else "--strategies NAME[:LAMBDA],..."
-    return (f"{cls.__doc__.strip()}\n\npresets (--preset NAME before the other options, default: default; the options "
+    flag = "--strategies NAME[:LAMBDA],..." if cls is CompareArgs else "--strategy NAME"
+    grid = ("" if cls is not SweepArgs else "\n\nThe grid: any of --learning-rate, --lam, --gamma, --feedback-weight, "
+            "--discount, --gae-lambda, --entropy-coef, --reward-scale with comma-separated values (for example --lam "
+            "1,10,100 --learning-rate 1e-3,3e-3); every combination is a point, every point trains every seed.")
+    return (f"{' '.join(cls.__doc__.split())}{grid}\n\npresets (--preset NAME before the other options, default: default; the options "
             f"below override its fields):\n{_presets_text()}\n\nInstead of a preset, --config FILE starts from a run "
             f"folder's config.json (that run again), or a JSON, TOML or YAML file of the same settings.\n\n"
             f"strategies ({flag}):"
@@ -369,20 +375,24 @@ def main(argv: Optional[Sequence[str]] = None):
 
 def _main(argv: Optional[Sequence[str]] = None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("run", "compare"):
+    if not argv or argv[0] not in _COMMANDS:
         print(overview())
         return 2 if argv and argv[0] not in ("-h", "--help") else 0
     command, rest = argv[0], argv[1:]
     experiment, rest = _split_preset(rest)
     _refuse_run_only_options(command, rest)
-    cls = RunArgs if command == "run" else CompareArgs
+    cls = _COMMANDS[command]
     previous = _stop_on_sigterm()
     try:
+        grid, rest = split_grid(rest) if command == "sweep" and "-h" not in rest and "--help" not in rest else ((), rest)
         args = tyro.cli(cls, args=rest, default=cls(out="", experiment=experiment), prog=f"clloop {command}",
                         description=_description(cls), config=(tyro.conf.FlagCreatePairsOff,))
         if not args.out:
             raise SystemExit(f"clloop {command}: --out is required")
-        (run_command if command == "run" else compare_command)(args)
+        if command == "sweep":
+            sweep_command(args, grid)
+        else:
+            (run_command if command == "run" else compare_command)(args)
     except BrokenPipeError:  # an OSError, but not the command's: the reader of its output stopped (see main)
         raise
     except _expected_errors() as err:  # evaluated once an error is raised
@@ -398,6 +408,9 @@ def _main(argv: Optional[Sequence[str]] = None):
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+_COMMANDS = {"run": RunArgs, "compare": CompareArgs, "sweep": SweepArgs}
 
 
 def _stop_on_sigterm():

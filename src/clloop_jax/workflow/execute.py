@@ -7,7 +7,7 @@ import shlex
 import signal
 import sys
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,18 +51,20 @@ def resume_command(prog: str, argv) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _programs(run: Run, devices: Optional[tuple] = None):
+def _programs(run: Run, devices: Optional[tuple] = None, batched_hp: bool = False):
     """The vmapped per-seed programs of ``run``: init, baseline evaluation, one task (compiled once for every task,
     and shared by every run of the same configuration: the task arrays are arguments). With ``devices``, each
-    program's seed axis is split over them (:func:`~clloop_jax.workflow.sharding.sharded_vmap`)."""
+    program's seed axis is split over them (:func:`~clloop_jax.workflow.sharding.sharded_vmap`). ``batched_hp``:
+    the hyperparameters have the seed axis too (one set per member of the batch: a sweep)."""
     def batched(fn, in_axes):
         if devices is None:
             return jax.jit(jax.vmap(fn, in_axes=in_axes))
         return sharded_vmap(fn, in_axes=in_axes, devices=list(devices))
 
-    init = batched(lambda tasks, k, hp: run.init_on(tasks, k, hp), (None, 0, None))
-    evaluate = batched(lambda tasks, p, k, hp: run.evaluate_on(p, tasks, Run.split_key(k)[1], hp), (None, 0, 0, None))
-    step = batched(lambda tasks, s, k, t, hp: run.task_step_on(s, tasks, k, t, hp), (None, 0, 0, None, None))
+    h = 0 if batched_hp else None
+    init = batched(lambda tasks, k, hp: run.init_on(tasks, k, hp), (None, 0, h))
+    evaluate = batched(lambda tasks, p, k, hp: run.evaluate_on(p, tasks, Run.split_key(k)[1], hp), (None, 0, 0, h))
+    step = batched(lambda tasks, s, k, t, hp: run.task_step_on(s, tasks, k, t, hp), (None, 0, 0, None, h))
     return init, evaluate, step
 
 
@@ -99,7 +101,8 @@ class _StopOnSignals:
 
 
 def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None,
-            progress: Optional[Callable] = None, label: str = "run", devices=None) -> RunResults:
+            progress: Optional[Callable] = None, label: str = "run", devices=None, *, batched_hp: bool = False,
+            members: Optional[Sequence[str]] = None, write_results: bool = True) -> RunResults:
     """Runs ``run`` for every seed at once (``jax.vmap``), one task at a time: checkpoints after every task, resumes
     from the folder's last complete checkpoint when ``folder.resume``, raises :class:`NonFiniteError` (naming seed,
     task and episode) as soon as a task's updates became non-finite, before anything of that task is written.
@@ -120,15 +123,30 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
     ``summary.json`` (``not_learned``) and ``summary.md`` record it.
 
     Returns ``(final_state, RunResults)``, results with a leading seed axis; writes the folder's result files and
-    plots when done. ``progress(task_done, num_tasks)`` is called after each task.
+    plots when done (unless ``write_results`` is False: the folder then holds the configuration and checkpoints).
+    ``progress(task_done, num_tasks)`` is called after each task.
+
+    A sweep runs several hyperparameter sets in the same batch: with ``batched_hp``, every leaf of ``hp`` has a
+    leading axis as long as ``seeds`` (member ``i`` trains with seed ``seeds[i]`` and ``hp[i]``; seeds may repeat),
+    and ``members`` names each member in messages (default ``seed {s}``).
     """
     seeds = [int(s) for s in seeds]
+    if members is not None and len(members) != len(seeds):
+        raise ValueError(f"members must name each of the {len(seeds)} seeds, got {len(members)} names")
     mesh = None if devices is None else tuple(batch_mesh(devices).devices.flat)
-    check_memory(run, hp, seeds, config, mesh)   # before the folder is locked (and made)
+    # before the folder is locked (and made); the arrays a member needs do not depend on its hyperparameters
+    check_memory(run, jax.tree.map(lambda x: x[0], hp) if batched_hp else hp, seeds, config, mesh)
+    how = dict(mesh=mesh, batched_hp=batched_hp, members=members)
     if folder is None:
-        return _execute(run, hp, seeds, None, config, progress, label, mesh, None)
+        return _execute(run, hp, seeds, None, config, progress, label, None, **how)[:2]
     with folder, _StopOnSignals(run.source.num_tasks, folder.path) as stop:
-        return _execute(run, hp, seeds, folder, config, progress, label, mesh, stop)
+        state, results, not_learned = _execute(run, hp, seeds, folder, config, progress, label, stop, **how)
+        if write_results:
+            folder.write_results(results.R, results.baseline, {k: np.asarray(v) for k, v in results.traces.items()},
+                                 seeds, not_learned=[{"task": int(t) + 1, "task_index": int(t), "seeds": s,
+                                                      "text": not_learned_text(int(t), s, hp)}
+                                                     for t, s in not_learned.items()])
+    return state, results
 
 
 def execute_taskfree(run, hp, schedule, seeds, folder: RunFolder, config=None, label: str = "run"):
@@ -194,31 +212,39 @@ def unmoved(before, after) -> np.ndarray:
 
 
 def not_learned_text(task: int, seeds, hp) -> str:
-    """The line that says task ``task`` (an index; printed numbered from 1) was not learned by ``seeds``."""
-    text = (f"task {task + 1} was not learned by seed{'s' if len(seeds) > 1 else ''} "
-            f"{', '.join(str(s) for s in seeds)}: no parameter moved beyond float32 rounding")
+    """The line that says task ``task`` (an index; printed numbered from 1) was not learned by ``seeds`` (seed
+    numbers, or the names of a sweep's members)."""
+    who = ", ".join(str(s) for s in seeds)
+    if all(isinstance(s, (int, np.integer)) for s in seeds):
+        who = f"seed{'s' if len(seeds) > 1 else ''} {who}"
+    text = f"task {task + 1} was not learned by {who}: no parameter moved beyond float32 rounding"
     strategy = getattr(hp, "strategy", None)
     if strategy is not None and "lam" in strategy._fields and np.ndim(strategy.lam) == 0:
         return text + f"; the penalty (lam {float(strategy.lam):g}) may be too strong"
     return text + f"; the learning rate ({float(np.max(hp.learning_rate)):g}) may be too small"
 
 
-def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
+def _member(i: int, seeds, members) -> str:
+    """How messages name member ``i`` of the batch."""
+    return f"seed {seeds[i]}" if members is None else members[i]
+
+
+def _execute(run, hp, seeds, folder, config, progress, label, stop, mesh, batched_hp, members):
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     T = run.source.num_tasks
     tasks = run.source.tasks
     digest = None
     if folder is not None:
         digest = folder.write_config(config if config is not None else run.config, seeds)
-    init, evaluate, step = (functools.partial(f, tasks) for f in _programs(run, mesh))
+    init, evaluate, step = (functools.partial(f, tasks) for f in _programs(run, mesh, batched_hp))
     state = init(keys, hp)
     start, rows, traces, not_learned = 0, [], [], {}
     baseline = evaluate(state.params, keys, hp)
     if folder is not None and folder.resume:
         last = folder.latest_checkpoint()
         if last is not None:
-            trace_like = jax.eval_shape(functools.partial(_programs(run)[2], tasks), state, keys, jnp.int32(0),
-                                        hp)[2]
+            trace_like = jax.eval_shape(functools.partial(_programs(run, None, batched_hp)[2], tasks), state, keys,
+                                        jnp.int32(0), hp)[2]
             like = {"state": state, "rows": jnp.zeros((last + 1,) + baseline.shape[:1] + (T,), baseline.dtype),
                     "traces": jax.tree.map(lambda x: jnp.zeros((last + 1,) + x.shape, x.dtype), trace_like),
                     "baseline": baseline}
@@ -239,15 +265,16 @@ def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
                 check_finite(finite[:, None, :], where=label)
             except NonFiniteError as err:
                 seed = seeds[err.seed]
-                raise NonFiniteError(f"{label} diverged at seed {seed}, task {task}, episode {err.episode}: the loss, "
-                                      f"a gradient or the parameters became non-finite (lower the learning rate or "
+                raise NonFiniteError(f"{label} diverged at {_member(err.seed, seeds, members)}, task {task}, episode "
+                                      f"{err.episode}: the loss, a gradient or the parameters became non-finite "
+                                      f"(lower the learning rate or "
                                       f"the penalty strength); nothing of task {task} was written, the last good "
                                       f"checkpoint is kept", seed=seed, task=task, episode=err.episode) from None
         state = new_state
-        still = [seeds[i] for i in np.flatnonzero(unmoved(before, state.params))]
-        if still:
-            not_learned[str(task)] = still
-            print(f"{label}: {not_learned_text(task, still, hp)}", file=sys.stderr, flush=True)
+        still = np.flatnonzero(unmoved(before, state.params))
+        if still.size:
+            not_learned[str(task)] = [seeds[i] if members is None else members[i] for i in still]
+            print(f"{label}: {not_learned_text(task, not_learned[str(task)], hp)}", file=sys.stderr, flush=True)
         rows.append(row)
         traces.append(trace)
         if folder is not None:
@@ -258,9 +285,4 @@ def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
             progress(task + 1, T)
     R = jnp.stack(rows, axis=1)                                              # [S, T, T]
     stacked = jax.tree.map(lambda *x: jnp.stack(x, axis=1), *traces)      # [S, T, E]
-    results = RunResults(R, baseline, stacked)
-    if folder is not None:
-        folder.write_results(R, baseline, {k: np.asarray(v) for k, v in stacked.items()}, seeds,
-                             not_learned=[{"task": int(t) + 1, "task_index": int(t), "seeds": s,
-                                        "text": not_learned_text(int(t), s, hp)} for t, s in not_learned.items()])
-    return state, results
+    return state, RunResults(R, baseline, stacked), not_learned

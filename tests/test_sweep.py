@@ -1,0 +1,152 @@
+"""``clloop sweep``: a grid of traced hyperparameters over seeds as one batch, its folders, its choice on held-out
+seeds, its refusals and its resume."""
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from clloop_jax.workflow.cli import main
+from clloop_jax.workflow.execute import execute
+from clloop_jax.workflow.experiment import PRESETS
+from clloop_jax.workflow.runs import RunFolder
+from clloop_jax.workflow.sweep import SweepConfig, best_point, run_sweep, split_grid
+
+BASE = PRESETS["tiny-digits"].with_strategy("ewc")          # 2 reported seeds
+GRID = (("lam", (1.0, 1000.0)), ("learning_rate", (1e-3, 1e-2)))
+HELD_OUT = (5,)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("sweep") / "s")
+    sweep = SweepConfig(BASE, GRID, select_on=HELD_OUT)
+    return sweep, run_sweep(sweep, RunFolder(path)), path
+
+
+def _csv_matrix(path):
+    rows = list(csv.reader(open(path)))
+    return np.array([[float(v) for v in row[1:]] for row in rows[2:]])
+
+
+def test_every_point_equals_its_own_run(swept):
+    """Member (point, seed) of the batch trains exactly what a run of that point alone trains with that seed."""
+    sweep, res, path = swept
+    run, _ = BASE.build()
+    seeds = list(HELD_OUT) + list(range(BASE.seeds))
+    for p, point in enumerate(sweep.points()):
+        experiment = sweep.experiment_at(point)
+        assert experiment.train.learning_rate == point["learning_rate"] and experiment.train.lam == point["lam"]
+        _, alone = execute(run, experiment.hparams_of(run), seeds)
+        R = np.asarray(alone.R, np.float64)
+        np.testing.assert_allclose(res.R[p], R[len(HELD_OUT):], atol=1e-5)
+        folder = os.path.join(path, sweep.point_name(point))
+        for s in range(BASE.seeds):   # the point's folder holds the reported seeds' matrices
+            np.testing.assert_allclose(_csv_matrix(os.path.join(folder, f"R_seed{s}.csv")), R[len(HELD_OUT) + s],
+                                       atol=2e-6)
+        stored = json.load(open(os.path.join(folder, "config.json")))["config"]["train"]
+        assert (stored["lam"], stored["learning_rate"]) == (point["lam"], point["learning_rate"])
+    # the points differ: the grid is not the same run four times
+    assert np.ptp([r.mean() for r in res.R]) > 1e-3
+
+
+def test_the_choice_is_the_best_held_out_mean(swept):
+    sweep, res, path = swept
+    means = res.held_out.mean(axis=1)
+    assert res.held_out.shape == (4, 1) and res.reported.shape == (4, BASE.seeds)
+    assert res.best == int(np.argmax(means)) and "held-out seeds [5]" in res.chosen_on
+    saved = json.load(open(os.path.join(path, "sweep.json")))
+    assert saved["best"]["values"] == sweep.points()[res.best]
+    for p, entry in enumerate(saved["points"]):   # the reported numbers are those of the point's own folder
+        summary = json.load(open(os.path.join(path, entry["folder"], "summary.json")))
+        assert entry["reported"] == pytest.approx(summary["metrics"]["average_performance"]["values"])
+        assert entry["held_out"] == pytest.approx(res.held_out[p].tolist())
+    best_row = [line for line in open(os.path.join(path, "sweep.md")) if line.rstrip().endswith("| best |")]
+    assert len(best_row) == 1 and best_row[0].startswith(f"| {sweep.points()[res.best]['lam']:g} |")
+    assert os.path.isfile(os.path.join(path, "sweep_lam.png"))
+    assert os.path.isfile(os.path.join(path, "sweep_learning_rate.png"))
+
+
+def test_new_values_compile_nothing(swept, tmp_path):
+    """The values are traced: ``clloop sweep`` of other values on a grid of the same size reuses every program."""
+    out = str(tmp_path / "other")
+    main(["sweep", "--preset", "tiny-digits", "--strategy", "ewc", "--lam", "3,30", "--learning-rate", "3e-3,3e-2",
+          "--select-on", "5", "--out", out, "--quiet", "--no-cache"])
+    saved = json.load(open(os.path.join(out, "sweep.json")))
+    assert saved["compilations"] == 0
+    assert [p["values"] for p in saved["points"]] == [{"lam": a, "learning_rate": b} for a in (3.0, 30.0)
+                                                      for b in (3e-3, 3e-2)]
+    assert not np.allclose([p["reported"] for p in saved["points"]], swept[1].reported)
+
+
+def test_best_point_by_hand():
+    assert best_point([[0.5], [0.7], [0.6]], "average_performance") == 1
+    assert best_point([[0.1, 0.3], [0.2, 0.2], [0.3, 0.1]], "average_performance") == 0   # equal means: the first
+    assert best_point([[0.5], [0.7], [0.2]], "average_forgetting") == 2                 # lower is better
+
+
+def test_resume_gives_the_same_sweep(swept, tmp_path):
+    """A sweep stopped after its first task resumes from the checkpoint to the same numbers, bitwise."""
+    sweep, res, path = swept
+    copy = str(tmp_path / "copy")
+    shutil.copytree(path, copy)
+    checkpoints = os.path.join(copy, "checkpoints")
+    for name in os.listdir(checkpoints):   # as if killed right after task 1
+        if not name.startswith("task_0"):
+            target = os.path.join(checkpoints, name)
+            shutil.rmtree(target) if os.path.isdir(target) else os.unlink(target)
+    os.unlink(os.path.join(copy, "sweep.json"))
+    again = run_sweep(sweep, RunFolder(copy, resume=True))
+    np.testing.assert_array_equal(again.R, res.R)
+    np.testing.assert_array_equal(again.held_out, res.held_out)
+    assert json.load(open(os.path.join(copy, "sweep.json")))["best"] == \
+        json.load(open(os.path.join(path, "sweep.json")))["best"]
+
+
+def test_split_grid():
+    grid, rest = split_grid(["--lam", "1,10", "--seeds", "3", "--learning-rate=1e-3,3e-3", "--gamma", "0.9"])
+    assert grid == (("lam", (1.0, 10.0)), ("learning_rate", (1e-3, 3e-3)))
+    assert rest == ["--seeds", "3", "--gamma", "0.9"]          # a single value is a fixed option
+    for argv, words in ((["--lam", "1,x"], "--lam: 'x'"), (["--lam", "1,nan"], "finite"),
+                        (["--lam", "1,1"], "twice"), (["--seeds", "3"], "nothing to sweep"),
+                        (["--lam", "1,2", "--lam=3,4"], "given twice")):
+        with pytest.raises(ValueError, match=words):
+            split_grid(argv)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--strategy", "none", "--lam", "1,10"], "the point lam=1: train.lam"),
+    (["--strategy", "ewc", "--lam", "1,10", "--select-on", "1"], "must be held out"),
+    (["--strategy", "ewc", "--lam", "1,10", "--select-on", "a"], "--select-on must be"),
+    (["--strategy", "ewc", "--feedback-weight", "0.1,0.2"], "--feedback-weight is not used"),
+    (["--strategy", "ewc", "--discount", "0.9,0.99"], "--discount is not used"),
+    (["--strategy", "ewc", "--lam", "1,10", "--metric", "accuracy"], "metric must be one of"),
+    (["--strategy", "ewc", "--lam", "1,10", "--boundaries", "detect"], "known boundaries"),
+    (["--strategy", "ewc"], "nothing to sweep"),
+])
+def test_refusals_are_one_line_and_touch_nothing(argv, words, tmp_path):
+    out = str(tmp_path / "never")
+    with pytest.raises(SystemExit) as err:
+        main(["sweep", "--preset", "tiny-digits", "--out", out, "--quiet"] + argv)
+    assert str(err.value).startswith("clloop sweep: ") and words in str(err.value)
+    assert "\n" not in str(err.value) and not os.path.exists(out)
+
+
+@pytest.mark.slow
+def test_held_out_choice_equals_the_mnist_tuning(tmp_path):
+    """``clloop sweep`` with a held-out seed chooses the strength ``experiments/mnist.py --tune`` chose (split MNIST,
+    task-incremental, EWC, 100 updates per task, held-out seed 100), with the same held-out accuracies up to the
+    rounding of a differently batched program."""
+    tuned = json.load(open(os.path.join(os.path.dirname(__file__), "..", "experiments", "results",
+                                        "mnist_tune.json")))["split/task"]
+    assert tuned["updates"] == 100
+    out = str(tmp_path / "lam")
+    main(["sweep", "--preset", "split-mnist", "--strategy", "ewc", "--scenario", "task", "--episodes-per-task", "100",
+          "--lam", "10,100,1000,10000", "--select-on", "100", "--seeds", "1", "--out", out, "--quiet"])
+    saved = json.load(open(os.path.join(out, "sweep.json")))
+    ours = {p["values"]["lam"]: p["held_out"][0] for p in saved["points"]}
+    theirs = {float(k): v for k, v in tuned["ewc"].items()}
+    assert saved["best"]["values"]["lam"] == max(theirs, key=theirs.get) == 10000.0
+    assert ours == pytest.approx(theirs, abs=5e-3)
