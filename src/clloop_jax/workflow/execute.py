@@ -17,6 +17,7 @@ from clloop_jax.run.errors import NonFiniteError, check_finite
 from clloop_jax.run.sequential import Run, RunResults
 from clloop_jax.workflow.runs import RunFolder
 from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
+from clloop_jax.workflow.trackers import Trackers
 
 __all__ = ["execute", "execute_taskfree", "RunInterrupted", "resume_command",
            "check_memory", "unmoved", "not_learned_text"]
@@ -99,7 +100,7 @@ class _StopOnSignals:
 
 
 def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None,
-            progress: Optional[Callable] = None, label: str = "run", devices=None) -> RunResults:
+            progress: Optional[Callable] = None, label: str = "run", devices=None, trackers=()) -> RunResults:
     """Runs ``run`` for every seed at once (``jax.vmap``), one task at a time: checkpoints after every task, resumes
     from the folder's last complete checkpoint when ``folder.resume``, raises :class:`NonFiniteError` (naming seed,
     task and episode) as soon as a task's updates became non-finite, before anything of that task is written.
@@ -121,14 +122,21 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
 
     Returns ``(final_state, RunResults)``, results with a leading seed axis; writes the folder's result files and
     plots when done. ``progress(task_done, num_tasks)`` is called after each task.
+
+    ``trackers`` (:mod:`clloop_jax.workflow.trackers`, from ``open_trackers``) mirror the run live: started once
+    the configuration is written, given each task once its checkpoint is written, the summary at the end, and
+    closed however the run ends. A resumed run logs from the first task it runs, not the restored ones: a resumed
+    TensorBoard run shows the interrupted run's tasks from its event file and the rest from a new one in the same
+    folder, on the same steps.
     """
     seeds = [int(s) for s in seeds]
     mesh = None if devices is None else tuple(batch_mesh(devices).devices.flat)
     check_memory(run, hp, seeds, config, mesh)   # before the folder is locked (and made)
     if folder is None:
-        return _execute(run, hp, seeds, None, config, progress, label, mesh, None)
-    with folder, _StopOnSignals(run.source.num_tasks, folder.path) as stop:
-        return _execute(run, hp, seeds, folder, config, progress, label, mesh, stop)
+        with Trackers(trackers) as group:
+            return _execute(run, hp, seeds, None, config, progress, label, mesh, None, group)
+    with folder, _StopOnSignals(run.source.num_tasks, folder.path) as stop, Trackers(trackers) as group:
+        return _execute(run, hp, seeds, folder, config, progress, label, mesh, stop, group)
 
 
 def execute_taskfree(run, hp, schedule, seeds, folder: RunFolder, config=None, label: str = "run"):
@@ -203,7 +211,7 @@ def not_learned_text(task: int, seeds, hp) -> str:
     return text + f"; the learning rate ({float(np.max(hp.learning_rate)):g}) may be too small"
 
 
-def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
+def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop, trackers):
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     T = run.source.num_tasks
     tasks = run.source.tasks
@@ -228,6 +236,7 @@ def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
             traces = [jax.tree.map(lambda x: x[i], saved["traces"]) for i in range(last + 1)]
             start = last + 1
             not_learned = folder.checkpoint_notes(last).get("not_learned", {})
+    trackers.start(config if config is not None else run.config, seeds, first_task=start)
     for task in range(start, T):
         if stop is not None:
             stop.check(task)
@@ -254,6 +263,7 @@ def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
             folder.save_checkpoint(task, {"state": state, "rows": jnp.stack(rows),
                                           "traces": jax.tree.map(lambda *x: jnp.stack(x), *traces),
                                           "baseline": baseline}, digest, notes={"not_learned": not_learned})
+        trackers.task(task, row, trace)
         if progress is not None:
             progress(task + 1, T)
     R = jnp.stack(rows, axis=1)                                              # [S, T, T]
@@ -263,4 +273,5 @@ def _execute(run, hp, seeds, folder, config, progress, label, mesh, stop):
         folder.write_results(R, baseline, {k: np.asarray(v) for k, v in stacked.items()}, seeds,
                              not_learned=[{"task": int(t) + 1, "task_index": int(t), "seeds": s,
                                         "text": not_learned_text(int(t), s, hp)} for t, s in not_learned.items()])
+    trackers.finish(R, baseline)
     return state, results
