@@ -16,7 +16,7 @@ from test_workflow import TINY
 from clloop_jax.workflow import cli
 from clloop_jax.workflow.execute import execute
 from clloop_jax.workflow.runs import RunFolder
-from clloop_jax.workflow.trackers import TensorBoardTracker, tracker_names
+from clloop_jax.workflow.trackers import TensorBoardTracker, Trackers, tracker_names
 
 pytest.importorskip("tensorboardX")
 pytest.importorskip("wandb")
@@ -194,6 +194,21 @@ def test_a_resumed_run_logs_only_the_tasks_it_runs(mirrored, tmp_path):
     before, after = tensorboard_scalars(first)[0], tensorboard_scalars(resumed)[0]
     assert sorted(after["score/task_1/mean"]) == [2]   # task 1 was restored, not logged again
     assert after["score/task_1/mean"][2] == before["score/task_1/mean"][2]   # the uninterrupted run's number
+
+
+class Failing(Recorder):
+    def close(self):
+        raise RuntimeError("the service is gone")
+
+
+def test_a_tracker_that_fails_to_close_does_not_hide_why_the_run_stopped(tmp_path, capsys):
+    other = Recorder(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt), Trackers([Failing(str(tmp_path)), other]):
+        raise KeyboardInterrupt
+    assert other.calls == [("close",)]   # the others are closed all the same
+    assert "failed to close after the run stopped: RuntimeError: the service is gone" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="the service is gone"), Trackers([Failing(str(tmp_path))]):
+        pass   # after a run that ended well, the failure is the error
 
 
 @pytest.mark.parametrize("command", ["run", "compare"])

@@ -26,6 +26,7 @@ import contextlib
 import importlib
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -168,8 +169,15 @@ class Trackers:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is None:
+            self.close()
+            return
+        try:   # the run's own error (a stop by a signal, a divergence) is the one reported, not a tracker's
+            self.close()
+        except Exception as err:  # noqa: BLE001 - said on stderr, then the run's error goes on
+            print(f"a tracker failed to close after the run stopped: {type(err).__name__}: {err}", file=sys.stderr,
+                  flush=True)
 
     def start(self, config, seeds, first_task: int = 0) -> None:
         if self.trackers:
