@@ -62,7 +62,7 @@ FLOATS = {"learning_rate": (0.0, math.inf, True), "lam": (0.0, math.inf, False),
           "feedback_weight": (0.0, math.inf, False)}
 CHOICES = {"strategy": STRATEGY_NAMES, "fisher_variant": FISHER_VARIANTS, "boundaries": BOUNDARY_MODES}
 FLAGS = {"overwrite", "resume", "quiet", "no_cache"}
-OTHERS = {"out", "devices", "world_seed", "monitors", "strategies", "memory", "max_grad_norm", "source"}
+OTHERS = {"out", "devices", "world_seed", "monitors", "strategies", "memory", "max_grad_norm", "source", "log"}
 #: Options of the parts the base experiment (the tiny world) does not use: a value is accepted only at its default
 #: (any other is refused as unused by the world), so the rule is "equals the default" for every one of them.
 UNUSED = {f.name: getattr(part, f.name) for part in (DataConfig(), GymnaxConfig()) for f in dataclasses.fields(part)}
@@ -215,6 +215,12 @@ def example(draw, command, name, tmp):
                  and all(n in STRATEGY_NAMES and (lam is None or (n in HAS_LAM and valid_number("lam", lam)))
                          for n, lam in items))
         return [opt, text], valid
+    if name == "log":   # comma-separated tracker names, each once (their packages are installed for the tests)
+        names = draw(st.lists(st.one_of(st.sampled_from(["tensorboard", "wandb", " wandb"]),
+                                        st.sampled_from(["", "tb", "TensorBoard", "mlflow"])), max_size=3))
+        text, stripped = ",".join(names), [n.strip() for n in names]
+        return [opt, text], text == "" or (set(stripped) <= {"tensorboard", "wandb"}
+                                           and len(set(stripped)) == len(stripped))
     raise AssertionError(f"{opt}: no rule says which values are valid; add one here")  # pragma: no cover
 
 

@@ -63,6 +63,9 @@ class RunArgs:
     """leave JAX's persistent compilation cache off (it is kept in ~/.cache/clloop_jax/xla or CLLOOP_JAX_CACHE_DIR)"""
     devices: Optional[int] = None
     """spread the seeds over this many devices (JAX sharding; 0 = every device); unset: the default device"""
+    log: str = ""
+    """mirror the run live to these trackers, comma-separated: tensorboard (event files in OUT/tensorboard), wandb
+    (offline in OUT/wandb unless WANDB_MODE says otherwise); the run folder stays the record"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +87,10 @@ class CompareArgs:
     """leave JAX's persistent compilation cache off (it is kept in ~/.cache/clloop_jax/xla or CLLOOP_JAX_CACHE_DIR)"""
     devices: Optional[int] = None
     """spread the seeds over this many devices (JAX sharding; 0 = every device); unset: the default device"""
+    log: str = ""
+    """mirror each strategy's run live to these trackers, comma-separated: tensorboard (event files in
+    OUT/NAME/tensorboard), wandb (offline in OUT/NAME/wandb unless WANDB_MODE says otherwise); the folders stay the
+    record"""
 
 
 def _presets_text() -> str:
@@ -149,7 +156,11 @@ def check_run(args: RunArgs):
     device count, the memory the run needs against the machine's, the folder. Returns ``(devices, folder)``; the
     folder is only checked (:class:`~clloop_jax.workflow.runs.RunFolder` creates nothing until it is locked)."""
     from clloop_jax.workflow.runs import RunFolder
+    from clloop_jax.workflow.trackers import tracker_names
     experiment = args.experiment
+    if tracker_names(args.log) and experiment.boundaries != "known":
+        raise ValueError(f"--log: a stream with hidden boundaries (--boundaries {experiment.boundaries}) is one "
+                         f"compiled program with no step between tasks to log; leave --log unset")
     experiment.train.check_strategy_options()
     devices = _devices(args.devices)
     estimate = experiment.memory_estimate()
@@ -164,6 +175,7 @@ def run_experiment(args: RunArgs, folder, devices, label: Optional[str] = None):
     import json
 
     from clloop_jax.workflow.execute import execute, execute_taskfree
+    from clloop_jax.workflow.trackers import open_trackers
     experiment = args.experiment
     label = label or experiment.train.strategy
     seeds = list(range(experiment.seeds))
@@ -179,7 +191,7 @@ def run_experiment(args: RunArgs, folder, devices, label: Optional[str] = None):
         update, bar = _progress(args.quiet, run.source.num_tasks, label)
         try:
             _, results = execute(run, hp, seeds, folder=folder, config=experiment, progress=update, label=label,
-                                 devices=devices)
+                                 devices=devices, trackers=open_trackers(args.log, folder.path))
         finally:
             if bar is not None:
                 bar.close()
@@ -266,6 +278,7 @@ def compare_command(args: CompareArgs):
     from clloop_jax import report
     from clloop_jax.strategies import get_strategy
     from clloop_jax.workflow.files import jsonable, write_atomic
+    from clloop_jax.workflow.trackers import tracker_names
     base = args.experiment
     if base.train.lam is not None:
         raise ValueError(f"--lam {base.train.lam!r}: compare takes each strategy's strength in --strategies "
@@ -279,6 +292,7 @@ def compare_command(args: CompareArgs):
     for experiment in experiments.values():  # every one checked first
         experiment.train.check_strategy_options()
     _check_compare_sizes(experiments, args.devices)
+    tracker_names(args.log)   # every tracker's package, before the first strategy runs
     if os.path.isdir(args.out) and os.listdir(args.out) and not (args.overwrite or args.resume):
         raise FileExistsError(f"the folder {args.out!r} exists and is not empty; pass --overwrite or --resume")
     results = {}
@@ -286,7 +300,8 @@ def compare_command(args: CompareArgs):
         res = run_command(RunArgs(out=os.path.join(args.out, name), experiment=experiment,
                                   overwrite=args.overwrite, resume=args.resume and os.path.exists(
                                       os.path.join(args.out, name, "config.json")),
-                                  quiet=True, no_cache=args.no_cache, devices=args.devices), label=name)
+                                  quiet=True, no_cache=args.no_cache, devices=args.devices, log=args.log),
+                          label=name)
         results[name] = (np.asarray(res.R, np.float64), np.asarray(res.baseline, np.float64))
         if not args.quiet:
             print(f"{name}: {report.cell(report.summary(*results[name])['average_performance']['values'])} "

@@ -17,6 +17,7 @@ from clloop_jax.run.errors import NonFiniteError, check_finite
 from clloop_jax.run.sequential import Run, RunResults
 from clloop_jax.workflow.runs import RunFolder
 from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
+from clloop_jax.workflow.trackers import Trackers
 
 __all__ = ["execute", "execute_taskfree", "RunInterrupted", "resume_command",
            "check_memory", "unmoved", "not_learned_text"]
@@ -101,8 +102,9 @@ class _StopOnSignals:
 
 
 def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None,
-            progress: Optional[Callable] = None, label: str = "run", devices=None, *, batched_hp: bool = False,
-            members: Optional[Sequence[str]] = None, write_results: bool = True) -> RunResults:
+            progress: Optional[Callable] = None, label: str = "run", devices=None, trackers=(), *,
+            batched_hp: bool = False, members: Optional[Sequence[str]] = None,
+            write_results: bool = True) -> RunResults:
     """Runs ``run`` for every seed at once (``jax.vmap``), one task at a time: checkpoints after every task, resumes
     from the folder's last complete checkpoint when ``folder.resume``, raises :class:`NonFiniteError` (naming seed,
     task and episode) as soon as a task's updates became non-finite, before anything of that task is written.
@@ -129,6 +131,12 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
     A sweep runs several hyperparameter sets in the same batch: with ``batched_hp``, every leaf of ``hp`` has a
     leading axis as long as ``seeds`` (member ``i`` trains with seed ``seeds[i]`` and ``hp[i]``; seeds may repeat),
     and ``members`` names each member in messages (default ``seed {s}``).
+
+    ``trackers`` (:mod:`clloop_jax.workflow.trackers`, from ``open_trackers``) mirror the run live: started once
+    the configuration is written, given each task once its checkpoint is written, the summary at the end, and
+    closed however the run ends. A resumed run logs from the first task it runs, not the restored ones: a resumed
+    TensorBoard run shows the interrupted run's tasks from its event file and the rest from a new one in the same
+    folder, on the same steps.
     """
     seeds = [int(s) for s in seeds]
     if members is not None and len(members) != len(seeds):
@@ -138,14 +146,18 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
     check_memory(run, jax.tree.map(lambda x: x[0], hp) if batched_hp else hp, seeds, config, mesh)
     how = dict(mesh=mesh, batched_hp=batched_hp, members=members)
     if folder is None:
-        return _execute(run, hp, seeds, None, config, progress, label, None, **how)[:2]
-    with folder, _StopOnSignals(run.source.num_tasks, folder.path) as stop:
-        state, results, not_learned = _execute(run, hp, seeds, folder, config, progress, label, stop, **how)
+        with Trackers(trackers) as group:
+            state, results, _ = _execute(run, hp, seeds, None, config, progress, label, None, group, **how)
+            group.finish(results.R, results.baseline)
+        return state, results
+    with folder, _StopOnSignals(run.source.num_tasks, folder.path) as stop, Trackers(trackers) as group:
+        state, results, not_learned = _execute(run, hp, seeds, folder, config, progress, label, stop, group, **how)
         if write_results:
             folder.write_results(results.R, results.baseline, {k: np.asarray(v) for k, v in results.traces.items()},
                                  seeds, not_learned=[{"task": int(t) + 1, "task_index": int(t), "seeds": s,
                                                       "text": not_learned_text(int(t), s, hp)}
                                                      for t, s in not_learned.items()])
+        group.finish(results.R, results.baseline)
     return state, results
 
 
@@ -229,7 +241,7 @@ def _member(i: int, seeds, members) -> str:
     return f"seed {seeds[i]}" if members is None else members[i]
 
 
-def _execute(run, hp, seeds, folder, config, progress, label, stop, mesh, batched_hp, members):
+def _execute(run, hp, seeds, folder, config, progress, label, stop, trackers, mesh, batched_hp, members):
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     T = run.source.num_tasks
     tasks = run.source.tasks
@@ -254,6 +266,7 @@ def _execute(run, hp, seeds, folder, config, progress, label, stop, mesh, batche
             traces = [jax.tree.map(lambda x: x[i], saved["traces"]) for i in range(last + 1)]
             start = last + 1
             not_learned = folder.checkpoint_notes(last).get("not_learned", {})
+    trackers.start(config if config is not None else run.config, seeds, first_task=start)
     for task in range(start, T):
         if stop is not None:
             stop.check(task)
@@ -281,6 +294,7 @@ def _execute(run, hp, seeds, folder, config, progress, label, stop, mesh, batche
             folder.save_checkpoint(task, {"state": state, "rows": jnp.stack(rows),
                                           "traces": jax.tree.map(lambda *x: jnp.stack(x), *traces),
                                           "baseline": baseline}, digest, notes={"not_learned": not_learned})
+        trackers.task(task, row, trace)
         if progress is not None:
             progress(task + 1, T)
     R = jnp.stack(rows, axis=1)                                              # [S, T, T]

@@ -13,6 +13,7 @@ One folder per run::
     plots/*.png        matrix.png, scores.png, divergence.png
     checkpoints/       task_{i}/ (orbax) and task_{i}.json, one per finished task (i the task's index, from 0)
     .lock              while a run writes the folder: its PID, host, start time and command (``fcntl.flock``)
+    tensorboard/ wandb/  with ``clloop run --log``: the live mirrors of :mod:`clloop_jax.workflow.trackers`
 
 Every file is written to a temporary name and renamed, and a checkpoint's ``.json`` is written only after its orbax
 folder is complete, so an interrupted run never leaves a half-written file or checkpoint: the last complete
@@ -49,7 +50,8 @@ from clloop_jax.workflow.lock import LOCK_NAME, FolderLock, RunFolderError, chec
 __all__ = ["RunFolder"]
 
 
-_RESULT_FILES = ("config.json", "seeds.json", "traces.jsonl", "summary.md", "summary.json", "plots", "checkpoints")
+_RESULT_FILES = ("config.json", "seeds.json", "traces.jsonl", "summary.md", "summary.json", "plots", "checkpoints",
+                 "tensorboard", "wandb")   # the last two: what the trackers of clloop run --log write
 
 
 _TEMP = re.compile(r"^\..+\.tmp\d+$|.+\.tmp\.png$|.+\.orbax-checkpoint-tmp.*$")
