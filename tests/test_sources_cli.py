@@ -82,6 +82,8 @@ def test_a_digits_run_resumed_after_two_tasks_equals_the_uninterrupted_one(digit
     (["--hidden-dim", "16"], "--hidden-dim 16 is not used with --source digits"),
     (["--source", "world", "--num-tasks", "2"], "--mlp-hidden (32,)"),
     (["--strategy", "ewc", "--memory", "100"], "train.memory (--memory 100) is used only by the rehearsal strategies"),
+    (["--strategy", "lwf", "--memory-batch", "8"], "train.memory_batch (--memory-batch 8) is used only by the rehearsal"),
+    (["--strategy", "replay", "--memory-batch", "0"], "train.memory_batch must be an integer >= 1, got 0"),
     (["--stream", "spiral"], "data.stream must be one of ['split', 'permuted'], got 'spiral'"),
     (["--scenario", "joint"], "data.scenario must be one of ['task', 'domain', 'class'], got 'joint'"),
     (["--mlp-hidden", "0"], "data.mlp_hidden must be an integer >= 1, got 0"),
@@ -119,6 +121,21 @@ def test_a_missing_data_package_is_one_line_naming_the_install(monkeypatch, tmp_
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     code, said = run(tmp_path / "out", capsys=capsys)
     assert code == 2 and "load_digits_data needs the scikit-learn package" in said and "pip install" in said
+
+
+def test_memory_and_memory_batch_reach_the_rehearsal_strategy():
+    from clloop_jax.workflow.settings import TrainConfig
+
+    def sizes(train):   # the memory's size and the samples drawn per update, as the strategy's hooks hold them
+        strategy = train.strategy_value()
+        hooks = (strategy.replay_loss or strategy.project).__self__
+        return hooks.capacity, hooks.batch_size
+
+    for name, default_batch in (("replay", 32), ("agem", 64), ("derpp", 32)):
+        assert TrainConfig(strategy=name).strategy_value() == name              # unset: the strategy's defaults
+        assert sizes(TrainConfig(strategy=name, memory=200, memory_batch=128)) == (200, 128)
+        assert sizes(TrainConfig(strategy=name, memory_batch=16)) == (500, 16)
+        assert sizes(TrainConfig(strategy=name, memory=300)) == (300, default_batch)
 
 
 def test_presets_of_benchmarks_are_described_and_valid():

@@ -261,10 +261,10 @@ def _share(experiments: dict, option: str, takes, who: str, quiet: bool) -> dict
         return experiments
     takers = [name for name in experiments if takes(name)]
     if not takers:
-        raise ValueError(f"--{option} {value!r} is used by none of the strategies {', '.join(experiments)} ({who}); "
+        raise ValueError(f"--{option.replace('_', '-')} {value!r} is used by none of the strategies {', '.join(experiments)} ({who}); "
                          f"leave it unset")
     if not quiet and len(takers) < len(experiments):
-        print(f"--{option} {value:g} applies to {', '.join(takers)} only (the others have no {option})", flush=True)
+        print(f"--{option.replace('_', '-')} {value:g} applies to {', '.join(takers)} only (the others have no {option})", flush=True)
     return {name: e if name in takers else dataclasses.replace(e, train=dataclasses.replace(e.train, **{option: None}))
             for name, e in experiments.items()}
 
@@ -287,8 +287,9 @@ def compare_command(args: CompareArgs):
     # one --gamma or --memory for every strategy: it reaches those that have one
     experiments = _share(experiments, "gamma", lambda name: "gamma" in get_strategy(name).hparams._fields,
                          "online_ewc and ewc_budget have it", args.quiet)
-    experiments = _share(experiments, "memory", lambda name: name in MEMORY_STRATEGIES,
-                         f"{', '.join(MEMORY_STRATEGIES)} have one", args.quiet)
+    for option in ("memory", "memory_batch"):
+        experiments = _share(experiments, option, lambda name: name in MEMORY_STRATEGIES,
+                             f"{', '.join(MEMORY_STRATEGIES)} have one", args.quiet)
     for experiment in experiments.values():  # every one checked first
         experiment.train.check_strategy_options()
     _check_compare_sizes(experiments, args.devices)

@@ -319,6 +319,9 @@ class TrainConfig:
     """measurements recorded during training: parameter, fisher, functional (none: pass no names)"""
     memory: Optional[int] = None
     """rehearsal memory in samples (>= 1), for replay, agem and derpp (refused for the others); unset: 500"""
+    memory_batch: Optional[int] = None
+    """memory samples drawn per update (>= 1), for replay, agem and derpp (refused for the others); unset: 32 (replay,
+    derpp) or 64 (agem)"""
     max_grad_norm: Optional[float] = 1.0
     """clip the gradient to this global norm before each update (> 0); None: no clipping"""
 
@@ -345,8 +348,9 @@ class TrainConfig:
             raise TypeError(f"train.monitors must be a tuple of monitor names, got {self.monitors!r}")
         object.__setattr__(self, "monitors", tuple(self.monitors))
         _check_monitor_names(self.monitors)
-        if self.memory is not None:
-            count_setting("train", "memory", self.memory)
+        for name in ("memory", "memory_batch"):
+            if getattr(self, name) is not None:
+                count_setting("train", name, getattr(self, name))
         if self.max_grad_norm is not None:
             _number("train", "max_grad_norm", self.max_grad_norm, 0, open_low=True)
 
@@ -361,20 +365,24 @@ class TrainConfig:
         return DEFAULT_GAMMA if self.gamma is None else self.gamma
 
     def strategy_value(self):
-        """The strategy as the run takes it: its name, or the rehearsal strategy built with ``memory`` samples."""
-        if self.memory is None:
+        """The strategy as the run takes it: its name, or the rehearsal strategy built with ``memory`` samples and
+        ``memory_batch`` of them per update."""
+        sizes = {k: v for k, v in (("capacity", self.memory), ("batch_size", self.memory_batch)) if v is not None}
+        if not sizes:
             return self.strategy
         from clloop_jax.strategies import get_strategy
-        return get_strategy(self.strategy, capacity=self.memory)
+        return get_strategy(self.strategy, **sizes)
 
     def check_strategy_options(self) -> None:
         """``ValueError`` when ``lam`` or ``gamma`` is set and the strategy has no such hyperparameter (it would be
         recorded as if used). Looks the strategy up in the registry, which imports JAX."""
         from clloop_jax.strategies import get_strategy
         fields = get_strategy(self.strategy).hparams._fields
-        if self.memory is not None and self.strategy not in MEMORY_STRATEGIES:
-            raise ValueError(f"train.memory (--memory {self.memory!r}) is used only by the rehearsal strategies "
-                             f"{', '.join(MEMORY_STRATEGIES)}, not by {self.strategy!r}; leave it unset")
+        for name in ("memory", "memory_batch"):
+            if getattr(self, name) is not None and self.strategy not in MEMORY_STRATEGIES:
+                raise ValueError(f"train.{name} (--{name.replace('_', '-')} {getattr(self, name)!r}) is used only by "
+                                 f"the rehearsal strategies {', '.join(MEMORY_STRATEGIES)}, not by {self.strategy!r}; "
+                                 f"leave it unset")
         for name in ("lam", "gamma"):
             if getattr(self, name) is not None and name not in fields:
                 has = ", ".join(f for f in ("lam", "gamma") if f in fields)
