@@ -10,10 +10,17 @@ MLP 400-400, Adam, batches of 128, ``--updates`` per task, all seeds in one comp
 * ``split/domain``: the same tasks on one two-way head (even or odd position in the pair);
 * ``permuted/domain``: five tasks, each a fixed permutation of the 784 pixels, one ten-way head.
 
-Replay, A-GEM and DER++ keep a memory of 500 images; the Fisher is the sampled one (one label draw per image, 256
-images per task). Penalty strengths: ``--tune`` sweeps each penalty's grid on a held-out seed (100, not among the
-reported seeds 0..S-1) and writes ``experiments/results/mnist_tune.json``; the table uses the best value found there
-for its scenario, or the split-digits choice (``LAMBDA``) where the scenario was not tuned::
+Replay, A-GEM and DER++ keep a memory of 500 images (128, 256 and 128 of them drawn per update); the Fisher is the
+sampled one (one label draw per image, 256 images per task). Penalty strengths: ``--tune`` sweeps each penalty's grid
+(``clloop sweep``'s :func:`~clloop_jax.workflow.sweep.run_sweep`) with a held-out seed (100, not among the reported
+seeds 0..S-1) and writes ``experiments/results/mnist_tune.json``; the table uses the best value found there for its
+scenario, or the split-digits choice (``LAMBDA``) where the scenario was not tuned.
+
+Every strategy's run is an :class:`~clloop_jax.workflow.experiment.ExperimentConfig` trained into a run folder
+(``runs/mnist/<stream>_<scenario>_<updates>/<strategy>``, ``--runs`` to move them; each is what ``clloop run --config
+FOLDER/config.json`` trains), so an interrupted study resumes where it stopped, and a finished folder is read instead
+of trained again: run on finished folders, the script only regenerates the tables from them. The joint bound (every
+task's data at once) is the one number computed outside a run folder::
 
     python experiments/mnist.py                          # class-incremental, 5 seeds, 300 updates; ~15 min, 2 cores
     python experiments/mnist.py --scenario all --updates 100            # the four scenarios
@@ -32,25 +39,25 @@ import time
 import jax
 import numpy as np
 
-from clloop_jax.data.loaders import load_mnist
-from clloop_jax.data.streams import permuted_stream, split_stream
-from clloop_jax.metrics import average_performance
-from clloop_jax.model import MLP
 from clloop_jax.report import cell, paired_table, summary_table
-from clloop_jax.run.config import RunConfig
 from clloop_jax.run.joint import make_joint_run
 from clloop_jax.run.sequential import make_run
-from clloop_jax.sources.supervised import SupervisedSource
-from clloop_jax.strategies import agem, derpp, get_strategy, replay
 from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.execute import run_or_read
+from clloop_jax.workflow.experiment import ExperimentConfig
 from clloop_jax.workflow.files import jsonable, write_atomic
+from clloop_jax.workflow.runs import RunFolder
+from clloop_jax.workflow.settings import MEMORY_STRATEGIES, DataConfig, TrainConfig
+from clloop_jax.workflow.sweep import SweepConfig, run_sweep
 
 #: Strengths chosen on split digits, class-incremental (experiments/scenarios.py): the fallback where a scenario
 #: has no entry in mnist_tune.json.
 LAMBDA = {"ewc": 1000.0, "online_ewc": 1000.0, "si": 100.0}
 MEMORY = 500
+#: Memory samples drawn per update.
+MEMORY_BATCH = {"replay": 128, "agem": 256, "derpp": 128}
 SCENARIOS = ("split/class", "split/task", "split/domain", "permuted/domain")
-#: Grids swept by --tune on the held-out seed (vmapped: one compilation per strategy and scenario).
+#: Grids swept by --tune on the held-out seed (one program per strategy and scenario).
 TUNE_GRID = {"ewc": (10.0, 100.0, 1e3, 1e4), "online_ewc": (10.0, 100.0, 1e3, 1e4), "si": (1.0, 10.0, 100.0, 1e3)}
 TUNE_SEED = 100
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -65,42 +72,29 @@ PUBLISHED = {
 }
 
 
-def strategy_for(name: str):
-    if name == "replay":
-        return replay(capacity=MEMORY, batch_size=128)
-    if name == "agem":
-        return agem(capacity=MEMORY, batch_size=256)
-    if name == "derpp":
-        return derpp(capacity=MEMORY, batch_size=128)
-    return get_strategy(name)
+def experiment_for(scenario: str, name: str, updates: int, seeds: int, lam=None) -> ExperimentConfig:
+    """The study's configuration of strategy ``name``: MNIST, MLP 400-400, Adam 1e-3, batches of 128, no clipping,
+    no monitors; ``lam`` (default: the tuned strength) for the penalties, the memory for rehearsal."""
+    stream, setting = scenario.split("/")
+    rehearsal = name in MEMORY_STRATEGIES
+    if lam is None and name in LAMBDA:
+        lam = tuned_lambda(scenario, name)
+    train = TrainConfig(strategy=name, episodes_per_task=updates, learning_rate=1e-3, lam=lam, monitors=(),
+                        max_grad_norm=None, memory=MEMORY if rehearsal else None,
+                        memory_batch=MEMORY_BATCH[name] if rehearsal else None)
+    data = DataConfig(stream=stream, scenario=setting, mlp_hidden=(400, 400), batch_size=128, fisher_size=256)
+    return ExperimentConfig(source="mnist", data=data, train=train, seeds=seeds)
 
 
-def make_source(scenario: str) -> SupervisedSource:
-    x, y, x_test, y_test = load_mnist()
-    kind, setting = scenario.split("/")
-    if kind == "split":
-        stream = split_stream(x, y, classes_per_task=2, seed=0, x_test=x_test, y_test=y_test, scenario=setting)
-    else:
-        stream = permuted_stream(x, y, 5, seed=0, x_test=x_test, y_test=y_test, scenario=setting)
-    return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(400, 400)), stream, batch_size=128,
-                            fisher_size=256)
-
-
-def run_config(name: str, updates: int) -> RunConfig:
-    return RunConfig(strategy=strategy_for(name), episodes_per_task=updates, monitors=(), max_grad_norm=None)
-
-
-def tune(scenario: str, updates: int) -> dict:
+def tune(scenario: str, updates: int, runs: str) -> dict:
     """ACC of every grid value of every penalty on the held-out seed: ``{strategy: {lambda: acc}}``."""
-    source = make_source(scenario)
     out = {}
     for name, grid in TUNE_GRID.items():
-        run = make_run(run_config(name, updates), source)
-        hp = run.hparams(learning_rate=1e-3).replace(lam=jax.numpy.asarray(grid))
-        _, res = jax.jit(jax.vmap(run, in_axes=(None, hp.axes("lam"))))(jax.random.key(TUNE_SEED), hp)
-        acc = np.asarray(average_performance(np.asarray(res.R, np.float64)))
-        out[name] = dict(zip(map(float, grid), map(float, acc)))
-        print(f"{scenario} {name}: " + "  ".join(f"{g:g}:{a:.3f}" for g, a in zip(grid, acc)), flush=True)
+        sweep = SweepConfig(experiment_for(scenario, name, updates, seeds=1, lam=grid[0]), (("lam", grid),),
+                            select_on=(TUNE_SEED,))
+        res = run_sweep(sweep, RunFolder(os.path.join(runs, f"tune_{name}"), overwrite=True))
+        out[name] = {float(point["lam"]): float(acc[0]) for point, acc in zip(res.points, res.held_out)}
+        print(f"{scenario} {name}: " + "  ".join(f"{g:g}:{a:.3f}" for g, a in out[name].items()), flush=True)
     return out
 
 
@@ -123,6 +117,7 @@ def main(argv=None):
     p.add_argument("--tune", action="store_true", help="sweep the penalties' strengths on the held-out seed")
     p.add_argument("--no-joint", action="store_true")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--runs", default="runs/mnist", help="where the run folders are (default runs/mnist)")
     p.add_argument("--out", default=None, help="output stem (default experiments/results/mnist[_<scenario>])")
     args = p.parse_args(argv)
     enable_compilation_cache(enabled=not args.no_cache)
@@ -131,7 +126,7 @@ def main(argv=None):
         path = os.path.join(RESULTS, "mnist_tune.json")
         found = json.load(open(path)) if os.path.exists(path) else {}
         for scenario in scenarios:
-            found[scenario] = tune(scenario, args.updates)
+            found[scenario] = tune(scenario, args.updates, runs_for(args, scenario))
             found[scenario]["updates"] = args.updates
             write_atomic(path, json.dumps(found, indent=1) + "\n")
         return
@@ -141,29 +136,31 @@ def main(argv=None):
         table_for(scenario, args, stem)
 
 
+def runs_for(args, scenario: str) -> str:
+    return os.path.join(args.runs, f"{scenario.replace('/', '_')}_{args.updates}")
+
+
 def table_for(scenario: str, args, stem: str) -> None:
-    source = make_source(scenario)
-    keys = jax.random.split(jax.random.key(0), args.seeds)
-    results, extra, seconds = {}, {}, {}
-    lambdas = {name: tuned_lambda(scenario, name) for name in LAMBDA}
+    results, extra, seconds, folders = {}, {}, {}, {}
     for name in args.strategies.split(","):
-        run = make_run(run_config(name, args.updates), source)
-        values = {"lam": lambdas[name]} if name in lambdas else {}
-        hp = run.hparams(learning_rate=1e-3, **values)
+        experiment = experiment_for(scenario, name, args.updates, args.seeds)
+        folders[name] = os.path.join(runs_for(args, scenario), name)
         t0 = time.perf_counter()
-        _, res = jax.jit(jax.vmap(run, in_axes=(0, None)))(keys, hp)
-        results[name] = (np.asarray(res.R, np.float64), np.asarray(res.baseline, np.float64))
-        seconds[name] = time.perf_counter() - t0  # compilation included
-        memory = f"{MEMORY} images" if name in ("replay", "agem", "derpp") else "-"
-        extra[name] = {"lambda": f"{lambdas[name]:g}" if name in lambdas else "-", "memory": memory,
+        results[name] = run_or_read(experiment, folders[name], name)
+        seconds[name] = time.perf_counter() - t0  # compilation included; ~0 for a folder read back
+        lam = experiment.train.lam
+        extra[name] = {"lambda": f"{lam:g}" if lam is not None else "-",
+                       "memory": f"{MEMORY} images" if name in MEMORY_STRATEGIES else "-",
                        "published ACC (%)": PUBLISHED.get(scenario, {}).get(name, "-")}
         print(f"{name:>10}: final average accuracy {cell(results[name][0][:, -1].mean(axis=1))}  "
-              f"[{seconds[name]:.0f} s]", flush=True)
+              f"[{seconds[name]:.0f} s, {folders[name]}]", flush=True)
     joint = None
     if not args.no_joint:
-        config = run_config("none", args.updates)
-        joint_fn = make_joint_run(config, source.joint())
-        hp = make_run(config, source.joint()).hparams(learning_rate=1e-3)
+        experiment = experiment_for(scenario, "none", args.updates, args.seeds)
+        source = experiment.make_source().joint()
+        joint_fn = make_joint_run(experiment.run_config(), source)
+        hp = make_run(experiment.run_config(), source).hparams(learning_rate=experiment.train.learning_rate)
+        keys = jax.vmap(jax.random.key)(np.arange(args.seeds, dtype=np.uint32))   # the folders' seeds
         joint = np.asarray(jax.jit(jax.vmap(joint_fn, in_axes=(0, None)))(keys, hp), np.float64)
         print(f"{'joint':>10}: average accuracy {cell(joint.mean(axis=1))}", flush=True)
 
@@ -172,9 +169,10 @@ def table_for(scenario: str, args, stem: str) -> None:
             "(5 tasks of 2 digits on one two-way head", "permuted/domain": "Domain-incremental permuted MNIST (5 "
             "pixel permutations, one ten-way head"}[scenario]
     lines = [f"{what}; 4,000 training / 1,000 test real images), MLP 400-400, Adam 1e-3, batch 128, {args.updates} "
-             f"updates per task, {args.seeds} seeds; mean ± 95% t interval over seeds. Penalty strengths: the best "
-             f"on held-out seed {TUNE_SEED} (mnist_tune.json) where tuned. Published numbers: van de Ven & Tolias "
-             f"2019 (60,000 images, 2,000 updates per task).", "", summary_table(results, extra=extra)]
+             f"updates per task, seeds 0-{args.seeds - 1}; mean ± 95% t interval over seeds. Penalty strengths: the "
+             f"best on held-out seed {TUNE_SEED} (mnist_tune.json) where tuned. Published numbers: van de Ven & "
+             f"Tolias 2019 (60,000 images, 2,000 updates per task). Made from the run folders in "
+             f"{runs_for(args, scenario)}/.", "", summary_table(results, extra=extra)]
     if joint is not None:
         lines.append(f"| joint (upper bound) | - | - | - | {cell(joint.mean(axis=1))} | - | - | - | - |")
     if "none" in results and len(results) > 1:
@@ -183,7 +181,8 @@ def table_for(scenario: str, args, stem: str) -> None:
     print(text)
     write_atomic(stem + ".md", text + "\n")
     write_atomic(stem + ".json", json.dumps(jsonable(
-        {"settings": {**vars(args), "scenario": scenario, "lambdas": lambdas}, "seconds": seconds,
+        {"settings": {**vars(args), "scenario": scenario}, "seconds": seconds, "folders": folders,
+         "configs": {n: experiment_for(scenario, n, args.updates, args.seeds) for n in results},
          "device": str(jax.devices()[0]), "joint": None if joint is None else joint.tolist(),
          "strategies": {n: {"R": r[0].tolist(), "baseline": r[1].tolist()} for n, r in results.items()}}),
         indent=1) + "\n")

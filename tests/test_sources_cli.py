@@ -266,3 +266,19 @@ def test_hidden_switches_run_on_the_default_device_and_say_so_for_devices(tmp_pa
     code, said = run(tmp_path / "tf", "--boundaries", "oracle", "--devices", "1")
     assert code == 2 and "--devices: a stream with hidden boundaries (--boundaries oracle) runs on the default" in said
     assert not (tmp_path / "tf").exists()
+
+
+def test_run_or_read_reads_a_finished_folder_and_refuses_another_configuration(digits_run, tmp_path, monkeypatch):
+    from clloop_jax.workflow.execute import run_or_read
+    from clloop_jax.workflow.files import CheckpointError
+    copy = tmp_path / "copy"
+    shutil.copytree(digits_run, copy)
+    monkeypatch.setattr(ExperimentConfig, "build", lambda self: pytest.fail("a finished folder is trained again"))
+    R, baseline = run_or_read(PRESETS["tiny-digits"], str(copy))
+    for seed in range(PRESETS["tiny-digits"].seeds):
+        np.testing.assert_array_equal(R[seed], matrix(copy, seed)[1:])
+        np.testing.assert_array_equal(baseline[seed], matrix(copy, seed)[0])
+    monkeypatch.undo()
+    other = dataclasses.replace(PRESETS["tiny-digits"], seeds=1)
+    with pytest.raises(CheckpointError, match="holds a run of another configuration"):
+        run_or_read(other, str(copy))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import signal
 import sys
@@ -20,7 +21,7 @@ from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
 from clloop_jax.workflow.trackers import Trackers
 
 __all__ = ["execute", "execute_taskfree", "RunInterrupted", "resume_command",
-           "check_memory", "unmoved", "not_learned_text"]
+           "check_memory", "unmoved", "not_learned_text", "run_or_read"]
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -159,6 +160,29 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
                                                      for t, s in not_learned.items()])
         group.finish(results.R, results.baseline)
     return state, results
+
+
+def run_or_read(experiment, path: str, label: Optional[str] = None):
+    """``(R [S, T, T], baseline [S, T])`` of ``experiment``'s run (an
+    :class:`~clloop_jax.workflow.experiment.ExperimentConfig` with known task boundaries) in the folder ``path``:
+    trained there first unless the folder already holds that run finished (resumed from its last checkpoint when it
+    was interrupted; a folder of another configuration is refused), then read from the folder's files, so that a
+    table made right after training equals one made later from the folders. What experiment scripts build their
+    tables from."""
+    import json
+
+    from clloop_jax.workflow.files import config_hash
+    folder = RunFolder(path, resume=os.path.isdir(path))
+    finished = os.path.isfile(folder.file("summary.json"))
+    if finished:
+        with open(folder.file("config.json")) as f:
+            finished = json.load(f).get("config_hash") == config_hash(experiment)
+    if not finished:
+        run, hp = experiment.build()
+        execute(run, hp, range(experiment.seeds), folder=folder, config=experiment,
+                label=label or experiment.train.strategy)
+    R, baseline, _ = folder.read_results()
+    return R, baseline
 
 
 def execute_taskfree(run, hp, schedule, seeds, folder: RunFolder, config=None, label: str = "run"):

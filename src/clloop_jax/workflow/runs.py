@@ -397,6 +397,17 @@ class RunFolder:
         return [np.asarray(restored[f"leaf_{i:05d}"]) for i in range(len(target))]
 
     # ----- results -----------------------------------------------------------------------------------------
+    def read_results(self):
+        """``(R [S, T, T], baseline [S, T], seeds)`` of the finished run the folder holds, from its ``R_seed*.csv``
+        (six decimals); ``FileNotFoundError`` naming the folder when the run has not finished."""
+        if not os.path.isfile(self.file("summary.json")):
+            raise FileNotFoundError(f"{self.path!r} holds no finished run (no summary.json)")
+        with open(self.file("seeds.json")) as f:
+            seeds = [int(s) for s in json.load(f)]
+        tables = [np.array([[float(v) for v in row[1:]] for row in list(csv.reader(open(self.file(
+            f"R_seed{s}.csv"))))[1:]]) for s in seeds]
+        return np.stack([t[1:] for t in tables]), np.stack([t[0] for t in tables]), seeds
+
     def write_results(self, R, baseline, traces: Dict[str, np.ndarray], seeds, not_learned=()) -> None:
         """``traces.jsonl``, ``R_seed{k}.csv`` (baseline first), ``summary.md`` / ``summary.json`` and the plots.
         ``not_learned``: one record per task some seeds did not learn (``task`` numbered from 1, ``task_index``,
