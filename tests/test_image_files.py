@@ -86,9 +86,10 @@ def write_idx_set(folder, n_train=5, n_test=3, gz=False):
     return arrays
 
 
-def test_load_idx_dataset_plain_gz_and_torchvision_layout(tmp_path):
+def test_load_idx_dataset_plain_gz_and_torchvision_layout(tmp_path, monkeypatch):
     arrays = write_idx_set(tmp_path / "plain")
-    out = F.load_idx_dataset(tmp_path / "plain")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = F.load_idx_dataset("~/plain")
     assert [a.dtype for a in out] == [np.uint8, np.int32, np.uint8, np.int32]
     for got, want in zip(out, arrays):
         np.testing.assert_array_equal(got, want)

@@ -11,6 +11,7 @@
 
 Images come out as uint8 (``[N, H, W]`` for IDX, ``[N, H, W, 3]`` RGB for the others), labels as int32; scaling,
 flattening and splitting are left to the caller (e.g. ``x.reshape(len(x), -1) / 255.0`` for the task streams).
+Paths are ``str`` or ``os.PathLike`` and may start with ``~``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
 
 
+def _path(name: str, value) -> str:
+    """A path argument as a ``str``, with ``~`` expanded."""
+    return os.path.expanduser(os.fspath(check_path(name, value)))
+
+
 def _read_file(path: str) -> bytes:
     """The bytes of ``path``, decompressed when its name ends in ``.gz``; a damaged archive is a ValueError."""
     if not path.endswith(".gz"):
@@ -65,7 +71,7 @@ def read_idx(path) -> np.ndarray:
     array is returned in native byte order. Raises ``ValueError`` naming the file for a wrong magic number, a
     truncated header or data, and data longer than the sizes say; ``FileNotFoundError`` when it does not exist.
     """
-    path = os.fspath(check_path("path", path))
+    path = _path("path", path)
     raw = _read_file(path)
     if len(raw) < 4:
         raise ValueError(f"{path}: truncated IDX file: {len(raw)} bytes, shorter than the 4-byte magic number")
@@ -114,7 +120,7 @@ def load_idx_dataset(directory, name: str = "mnist") -> Tuple[np.ndarray, np.nda
     torchvision's ``directory/<MNIST|FashionMNIST|KMNIST>/raw``; ``FileNotFoundError`` lists what was looked for.
     Images must be uint8 ``[N, H, W]`` and labels ``[N]``, the same ``N`` (``ValueError`` naming the file otherwise).
     """
-    directory = os.fspath(check_path("directory", directory))
+    directory = _path("directory", directory)
     check_choice("name", name, tuple(_TORCHVISION_FOLDERS))
     paths = _find_idx(directory, name)
     out = []
@@ -200,7 +206,7 @@ def load_cifar(directory, which: int = 10, label: str = "fine"
     The batches are pickles; they are read with an unpickler that constructs nothing but NumPy arrays, and a file
     that names any other class or function is refused with a ``ValueError`` naming it, before anything runs.
     """
-    directory = os.fspath(check_path("directory", directory))
+    directory = _path("directory", directory)
     which = check_choice("which", check_int("which", which), (10, 100))
     check_choice("label", label, ("fine", "coarse"))
     if which == 10 and label != "fine":
@@ -276,7 +282,7 @@ def load_image_folder(directory, size=None, split: Optional[str] = None
     width)``, when given; with ``size=None`` all images must have one size (``ValueError`` naming the first that
     differs). ``ValueError`` for a folder or class without images.
     """
-    directory = os.fspath(check_path("directory", directory))
+    directory = _path("directory", directory)
     if size is not None:
         size = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
         if len(size) != 2:
@@ -421,7 +427,7 @@ def download(name: str, directory, progress: bool = True) -> List[str]:
     files by hand into ``directory`` instead.
     """
     check_choice("name", name, tuple(DOWNLOADS))
-    directory = os.fspath(check_path("directory", directory))
+    directory = _path("directory", directory)
     check_bool("progress", progress)
     os.makedirs(directory, exist_ok=True)
     paths = []
