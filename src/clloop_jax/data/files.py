@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import struct
@@ -84,7 +85,7 @@ def read_idx(path) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX file: {len(raw)} bytes, the header of {ndim} sizes needs {start}")
     shape = struct.unpack(f">{ndim}I", raw[4:start])
     dtype = np.dtype(IDX_DTYPES[raw[2]])
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # exact: no int64 overflow on absurd sizes
     need = count * dtype.itemsize
     have = len(raw) - start
     if have < need:
@@ -421,10 +422,10 @@ def download(name: str, directory, progress: bool = True) -> List[str]:
     A file already in ``directory`` whose sha256 matches (or whose hash is not known) is kept. Each download goes
     to a temporary file in ``directory``, is checked against its sha256 and only then renamed to its name, so an
     interrupted or wrong download leaves no file under that name (``ValueError`` for a wrong hash). Archives
-    (CIFAR's ``.tar.gz``, TinyImageNet's ``.zip``) are unpacked next to themselves, for :func:`load_cifar` and
-    :func:`load_image_folder`; the IDX ``.gz`` files are read as they are. A ``tqdm`` bar shows the progress
-    (``progress=False`` hides it). Without a network it raises ``ConnectionError`` naming the URL: download the
-    files by hand into ``directory`` instead.
+    (CIFAR's ``.tar.gz``, TinyImageNet's ``.zip``) are unpacked next to themselves right after their download, for
+    :func:`load_cifar` and :func:`load_image_folder`; the IDX ``.gz`` files are read as they are. A ``tqdm`` bar
+    shows the progress (``progress=False`` hides it). Without a network it raises ``ConnectionError`` naming the
+    URL: download the files by hand into ``directory`` instead.
     """
     check_choice("name", name, tuple(DOWNLOADS))
     directory = _path("directory", directory)
