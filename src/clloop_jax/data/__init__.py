@@ -1,11 +1,16 @@
-"""Labelled datasets (no network) and the continual-learning task streams over them.
+"""Labelled datasets (no network), readers of the standard image files on disk, and the continual-learning task
+streams over them.
 """
 
 from clloop_jax.data.loaders import (load_digits_data, load_mnist1d, load_mnist, MNIST_TEST_PER_CLASS, load_dataset,
                                      train_test_split)  # noqa: F401
+from clloop_jax.data.files import (read_idx, load_idx_dataset, IDX_FILES, load_cifar, load_image_folder,
+                                   IMAGE_EXTENSIONS, DOWNLOADS, download)  # noqa: F401
 from clloop_jax.data.streams import (SCENARIOS, MASK_VALUE, TaskStream, permuted_stream, split_stream, masked_logits,
                                      masked_cross_entropy, accuracy)  # noqa: F401
 
 __all__ = ["load_digits_data", "load_mnist1d", "load_mnist", "MNIST_TEST_PER_CLASS", "load_dataset", "train_test_split",
+           "read_idx", "load_idx_dataset", "IDX_FILES", "load_cifar", "load_image_folder", "IMAGE_EXTENSIONS",
+           "DOWNLOADS", "download",
            "SCENARIOS", "MASK_VALUE", "TaskStream", "permuted_stream", "split_stream", "masked_logits",
            "masked_cross_entropy", "accuracy"]

