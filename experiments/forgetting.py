@@ -1,9 +1,12 @@
 """Forgetting in the closed loop: fine-tuning vs EWC, online EWC and the other penalties, over many seeds.
 
 The agent (the default ``CrossModalModel``) learns the default world's tasks one after another, imitating each
-task's expert along its own trajectories. Every strategy runs all seeds at once (``jax.vmap`` over run keys, one
-compilation per strategy); the multi-task joint run is the upper bound. Prints, and writes as markdown and JSON, the
-mean and 95% Student t interval over seeds of each metric, and the mean performance matrix of each strategy::
+task's expert along its own trajectories. Every strategy is an :class:`~clloop_jax.workflow.experiment.ExperimentConfig`
+(the ``default`` preset of ``clloop run``) trained over all seeds at once into a run folder
+(``runs/forgetting/<tasks>x<episodes>/<strategy>``, ``--runs`` to move them): an interrupted study resumes, a finished
+folder is read instead of trained again, and the tables are made from the folders. The multi-task joint run, the
+upper bound, is the one number computed outside a run folder. Prints, and writes as markdown and JSON, the mean and
+95% Student t interval over seeds of each metric, and the mean performance matrix of each strategy::
 
     python experiments/forgetting.py                       # 3 tasks, 5 seeds, 150 episodes per task
     python experiments/forgetting.py --seeds 2 --episodes 20 --strategies none,ewc   # a quick look
@@ -13,6 +16,7 @@ Scores are normalized per task: 1 = the task's expert, 0 = the zero action (the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -21,16 +25,14 @@ import jax
 import numpy as np
 
 from clloop_jax import metrics
-from clloop_jax.envs import Environment
-from clloop_jax.model import CrossModalModel
 from clloop_jax.report import cell, paired_table, summary_table
-from clloop_jax.run.config import RunConfig
 from clloop_jax.run.joint import make_joint_run
 from clloop_jax.run.sequential import make_run
-from clloop_jax.sources.world import EnvSource
+from clloop_jax.strategies import get_strategy
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.experiment import DEFAULT_LAMBDA
-from clloop_jax.workflow.files import write_atomic
+from clloop_jax.workflow.execute import run_or_read
+from clloop_jax.workflow.experiment import DEFAULT_LAMBDA, PRESETS, ExperimentConfig
+from clloop_jax.workflow.files import jsonable, write_atomic
 
 
 def parse_strategies(text: str) -> list[tuple[str, float]]:
@@ -44,12 +46,18 @@ def parse_strategies(text: str) -> list[tuple[str, float]]:
     return out
 
 
-def build(args):
-    env = Environment(observation_dim=64, action_dim=32, num_modalities=2, num_tasks=args.tasks)
-    model = CrossModalModel(input_dim=64, hidden_dim=args.hidden, output_dim=32, num_modalities=2,
-                            feedback_dim=env.feedback_dim)
-    source = EnvSource(model, env, num_tasks=args.tasks, num_envs=args.num_envs)
-    return env, model, source
+def experiment_for(args, name: str, lam: float) -> ExperimentConfig:
+    """The study's configuration of strategy ``name``: the default world with ``--tasks`` tasks, the default agent
+    with ``--hidden`` units, the three divergence monitors."""
+    base = PRESETS["default"]
+    fields = get_strategy(name).hparams._fields
+    train = dataclasses.replace(base.train, strategy=name, episodes_per_task=args.episodes, num_envs=args.num_envs,
+                                learning_rate=args.learning_rate, feedback_weight=args.feedback_weight,
+                                lam=lam if "lam" in fields else None, gamma=args.gamma if "gamma" in fields else None,
+                                monitors=("parameter", "fisher", "functional"))
+    return dataclasses.replace(base, world=dataclasses.replace(base.world, num_tasks=args.tasks),
+                               model=dataclasses.replace(base.model, hidden_dim=args.hidden), train=train,
+                               seeds=args.seeds)
 
 
 def main(argv=None):
@@ -65,6 +73,7 @@ def main(argv=None):
     p.add_argument("--strategies", default="none,ewc,online_ewc,si,mas,l2",
                    help="comma-separated names, each optionally with :lambda")
     p.add_argument("--no-joint", action="store_true", help="skip the joint-training upper bound")
+    p.add_argument("--runs", default="runs/forgetting", help="where the run folders are (default runs/forgetting)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "forgetting"),
                    help="output path without extension (.md and .json are written)")
     p.add_argument("--no-cache", action="store_true", help="leave JAX's persistent compilation cache off")
@@ -72,52 +81,45 @@ def main(argv=None):
     enable_compilation_cache(enabled=not args.no_cache)
     strategies = parse_strategies(args.strategies)
 
-    _, _, source = build(args)
-    keys = jax.random.split(jax.random.key(0), args.seeds)
-    results, timing = {}, {}
+    runs = os.path.join(args.runs, f"{args.tasks}x{args.episodes}")
+    results, timing, configs = {}, {}, {}
     for name, lam in strategies:
-        run = make_run(RunConfig(strategy=name, episodes_per_task=args.episodes,
-                                 monitors=("parameter", "fisher", "functional")), source)
-        names = run.hparams().names()
-        extra = {"gamma": args.gamma} if "gamma" in names else {}
-        extra.update({"lam": lam} if "lam" in names else {})
-        hp = run.hparams(learning_rate=args.learning_rate, feedback_weight=args.feedback_weight, **extra)
+        configs[name] = experiment_for(args, name, lam)
         t0 = time.perf_counter()
-        _, res = jax.vmap(run, in_axes=(0, None))(keys, hp)
-        R, b = np.asarray(res.R, np.float64), np.asarray(res.baseline, np.float64)
-        timing[name] = time.perf_counter() - t0
-        results[name] = {"lambda": lam, "R": R, "baseline": b,
-                         "functional_divergence_end": np.asarray(res.traces["functional"][:, -1, -1]),
-                         "fisher_distance_end": np.asarray(res.traces["fisher_distance"][:, -1, -1])}
+        R, b = run_or_read(configs[name], os.path.join(runs, name), name)
+        timing[name] = time.perf_counter() - t0   # compilation included; ~0 for a folder read back
+        results[name] = {"lambda": lam, "R": R, "baseline": b}
         print(f"{name:>10} (lambda {lam:g}): ACC {cell(metrics.average_performance(R))}  [{timing[name]:.0f} s]",
               flush=True)
 
     joint = None
     if not args.no_joint:
-        joint_config = RunConfig(strategy="none", episodes_per_task=args.episodes)
-        hp = make_run(joint_config, source).hparams(learning_rate=args.learning_rate,
-                                                    feedback_weight=args.feedback_weight)
-        joint_fn = make_joint_run(joint_config, source)
+        experiment = experiment_for(args, "none", 0.0)
+        config, source = experiment.run_config(), experiment.make_source()
+        hp = experiment.hparams_of(make_run(config, source))
+        joint_fn = make_joint_run(config, source)
+        keys = jax.vmap(jax.random.key)(np.arange(args.seeds, dtype=np.uint32))   # the folders' seeds
         t0 = time.perf_counter()
-        joint = np.asarray(jax.vmap(joint_fn, in_axes=(0, None))(keys, hp), np.float64)  # [S, T]
+        joint = np.asarray(jax.jit(jax.vmap(joint_fn, in_axes=(0, None)))(keys, hp), np.float64)  # [S, T]
         timing["joint"] = time.perf_counter() - t0
         print(f"{'joint':>10}: mean score over tasks {cell(joint.mean(axis=1))}  [{timing['joint']:.0f} s]", flush=True)
 
-    text = report(args, results, joint)
+    text = report(args, results, joint, runs)
     print(text)
     write_atomic(args.out + ".md", text + "\n")
-    blob = {"settings": vars(args), "device": str(jax.devices()[0]), "seconds": timing,
-            "joint": None if joint is None else joint.tolist(),
+    blob = {"settings": vars(args), "device": str(jax.devices()[0]), "seconds": timing, "folders": runs,
+            "configs": configs, "joint": None if joint is None else joint.tolist(),
             "strategies": {k: {kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv) for kk, vv in v.items()}
                            for k, v in results.items()}}
-    write_atomic(args.out + ".json", json.dumps(blob, indent=1))
+    write_atomic(args.out + ".json", json.dumps(jsonable(blob), indent=1))
 
 
-def report(args, results: dict, joint) -> str:
+def report(args, results: dict, joint, runs: str) -> str:
     table = summary_table({name: (r["R"], r["baseline"]) for name, r in results.items()},
                           extra={name: {"lambda": f"{r['lambda']:g}"} for name, r in results.items()})
     lines = [f"Default world, {args.tasks} tasks, {args.episodes} episodes per task ({args.num_envs} parallel "
-             f"environments x 40 steps), {args.seeds} seeds; mean ± 95% t interval over seeds.", "", table]
+             f"environments x 40 steps), seeds 0-{args.seeds - 1}; mean ± 95% t interval over seeds. Made from the "
+             f"run folders in {runs}/.", "", table]
     if joint is not None:
         lines.append("| joint (upper bound) | - | " + cell(joint.mean(axis=1)) + " | - | - | - | - |")
     if "none" in results and len(results) > 1:
