@@ -4,8 +4,11 @@ A :class:`Monitor` is a small value of pure functions, like a strategy: it keeps
 adds named scalars to the traces. The run calls
 
 * ``init(params, data_shape, num_tasks, source) -> state`` before the first task (``data_shape``: the
-  ``jax.ShapeDtypeStruct`` tree of a task's per-sample ``(inputs, targets)`` when ``uses_data``, else None);
-* ``update(state, params) -> dict`` after every update (cheap measurements, every episode);
+  ``jax.ShapeDtypeStruct`` tree of a task's per-sample ``(inputs, targets)`` when ``uses_data``, else None); with
+  ``init_with_data`` set, ``data_shape`` is instead one draw of the first task's per-sample data itself (the
+  source's ``fisher_data``, from a key of its own): a fixed probe batch for measurements of the features;
+* ``update(state, params) -> dict`` after every update (cheap measurements, every episode); with
+  ``update_with_previous`` set, ``update(state, params, previous)`` with ``previous`` the parameters before it;
 * ``measure(state, params, source) -> dict`` every ``RunConfig.measure_every`` episodes (by default once, at the
   end of each task); the other episodes record NaN for these entries;
 * ``consolidate(state, params, task_id, source, importance=None, data=None) -> state`` at the end of every task.
@@ -49,6 +52,8 @@ class Monitor:
     consolidate: Optional[Callable] = None
     importance: Optional[str] = None
     uses_data: bool = False
+    update_with_previous: bool = False
+    init_with_data: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
