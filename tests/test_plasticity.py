@@ -126,6 +126,15 @@ def test_shrink_perturb_acts_between_tasks_only(source, fine_tuned):
     np.testing.assert_allclose(swept.traces["loss"][0], res.traces["loss"], rtol=1e-4, atol=1e-5)
 
 
+def test_shrink_perturb_stepped_task_by_task_gives_the_whole_run(source):
+    run = run_of(source, "shrink_perturb")
+    hp = run.hparams(learning_rate=1e-2, shrink=0.5, sigma=0.1)
+    whole_state, whole = run(KEY, hp)
+    state, stepped = run.run_stepwise(KEY, hp)
+    np.testing.assert_allclose(stepped.traces["loss"], whole.traces["loss"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(flat64(state.params), flat64(whole_state.params), rtol=1e-5, atol=1e-6)
+
+
 def test_plasticity_strategies_are_registered_and_checked(source):
     assert get_strategy("l2_init", lam=0.2).hparams.lam == 0.2
     assert get_strategy("shrink_perturb", shrink=0.4).hparams == shrink_perturb(0.4).hparams
