@@ -4,8 +4,11 @@ A :class:`Monitor` is a small value of pure functions, like a strategy: it keeps
 adds named scalars to the traces. The run calls
 
 * ``init(params, data_shape, num_tasks, source) -> state`` before the first task (``data_shape``: the
-  ``jax.ShapeDtypeStruct`` tree of a task's per-sample ``(inputs, targets)`` when ``uses_data``, else None);
-* ``update(state, params) -> dict`` after every update (cheap measurements, every episode);
+  ``jax.ShapeDtypeStruct`` tree of a task's per-sample ``(inputs, targets)`` when ``uses_data``, else None); with
+  ``init_with_data`` set, ``data_shape`` is instead one draw of the first task's per-sample data itself (the
+  source's ``fisher_data``, from a key of its own): a fixed probe batch for measurements of the features;
+* ``update(state, params) -> dict`` after every update (cheap measurements, every episode); with
+  ``update_with_previous`` set, ``update(state, params, previous)`` with ``previous`` the parameters before it;
 * ``measure(state, params, source) -> dict`` every ``RunConfig.measure_every`` episodes (by default once, at the
   end of each task); the other episodes record NaN for these entries;
 * ``consolidate(state, params, task_id, source, importance=None, data=None) -> state`` at the end of every task.
@@ -22,6 +25,21 @@ Built in (names for configs: ``"parameter"``, ``"fisher"``, ``"functional"``):
 * :func:`functional_divergence`: ``functional``, the mean output divergence (KL for a categorical likelihood, MSE
   otherwise) on ``num_probes`` inputs kept from each earlier task, against the outputs the model gave them when
   that task ended (0 before any task ended).
+
+and, against the loss of plasticity (definitions and papers in :mod:`clloop_jax.plasticity`; names
+``"param_norm"``, ``"update_norm"``, ``"dormant"``, ``"effective_rank"``):
+
+* :func:`param_norm_monitor`: ``param_norm = |theta|``, every episode.
+* :func:`update_norm_monitor`: ``update_norm = |theta_t - theta_{t-1}|``, the size of each update (0 for a skipped,
+  non-finite one), every episode.
+* :func:`dormant_monitor`: ``dormant_0`` and ``dormant_0.1``, the fractions of tau-dormant hidden units (Sokar et
+  al., 2023) of an :class:`~clloop_jax.model.MLP` on a fixed probe batch, measured like ``functional``.
+* :func:`effective_rank_monitor`: ``effective_rank`` of the MLP's last hidden layer's features on the same kind of
+  fixed probe batch, measured like ``functional``.
+
+The probe batch of the last two is drawn once, from the first task's data (the source's ``fisher_data``; up to
+``num_probes`` of its inputs), and kept for the whole run, so every measurement sees the same inputs. They need a
+source whose ``model`` is an MLP (a supervised source); another one is refused when the run is traced.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from clloop_jax import divergence as div_lib
+from clloop_jax import plasticity as plast_lib
 from clloop_jax.importance import fisher as fisher_lib
 
 PyTree = Any
@@ -49,6 +68,8 @@ class Monitor:
     consolidate: Optional[Callable] = None
     importance: Optional[str] = None
     uses_data: bool = False
+    update_with_previous: bool = False
+    init_with_data: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -167,8 +188,67 @@ def functional_divergence(num_probes: int = 4) -> Monitor:
                    consolidate=_Hook(f, "consolidate"), uses_data=True)
 
 
+# ----- plasticity ----------------------------------------------------------------------------------------------
+
+
+def _no_state(params, data_shape, num_tasks, source):
+    return ()
+
+
+def param_norm_monitor() -> Monitor:
+    """The global L2 norm of the parameters, every episode."""
+    return Monitor("param_norm", _no_state, update=lambda state, params: {"param_norm": plast_lib.global_norm(params)})
+
+
+def _update_norm(state, params, previous):
+    return {"update_norm": plast_lib.update_norm(params, previous)}
+
+
+def update_norm_monitor() -> Monitor:
+    """The L2 norm of each update's change of the parameters, every episode."""
+    return Monitor("update_norm", _no_state, update=_update_norm, update_with_previous=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Features:
+    num_probes: int
+
+    def init(self, params, data, num_tasks, source):
+        plast_lib.mlp_features(getattr(source, "model", None), params, plast_lib.probe_inputs(data, 1))
+        return plast_lib.probe_inputs(data, self.num_probes)
+
+    def dormant(self, probe, params, source):
+        features = plast_lib.mlp_features(source.model, params, probe)
+        return {f"dormant_{tau:g}": plast_lib.dormant_fraction(features, tau) for tau in plast_lib.DORMANT_TAUS}
+
+    def effective_rank(self, probe, params, source):
+        features = plast_lib.mlp_features(source.model, params, probe)
+        return {"effective_rank": plast_lib.effective_rank(features[-1])}
+
+
+def _check_probes(num_probes):
+    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
+        raise ValueError(f"num_probes must be an integer >= 1, got {num_probes!r}")
+    return _Features(num_probes)
+
+
+def dormant_monitor(num_probes: int = 256) -> Monitor:
+    """The fractions of 0- and 0.1-dormant hidden units of an MLP on a fixed probe batch (``dormant_0``,
+    ``dormant_0.1``)."""
+    f = _check_probes(num_probes)
+    return Monitor("dormant", _Hook(f, "init"), measure=_Hook(f, "dormant"), init_with_data=True)
+
+
+def effective_rank_monitor(num_probes: int = 256) -> Monitor:
+    """The effective rank of an MLP's last hidden features on a fixed probe batch (``effective_rank``)."""
+    f = _check_probes(num_probes)
+    return Monitor("effective_rank", _Hook(f, "init"), measure=_Hook(f, "effective_rank"), init_with_data=True)
+
+
 MONITORS: Dict[str, Callable[[], Monitor]] = {"parameter": parameter_divergence, "fisher": fisher_divergence,
-                                              "functional": functional_divergence}
+                                              "functional": functional_divergence, "param_norm": param_norm_monitor,
+                                              "update_norm": update_norm_monitor, "dormant": dormant_monitor,
+                                              "effective_rank": effective_rank_monitor}
 
 
 def get_monitor(monitor) -> Monitor:

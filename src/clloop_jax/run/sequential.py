@@ -152,7 +152,11 @@ class Run:
         data_shape = None
         if any(m.uses_data for m in self.monitors):
             data_shape = jax.eval_shape(self.source.fisher_data, k_tasks, params, task_at(tasks, 0), hp.source)
-        monitors = tuple(m.init(params, data_shape, self.source.num_tasks, self.source) for m in self.monitors)
+        probe = None
+        if any(m.init_with_data for m in self.monitors):  # a fixed probe: a draw of the first task's data
+            probe = self.source.fisher_data(jax.random.fold_in(k_init, 1), params, task_at(tasks, 0), hp.source)
+        monitors = tuple(m.init(params, probe if m.init_with_data else data_shape, self.source.num_tasks, self.source)
+                         for m in self.monitors)
         if self.strategy.init_with_example:
             task0 = task_at(tasks, 0)
             samples = jax.eval_shape(lambda: self.source.samples(self.source.batch(k_tasks, params, task0, hp.source)))
@@ -220,12 +224,15 @@ class Run:
             trace.update(strat.trace(new.strategy))
         for monitor, m_state in zip(self.monitors, new.monitors):
             if monitor.update is not None:
-                trace.update(monitor.update(m_state, new.params))
+                previous = (new.params, params) if monitor.update_with_previous else (new.params,)
+                trace.update(monitor.update(m_state, *previous))
         return new, trace
 
     # ----- one task ---------------------------------------------------------------------------------------
     def _train_task(self, state: TrainState, tasks, key, task_id, hp: HParams):
         task = task_at(tasks, task_id)
+        if self.strategy.boundary is not None:
+            state = self._boundary(state, jax.random.fold_in(key, 3), task_id, hp)
         if self.config.reset_optimizer:
             state = state._replace(opt_state=self.optimizer(hp).init(state.params))
 
@@ -262,6 +269,14 @@ class Run:
             (state, _), trace = jax.lax.scan(chunk, (state, stream), keys.reshape((E // every, every)))
             trace = jax.tree.map(lambda x: x.reshape((E,)), trace)
         return self._consolidate(state, jax.random.fold_in(key, 1), task_id, task, hp), trace
+
+    def _boundary(self, state: TrainState, key, task_id, hp: HParams) -> TrainState:
+        """The strategy's ``boundary`` hook at the start of every task but the first (it may replace the parameters)."""
+        def renew(st):
+            strategy_state, params = self.strategy.boundary(st.strategy, st.params, self.source, key, hp.strategy)
+            return st._replace(strategy=strategy_state, params=params)
+
+        return jax.lax.cond(task_id > 0, renew, lambda st: st, state)
 
     def learn(self, state: TrainState, batch, key, hp: HParams):
         """What one episode's batch teaches: one :meth:`update` on it, or, when the source splits a batch into

@@ -4,6 +4,7 @@
 * :mod:`~clloop_jax.strategies.penalties`: none, l2, ewc, online_ewc, si, mas, ewc_budget.
 * :mod:`~clloop_jax.strategies.rehearsal`: replay, agem, lwf, derpp, and the memory they share.
 * :mod:`~clloop_jax.strategies.streaming`: streaming_ewc, streaming_si (no consolidation event: task-free streams).
+* :mod:`~clloop_jax.strategies.plasticity`: l2_init, shrink_perturb (against the loss of plasticity).
 """
 
 from clloop_jax.strategies.base import NoHParams, Strategy, get_strategy, register, registered
@@ -13,9 +14,12 @@ from clloop_jax.strategies.penalties import (PENALTIES, BudgetHParams, OnlineEWC
 from clloop_jax.strategies.rehearsal import REHEARSAL, agem, derpp, lwf, replay
 from clloop_jax.strategies.streaming import (STREAMING, StreamingEWCHParams, StreamingSIHParams, StreamingState,
                                              streaming_ewc, streaming_si)
+from clloop_jax.strategies.plasticity import (PLASTICITY, InitAnchor, L2InitHParams, ShrinkPerturbHParams,
+                                               l2_init, shrink_perturb)
 
 __all__ = ["NoHParams", "Strategy", "get_strategy", "register", "registered", "PENALTIES", "BudgetHParams",
            "OnlineEWCHParams", "PenaltyHParams", "RegularizerState", "SIHParams", "ewc", "ewc_budget", "l2", "mas",
            "none", "online_ewc", "penalty_gradient", "quadratic_form", "si", "REHEARSAL", "agem", "derpp", "lwf",
            "replay", "STREAMING", "StreamingEWCHParams", "StreamingSIHParams", "StreamingState",
-           "streaming_ewc", "streaming_si"]
+           "streaming_ewc", "streaming_si", "PLASTICITY", "InitAnchor", "L2InitHParams", "ShrinkPerturbHParams",
+           "l2_init", "shrink_perturb"]

@@ -13,6 +13,11 @@ A :class:`Strategy` owns a state (any pytree, usually a ``NamedTuple``) and its 
   ``"mas"``: MAS's output sensitivity; None otherwise) and ``data`` the task's per-sample ``(inputs, targets)``
   when ``uses_data`` is set (a rehearsal memory filled at the task's end);
 * ``trace(state) -> dict`` of scalars recorded every episode (e.g. the adapted lambda);
+* ``boundary(state, params, source, key, hp) -> (state, params)`` at the start of every task but the first: the
+  only hook that may replace the parameters (shrink and perturb re-initialises them partly). It runs before the
+  task's first update (and before the optimizer is reset), never at a consolidation, so the scores recorded after a
+  task are those of the parameters that learned it; ``key`` is a stream of its own (the other streams are unchanged
+  whether or not a strategy has the hook). Task-free runs have no task starts and refuse a strategy with it;
 
 and, for rehearsal methods,
 
@@ -67,7 +72,8 @@ class Strategy:
       hparams: the default hyperparameters, a ``NamedTuple`` of numbers (``NoHParams()`` when there are none). A
         ``check()`` method on it, if present, validates concrete values.
       init: ``(params, hp) -> state``.
-      penalty, accumulate, consolidate, trace, observe, replay_loss, project: optional hooks (None: not used).
+      penalty, accumulate, consolidate, trace, boundary, observe, replay_loss, project: optional hooks (None: not
+        used).
       importance: ``"fisher"``, ``"mas"`` or None: the diagonal importance ``consolidate`` receives.
       uses_data: whether ``consolidate`` receives the task's per-sample data.
       init_with_example: ``init`` is called as ``init(params, hp, example, source)``, with ``example`` the shapes
@@ -90,6 +96,7 @@ class Strategy:
     importance: Optional[str] = None
     uses_data: bool = False
     init_with_example: bool = False
+    boundary: Optional[Callable] = None  # last, so that positional construction keeps its meaning
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -97,7 +104,8 @@ class Strategy:
         if not (isinstance(self.hparams, tuple) and hasattr(self.hparams, "_fields")):
             raise TypeError(f"Strategy.hparams must be a NamedTuple of numbers (e.g. NoHParams()), got "
                             f"{type(self.hparams).__name__}")
-        for hook in ("init", "penalty", "accumulate", "consolidate", "trace", "observe", "replay_loss", "project"):
+        for hook in ("init", "penalty", "accumulate", "consolidate", "trace", "boundary", "observe", "replay_loss",
+                     "project"):
             value = getattr(self, hook)
             if value is not None and not callable(value):
                 raise TypeError(f"Strategy.{hook} must be callable or None, got {type(value).__name__}")

@@ -249,4 +249,8 @@ def make_taskfree_run(config: RunConfig, source, boundaries: str = "detect",
     if not isinstance(detector, PageHinkley):
         raise TypeError(f"detector must be a PageHinkley, got {type(detector).__name__}")
     check_mixture(source)
-    return TaskFreeRun(make_run(config, _StreamSource(source)), boundaries, detector)
+    run = make_run(config, _StreamSource(source))
+    if run.strategy.boundary is not None:
+        raise ValueError(f"strategy {run.strategy.name!r} acts at the start of each task (a boundary hook); a "
+                         f"task-free stream has no task starts")
+    return TaskFreeRun(run, boundaries, detector)
