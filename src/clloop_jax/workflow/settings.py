@@ -23,13 +23,14 @@ __all__ = ["WorldConfig", "ModelConfig", "DataConfig", "GymnaxConfig", "TrainCon
 
 
 #: Penalty strength per strategy in the default world (chosen on seed 0 of a shorter run; README, "Results").
-DEFAULT_LAMBDA = {"none": 0.0, "l2": 0.3, "ewc": 3.0, "online_ewc": 3.0, "si": 30.0, "mas": 1.0, "ewc_budget": 3.0}
+DEFAULT_LAMBDA = {"none": 0.0, "l2": 0.3, "ewc": 3.0, "online_ewc": 3.0, "si": 30.0, "mas": 1.0, "ewc_budget": 3.0,
+                  "l2_init": 0.01}
 
 
 #: Penalty strength per strategy away from the world: chosen on split digits, class-incremental, for the labelled
 #: benchmarks (experiments/scenarios.py); EWC's and online EWC's 1000 is also experiments/continual_rl.py's on gymnax.
 #: The other strategies take 1.
-DATA_LAMBDA = {"none": 0.0, "ewc": 1000.0, "online_ewc": 1000.0, "si": 100.0}
+DATA_LAMBDA = {"none": 0.0, "ewc": 1000.0, "online_ewc": 1000.0, "si": 100.0, "l2_init": 0.01}
 
 
 #: The decay of the running importance (``gamma``) of online_ewc and ewc_budget when it is not given.
@@ -40,7 +41,7 @@ DEFAULT_GAMMA = 0.9
 #: known here without importing JAX. A strategy registered later (:func:`clloop_jax.strategies.register`) is accepted
 #: as well.
 STRATEGY_NAMES = ("none", "l2", "ewc", "online_ewc", "si", "mas", "ewc_budget", "replay", "agem", "lwf", "derpp",
-                  "streaming_ewc", "streaming_si")
+                  "streaming_ewc", "streaming_si", "l2_init", "shrink_perturb")
 
 
 #: The Fisher estimators, as :data:`clloop_jax.run.config.FISHER_VARIANTS`.
