@@ -119,7 +119,7 @@ def test_train_step_is_the_runs_update_and_a_cycle_continues_from_it():
     zeros = jnp.zeros((3, 4))
     batch = Trajectory(jnp.asarray(obs), jnp.zeros((3, 4, env.feedback_dim)), jnp.zeros((3, 4, 4)),
                        jnp.asarray(target), zeros, zeros.astype(bool))
-    expected, trace = run.update(state, batch, jax.random.key(5), loop.hparams)
+    expected, trace = jax.jit(run.update)(state, batch, jax.random.key(5), loop.hparams)   # compiled, as the run
     loss = loop.train_step(obs, target)
     assert loss == pytest.approx(float(trace["loss"] + trace["penalty"]), rel=1e-5)
     for a, b in zip(jax.tree.leaves(loop.params), jax.tree.leaves(expected.params)):

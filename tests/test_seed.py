@@ -173,8 +173,13 @@ def test_custom_loss_function_reaches_train_step_and_the_cycle():
     # recomputed along the trajectory.
     source = loop._run_for(num_tasks=2, episodes_per_task=2).source
     assert source.objective.loss_fn is custom_loss_function
-    params = loop.params
-    batch = source.batch(jax.random.key(1), params, jax.tree.map(lambda x: x[0], source.tasks), loop.hparams.source)
-    actions = m.apply(params, m.initial_carry((batch.obs.shape[1],)), batch.obs, batch.feedback, method=m.sequence)[1]
-    loss, _ = source.loss(params, batch, loop.hparams.source)
+
+    @jax.jit   # compiled, as in the run (op by op it takes several times longer)
+    def loss_along_a_batch(key, params, hp):
+        batch = source.batch(key, params, jax.tree.map(lambda x: x[0], source.tasks), hp)
+        actions = m.apply(params, m.initial_carry((batch.obs.shape[1],)), batch.obs, batch.feedback,
+                          method=m.sequence)[1]
+        return batch, actions, source.loss(params, batch, hp)[0]
+
+    batch, actions, loss = loss_along_a_batch(jax.random.key(1), loop.params, loop.hparams.source)
     assert float(loss) == pytest.approx(float(jnp.mean(jnp.abs(actions - batch.target))), rel=1e-5)
