@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_WORLD, tiny_model
 
 from clloop_jax import ContinualLearningLoop, CrossModalModel, Environment
 from clloop_jax.envs import LatentWorld
@@ -61,8 +62,7 @@ def test_basic_example_runs_as_written():
 
 def test_basic_example_pairs_the_model_with_the_environment_feedback():
     """The basic example's pairing, at a size that compiles quickly: ``feedback_dim`` left out takes the world's."""
-    model = CrossModalModel(input_dim=8, hidden_dim=8, output_dim=4, num_modalities=2, num_heads=2)
-    environment = Environment(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=4, episode_length=4)
+    model, environment = tiny_model(), Environment(**TINY_WORLD)
     assert model.feedback_dim is None and model.num_feedback == 0   # on its own: no feedback input
     loop = ContinualLearningLoop(model=model, environment=environment, learning_rate=1e-3, ewc_lambda=0.5,
                                  feedback_weight=0.3)
@@ -130,9 +130,8 @@ def test_custom_environment_through_step_env_changes_what_the_loop_learns_from()
     """The same idea through the world's functional interface: override ``step_env`` (gymnax), and the loop runs it.
     The push moves the latent state by 0.5 per step, so the untrained agent's scores (the cycle's baseline, on the
     same evaluation keys) differ from those in the same world without the push."""
-    sizes = dict(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=4, episode_length=4)
-    pushed, same = PushedWorld(**sizes), SameWorld(**sizes)
-    model = CrossModalModel(input_dim=8, hidden_dim=8, output_dim=4, num_modalities=2, num_heads=2)
+    pushed, same = PushedWorld(**TINY_WORLD), SameWorld(**TINY_WORLD)
+    model = tiny_model()
     TRACED.clear()
     loop = ContinualLearningLoop(model=model, environment=pushed, strategy="none", num_envs=2)
     untrained = loop.params
@@ -160,8 +159,7 @@ def test_custom_loss_function_reaches_train_step_and_the_cycle():
     def custom_loss_function(output, target):
         return jnp.mean(jnp.abs(output - target))   # L1 instead of the squared error
 
-    model = CrossModalModel(input_dim=8, hidden_dim=8, output_dim=4, num_modalities=2, num_heads=2)
-    environment = Environment(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=4, episode_length=4)
+    model, environment = tiny_model(), Environment(**TINY_WORLD)
     loop = ContinualLearningLoop(model=model, environment=environment, loss_fn=custom_loss_function)
     obs = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     target = np.full((4,), 0.25, np.float32)

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clloop_jax.data.loaders import load_digits_data
 from clloop_jax.data.streams import permuted_stream, split_stream
 from clloop_jax.importance.fisher import Categorical, fisher_diagonal
 from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
@@ -18,11 +17,6 @@ from clloop_jax.sources.supervised import SupervisedBatch, SupervisedSource
 # ----------------------------------------------------------------------------------------------------------------
 # Fixtures and float64 references
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits_data()
 
 
 @pytest.fixture(scope="module")
