@@ -21,3 +21,52 @@ def _fast_compile():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", previous)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared tiny builders: equal configurations are built, and their programs compiled, once per test process
+# ----------------------------------------------------------------------------------------------------------------
+
+#: A 2-modality world at sizes that compile in seconds (8-dim observations, 4 actions, 4-step episodes, 3 tasks).
+TINY_WORLD = {"observation_dim": 8, "action_dim": 4, "num_modalities": 2, "latent_dim": 4, "episode_length": 4}
+#: The CrossModalModel that fits it.
+TINY_MODEL = {"input_dim": 8, "hidden_dim": 8, "output_dim": 4, "num_modalities": 2, "num_heads": 2}
+TINY_TASKS = 3
+
+
+def tiny_model(**overrides):
+    """The tiny world's agent; ``feedback_dim`` unset (the loop pairs it with the world's) unless given."""
+    from clloop_jax import CrossModalModel
+    return CrossModalModel(**{**TINY_MODEL, **overrides})
+
+
+def tiny_world():
+    """(model, environment): the tiny world and its agent, paired (the model reads the world's feedback)."""
+    from clloop_jax import Environment
+    env = Environment(**TINY_WORLD)
+    return tiny_model(feedback_dim=env.feedback_dim), env
+
+
+@pytest.fixture(scope="session")
+def tiny_cycle():
+    """The documented notebook example (EWC 0.5, feedback weight 0.3, learning rate 1e-3) run as written on the
+    tiny world, 3 tasks x 10 episodes, verbose: ``(loop, metrics, printed)``. Tests that train the loop further
+    change its state (they check properties that do not depend on how far it was trained)."""
+    import contextlib
+    import io
+
+    from clloop_jax import ContinualLearningLoop
+    model, env = tiny_world()
+    loop = ContinualLearningLoop(model=model, environment=env, learning_rate=1e-3, ewc_lambda=0.5,
+                                 feedback_weight=0.3)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        metrics = loop.continual_learning_cycle(num_tasks=TINY_TASKS, episodes_per_task=10, verbose=True)
+    return loop, metrics, out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The scikit-learn digits (x, y), loaded once per test process."""
+    from clloop_jax.data.loaders import load_digits_data
+    return load_digits_data()

@@ -7,37 +7,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_TASKS, tiny_world
 
-from clloop_jax import ContinualLearningLoop, CrossModalModel, Environment
+from clloop_jax import ContinualLearningLoop, CrossModalModel
 from clloop_jax.envs.rollout import Trajectory
 from clloop_jax.run.errors import NonFiniteError
 from clloop_jax.run.programs import jit_evaluate
 from clloop_jax.run.sequential import _jit_init, _jit_task_step
 
-NUM_TASKS = 3
+NUM_TASKS = TINY_TASKS
+
+# The documented example on the tiny world (tests/conftest.py's tiny_cycle, run once per test process) is shared
+# by the tests below; tiny_world() builds the same model and world afresh.
 
 
-def tiny_world():
-    env = Environment(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=4, episode_length=4)
-    model = CrossModalModel(input_dim=8, hidden_dim=8, output_dim=4, num_modalities=2, num_heads=2,
-                            feedback_dim=env.feedback_dim)
-    return model, env
-
-
-@pytest.fixture(scope="module")
-def cycled():
-    """The documented example, run as written on the tiny world; returns the loop, its metrics and its output."""
-    model, env = tiny_world()
-    loop = ContinualLearningLoop(model=model, environment=env, learning_rate=1e-3, ewc_lambda=0.5,
-                                 feedback_weight=0.3)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        metrics = loop.continual_learning_cycle(num_tasks=NUM_TASKS, episodes_per_task=10, verbose=True)
-    return loop, metrics, out.getvalue()
-
-
-def test_documented_example_reports_floats_and_the_matrix(cycled):
-    loop, metrics, printed = cycled
+def test_documented_example_reports_floats_and_the_matrix(tiny_cycle):
+    loop, metrics, printed = tiny_cycle
     for name in ("average_performance", "backward_transfer", "forward_transfer", "average_forgetting"):
         assert isinstance(metrics[name], float) and np.isfinite(metrics[name]), name
     R, baseline = np.asarray(metrics["R"]), np.asarray(metrics["baseline"])
@@ -59,8 +44,8 @@ def test_documented_example_reports_floats_and_the_matrix(cycled):
     assert any(line.startswith("| average_performance |") for line in lines)
 
 
-def test_a_second_loop_and_a_second_cycle_reuse_the_compiled_run_and_continue(cycled, capsys):
-    loop, metrics, _ = cycled
+def test_a_second_loop_and_a_second_cycle_reuse_the_compiled_run_and_continue(tiny_cycle, capsys):
+    loop, metrics, _ = tiny_cycle
     sizes = [fn._cache_size() for fn in (_jit_init, _jit_task_step, jit_evaluate)]
     model, env = tiny_world()
     other = ContinualLearningLoop(model=model, environment=env, learning_rate=1e-3, ewc_lambda=0.5,
@@ -81,8 +66,8 @@ def test_a_second_loop_and_a_second_cycle_reuse_the_compiled_run_and_continue(cy
         model=model, environment=env).params)[0])
 
 
-def test_train_step_accepts_every_layout_and_learns_a_fixed_batch(cycled):
-    loop, _, _ = cycled
+def test_train_step_accepts_every_layout_and_learns_a_fixed_batch(tiny_cycle):
+    loop, _, _ = tiny_cycle
     model = loop.model
     rng = np.random.default_rng(0)
     M, D, A = model.num_modalities, model.modality_dims[0], model.output_dim
@@ -119,7 +104,7 @@ def test_train_step_is_the_runs_update_and_a_cycle_continues_from_it():
     zeros = jnp.zeros((3, 4))
     batch = Trajectory(jnp.asarray(obs), jnp.zeros((3, 4, env.feedback_dim)), jnp.zeros((3, 4, 4)),
                        jnp.asarray(target), zeros, zeros.astype(bool))
-    expected, trace = run.update(state, batch, jax.random.key(5), loop.hparams)
+    expected, trace = jax.jit(run.update)(state, batch, jax.random.key(5), loop.hparams)   # compiled, as the run
     loss = loop.train_step(obs, target)
     assert loss == pytest.approx(float(trace["loss"] + trace["penalty"]), rel=1e-5)
     for a, b in zip(jax.tree.leaves(loop.params), jax.tree.leaves(expected.params)):
@@ -130,13 +115,13 @@ def test_train_step_is_the_runs_update_and_a_cycle_continues_from_it():
     assert max(moved) == pytest.approx(1e-2, rel=1e-3)
     # A cycle after the step starts from the stepped agent: its baseline is that agent's score.
     stepped = loop.params
-    metrics = loop.continual_learning_cycle(num_tasks=NUM_TASKS, episodes_per_task=10)  # compiled for `cycled`
+    metrics = loop.continual_learning_cycle(num_tasks=NUM_TASKS, episodes_per_task=10)  # compiled for `tiny_cycle`
     cycle_run = loop._step_run()
     np.testing.assert_allclose(metrics["baseline"], cycle_run.evaluate(stepped, loop._run_key(2), loop.hparams), atol=1e-6)
 
 
-def test_train_step_refuses_non_finite_input_and_divergence(cycled):
-    loop, _, _ = cycled
+def test_train_step_refuses_non_finite_input_and_divergence(tiny_cycle):
+    loop, _, _ = tiny_cycle
     with pytest.raises(ValueError, match="observations must be finite"):
         loop.train_step(np.full((2, 8), np.nan), np.zeros((4,)))
     model, env = tiny_world()
@@ -149,8 +134,8 @@ def test_train_step_refuses_non_finite_input_and_divergence(cycled):
     assert len(before) == len(jax.tree.leaves(wild.params))
 
 
-def test_train_step_refuses_what_is_not_a_real_array_naming_the_argument(cycled):
-    loop, _, _ = cycled
+def test_train_step_refuses_what_is_not_a_real_array_naming_the_argument(tiny_cycle):
+    loop, _, _ = tiny_cycle
     obs, target, fb = np.zeros((2, 8)), np.zeros((4,)), np.zeros((loop.model.feedback_dim,))
     ragged = [[0.0] * 8, [0.0] * 7]
     for bad, hint in (("abc", r"got str"), (None, r"got None"), (ragged, r"rectangular array of numbers"),
@@ -173,8 +158,8 @@ def test_train_step_refuses_what_is_not_a_real_array_naming_the_argument(cycled)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(floats.params), jax.tree.leaves(ints.params)))
 
 
-def test_train_step_rejects_bad_shapes(cycled):
-    loop, _, _ = cycled
+def test_train_step_rejects_bad_shapes(tiny_cycle):
+    loop, _, _ = tiny_cycle
     with pytest.raises(ValueError, match="observations"):
         loop.train_step(np.zeros((2, 9)), np.zeros((4,)))
     with pytest.raises(ValueError, match="observations"):
@@ -221,10 +206,10 @@ def test_more_tasks_than_the_world_has_are_refused_naming_both_numbers():
     assert EnvSource(model, env, num_tasks=3).tasks.task_id.shape == (3,)  # as many as it has, or fewer: accepted
 
 
-def test_verbose_cycle_announces_compilation_once_then_numbers_tasks_and_prints_the_tables_once(cycled, monkeypatch):
+def test_verbose_cycle_announces_compilation_once_then_numbers_tasks_and_prints_the_tables_once(tiny_cycle, monkeypatch):
     from clloop_jax import facade
 
-    loop, _, _ = cycled
+    loop, _, _ = tiny_cycle
     monkeypatch.setattr(facade, "_COMPILED_RUNS", set())  # as in a fresh process (the programs stay compiled)
     outputs = []
     for _ in range(2):
@@ -242,10 +227,10 @@ def test_verbose_cycle_announces_compilation_once_then_numbers_tasks_and_prints_
         assert sum(line.startswith("| average_performance |") for line in lines) == 1  # the summary once
 
 
-def test_act_is_the_descriptions_model_call_and_model_of_observations_says_what_to_write(cycled):
+def test_act_is_the_descriptions_model_call_and_model_of_observations_says_what_to_write(tiny_cycle):
     """The description's ``output, internal_state = self.model(observations)`` inside a loop subclass: ``self.model``
     stays the flax module, whose one-argument call explains itself; ``self.act(observations)`` computes it."""
-    loop, _, _ = cycled
+    loop, _, _ = tiny_cycle
 
     class CustomLoop(ContinualLearningLoop):
         def custom_outputs(self, observations):
@@ -305,10 +290,10 @@ def test_building_a_loop_turns_on_the_compilation_cache_unless_asked_not_to(tmp_
             jax.config.update(n, v)
 
 
-def test_make_run_over_the_loops_configuration_reuses_the_loops_compiled_programs(cycled):
+def test_make_run_over_the_loops_configuration_reuses_the_loops_compiled_programs(tiny_cycle):
     from clloop_jax import EnvSource, RunConfig, make_run
 
-    loop, metrics, _ = cycled
+    loop, metrics, _ = tiny_cycle
     sizes = [fn._cache_size() for fn in (_jit_init, _jit_task_step, jit_evaluate)]
     model, env = tiny_world()
     run = make_run(RunConfig(strategy="ewc", episodes_per_task=10), EnvSource(loop.model, env, num_tasks=NUM_TASKS))

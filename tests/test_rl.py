@@ -132,8 +132,9 @@ def test_categorical_exact_fisher_closed_form_on_the_head(cartpole, cartpole_bat
     params, hp, b = cartpole_batch
     inputs, actions = cartpole.samples(b)
     inputs = jax.tree.map(lambda x: x[:20], inputs)
-    F = fisher_lib.fisher_diagonal(cartpole.predict, params, inputs, actions[:20], likelihood=cartpole.likelihood,
-                                   variant="exact")
+    # compiled as the run compiles it (op by op, the same numbers take ~20x longer)
+    F = jax.jit(lambda p, i, a: fisher_lib.fisher_diagonal(cartpole.predict, p, i, a, likelihood=cartpole.likelihood,
+                                                           variant="exact"))(params, inputs, actions[:20])
     h, pol, _ = cartpole._apply(params, *inputs)
     p = np.asarray(jax.nn.softmax(pol), np.float64)
     h = np.asarray(h, np.float64)
@@ -149,10 +150,15 @@ def test_gaussian_exact_fisher_closed_form(pendulum):
     the diagonal Gaussian's."""
     params = pendulum.init_params(jax.random.key(0))
     task = jax.tree.map(lambda x: x[1], pendulum.tasks)
-    inputs, actions = pendulum.fisher_data(jax.random.key(2), params, task, pendulum.hparams)
+
+    @jax.jit   # compiled as the run compiles it (op by op, the same numbers take ~20x longer)
+    def fisher(key, params):
+        inputs, actions = pendulum.fisher_data(key, params, task, pendulum.hparams)
+        return actions, fisher_lib.fisher_diagonal(pendulum.predict, params, inputs, actions,
+                                                   likelihood=pendulum.likelihood, variant="exact")
+
+    actions, F = fisher(jax.random.key(2), params)
     assert actions.shape == (16, 1)
-    F = fisher_lib.fisher_diagonal(pendulum.predict, params, inputs, actions, likelihood=pendulum.likelihood,
-                                   variant="exact")
     np.testing.assert_allclose(F["log_std"], [2.0], rtol=1e-5)
     np.testing.assert_allclose(F["model"]["params"]["head"]["bias"][0], math.exp(1.0), rtol=1e-5)
     out = jnp.array([0.3, -0.5])

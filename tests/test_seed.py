@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_WORLD, tiny_model
 
 from clloop_jax import ContinualLearningLoop, CrossModalModel, Environment
 from clloop_jax.envs import LatentWorld
@@ -61,8 +62,7 @@ def test_basic_example_runs_as_written():
 
 def test_basic_example_pairs_the_model_with_the_environment_feedback():
     """The basic example's pairing, at a size that compiles quickly: ``feedback_dim`` left out takes the world's."""
-    model = CrossModalModel(input_dim=8, hidden_dim=8, output_dim=4, num_modalities=2, num_heads=2)
-    environment = Environment(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=4, episode_length=4)
+    model, environment = tiny_model(), Environment(**TINY_WORLD)
     assert model.feedback_dim is None and model.num_feedback == 0   # on its own: no feedback input
     loop = ContinualLearningLoop(model=model, environment=environment, learning_rate=1e-3, ewc_lambda=0.5,
                                  feedback_weight=0.3)
@@ -130,9 +130,8 @@ def test_custom_environment_through_step_env_changes_what_the_loop_learns_from()
     """The same idea through the world's functional interface: override ``step_env`` (gymnax), and the loop runs it.
     The push moves the latent state by 0.5 per step, so the untrained agent's scores (the cycle's baseline, on the
     same evaluation keys) differ from those in the same world without the push."""
-    sizes = dict(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=4, episode_length=4)
-    pushed, same = PushedWorld(**sizes), SameWorld(**sizes)
-    model = CrossModalModel(input_dim=8, hidden_dim=8, output_dim=4, num_modalities=2, num_heads=2)
+    pushed, same = PushedWorld(**TINY_WORLD), SameWorld(**TINY_WORLD)
+    model = tiny_model()
     TRACED.clear()
     loop = ContinualLearningLoop(model=model, environment=pushed, strategy="none", num_envs=2)
     untrained = loop.params
@@ -160,8 +159,7 @@ def test_custom_loss_function_reaches_train_step_and_the_cycle():
     def custom_loss_function(output, target):
         return jnp.mean(jnp.abs(output - target))   # L1 instead of the squared error
 
-    model = CrossModalModel(input_dim=8, hidden_dim=8, output_dim=4, num_modalities=2, num_heads=2)
-    environment = Environment(observation_dim=8, action_dim=4, num_modalities=2, latent_dim=4, episode_length=4)
+    model, environment = tiny_model(), Environment(**TINY_WORLD)
     loop = ContinualLearningLoop(model=model, environment=environment, loss_fn=custom_loss_function)
     obs = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     target = np.full((4,), 0.25, np.float32)
@@ -173,8 +171,13 @@ def test_custom_loss_function_reaches_train_step_and_the_cycle():
     # recomputed along the trajectory.
     source = loop._run_for(num_tasks=2, episodes_per_task=2).source
     assert source.objective.loss_fn is custom_loss_function
-    params = loop.params
-    batch = source.batch(jax.random.key(1), params, jax.tree.map(lambda x: x[0], source.tasks), loop.hparams.source)
-    actions = m.apply(params, m.initial_carry((batch.obs.shape[1],)), batch.obs, batch.feedback, method=m.sequence)[1]
-    loss, _ = source.loss(params, batch, loop.hparams.source)
+
+    @jax.jit   # compiled, as in the run (op by op it takes several times longer)
+    def loss_along_a_batch(key, params, hp):
+        batch = source.batch(key, params, jax.tree.map(lambda x: x[0], source.tasks), hp)
+        actions = m.apply(params, m.initial_carry((batch.obs.shape[1],)), batch.obs, batch.feedback,
+                          method=m.sequence)[1]
+        return batch, actions, source.loss(params, batch, hp)[0]
+
+    batch, actions, loss = loss_along_a_batch(jax.random.key(1), loop.params, loop.hparams.source)
     assert float(loss) == pytest.approx(float(jnp.mean(jnp.abs(actions - batch.target))), rel=1e-5)

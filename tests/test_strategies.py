@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from clloop_jax import divergence as div_lib
-from clloop_jax.data.loaders import load_digits_data
 from clloop_jax.data.streams import split_stream
 from clloop_jax.divergence import tree_sum
 from clloop_jax.importance import fisher as fisher_lib
@@ -21,8 +20,8 @@ from clloop_jax.strategies import Strategy, get_strategy, register, registered
 
 
 @pytest.fixture(scope="module")
-def source():
-    x, y = load_digits_data()
+def source(digits):
+    x, y = digits
     stream = split_stream(x, y, classes_per_task=5, seed=0, scenario="task")
     return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(8,)), stream, batch_size=16, fisher_size=8,
                             eval_size=50)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from clloop_jax import taskfree as tf
-from clloop_jax.data.loaders import load_digits_data
 from clloop_jax.data.streams import permuted_stream
 from clloop_jax.envs import Environment
 from clloop_jax.importance.fisher import Gaussian
@@ -396,8 +395,8 @@ def _counting_ewc():
 
 
 @pytest.fixture(scope="module")
-def source():
-    x, y = load_digits_data()
+def source(digits):
+    x, y = digits
     stream = permuted_stream(x[:600], y[:600], 3, seed=0, scenario="domain")
     return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(16,)), stream, batch_size=32, eval_size=64)
 
