@@ -179,3 +179,27 @@ def test_chains_that_cannot_run_are_refused_with_one_clear_error():
     with pytest.raises(ValueError, match="at least one"):
         chain()
     assert get_strategy(chain("ewc", "replay")).name == "ewc+replay"
+
+
+def test_registered_names_joined_by_plus_make_a_chain_and_reach_the_command_line_settings():
+    both = get_strategy("ewc+replay", lam=2.0, capacity=16, **{"replay.alpha": 0.3})
+    assert both.name == "ewc+replay" and float(both.hparams.ewc.lam) == 2.0
+    assert float(both.hparams.replay.alpha) == 0.3
+    with pytest.raises(ValueError, match=r"\['nope'\] not registered"):
+        get_strategy("ewc+nope")
+    with pytest.raises(ValueError, match="no part of strategy 'ewc\\+replay' takes 'xi'"):
+        get_strategy("ewc+replay", xi=0.5)
+    with pytest.raises(ValueError, match="different importances"):
+        get_strategy("ewc+mas")
+
+    from clloop_jax.workflow.experiment import ExperimentConfig
+    from clloop_jax.workflow.settings import TrainConfig
+    train = TrainConfig(strategy="ewc+replay", lam=2.5, memory=16, episodes_per_task=2, monitors=())
+    train.check_strategy_options()                      # lam (ewc's) and memory (replay's) are used
+    with pytest.raises(ValueError, match="gamma"):
+        TrainConfig(strategy="ewc+replay", gamma=0.5).check_strategy_options()
+    with pytest.raises(ValueError, match="memory"):
+        TrainConfig(strategy="ewc+si", memory=16).check_strategy_options()
+    run, hp = ExperimentConfig(source="digits", train=train, seeds=1).build()
+    assert run.strategy.name == "ewc+replay" and float(hp.strategy.ewc.lam) == 2.5
+    assert ExperimentConfig(source="digits", train=TrainConfig(strategy="ewc+replay")).strength == 1000.0

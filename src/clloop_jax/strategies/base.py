@@ -47,6 +47,7 @@ configs and the command line. A strategy written in a user's own file runs throu
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import jax
@@ -268,13 +269,54 @@ def registered() -> tuple:
 
 
 def get_strategy(strategy, **hparams) -> Strategy:
-    """A :class:`Strategy` from a registered name (``hparams`` passed to its factory) or a strategy itself."""
+    """A :class:`Strategy` from a registered name (``hparams`` passed to its factory) or a strategy itself.
+
+    Registered names joined by ``+`` (``"ewc+replay"``) give their :func:`~clloop_jax.strategies.compose.chain`; an
+    argument reaches every part whose factory takes it (``lam``, ``capacity``), a dotted one (``ewc.lam``) that part
+    only."""
     if isinstance(strategy, Strategy):
         return strategy.with_hparams(**hparams) if hparams else strategy
     if isinstance(strategy, str):
+        if strategy not in _REGISTRY and "+" in strategy:
+            return _chain_of_names(strategy, hparams)
         if strategy not in _REGISTRY:
             raise ValueError(f"strategy must be one of {list(_REGISTRY)} or a Strategy, got {strategy!r}")
         return _REGISTRY[strategy](**hparams)
     raise TypeError(f"strategy must be a registered name ({list(_REGISTRY)}) or a Strategy, "
                     f"got {type(strategy).__name__}")
 
+
+
+def _chain_of_names(name: str, values: Dict[str, Any]) -> Strategy:
+    """The chain of the registered strategies named in ``name`` (joined by ``+``), ``values`` given to their
+    factories: a dotted one (``"ewc.lam"``) to that part, another to every part whose factory takes it."""
+    from clloop_jax.strategies.compose import chain
+
+    names = name.split("+")
+    unknown = [n for n in names if n not in _REGISTRY]
+    if unknown:
+        raise ValueError(f"strategy {name!r}: {unknown} not registered; the parts of a chain are among "
+                         f"{list(_REGISTRY)}")
+    args = {n: {} for n in names}
+    for key, value in values.items():
+        if "." in key:
+            part, field = key.split(".", 1)
+            if part not in args:
+                raise ValueError(f"strategy {name!r} has no part {part!r} (for {key!r}); its parts are {names}")
+            args[part][field] = value
+            continue
+        takers = [n for n in names if _takes(_REGISTRY[n], key)]
+        if not takers:
+            raise ValueError(f"no part of strategy {name!r} takes {key!r}")
+        for n in takers:
+            args[n][key] = value
+    return chain(*[_REGISTRY[n](**args[n]) for n in names])
+
+
+def _takes(factory: Callable, argument: str) -> bool:
+    """Whether ``factory`` has a parameter ``argument`` (or takes any keyword)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == argument or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
