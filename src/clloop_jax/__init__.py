@@ -7,7 +7,8 @@ The public names are gathered here; each lives in the module named next to it:
 * what a run learns from: :class:`EnvSource` (the closed loop), :class:`SupervisedSource` (labelled streams over
   ``data``), :class:`GymnaxSource` (reward, with the PPO maths of ``rl``) (``sources``);
 * the science: :func:`fisher_diagonal`, :func:`per_sample_grads`, :func:`mas_importance` (``importance``), the
-  strategies behind one interface, :class:`Strategy` and :func:`get_strategy` (``strategies``), a strategy bound to
+  strategies behind one interface, :class:`Strategy`, :func:`get_strategy` and :func:`chain` (several strategies as
+  one) (``strategies``), a strategy bound to
   its numbers, :func:`make_regularizer` (``strategies.regularizers``), :func:`parameter_divergence`,
   :func:`functional_divergence` (``divergence``), opt-in monitors (``monitors``), :func:`summarize` and the field's
   metrics (``metrics``);
@@ -51,7 +52,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from clloop_jax.rl.ppo import RLHParams
     from clloop_jax.sources.world import EnvHParams, EnvSource
     from clloop_jax.sources.supervised import SupervisedBatch, SupervisedSource
-    from clloop_jax.strategies import Strategy, get_strategy, register
+    from clloop_jax.strategies import Strategy, chain, get_strategy, register
     from clloop_jax.taskfree.detect import PageHinkley
     from clloop_jax.taskfree.schedules import Schedule, abrupt_schedule, gradual_schedule, irregular_schedule
     from clloop_jax.taskfree.run import TaskFreeResults, TaskFreeRun, make_taskfree_run
@@ -80,7 +81,7 @@ _EXPORTS = {
     "GymnaxSource": "sources.gymnax",
     "SupervisedBatch": "sources.supervised", "SupervisedSource": "sources.supervised",
     "EnvHParams": "sources.world", "EnvSource": "sources.world",
-    "Strategy": "strategies", "get_strategy": "strategies", "register": "strategies",
+    "Strategy": "strategies", "chain": "strategies", "get_strategy": "strategies", "register": "strategies",
     "STRATEGIES": "strategies.regularizers", "make_regularizer": "strategies.regularizers",
     "penalty_gradient_transform": "strategies.regularizers",
     "PageHinkley": "taskfree.detect",
@@ -96,7 +97,8 @@ __all__ = ["Categorical", "ContinualLearningLoop", "CrossModalModel", "Divergenc
            "MLP", "Monitor", "MultiModalEnv", "PageHinkley", "PrivilegedPolicy", "RLHParams", "RunConfig", "RunResults",
            "STRATEGIES", "Schedule", "SequenceClassifier", "Strategy", "SupervisedBatch", "SupervisedSource",
            "TaskFreeResults", "TaskFreeRun", "TrainState", "Trajectory", "abrupt_schedule", "average_forgetting",
-           "average_performance", "backward_transfer", "detection_metrics", "enable_compilation_cache", "expert_policy",
+           "average_performance", "backward_transfer", "chain", "detection_metrics", "enable_compilation_cache",
+           "expert_policy",
            "fisher_diagonal", "forward_transfer", "functional_divergence", "get_strategy", "gradual_schedule",
            "irregular_schedule", "make_joint_run", "make_regularizer", "make_run", "make_taskfree_run",
            "mas_importance", "mean_ci", "normalized_score", "output_divergence", "parameter_divergence",

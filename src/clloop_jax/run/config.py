@@ -16,7 +16,8 @@ import optax
 
 from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.monitors import Monitor, get_monitor
-from clloop_jax.strategies.base import NoHParams, Strategy, check_hparam, check_hparams, get_strategy
+from clloop_jax.strategies.base import (NoHParams, Strategy, check_hparam, check_hparams, get_strategy,
+                                        hparam_paths, is_hparams, matching_paths, path_value, with_path)
 from clloop_jax.validation import check_bool, check_choice, check_float, is_int
 
 __all__ = ["HParams", "RunConfig", "FISHER_VARIANTS"]
@@ -33,43 +34,45 @@ class HParams(NamedTuple):
     strategy: Any = NoHParams()
     source: Any = NoHParams()
 
-    def _owner(self, name: str) -> str:
-        owners = [part for part in ("strategy", "source") if name in getattr(self, part)._fields]
-        if name == "learning_rate":
-            owners.append("learning_rate")
-        if len(owners) != 1:
-            valid = self.names()
-            if not owners:
-                raise ValueError(f"unknown hyperparameter {name!r}; this run has {valid}")
-            raise ValueError(f"hyperparameter {name!r} is ambiguous: both {owners} have it")
-        return owners[0]
+    def _path(self, name: str) -> tuple:
+        """The one path that ``name`` (flat, or dotted for a chain's part: ``"ewc.lam"``) designates."""
+        paths = hparam_paths(self)
+        hits = matching_paths(paths, name)
+        if not hits:
+            raise ValueError(f"unknown hyperparameter {name!r}; this run has {self.names()}")
+        if len(hits) > 1:
+            labels = [_display(p) for p in hits]
+            if len(set(labels)) < len(labels):  # the strategy's and the source's field of one name
+                labels = [".".join(p) for p in hits]
+            raise ValueError(f"hyperparameter {name!r} is ambiguous: {labels} all have it; name one of them")
+        return hits[0]
 
     def names(self) -> list:
-        """Every hyperparameter's name, flat."""
-        return ["learning_rate", *self.strategy._fields, *self.source._fields]
+        """Every hyperparameter's name: flat (``lam``), dotted for a chain's parts (``ewc.lam``, ``replay.alpha``)."""
+        return [_display(p) for p in hparam_paths(self)]
 
     def flat(self) -> Dict[str, Any]:
-        """``{name: value}`` for every hyperparameter."""
-        return {"learning_rate": self.learning_rate, **self.strategy._asdict(), **self.source._asdict()}
+        """``{name: value}`` for every hyperparameter (names as in :meth:`names`)."""
+        return {_display(p): path_value(self, p) for p in hparam_paths(self)}
 
     def replace(self, **values) -> "HParams":
-        """The same hyperparameters with the named ones changed (names as in :meth:`names`), validated."""
+        """The same hyperparameters with the named ones changed, validated. Names are those of :meth:`names`, or a
+        part's field alone (``lam``) where only one part of the run has it; an ambiguous name is refused."""
         hp = self
         for name, value in values.items():
-            owner = hp._owner(name)
-            if owner == "learning_rate":
-                hp = hp._replace(learning_rate=value)
-            else:
-                hp = hp._replace(**{owner: getattr(hp, owner)._replace(**{name: value})})
+            hp = with_path(hp, hp._path(name), value)
         hp.validate()
         return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), hp)
 
     def axes(self, *names: str) -> "HParams":
         """``in_axes`` for ``jax.vmap`` that batch the named fields (axis 0) and broadcast the others."""
-        for name in names:
-            self._owner(name)
-        part = lambda tup: type(tup)(*[0 if f in names else None for f in tup._fields])  # noqa: E731
-        return HParams(0 if "learning_rate" in names else None, part(self.strategy), part(self.source))
+        chosen = {self._path(name) for name in names}
+
+        def mark(tup, prefix):
+            return type(tup)(*[mark(v, prefix + (f,)) if is_hparams(v) else (0 if prefix + (f,) in chosen else None)
+                               for f, v in zip(tup._fields, tup)])
+
+        return mark(self, ())
 
     def validate(self) -> None:
         """Checks concrete values (traced ones are skipped): finite numbers, a positive learning rate, and each
@@ -82,6 +85,11 @@ class HParams(NamedTuple):
         check_hparam("learning_rate", self.learning_rate, lambda v: v > 0, "a finite number > 0")
         check_hparams(self.strategy, "strategy")
         check_hparams(self.source, "source")
+
+
+def _display(path: tuple) -> str:
+    """A hyperparameter's name from its path in :class:`HParams`: the part (``strategy``, ``source``) left out."""
+    return ".".join(path[1:] if path[0] in ("strategy", "source") else path)
 
 
 @dataclasses.dataclass(frozen=True)

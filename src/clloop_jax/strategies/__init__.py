@@ -5,6 +5,7 @@
 * :mod:`~clloop_jax.strategies.rehearsal`: replay, agem, lwf, derpp, and the memory they share.
 * :mod:`~clloop_jax.strategies.streaming`: streaming_ewc, streaming_si (no consolidation event: task-free streams).
 * :mod:`~clloop_jax.strategies.plasticity`: l2_init, shrink_perturb (against the loss of plasticity).
+* :mod:`~clloop_jax.strategies.compose`: chain, several strategies as one (``ewc+replay``).
 """
 
 from clloop_jax.strategies.base import NoHParams, Strategy, get_strategy, register, registered
@@ -16,10 +17,11 @@ from clloop_jax.strategies.streaming import (STREAMING, StreamingEWCHParams, Str
                                              streaming_ewc, streaming_si)
 from clloop_jax.strategies.plasticity import (PLASTICITY, InitAnchor, L2InitHParams, ShrinkPerturbHParams,
                                                l2_init, shrink_perturb)
+from clloop_jax.strategies.compose import chain, chain_parts
 
 __all__ = ["NoHParams", "Strategy", "get_strategy", "register", "registered", "PENALTIES", "BudgetHParams",
            "OnlineEWCHParams", "PenaltyHParams", "RegularizerState", "SIHParams", "ewc", "ewc_budget", "l2", "mas",
            "none", "online_ewc", "penalty_gradient", "quadratic_form", "si", "REHEARSAL", "agem", "derpp", "lwf",
            "replay", "STREAMING", "StreamingEWCHParams", "StreamingSIHParams", "StreamingState",
            "streaming_ewc", "streaming_si", "PLASTICITY", "InitAnchor", "L2InitHParams", "ShrinkPerturbHParams",
-           "l2_init", "shrink_perturb"]
+           "l2_init", "shrink_perturb", "chain", "chain_parts"]

@@ -47,6 +47,7 @@ configs and the command line. A strategy written in a user's own file runs throu
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import jax
@@ -171,20 +172,75 @@ def unit_interval(name, value):
     check_hparam(name, value, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
 
 
-def check_hparams(hp, owner: str) -> None:
-    """Every concrete field of the ``NamedTuple`` ``hp`` is a finite real number; then ``hp.check()`` if it has one."""
+def is_hparams(value) -> bool:
+    """Whether ``value`` is a ``NamedTuple`` (of hyperparameters, or of the parts' ``NamedTuple`` in a chain)."""
+    return isinstance(value, tuple) and hasattr(value, "_fields")
+
+
+def hparam_paths(hp, prefix: tuple = ()) -> list:
+    """The path (a tuple of field names) of every number of the ``NamedTuple`` ``hp``, nested ones walked in order:
+    ``[("lam",)]`` for EWC's, ``[("ewc", "lam"), ("replay", "alpha")]`` for a chain's."""
+    paths = []
     for field in hp._fields:
-        check_hparam(f"{owner}: {field}", getattr(hp, field), lambda v: np.ones_like(v, bool), "a finite number")
+        value = getattr(hp, field)
+        paths += hparam_paths(value, prefix + (field,)) if is_hparams(value) else [prefix + (field,)]
+    return paths
+
+
+def matching_paths(paths, name: str) -> list:
+    """The paths that end with the dotted ``name``'s parts: ``"lam"`` matches ``("lam",)`` and ``("ewc", "lam")``,
+    ``"ewc.lam"`` only the latter."""
+    parts = tuple(name.split(".")) if isinstance(name, str) else (name,)
+    return [p for p in paths if len(p) >= len(parts) and p[len(p) - len(parts):] == parts]
+
+
+def path_value(hp, path):
+    """The value at ``path`` of the nested ``NamedTuple`` ``hp``."""
+    for field in path:
+        hp = getattr(hp, field)
+    return hp
+
+
+def with_path(hp, path, value):
+    """``hp`` with the value at ``path`` replaced (the nested ``NamedTuple`` rebuilt along the path)."""
+    if len(path) == 1:
+        return hp._replace(**{path[0]: value})
+    return hp._replace(**{path[0]: with_path(getattr(hp, path[0]), path[1:], value)})
+
+
+def check_hparams(hp, owner: str) -> None:
+    """Every concrete field of the ``NamedTuple`` ``hp`` is a finite real number; then ``hp.check()`` if it has one.
+    A field that is itself a ``NamedTuple`` (a part of a chain) is checked the same way, its errors naming it."""
+    for field in hp._fields:
+        value = getattr(hp, field)
+        if is_hparams(value):
+            try:
+                check_hparams(value, f"{owner}: {field}")
+            except (TypeError, ValueError) as err:
+                if str(err).startswith(f"{owner}: "):
+                    raise
+                raise type(err)(f"{field}.{err}") from None
+            continue
+        check_hparam(f"{owner}: {field}", value, lambda v: np.ones_like(v, bool), "a finite number")
     if hasattr(hp, "check"):
         hp.check()
 
 
 def replace_hparams(hp, values: Dict[str, Any], owner: str):
-    """``hp._replace(**values)`` with unknown names refused (``ValueError`` listing the valid ones)."""
-    unknown = sorted(set(values) - set(hp._fields))
+    """``hp`` with the named values replaced, validated. Names are fields, or for nested ``NamedTuple`` dotted paths
+    (``"ewc.lam"``) or a field name that only one part has (``"lam"``); unknown names are refused (``ValueError``
+    listing the valid ones), and so are ambiguous ones (listing the candidates)."""
+    paths = hparam_paths(hp)
+    found = {name: matching_paths(paths, name) for name in values}
+    unknown = sorted(name for name, hits in found.items() if not hits)
     if unknown:
-        raise ValueError(f"unknown hyperparameter(s) {unknown} for {owner}; it has {list(hp._fields)}")
-    new = hp._replace(**values)
+        raise ValueError(f"unknown hyperparameter(s) {unknown} for {owner}; it has {['.'.join(p) for p in paths]}")
+    new = hp
+    for name, value in values.items():
+        if len(found[name]) > 1:
+            raise ValueError(f"hyperparameter {name!r} is ambiguous for {owner}: "
+                             f"{['.'.join(p) for p in found[name]]} all have it; name one of them")
+        new = with_path(new, found[name][0], value)
     check_hparams(new, owner)
     return new
 
@@ -213,13 +269,54 @@ def registered() -> tuple:
 
 
 def get_strategy(strategy, **hparams) -> Strategy:
-    """A :class:`Strategy` from a registered name (``hparams`` passed to its factory) or a strategy itself."""
+    """A :class:`Strategy` from a registered name (``hparams`` passed to its factory) or a strategy itself.
+
+    Registered names joined by ``+`` (``"ewc+replay"``) give their :func:`~clloop_jax.strategies.compose.chain`; an
+    argument reaches every part whose factory takes it (``lam``, ``capacity``), a dotted one (``ewc.lam``) that part
+    only."""
     if isinstance(strategy, Strategy):
         return strategy.with_hparams(**hparams) if hparams else strategy
     if isinstance(strategy, str):
+        if strategy not in _REGISTRY and "+" in strategy:
+            return _chain_of_names(strategy, hparams)
         if strategy not in _REGISTRY:
             raise ValueError(f"strategy must be one of {list(_REGISTRY)} or a Strategy, got {strategy!r}")
         return _REGISTRY[strategy](**hparams)
     raise TypeError(f"strategy must be a registered name ({list(_REGISTRY)}) or a Strategy, "
                     f"got {type(strategy).__name__}")
 
+
+
+def _chain_of_names(name: str, values: Dict[str, Any]) -> Strategy:
+    """The chain of the registered strategies named in ``name`` (joined by ``+``), ``values`` given to their
+    factories: a dotted one (``"ewc.lam"``) to that part, another to every part whose factory takes it."""
+    from clloop_jax.strategies.compose import chain
+
+    names = name.split("+")
+    unknown = [n for n in names if n not in _REGISTRY]
+    if unknown:
+        raise ValueError(f"strategy {name!r}: {unknown} not registered; the parts of a chain are among "
+                         f"{list(_REGISTRY)}")
+    args = {n: {} for n in names}
+    for key, value in values.items():
+        if "." in key:
+            part, field = key.split(".", 1)
+            if part not in args:
+                raise ValueError(f"strategy {name!r} has no part {part!r} (for {key!r}); its parts are {names}")
+            args[part][field] = value
+            continue
+        takers = [n for n in names if _takes(_REGISTRY[n], key)]
+        if not takers:
+            raise ValueError(f"no part of strategy {name!r} takes {key!r}")
+        for n in takers:
+            args[n][key] = value
+    return chain(*[_REGISTRY[n](**args[n]) for n in names])
+
+
+def _takes(factory: Callable, argument: str) -> bool:
+    """Whether ``factory`` has a parameter ``argument`` (or takes any keyword)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == argument or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)

@@ -28,6 +28,7 @@ from clloop_jax.workflow.settings import (BOUNDARY_MODES, WorldConfig, ModelConf
                                           TrainConfig, DEFAULT_LAMBDA, DATA_LAMBDA, DEFAULT_GAMMA, DEFAULT_MEMORY,
                                           STRATEGY_NAMES, MONITOR_NAMES, FISHER_VARIANTS, SOURCES, MEMORY_STRATEGIES,
                                           count_setting)  # noqa: F401 (the parts, importable from here too)
+from clloop_jax.workflow.settings import default_strength
 
 __all__ = ["ExperimentConfig", "PRESETS", "describe_preset", "experiment_from_dict", "load_experiment"]
 
@@ -99,7 +100,7 @@ class ExperimentConfig:
         from :data:`DEFAULT_LAMBDA`, the others' from :data:`DATA_LAMBDA`)."""
         if self.source == "world" or self.train.lam is not None:
             return self.train.strength
-        return DATA_LAMBDA.get(self.train.strategy, 1.0)
+        return default_strength(DATA_LAMBDA, self.train.strategy)
 
     def resolved(self) -> dict:
         """The parts of the configuration the run uses, as a dict of dataclasses: what ``config.json`` records (a
@@ -153,8 +154,9 @@ class ExperimentConfig:
         values = {"lam": self.strength, "gamma": t.decay, "feedback_weight": t.feedback_weight}
         if self.source == "gymnax":
             values.update(self.gymnax.hparams())
-        names = run.hparams().names()
-        return run.hparams(learning_rate=t.learning_rate, **{k: v for k, v in values.items() if k in names})
+        names = run.hparams().names()  # a chain's are dotted (ewc.lam): lam reaches every part that has it
+        return run.hparams(learning_rate=t.learning_rate, **{n: v for k, v in values.items() for n in names
+                                                            if n == k or n.endswith("." + k)})
 
     def make_source(self):
         """The task source: the closed loop in the world, or the benchmark's stream of labelled tasks."""

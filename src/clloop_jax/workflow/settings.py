@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # annotations only: importing these loads JAX
 
 __all__ = ["WorldConfig", "ModelConfig", "DataConfig", "GymnaxConfig", "TrainConfig", "DEFAULT_LAMBDA", "DATA_LAMBDA",
            "DEFAULT_GAMMA", "DEFAULT_MEMORY", "STRATEGY_NAMES", "MONITOR_NAMES", "FISHER_VARIANTS", "SOURCES",
-           "MEMORY_STRATEGIES", "BOUNDARY_MODES", "count_setting"]
+           "MEMORY_STRATEGIES", "BOUNDARY_MODES", "count_setting", "default_strength"]
 
 
 #: Penalty strength per strategy in the default world (chosen on seed 0 of a shorter run; README, "Results").
@@ -293,6 +293,12 @@ class GymnaxConfig:
                 "reward_scale": self.reward_scale}
 
 
+def default_strength(defaults: dict, strategy: str) -> float:
+    """The default penalty strength of ``strategy`` in ``defaults``; for a chain (``"ewc+replay"``) that of its first
+    part listed there; 1 when none is."""
+    return next((defaults[part] for part in strategy.split("+") if part in defaults), 1.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How the agent learns: the strategy and its strength, the optimizer, the monitors."""
@@ -358,7 +364,7 @@ class TrainConfig:
     @property
     def strength(self) -> float:
         """``lam``, or the strategy's default strength in the world (:data:`DEFAULT_LAMBDA`) when unset."""
-        return DEFAULT_LAMBDA.get(self.strategy, 1.0) if self.lam is None else self.lam
+        return default_strength(DEFAULT_LAMBDA, self.strategy) if self.lam is None else self.lam
 
     @property
     def decay(self) -> float:
@@ -378,9 +384,10 @@ class TrainConfig:
         """``ValueError`` when ``lam`` or ``gamma`` is set and the strategy has no such hyperparameter (it would be
         recorded as if used). Looks the strategy up in the registry, which imports JAX."""
         from clloop_jax.strategies import get_strategy
-        fields = get_strategy(self.strategy).hparams._fields
+        from clloop_jax.strategies.base import hparam_paths
+        fields = {path[-1] for path in hparam_paths(get_strategy(self.strategy).hparams)}  # a chain's parts' too
         for name in ("memory", "memory_batch"):
-            if getattr(self, name) is not None and self.strategy not in MEMORY_STRATEGIES:
+            if getattr(self, name) is not None and not set(self.strategy.split("+")) & set(MEMORY_STRATEGIES):
                 raise ValueError(f"train.{name} (--{name.replace('_', '-')} {getattr(self, name)!r}) is used only by "
                                  f"the rehearsal strategies {', '.join(MEMORY_STRATEGIES)}, not by {self.strategy!r}; "
                                  f"leave it unset")
