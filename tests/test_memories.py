@@ -1,0 +1,198 @@
+"""Rehearsal memories beyond the reservoir: GDumb's class-balanced memory, the per-task ring and iCaRL's herding,
+against examples worked by hand, a float64 reference of the greedy rule, and vmap over seeds."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clloop_jax.strategies.memories import (balanced_add, balanced_init, herding_select, ring_add, ring_filled,
+                                            ring_init, ring_sample)
+from clloop_jax.strategies.rehearsal import memory_sample
+
+# ----------------------------------------------------------------------------------------------------------------
+# Class-balanced memory
+# ----------------------------------------------------------------------------------------------------------------
+
+# Capacity 7; sample i is the integer i, offered with label STREAM[i].
+STREAM = [0, 0, 0, 0, 0, 1, 1, 0, 2, 1, 1, 0]
+# Worked by hand (c: the new sample's class count, M: the largest class count):
+#   t=0..6  room left: slots 0..6 <- samples 0..6              counts {0: 5, 1: 2}
+#   t=7  label 0: c=5 == M=5 (the unique largest): dropped      {0: 5, 1: 2}
+#   t=8  label 2: c=0 <  M=5: replaces one of class 0's slots   {0: 4, 1: 2, 2: 1}
+#   t=9  label 1: c=2 <  M=4: replaces one of class 0's slots   {0: 3, 1: 3, 2: 1}
+#   t=10 label 1: c=3 == M=3 (tied with class 0): dropped       {0: 3, 1: 3, 2: 1}
+#   t=11 label 0: c=3 == M=3 (tied with class 1): dropped       {0: 3, 1: 3, 2: 1}
+# So class 1 holds exactly samples {5, 6, 9}, class 2 exactly {8}, class 0 three of {0..4} (which three depends on
+# the key), slots 5 and 6 still hold samples 5 and 6 (only class-0 slots were ever replaced), seen = 12.
+FINAL_COUNTS = {0: 3, 1: 3, 2: 1}
+
+
+def offer_stream(key, batches=(12,)):
+    memory = balanced_init(jnp.int32(0), 7)
+    labels, start = jnp.array(STREAM), 0
+    for b, size in enumerate(batches):
+        memory = balanced_add(memory, jnp.arange(start, start + size), labels[start: start + size],
+                              jax.random.fold_in(key, b))
+        start += size
+    return memory
+
+
+@pytest.mark.parametrize("batches", [(12,), (5, 4, 3)])
+def test_balanced_memory_by_hand(batches):
+    for seed in range(4):
+        memory = offer_stream(jax.random.key(seed), batches)
+        items, labels = (np.asarray(a) for a in memory.items)
+        assert int(memory.seen) == 12
+        assert {c: int(np.sum(labels == c)) for c in (0, 1, 2)} == FINAL_COUNTS
+        assert sorted(items[labels == 1]) == [5, 6, 9] and list(items[labels == 2]) == [8]
+        assert set(items[labels == 0]) <= {0, 1, 2, 3, 4} and len(set(items[labels == 0])) == 3
+        assert list(items[5:7]) == [5, 6] and list(labels[5:7]) == [1, 1]
+        np.testing.assert_array_equal(np.array(STREAM)[items], labels)  # every slot keeps its sample's label
+
+
+def test_balanced_memory_breaks_ties_uniformly_over_the_tied_classes():
+    """Capacity 4 holding classes {0: 2, 1: 2}; a sample of class 2 replaces a slot of class 0 or class 1, each with
+    probability 1/2 (uniform over the 4 tied slots). Over 2,000 keys the class-0 count is Binomial(2000, 1/2): mean
+    1000, sd 22.4; within 5 sd, and each of the four slots is replaced about 500 times."""
+    memory = balanced_add(balanced_init(jnp.int32(0), 4), jnp.arange(4), jnp.array([0, 1, 0, 1]), jax.random.key(0))
+
+    def offer(key):
+        return balanced_add(memory, jnp.array([9]), jnp.array([2]), key).items
+
+    items, labels = jax.vmap(offer)(jax.random.split(jax.random.key(1), 2000))
+    replaced = np.argmax(np.asarray(labels) == 2, axis=1)
+    assert np.all(np.sum(np.asarray(labels) == 2, axis=1) == 1)
+    lost_zero = np.sum(replaced % 2 == 0)  # slots 0 and 2 held class 0
+    assert abs(lost_zero - 1000) < 5 * 22.4
+    assert np.all(np.abs(np.bincount(replaced, minlength=4) - 500) < 5 * np.sqrt(2000 * 0.25 * 0.75))
+
+
+def test_balanced_memory_under_vmap_equals_each_seed_alone():
+    keys = jax.random.split(jax.random.key(3), 6)
+    labels = jax.random.randint(jax.random.key(4), (40,), 0, 5)
+    samples = (jnp.arange(40.0)[:, None] * jnp.ones(3), jnp.arange(40))
+
+    def fill(key):
+        return balanced_add(balanced_init((jnp.zeros(3), jnp.int32(0)), 10), samples, labels, key)
+
+    batched = jax.jit(jax.vmap(fill))(keys)
+    for s, key in enumerate(keys):
+        alone = fill(key)
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[s], b), batched, alone)
+    assert len({tuple(np.asarray(batched.items[1][s])) for s in range(len(keys))}) > 1  # the keys matter
+
+
+def test_balanced_memory_draws_like_a_reservoir():
+    memory = balanced_add(balanced_init(jnp.float32(0), 5), jnp.arange(3.0), jnp.array([0, 1, 1]), jax.random.key(0))
+    drawn, labels = memory_sample(memory, jax.random.key(1), 200)
+    assert set(np.asarray(drawn).tolist()) == {0.0, 1.0, 2.0}
+    np.testing.assert_array_equal(np.asarray(labels), np.array([0, 1, 1])[np.asarray(drawn).astype(int)])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ring per task
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_ring_keeps_each_tasks_most_recent_items():
+    """Capacity 6 over 3 tasks: 2 slots per task (task k: slots 2k, 2k+1). Task 1 is offered 10, 11, 12, 13, 14:
+    t=0 -> slot 2, t=1 -> slot 3, t=2 -> slot 2, t=3 -> slot 3, t=4 -> slot 2, so slots 2, 3 hold 14, 13. Task 0 is
+    offered 1 (slot 0) and task 2 nothing; the overfilled task never writes another task's slots."""
+    memory = ring_init(jnp.int32(0), 6, 3)
+    memory = ring_add(memory, jnp.array([10, 11, 12]), 1)
+    memory = ring_add(memory, jnp.array([1]), 0)
+    memory = ring_add(memory, jnp.array([13, 14]), jnp.int32(1))
+    np.testing.assert_array_equal(memory.items, [1, 0, 14, 13, 0, 0])
+    np.testing.assert_array_equal(memory.seen, [1, 5, 0])
+    np.testing.assert_array_equal(ring_filled(memory), [True, False, True, True, False, False])
+    assert set(np.asarray(ring_sample(memory, jax.random.key(0), 300)).tolist()) == {1, 13, 14}
+    assert int(ring_sample(ring_init(jnp.int32(0), 6, 3), jax.random.key(0), 1)[0]) == 0  # empty: slot 0
+
+
+def test_ring_under_jit_and_vmap_over_tasks():
+    memory = ring_init((jnp.zeros(2), jnp.int32(0)), 8, 4)
+    samples = (jnp.ones((3, 2)), jnp.array([7, 8, 9]))
+    added = jax.jit(jax.vmap(lambda k: ring_add(memory, samples, k)))(jnp.arange(4))
+    for k in range(4):
+        alone = ring_add(memory, samples, k)
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[k], b), added, alone)
+        # 3 items into 2 slots: slot 2k holds the third (9), slot 2k+1 the second (8)
+        assert list(np.asarray(alone.items[1][2 * k: 2 * k + 2])) == [9, 8]
+    # A traced task id outside the range leaves the memory unchanged.
+    out = jax.jit(ring_add)(memory, samples, jnp.int32(4))
+    jax.tree.map(np.testing.assert_array_equal, out, memory)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Herding
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def herding_reference(features, m):
+    """The greedy rule in NumPy float64, and the smallest gap between the best and second-best score of any step."""
+    f = np.asarray(features, np.float64)
+    norms = np.linalg.norm(f, axis=1, keepdims=True)
+    phi = f / np.where(norms > 0, norms, 1.0)
+    mu = phi.mean(axis=0)
+    total, picks, gap = np.zeros(f.shape[1]), [], np.inf
+    for k in range(1, m + 1):
+        dist = np.sum((mu - (phi + total) / k) ** 2, axis=1)
+        dist[picks] = np.inf
+        order = np.argsort(dist, kind="stable")
+        if len(order) > k:
+            gap = min(gap, dist[order[1]] - dist[order[0]])
+        picks.append(int(order[0]))
+        total = total + phi[order[0]]
+    return picks, gap
+
+
+# Four points whose normalised features are (1, 0), (0, 1), (0.6, 0.8), (-0.6, 0.8); mu = (0.25, 0.65).
+POINTS = [[2.0, 0.0], [0.0, 0.5], [3.0, 4.0], [-6.0, 8.0]]
+# By hand, squared distances |mu - (S + phi_i) / k|^2:
+#   k=1: phi0 0.985, phi1 0.185, phi2 0.145, phi3 0.745                    -> 2, S = (0.6, 0.8)
+#   k=2: phi0 (0.8, 0.4): 0.365, phi1 (0.3, 0.9): 0.065, phi3 (0, 0.8): 0.085 -> 1, S = (0.6, 1.8)
+#   k=3: phi0 (0.533, 0.6): 0.0828, phi3 (0, 0.867): 0.1094                 -> 0, then 3
+# Nearest-to-the-mean ordering would be 2, 1, 3, 0: herding differs at the third pick.
+
+
+def test_herding_by_hand():
+    assert herding_select(jnp.array(POINTS), 4).tolist() == [2, 1, 0, 3]
+    assert herding_select(jnp.array(POINTS), 2).tolist() == [2, 1]
+    assert herding_reference(POINTS, 4)[0] == [2, 1, 0, 3]
+    # Ties go to the lowest index: four points symmetric about the origin have mu = 0 and equal distances.
+    assert herding_select(jnp.array([[1.0, 0], [0, 1], [-1, 0], [0, -1]]), 4).tolist() == [0, 2, 1, 3]
+
+
+def test_herding_matches_the_float64_reference_and_vmaps_over_seeds():
+    n, d, m = 30, 6, 12
+    feats = jax.random.normal(jax.random.key(7), (8, n, d)) + 0.5
+    picks = jax.jit(jax.vmap(lambda f: herding_select(f, m)))(feats)
+    for s in range(feats.shape[0]):
+        want, gap = herding_reference(np.asarray(feats[s]), m)
+        assert gap > 1e-5, gap  # no near tie that float32 could resolve otherwise
+        assert picks[s].tolist() == want
+        assert herding_select(feats[s], m).tolist() == want
+        assert len(set(want)) == m
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: balanced_init(jnp.int32(0), 0), "capacity"),
+    (lambda: balanced_add(balanced_init(jnp.int32(0), 3), jnp.arange(4), jnp.arange(3), jax.random.key(0)),
+     "labels"),
+    (lambda: balanced_add(balanced_init(jnp.int32(0), 3), jnp.arange(2), jnp.zeros(2), jax.random.key(0)), "labels"),
+    (lambda: ring_init(jnp.int32(0), 7, 3), "capacity"),
+    (lambda: ring_init(jnp.int32(0), 6, 0), "num_tasks"),
+    (lambda: ring_add(ring_init(jnp.int32(0), 6, 3), jnp.arange(2), 3), "task_id"),
+    (lambda: ring_sample(ring_init(jnp.int32(0), 6, 3), jax.random.key(0), 0), "n"),
+    (lambda: herding_select(jnp.ones((4, 2)), 5), "m"),
+    (lambda: herding_select(jnp.ones((4, 2)), 0), "m"),
+    (lambda: herding_select(jnp.ones(4), 1), "features"),
+])
+def test_bad_sizes_raise_naming_the_argument(call, name):
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
+        call()
