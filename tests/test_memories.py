@@ -5,9 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from clloop_jax.data.loaders import load_digits_data
+from clloop_jax.data.streams import split_stream
+from clloop_jax.model import MLP
+from clloop_jax.sources.supervised import SupervisedBatch, SupervisedSource
+from clloop_jax.strategies import get_strategy, replay
 from clloop_jax.strategies.memories import (balanced_add, balanced_init, herding_select, ring_add, ring_filled,
                                             ring_init, ring_sample)
-from clloop_jax.strategies.rehearsal import memory_sample
+from clloop_jax.strategies.rehearsal import memory_init, memory_sample, reservoir_add
 
 # ----------------------------------------------------------------------------------------------------------------
 # Class-balanced memory
@@ -39,8 +44,9 @@ def offer_stream(key, batches=(12,)):
 
 @pytest.mark.parametrize("batches", [(12,), (5, 4, 3)])
 def test_balanced_memory_by_hand(batches):
+    offer = jax.jit(lambda key: offer_stream(key, batches))
     for seed in range(4):
-        memory = offer_stream(jax.random.key(seed), batches)
+        memory = offer(jax.random.key(seed))
         items, labels = (np.asarray(a) for a in memory.items)
         assert int(memory.seen) == 12
         assert {c: int(np.sum(labels == c)) for c in (0, 1, 2)} == FINAL_COUNTS
@@ -68,7 +74,7 @@ def test_balanced_memory_breaks_ties_uniformly_over_the_tied_classes():
 
 
 def test_balanced_memory_under_vmap_equals_each_seed_alone():
-    keys = jax.random.split(jax.random.key(3), 6)
+    keys = jax.random.split(jax.random.key(3), 4)
     labels = jax.random.randint(jax.random.key(4), (40,), 0, 5)
     samples = (jnp.arange(40.0)[:, None] * jnp.ones(3), jnp.arange(40))
 
@@ -173,6 +179,69 @@ def test_herding_matches_the_float64_reference_and_vmaps_over_seeds():
         assert picks[s].tolist() == want
         assert herding_select(feats[s], m).tolist() == want
         assert len(set(want)) == m
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Replay over either memory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Class-incremental digits in two tasks (classes 0-4, then 5-9), a small MLP, and 160 samples of each task
+    as 5 update batches of 32."""
+    x, y = load_digits_data()
+    stream = split_stream(x, y, classes_per_task=5, seed=0, scenario="class")
+    source = SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(8,)), stream, batch_size=32)
+    batches = [source.samples(SupervisedBatch(stream.x[t, 32 * b: 32 * b + 32], stream.y[t, 32 * b: 32 * b + 32],
+                                              stream.train_mask[t])) for t in range(2) for b in range(5)]
+    example = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), batches[0])
+    params = source.model.init(jax.random.key(0), stream.x[0, :1])
+    return source, batches, example, params
+
+
+def fill(strategy, digits):
+    source, batches, example, params = digits
+    hp = strategy.hparams
+    state = strategy.init(params, hp, example, source)
+    observe = jax.jit(lambda st, s, k: strategy.observe(st, params, s, source, k, hp))
+    for b, samples in enumerate(batches):
+        state = observe(state, samples, jax.random.key(b))
+    return state
+
+
+def test_replay_by_default_keeps_the_reservoir_bitwise(digits):
+    """``replay()`` (memory="reservoir" by default): the memory is exactly what reservoir_add builds from the same
+    keys, and the replay loss exactly ``alpha`` times the source's loss on memory_sample's draw."""
+    source, batches, example, params = digits
+    want, add = memory_init(example, 16), jax.jit(reservoir_add)
+    for b, samples in enumerate(batches):
+        want = add(want, samples, jax.random.key(b))
+    for strategy in (replay(16, 8, 0.7),):  # the default; memory="reservoir" builds the same hooks
+        state = fill(strategy, digits)
+        jax.tree.map(np.testing.assert_array_equal, state, want)
+        key = jax.random.key(42)
+        loss = strategy.replay_loss(state, params, batches[-1], source, key, strategy.hparams)
+        x, y = memory_sample(want, jax.random.split(key)[0], 8)
+        ref = 0.7 * source.sample_loss(params, source.rehearse(x, batches[-1]), y)
+        assert np.asarray(loss).tobytes() == np.asarray(ref).tobytes()
+
+
+def test_balanced_replay_by_name_keeps_every_class_equally(digits):
+    """20 slots after 160 samples of classes 0-4 then 160 of classes 5-9 (about 32 of each class): every class
+    keeps exactly 2 slots, each slot holding one of the offered samples with its own label."""
+    source, batches, _, params = digits
+    strategy = get_strategy("replay", capacity=20, batch_size=8, memory="balanced")
+    state = fill(strategy, digits)
+    (inputs, targets), labels = state.items
+    np.testing.assert_array_equal(targets, labels)
+    np.testing.assert_array_equal(np.bincount(np.asarray(labels), minlength=10), [2] * 10)
+    offered = np.concatenate([np.asarray(b[0][0]) for b in batches])
+    assert all(np.any(np.all(offered == row, axis=1)) for row in np.asarray(inputs[0]))
+    loss = strategy.replay_loss(state, params, batches[-1], source, jax.random.key(0), strategy.hparams)
+    assert np.isfinite(float(loss)) and float(loss) > 0
+    with pytest.raises(ValueError, match="^memory"):
+        replay(memory="ring")
 
 
 # ----------------------------------------------------------------------------------------------------------------
