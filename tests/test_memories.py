@@ -88,6 +88,43 @@ def test_balanced_memory_under_vmap_equals_each_seed_alone():
     assert len({tuple(np.asarray(batched.items[1][s])) for s in range(len(keys))}) > 1  # the keys matter
 
 
+def balanced_reference(capacity, labels, keys, batch):
+    """GDumb's rule in NumPy on the stream ``labels`` (sample i is the integer i), offered in batches of ``batch``
+    with one key each; class sizes recounted from scratch at every step; the documented draw convention."""
+    items, held, seen = np.zeros(capacity, int), np.zeros(capacity, int), 0
+    for b, key in enumerate(keys):
+        chunk = labels[b * batch: (b + 1) * batch]
+        draws = np.asarray(jax.random.randint(key, (len(chunk),), 0, np.iinfo(np.int32).max))
+        for i, y in enumerate(chunk):
+            t = seen + i
+            if t < capacity:
+                items[t], held[t] = b * batch + i, y
+                continue
+            sizes = np.array([np.sum(held == c) for c in held])
+            if np.sum(held == y) < sizes.max():
+                candidates = np.flatnonzero(sizes == sizes.max())
+                slot = candidates[draws[i] % len(candidates)]
+                items[slot], held[slot] = b * batch + i, y
+        seen += len(chunk)
+    return items, held
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_balanced_memory_matches_a_recounting_reference(seed):
+    """Random streams of 60 labels over 6 classes (skewed towards class 0), capacity 9, in batches of 12: the
+    memory equals the NumPy reference's slot by slot, so the class sizes kept up to date inside a call and carried
+    across calls are the recounted ones."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(6, size=60, p=[0.4, 0.2, 0.1, 0.1, 0.1, 0.1])
+    keys = jax.random.split(jax.random.key(seed), 5)
+    memory, add = balanced_init(jnp.int32(0), 9), jax.jit(balanced_add)
+    for b, key in enumerate(keys):
+        memory = add(memory, jnp.arange(12 * b, 12 * b + 12), jnp.asarray(labels[12 * b: 12 * b + 12]), key)
+    items, held = balanced_reference(9, labels, keys, 12)
+    np.testing.assert_array_equal(memory.items[0], items)
+    np.testing.assert_array_equal(memory.items[1], held)
+
+
 def test_balanced_memory_draws_like_a_reservoir():
     memory = balanced_add(balanced_init(jnp.float32(0), 5), jnp.arange(3.0), jnp.array([0, 1, 1]), jax.random.key(0))
     drawn, labels = memory_sample(memory, jax.random.key(1), 200)

@@ -61,8 +61,10 @@ def balanced_add(memory: Memory, samples: PyTree, labels, key) -> Memory:
 
     Ties: when several classes share the largest size ``M``, the slot replaced is drawn uniformly over all their
     slots, which is the same as choosing one of the tied classes uniformly and then one of its samples uniformly.
-    The draw for the ``i``-th offered sample comes from ``key`` alone (one draw per sample), so the result is a
-    function of ``(memory, samples, labels, key)``.
+    The draws come from ``key`` alone, so the result is a function of ``(memory, samples, labels, key)``: the
+    ``i``-th sample's draw is ``d = jax.random.randint(key, (n,), 0, 2**31 - 1)[i]`` and the slot it replaces is the
+    ``(d mod K)``-th (from 0, in slot order) of the ``K`` slots of the largest classes. Class sizes are counted once
+    per call (``capacity^2`` comparisons) and then kept up to date sample by sample (``capacity`` per sample).
     """
     if not (isinstance(memory.items, tuple) and len(memory.items) == 2):
         raise ValueError("memory must come from balanced_init (items are (samples, labels))")
@@ -76,15 +78,18 @@ def balanced_add(memory: Memory, samples: PyTree, labels, key) -> Memory:
     draws = jax.random.randint(key, (n,), 0, _INT_MAX)
     slots = jnp.arange(capacity)
 
+    in_use = slots < jnp.minimum(memory.seen, capacity)
+    # size[j]: how many used slots hold slot j's class (0 for a free slot); kept up to date sample by sample
+    size = jnp.where(in_use, jnp.sum((slot_labels[:, None] == slot_labels[None, :]) & in_use[None, :], axis=1), 0)
+
     def offer(carry, i):
-        items, held = carry
+        items, held, size = carry
         t = memory.seen + i
         y = labels[i]
         in_use = slots < t
-        class_size = jnp.where(in_use, jnp.sum((held[:, None] == held[None, :]) & in_use[None, :], axis=1), 0)
-        largest = jnp.max(class_size)
+        largest = jnp.max(size)
         own = jnp.sum(in_use & (held == y))
-        candidates = in_use & (class_size == largest)
+        candidates = in_use & (size == largest)
         r = draws[i] % jnp.maximum(jnp.sum(candidates), 1)
         victim = jnp.argmax(jnp.cumsum(candidates) > r)  # the r-th candidate slot, counting from 0
         full = t >= capacity
@@ -92,10 +97,16 @@ def balanced_add(memory: Memory, samples: PyTree, labels, key) -> Memory:
         keep = ~full | (own < largest)
         sample = jax.tree.map(lambda x: x[i], samples)
         items = jax.tree.map(lambda s, x: s.at[slot].set(jnp.where(keep, x, s[slot])), items, sample)
+        # the replaced class (if any) shrinks by one, the new sample's class grows by one
+        shrink = in_use & (held == held[slot]) & full
+        grow = in_use & (held == y)
+        new_size = size - shrink + grow
+        new_size = new_size.at[slot].set(own + 1)
+        size = jnp.where(keep, new_size, size)
         held = held.at[slot].set(jnp.where(keep, y, held[slot]))
-        return (items, held), None
+        return (items, held, size), None
 
-    (stored, slot_labels), _ = jax.lax.scan(offer, (stored, slot_labels), jnp.arange(n))
+    (stored, slot_labels, _), _ = jax.lax.scan(offer, (stored, slot_labels, size), jnp.arange(n))
     return Memory((stored, slot_labels), memory.seen + n)
 
 
