@@ -11,7 +11,8 @@ sample axis), so the same strategies serve labelled streams (images with their l
 Strategies (the loss on memory is the source's own objective, ``source.sample_loss``):
 
 * :func:`replay` (experience replay, e.g. Chaudhry et al. 2019, "On tiny episodic memories in continual learning"):
-  a reservoir of the whole stream; every update adds ``alpha * loss(memory sample)`` to the task loss.
+  a reservoir of the whole stream (or, with ``memory="balanced"``, GDumb's class-balanced memory of
+  :mod:`~clloop_jax.strategies.memories`); every update adds ``alpha * loss(memory sample)`` to the task loss.
 * :func:`agem` (Chaudhry et al. 2019, "Efficient lifelong learning with A-GEM"): a memory of earlier tasks' data
   (filled at each task's end); the update's gradient ``g`` is projected when it conflicts with the memory's gradient
   ``g_ref``: ``g - (g . g_ref / g_ref . g_ref) g_ref`` if ``g . g_ref < 0`` (:func:`agem_project`).
