@@ -3,6 +3,7 @@
 * :mod:`~clloop_jax.strategies.base`: the interface, hyperparameter checks and the registry.
 * :mod:`~clloop_jax.strategies.penalties`: none, l2, ewc, online_ewc, si, mas, ewc_budget.
 * :mod:`~clloop_jax.strategies.rehearsal`: replay, agem, lwf, derpp, and the memory they share.
+* :mod:`~clloop_jax.strategies.memories`: the class-balanced memory (GDumb), a ring per task, herding (iCaRL).
 * :mod:`~clloop_jax.strategies.streaming`: streaming_ewc, streaming_si (no consolidation event: task-free streams).
 * :mod:`~clloop_jax.strategies.plasticity`: l2_init, shrink_perturb (against the loss of plasticity).
 * :mod:`~clloop_jax.strategies.compose`: chain, several strategies as one (``ewc+replay``).

@@ -11,7 +11,8 @@ sample axis), so the same strategies serve labelled streams (images with their l
 Strategies (the loss on memory is the source's own objective, ``source.sample_loss``):
 
 * :func:`replay` (experience replay, e.g. Chaudhry et al. 2019, "On tiny episodic memories in continual learning"):
-  a reservoir of the whole stream; every update adds ``alpha * loss(memory sample)`` to the task loss.
+  a reservoir of the whole stream (or, with ``memory="balanced"``, GDumb's class-balanced memory of
+  :mod:`~clloop_jax.strategies.memories`); every update adds ``alpha * loss(memory sample)`` to the task loss.
 * :func:`agem` (Chaudhry et al. 2019, "Efficient lifelong learning with A-GEM"): a memory of earlier tasks' data
   (filled at each task's end); the update's gradient ``g`` is projected when it conflicts with the memory's gradient
   ``g_ref``: ``g - (g . g_ref / g_ref . g_ref) g_ref`` if ``g . g_ref < 0`` (:func:`agem_project`).
@@ -194,16 +195,27 @@ class _Rehearsal:
     kind: str
     capacity: int
     batch_size: int
+    memory: str = "reservoir"  # or "balanced" (replay only): GDumb's class-balanced memory over the targets
 
     def init(self, params, hp, example, source):
         if self.kind == "derpp":
             outputs = jax.eval_shape(source.predict, params, example[0])
             example = (example, outputs)
+        if self.memory == "balanced":
+            from clloop_jax.strategies.memories import balanced_init  # it builds on this module's Memory
+            target = example[1]
+            if jnp.shape(target) != () or not jnp.issubdtype(jnp.result_type(target), jnp.integer):
+                raise ValueError(f"memory='balanced' needs one integer class label per sample as the target, got "
+                                 f"{jnp.result_type(target)}{jnp.shape(target)}")
+            return balanced_init(example, self.capacity)
         return memory_init(example, self.capacity)
 
     def observe(self, memory, params, samples, source, key, hp):
         if self.kind == "derpp":
             samples = (samples, jax.lax.stop_gradient(_outputs(source, params, samples[0])))
+        if self.memory == "balanced":
+            from clloop_jax.strategies.memories import balanced_add
+            return balanced_add(memory, samples, samples[1], key)
         return reservoir_add(memory, samples, key)
 
     def consolidate(self, memory, params, hp, importance=None, data=None):
@@ -213,7 +225,8 @@ class _Rehearsal:
     def replay_loss(self, memory, params, samples, source, key, hp):
         k1, k2 = jax.random.split(key)
         if self.kind == "replay":
-            x, y = memory_sample(memory, k1, self.batch_size)
+            drawn = memory_sample(memory, k1, self.batch_size)
+            x, y = drawn[0] if self.memory == "balanced" else drawn  # a balanced memory's items carry the labels
             loss = hp.alpha * source.sample_loss(params, _rehearsed(source, x, samples), y)
         else:  # derpp: outputs matching (as they were seen) on one memory sample, the label loss on another
             (x, _), z = memory_sample(memory, k1, self.batch_size)
@@ -230,12 +243,16 @@ class _Rehearsal:
         return jax.tree.map(lambda a, b: jnp.where(_is_filled(memory), a, b), projected, grads)
 
 
-def replay(capacity: int = 500, batch_size: int = 32, alpha=1.0) -> Strategy:
-    """Experience replay with a reservoir of ``capacity`` samples of the stream; ``batch_size`` memory samples per
-    update, their loss weighted by ``alpha``."""
+def replay(capacity: int = 500, batch_size: int = 32, alpha=1.0, memory: str = "reservoir") -> Strategy:
+    """Experience replay with a memory of ``capacity`` samples of the stream; ``batch_size`` memory samples per
+    update, their loss weighted by ``alpha``. ``memory``: ``"reservoir"`` (a uniform sample of the stream) or
+    ``"balanced"`` (GDumb's class-balanced memory over the targets, which must be integer class labels; see
+    :func:`~clloop_jax.strategies.memories.balanced_add`)."""
     _check_size("capacity", capacity)
     _check_size("batch_size", batch_size)
-    hooks = _Rehearsal("replay", capacity, batch_size)
+    if memory not in ("reservoir", "balanced"):
+        raise ValueError(f"memory must be 'reservoir' or 'balanced', got {memory!r}")
+    hooks = _Rehearsal("replay", capacity, batch_size, memory)
     hp = ReplayHParams(alpha)
     check_hparams(hp, "strategy")
     return Strategy("replay", hp, init=hooks.init, observe=hooks.observe, replay_loss=hooks.replay_loss,
