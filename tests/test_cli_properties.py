@@ -62,8 +62,8 @@ FLOATS = {"learning_rate": (0.0, math.inf, True), "lam": (0.0, math.inf, False),
           "feedback_weight": (0.0, math.inf, False)}
 CHOICES = {"strategy": STRATEGY_NAMES, "fisher_variant": FISHER_VARIANTS, "boundaries": BOUNDARY_MODES}
 FLAGS = {"overwrite", "resume", "quiet", "no_cache"}
-OTHERS = {"out", "devices", "world_seed", "monitors", "strategies", "memory", "memory_batch", "max_grad_norm", "source",
-          "log"}
+OTHERS = {"out", "devices", "world_seed", "monitors", "strategies", "memory", "memory_batch", "memory_policy",
+          "max_grad_norm", "source", "log"}
 #: Options of the parts the base experiment (the tiny world) does not use: a value is accepted only at its default
 #: (any other is refused as unused by the world), so the rule is "equals the default" for every one of them.
 UNUSED = {f.name: getattr(part, f.name) for part in (DataConfig(), GymnaxConfig()) for f in dataclasses.fields(part)}
@@ -169,6 +169,11 @@ def example(draw, command, name, tmp):
     if name == "source":
         text = draw(st.one_of(st.sampled_from(SOURCES), st.sampled_from(["", "cifar", "World", "gym"])))
         return [opt, text], text == "world"                 # the tiny preset's world options are refused elsewhere
+    if name == "memory_policy":
+        text = draw(st.sampled_from(["reservoir", "balanced", "None", "", "ring", "Balanced"]))
+        if command == "compare":                             # neither none nor online_ewc keeps a memory: unset only
+            return [opt, text], text == "None"
+        return ["--strategy", "replay", opt, text], text in ("reservoir", "balanced", "None")
     if name == "memory_batch":
         text, n = draw(integer_text(name))
         if command == "compare":                             # neither none nor online_ewc draws from a memory

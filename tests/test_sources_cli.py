@@ -84,6 +84,9 @@ def test_a_digits_run_resumed_after_two_tasks_equals_the_uninterrupted_one(digit
     (["--strategy", "ewc", "--memory", "100"], "train.memory (--memory 100) is used only by the rehearsal strategies"),
     (["--strategy", "lwf", "--memory-batch", "8"], "train.memory_batch (--memory-batch 8) is used only by the rehearsal"),
     (["--strategy", "replay", "--memory-batch", "0"], "train.memory_batch must be an integer >= 1, got 0"),
+    (["--strategy", "agem", "--memory-policy", "balanced"], "train.memory_policy (--memory-policy balanced) is used only "
+                                                            "by replay"),
+    (["--strategy", "replay", "--memory-policy", "ring"], "train.memory_policy must be one of ['reservoir', 'balanced']"),
     (["--stream", "spiral"], "data.stream must be one of ['split', 'permuted'], got 'spiral'"),
     (["--scenario", "joint"], "data.scenario must be one of ['task', 'domain', 'class'], got 'joint'"),
     (["--mlp-hidden", "0"], "data.mlp_hidden must be an integer >= 1, got 0"),
@@ -136,6 +139,9 @@ def test_memory_and_memory_batch_reach_the_rehearsal_strategy():
         assert sizes(TrainConfig(strategy=name, memory=200, memory_batch=128)) == (200, 128)
         assert sizes(TrainConfig(strategy=name, memory_batch=16)) == (500, 16)
         assert sizes(TrainConfig(strategy=name, memory=300)) == (300, default_batch)
+    balanced = TrainConfig(strategy="replay", memory=40, memory_policy="balanced").strategy_value()
+    assert balanced.replay_loss.__self__.memory == "balanced" and balanced.replay_loss.__self__.capacity == 40
+    assert TrainConfig(strategy="replay", memory=40).strategy_value().replay_loss.__self__.memory == "reservoir"
 
 
 def test_presets_of_benchmarks_are_described_and_valid():

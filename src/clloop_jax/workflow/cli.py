@@ -264,7 +264,9 @@ def _share(experiments: dict, option: str, takes, who: str, quiet: bool) -> dict
         raise ValueError(f"--{option.replace('_', '-')} {value!r} is used by none of the strategies {', '.join(experiments)} ({who}); "
                          f"leave it unset")
     if not quiet and len(takers) < len(experiments):
-        print(f"--{option.replace('_', '-')} {value:g} applies to {', '.join(takers)} only (the others have no {option})", flush=True)
+        shown = value if isinstance(value, str) else format(value, "g")
+        print(f"--{option.replace('_', '-')} {shown} applies to {', '.join(takers)} only (the others have no "
+              f"{option})", flush=True)
     return {name: e if name in takers else dataclasses.replace(e, train=dataclasses.replace(e.train, **{option: None}))
             for name, e in experiments.items()}
 
@@ -290,6 +292,8 @@ def compare_command(args: CompareArgs):
     for option in ("memory", "memory_batch"):
         experiments = _share(experiments, option, lambda name: name in MEMORY_STRATEGIES,
                              f"{', '.join(MEMORY_STRATEGIES)} have one", args.quiet)
+    experiments = _share(experiments, "memory_policy", lambda name: "replay" in name.split("+"), "replay has one",
+                         args.quiet)
     for experiment in experiments.values():  # every one checked first
         experiment.train.check_strategy_options()
     _check_compare_sizes(experiments, args.devices)

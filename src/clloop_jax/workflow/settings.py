@@ -61,6 +61,11 @@ BOUNDARY_MODES = ("known", "detect", "oracle", "none")
 MEMORY_STRATEGIES = ("replay", "agem", "derpp")
 
 
+#: What replay's memory keeps (``train.memory_policy``): a reservoir sample of the stream, or GDumb's class-balanced
+#: greedy memory (:mod:`clloop_jax.strategies.memories`).
+MEMORY_POLICIES = ("reservoir", "balanced")
+
+
 DEFAULT_MEMORY = 500
 
 
@@ -329,6 +334,9 @@ class TrainConfig:
     memory_batch: Optional[int] = None
     """memory samples drawn per update (>= 1), for replay, agem and derpp (refused for the others); unset: 32 (replay,
     derpp) or 64 (agem)"""
+    memory_policy: Optional[str] = None
+    """what replay's memory keeps: reservoir (a uniform sample of the stream) or balanced (GDumb's class-balanced
+    greedy memory); replay only; unset: reservoir"""
     max_grad_norm: Optional[float] = 1.0
     """clip the gradient to this global norm before each update (> 0); None: no clipping"""
 
@@ -358,6 +366,8 @@ class TrainConfig:
         for name in ("memory", "memory_batch"):
             if getattr(self, name) is not None:
                 count_setting("train", name, getattr(self, name))
+        if self.memory_policy is not None and self.memory_policy not in MEMORY_POLICIES:
+            raise ValueError(f"train.memory_policy must be one of {list(MEMORY_POLICIES)}, got {self.memory_policy!r}")
         if self.max_grad_norm is not None:
             _number("train", "max_grad_norm", self.max_grad_norm, 0, open_low=True)
 
@@ -373,12 +383,13 @@ class TrainConfig:
 
     def strategy_value(self):
         """The strategy as the run takes it: its name, or the rehearsal strategy built with ``memory`` samples and
-        ``memory_batch`` of them per update."""
-        sizes = {k: v for k, v in (("capacity", self.memory), ("batch_size", self.memory_batch)) if v is not None}
-        if not sizes:
+        ``memory_batch`` of them per update, kept by ``memory_policy``."""
+        options = {k: v for k, v in (("capacity", self.memory), ("batch_size", self.memory_batch),
+                                     ("memory", self.memory_policy)) if v is not None}
+        if not options:
             return self.strategy
         from clloop_jax.strategies import get_strategy
-        return get_strategy(self.strategy, **sizes)
+        return get_strategy(self.strategy, **options)
 
     def check_strategy_options(self) -> None:
         """``ValueError`` when ``lam`` or ``gamma`` is set and the strategy has no such hyperparameter (it would be
@@ -391,6 +402,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name} (--{name.replace('_', '-')} {getattr(self, name)!r}) is used only by "
                                  f"the rehearsal strategies {', '.join(MEMORY_STRATEGIES)}, not by {self.strategy!r}; "
                                  f"leave it unset")
+        if self.memory_policy is not None and "replay" not in self.strategy.split("+"):
+            raise ValueError(f"train.memory_policy (--memory-policy {self.memory_policy}) is used only by replay, not "
+                             f"by {self.strategy!r}; leave it unset")
         for name in ("lam", "gamma"):
             if getattr(self, name) is not None and name not in fields:
                 has = ", ".join(f for f in ("lam", "gamma") if f in fields)
