@@ -1,6 +1,5 @@
 """``clloop sweep``: a grid of traced hyperparameters over seeds as one batch, its folders, its choice on held-out
 seeds, its refusals and its resume."""
-import csv
 import json
 import os
 import shutil
@@ -26,11 +25,6 @@ def swept(tmp_path_factory):
     return sweep, run_sweep(sweep, RunFolder(path)), path
 
 
-def _csv_matrix(path):
-    rows = list(csv.reader(open(path)))
-    return np.array([[float(v) for v in row[1:]] for row in rows[2:]])
-
-
 def test_every_point_equals_its_own_run(swept):
     """Member (point, seed) of the batch trains exactly what a run of that point alone trains with that seed."""
     sweep, res, path = swept
@@ -43,9 +37,9 @@ def test_every_point_equals_its_own_run(swept):
         R = np.asarray(alone.R, np.float64)
         np.testing.assert_allclose(res.R[p], R[len(HELD_OUT):], atol=1e-5)
         folder = os.path.join(path, sweep.point_name(point))
-        for s in range(BASE.seeds):   # the point's folder holds the reported seeds' matrices
-            np.testing.assert_allclose(_csv_matrix(os.path.join(folder, f"R_seed{s}.csv")), R[len(HELD_OUT) + s],
-                                       atol=2e-6)
+        stored_R, _, stored_seeds = RunFolder(folder, resume=True).read_results()
+        assert stored_seeds == list(range(BASE.seeds))   # the point's folder holds the reported seeds' matrices
+        np.testing.assert_allclose(stored_R, R[len(HELD_OUT):], atol=2e-6)
         stored = json.load(open(os.path.join(folder, "config.json")))["config"]["train"]
         assert (stored["lam"], stored["learning_rate"]) == (point["lam"], point["learning_rate"])
     # the points differ: the grid is not the same run four times
@@ -120,8 +114,8 @@ def test_split_grid():
     (["--strategy", "none", "--lam", "1,10"], "the point lam=1: train.lam"),
     (["--strategy", "ewc", "--lam", "1,10", "--select-on", "1"], "must be held out"),
     (["--strategy", "ewc", "--lam", "1,10", "--select-on", "a"], "--select-on must be"),
-    (["--strategy", "ewc", "--feedback-weight", "0.1,0.2"], "--feedback-weight is not used"),
-    (["--strategy", "ewc", "--discount", "0.9,0.99"], "--discount is not used"),
+    (["--strategy", "ewc", "--feedback-weight", "0.1,0.2"], "--feedback-weight 0.1 is not used"),
+    (["--strategy", "ewc", "--discount", "0.9,0.99"], "--discount 0.9 is not used"),
     (["--strategy", "ewc", "--lam", "1,10", "--metric", "accuracy"], "metric must be one of"),
     (["--strategy", "ewc", "--lam", "1,10", "--boundaries", "detect"], "known boundaries"),
     (["--strategy", "ewc"], "nothing to sweep"),
@@ -150,3 +144,12 @@ def test_held_out_choice_equals_the_mnist_tuning(tmp_path):
     theirs = {float(k): v for k, v in tuned["ewc"].items()}
     assert saved["best"]["values"]["lam"] == max(theirs, key=theirs.get) == 10000.0
     assert ours == pytest.approx(theirs, abs=5e-3)
+
+
+def test_an_option_is_refused_exactly_where_the_source_does_not_use_it():
+    """The experiment decides which options its source uses: gymnax feeds the feedback weight to its policy (so it
+    sweeps), a labelled benchmark does not (refused above)."""
+    sweep = SweepConfig(PRESETS["tiny-cartpole"], (("feedback_weight", (0.5, 1.0)),))
+    assert [sweep.experiment_at(p).train.feedback_weight for p in sweep.points()] == [0.5, 1.0]
+    with pytest.raises(ValueError, match="--discount 0.9 is not used with --source world"):
+        SweepConfig(PRESETS["tiny"], (("discount", (0.9, 0.99)),))

@@ -60,9 +60,9 @@ def test_command_line_round_trips_a_config_and_documents_every_field(tmp_path, c
     # --devices: unset keeps the default device, 0 means every device, more than there are is refused by name
     # (the sharded run itself is checked on 8 simulated devices in tests/test_sharding.py).
     assert tyro.cli(cli.RunArgs, args=["--out", "x", "--devices", "0"]).devices == 0
-    assert (cli._devices(None), cli._devices(0)) == (None, jax.device_count())
+    assert (cli.devices_option(None), cli.devices_option(0)) == (None, jax.device_count())
     with pytest.raises(ValueError, match="--devices"):
-        cli._devices(jax.device_count() + 1)
+        cli.devices_option(jax.device_count() + 1)
 
 
 MARKUP = re.compile(r"``|:(class|func|meth|data|mod|attr|obj|exc):|`[^`\s]+`")

@@ -32,7 +32,7 @@ from clloop_jax.workflow.experiment import (MEMORY_STRATEGIES, PRESETS, STRATEGY
 from clloop_jax.workflow.sweep import SweepArgs, split_grid, sweep_command
 
 __all__ = ["main", "RunArgs", "CompareArgs", "run_command", "check_run", "run_experiment", "compare_command",
-           "overview"]
+           "overview", "devices_option"]
 
 # The experiment's fields appear without prefixes: --strategy, --seeds, --hidden-dim, --num-tasks, ...
 _Experiment = tyro.conf.OmitArgPrefixes[ExperimentConfig]
@@ -162,7 +162,7 @@ def check_run(args: RunArgs):
         raise ValueError(f"--log: a stream with hidden boundaries (--boundaries {experiment.boundaries}) is one "
                          f"compiled program with no step between tasks to log; leave --log unset")
     experiment.train.check_strategy_options()
-    devices = _devices(args.devices)
+    devices = devices_option(args.devices)
     estimate = experiment.memory_estimate()
     if estimate is not None:  # a benchmark's or gymnax's run is estimated once built, before it compiles
         estimate.check(what="this run", devices=devices)
@@ -209,7 +209,7 @@ def run_experiment(args: RunArgs, folder, devices, label: Optional[str] = None):
     return results
 
 
-def _devices(count: Optional[int]):
+def devices_option(count: Optional[int]):
     """``--devices``: None keeps the default device, 0 means every device, n the first n."""
     if count is None:
         return None
@@ -332,7 +332,7 @@ def compare_command(args: CompareArgs):
 
 def _check_compare_sizes(experiments: dict, devices: Optional[int]) -> None:
     """The device count, and the memory of every strategy's run, checked before the first one starts."""
-    used = _devices(devices)
+    used = devices_option(devices)
     for name, experiment in experiments.items():
         estimate = experiment.memory_estimate()
         if estimate is not None:

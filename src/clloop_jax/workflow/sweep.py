@@ -102,11 +102,6 @@ class SweepConfig:
                 raise ValueError(f"--{name.replace('_', '-')} cannot be swept in one program (it changes what is "
                                  f"compiled, or is no number); the options a sweep can vary: "
                                  f"{', '.join('--' + n.replace('_', '-') for n in SWEEPABLE)}")
-            part = SWEEPABLE[name][0]
-            if part != "train" and part not in self.experiment.used_parts():
-                raise ValueError(f"--{name.replace('_', '-')} is not used with --source {self.experiment.source}")
-        if self.experiment.source != "world" and "feedback_weight" in names:
-            raise ValueError(f"--feedback-weight is not used with --source {self.experiment.source}")
         select_on = tuple(self.select_on)
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in select_on):
             raise ValueError(f"select_on must be seeds (integers >= 0), got {self.select_on!r}")
@@ -120,7 +115,9 @@ class SweepConfig:
         object.__setattr__(self, "select_on", select_on)
         if self.metric not in METRIC_NAMES:
             raise ValueError(f"metric must be one of {list(METRIC_NAMES)}, got {self.metric!r}")
-        for point in self.points():  # every point's experiment checked now, before anything is built
+        # every point's experiment checked now, before anything is built: an option its source does not use is
+        # refused by the experiment itself (ExperimentConfig.unused_options)
+        for point in self.points():
             try:
                 self.experiment_at(point).train.check_strategy_options()
             except (TypeError, ValueError) as err:
@@ -357,13 +354,8 @@ def sweep_command(args: SweepArgs, grid) -> SweepResults:
     sweep = SweepConfig(args.experiment, grid, select_on=_seeds(args.select_on), metric=args.metric)
     folder = RunFolder(args.out, overwrite=args.overwrite, resume=args.resume)
     enable_compilation_cache(enabled=not args.no_cache)
-    devices = None
-    if args.devices is not None:
-        import jax
-
-        from clloop_jax.validation import check_int
-        devices = check_int("--devices", args.devices, min=0, max=jax.device_count()) or jax.device_count()
-    res = run_sweep(sweep, folder, devices=devices)
+    from clloop_jax.workflow.cli import devices_option   # here: the command line imports this module
+    res = run_sweep(sweep, folder, devices=devices_option(args.devices))
     if not args.quiet:
         print(open(folder.file("sweep.md")).read())
         print(f"{sweep_text(res, sweep)}\nwrote {args.out} (sweep.md, sweep.json, sweep_<option>.png; one run folder "
