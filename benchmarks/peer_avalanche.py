@@ -10,7 +10,7 @@ sides), batches of 128, ``--updates`` optimizer updates per task, evaluated on t
   time is split into the ahead-of-time compilation (``jax.jit(...).lower(...).compile()``) and the run of the
   compiled program. The persistent compilation cache is off unless ``--cache`` is given, so the compile time is a
   real compilation.
-* Avalanche: one seed after another, eager PyTorch on the CPU (no compilation). Each task is trained for
+* Avalanche: one seed after another, eager PyTorch on the CPU (``--torch-device cuda`` on a GPU; no compilation). Each task is trained for
   ``ceil(updates / 6)`` epochs of the 800 images in shuffled batches of 128 with the incomplete last batch dropped
   (``drop_last=True``: 6 updates per epoch), and a plugin stops training after exactly ``updates`` optimizer
   updates (50 full epochs for 300 updates). Its time is the sum over seeds of training and evaluating.
@@ -202,8 +202,9 @@ def _peer_benchmark(arrays):
                                    test=datasets(arrays["x_test"], arrays["y_test"]))
 
 
-def run_peer_seed(name: str, seed: int, arrays: dict, benchmark, updates: int) -> dict:
-    """One seed of one strategy on Avalanche: the accuracy matrix, the time and the updates made per task."""
+def run_peer_seed(name: str, seed: int, arrays: dict, benchmark, updates: int, device: str = "cpu") -> dict:
+    """One seed of one strategy on Avalanche (on the torch ``device``): the accuracy matrix, the time and the updates
+    made per task."""
     import torch
     from avalanche.core import SupervisedPlugin
     from avalanche.training import AGEM, DER, EWC, LwF, Naive, Replay
@@ -232,7 +233,7 @@ def run_peer_seed(name: str, seed: int, arrays: dict, benchmark, updates: int) -
     stop = StopAfter(updates)
     per_epoch = arrays["x"].shape[1] // BATCH
     common = dict(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), train_mb_size=BATCH,
-                  train_epochs=math.ceil(updates / per_epoch), eval_mb_size=1000, device="cpu",
+                  train_epochs=math.ceil(updates / per_epoch), eval_mb_size=1000, device=device,
                   plugins=[stop], evaluator=EvaluationPlugin(loggers=[]))
     strategy = {
         "none": lambda: Naive(**common),
@@ -242,8 +243,8 @@ def run_peer_seed(name: str, seed: int, arrays: dict, benchmark, updates: int) -
         "derpp": lambda: DER(mem_size=MEMORY, batch_size_mem=BATCH, alpha=DER_ALPHA, beta=DER_BETA, **common),
         "replay": lambda: Replay(mem_size=MEMORY, **common),
     }[name]()
-    x_test = torch.tensor(arrays["x_test"])
-    y_test = torch.tensor(arrays["y_test"], dtype=torch.int64)
+    x_test = torch.tensor(arrays["x_test"], device=device)
+    y_test = torch.tensor(arrays["y_test"], dtype=torch.int64, device=device)
     T = x_test.shape[0]
     R = np.zeros((T, T))
     t0 = time.perf_counter()
@@ -254,21 +255,23 @@ def run_peer_seed(name: str, seed: int, arrays: dict, benchmark, updates: int) -
             for j in range(T):
                 R[i, j] = (model(x_test[j]).argmax(dim=1) == y_test[j]).double().mean().item()
         model.train()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     return {"R": R, "seconds": seconds, "updates": list(stop.counts)}
 
 
-def run_peer(name: str, arrays: dict, seeds: int, updates: int, threads: int) -> dict:
+def run_peer(name: str, arrays: dict, seeds: int, updates: int, threads: int, device: str = "cpu") -> dict:
     import torch
     torch.set_num_threads(threads)
     benchmark = _peer_benchmark(arrays)
     load = os.getloadavg()
-    runs = [run_peer_seed(name, seed, arrays, benchmark, updates) for seed in range(seeds)]
+    runs = [run_peer_seed(name, seed, arrays, benchmark, updates, device) for seed in range(seeds)]
     R = np.stack([r["R"] for r in runs])
     return {"R": R.tolist(), "final_acc": R[:, -1].mean(axis=1).tolist(), "compile_s": 0.0,
             "run_s": float(sum(r["seconds"] for r in runs)), "seconds_per_seed": [r["seconds"] for r in runs],
             "updates_per_task": runs[0]["updates"], "load_avg_before": load[0],
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "torch_device": device}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -394,6 +397,9 @@ def main(argv=None):
     p.add_argument("--torch-threads", type=int, default=1,
                    help="PyTorch's intra-op threads (default 1: on a busy 2-core machine two threads made an update "
                         "of this MLP 5-6x slower than one)")
+    p.add_argument("--torch-device", default="cpu",
+                   help="where Avalanche trains: cpu (default) or cuda (a GPU machine; ours runs on JAX's default "
+                        "device)")
     p.add_argument("--cache", action="store_true", help="use the persistent compilation cache (compile times then "
                    "measure loading the program, not compiling it)")
     p.add_argument("--out", default=DEFAULT_OUT)
@@ -414,7 +420,8 @@ def main(argv=None):
     if os.path.exists(args.out):
         with open(args.out) as f:
             blob = json.load(f)
-    settings = {"seeds": args.seeds, "updates": args.updates, "torch_threads": args.torch_threads, "batch": BATCH,
+    settings = {"seeds": args.seeds, "updates": args.updates, "torch_threads": args.torch_threads,
+                "torch_device": args.torch_device, "batch": BATCH,
                 "learning_rate": LEARNING_RATE,
                 "hidden": list(HIDDEN), "memory": MEMORY, "all_outputs": args.all_outputs,
                 "task_sample": args.task_sample,
@@ -437,7 +444,8 @@ def main(argv=None):
             print(f"clloop_jax {name:>7}: ACC {_acc(interval_row(res))}, compile {res['compile_s']:.1f} s, "
                   f"run {res['run_s']:.1f} s ({args.seeds} seeds vmapped)", flush=True)
         if run_peer_side:
-            blob["avalanche"][name] = res = run_peer(name, arrays, args.seeds, args.updates, args.torch_threads)
+            blob["avalanche"][name] = res = run_peer(name, arrays, args.seeds, args.updates, args.torch_threads,
+                                                        args.torch_device)
             print(f" Avalanche {name:>7}: ACC {_acc(interval_row(res))}, run {res['run_s']:.1f} s ({args.seeds} "
                   f"seeds in turn, updates per task {res['updates_per_task']})", flush=True)
         blob["rows"] = summarize(blob)

@@ -413,6 +413,10 @@ def main(argv=None) -> Dict[str, dict]:
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per figure (default 5, quick 1)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     ap.add_argument("--out", default=None, help="the JSON file (default benchmarks/results/benchmarks.json)")
+    ap.add_argument("--worlds", default=None, help="comma-separated world counts of the world and closed_loop "
+                    "sections (default 1,32,256; a GPU: 1,32,256,4096)")
+    ap.add_argument("--seeds", default=None, help="comma-separated vmapped seed counts of the run section "
+                    "(default 1,4,16)")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -421,7 +425,17 @@ def main(argv=None) -> Dict[str, dict]:
     repeats = args.repeats or (1 if args.quick else 5)
     if repeats < 1:
         ap.error("--repeats must be >= 1")
-    size = QUICK if args.quick else FULL
+    size = dict(QUICK if args.quick else FULL)
+    for name in ("worlds", "seeds"):
+        text = getattr(args, name)
+        if text is not None:
+            try:
+                counts = tuple(int(v) for v in text.split(","))
+            except ValueError:
+                counts = ()
+            if not counts or min(counts) < 1:
+                ap.error(f"--{name}: expected comma-separated positive integers, got {text!r}")
+            size[name] = counts
     res: Dict[str, dict] = {}
     started = time.perf_counter()
     if "peak" in only:
