@@ -73,13 +73,14 @@ def _env() -> dict:
     return env
 
 
-def step(name: str, argv: list, out: str, deadline: float, share: float, log: dict) -> dict | None:
-    """Runs ``python argv`` with a timeout of ``share`` of the time left; records its status, and returns the JSON it
-    wrote to ``out`` (None when it failed or was skipped)."""
+def step(name: str, argv: list, out: str, deadline: float, share: float, log: dict,
+         min_seconds: float = 20.0) -> dict | None:
+    """Runs ``python argv`` with a timeout of ``share`` of the time left (skipped when that is under ``min_seconds``);
+    records its status, and returns the JSON it wrote to ``out`` (None when it failed or was skipped)."""
     left = deadline - time.monotonic()
     timeout = share * left
     entry = log.setdefault(name, {"command": " ".join(["python"] + argv)})
-    if timeout < 20:
+    if timeout < min_seconds:
         entry.update(status="skipped", reason=f"{left:.0f} s of the budget left")
         return None
     t0 = time.monotonic()
