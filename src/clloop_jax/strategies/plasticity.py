@@ -224,7 +224,7 @@ def _needs_mlp(name: str, source) -> None:
         what = f"model {model!r}" if isinstance(model, MLP) else (
             f"a {type(model).__name__} model" if model is not None else "no model attribute")
         raise ValueError(f"strategy {name!r} renews the hidden units of an MLP: it needs a source whose model is a "
-                         f"clloop_jax.model.MLP with at least one hidden layer (a SupervisedSource), got a "
+                         f"clloop_jax.model.MLP with at least one hidden layer (a SupervisedSource), got the source "
                          f"{type(source).__name__} with {what}")
 
 
