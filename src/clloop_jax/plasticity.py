@@ -11,7 +11,8 @@ symptoms the papers report; the monitors that record them in a run's traces are 
 * :func:`dormant_fraction` (Sokar et al., 2023, "The dormant neuron phenomenon in deep reinforcement learning"):
   unit ``i`` of hidden layer ``l`` has the score ``s_i = E_x |h_i(x)| / ((1/H_l) sum_k E_x |h_k(x)|)`` (its mean
   absolute activation over the probe inputs, relative to its layer's average) and is *tau-dormant* when
-  ``s_i <= tau``; the fraction is the number of tau-dormant units over the number of hidden units of every layer.
+  ``s_i <= tau`` (:func:`dormant_scores`); the fraction is the number of tau-dormant units over the number of hidden
+  units of every layer.
   A layer whose every activation is 0 counts as wholly dormant. ``tau = 0`` counts the units that never fire (dead
   ReLUs); the paper also reports ``tau = 0.1``.
 * :func:`effective_rank` (Roy & Vetterli, 2007, as used by Dohare et al., 2024, and Lyle et al.): for the feature
@@ -38,8 +39,8 @@ import jax.numpy as jnp
 
 from clloop_jax.model import MLP
 
-__all__ = ["global_norm", "update_norm", "mlp_features", "dormant_fraction", "effective_rank", "singular_values", "probe_inputs",
-           "DORMANT_TAUS"]
+__all__ = ["global_norm", "update_norm", "mlp_features", "dormant_scores", "dormant_fraction", "effective_rank",
+           "singular_values", "probe_inputs", "DORMANT_TAUS"]
 
 PyTree = Any
 
@@ -73,14 +74,20 @@ def mlp_features(model: MLP, params: PyTree, x: jax.Array) -> tuple:
     return tuple(nn.relu(found[f"hidden_{i}"]["__call__"][0]) for i in range(len(model.hidden)))
 
 
+def dormant_scores(h: jax.Array) -> jax.Array:
+    """Sokar et al.'s (2023) score of every unit of one layer from its activations ``h [N, units]``:
+    ``s_i = E_x |h_i(x)| / ((1/H) sum_k E_x |h_k(x)|)``, 0 for every unit of a layer whose every activation is 0.
+    Unit ``i`` is tau-dormant when ``s_i <= tau``."""
+    mean_abs = jnp.mean(jnp.abs(h), axis=0)                       # E_x |h_i(x)|, per unit
+    layer_mean = jnp.mean(mean_abs)
+    return jnp.where(layer_mean > 0, mean_abs / jnp.where(layer_mean > 0, layer_mean, 1.0), 0.0)
+
+
 def dormant_fraction(features: Sequence[jax.Array], tau) -> jax.Array:
     """The fraction of tau-dormant units over the layers ``features`` (each ``[N, units]``); see the module."""
     dormant, units = 0, 0
     for h in features:
-        mean_abs = jnp.mean(jnp.abs(h), axis=0)                   # E_x |h_i(x)|, per unit
-        layer_mean = jnp.mean(mean_abs)
-        score = jnp.where(layer_mean > 0, mean_abs / jnp.where(layer_mean > 0, layer_mean, 1.0), 0.0)
-        dormant = dormant + jnp.sum(score <= tau)
+        dormant = dormant + jnp.sum(dormant_scores(h) <= tau)
         units += h.shape[-1]
     return dormant / units
 

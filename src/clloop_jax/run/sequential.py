@@ -179,18 +179,35 @@ class Run:
             variant=self.config.fisher_variant, key=key, num_samples=self.config.fisher_samples,
             chunk_size=self.config.fisher_chunk_size, method=self.config.fisher_method)
 
+    def reset_moments(self, hp: HParams, opt_state, reset):
+        """``opt_state`` with its parameter-shaped parts (Adam's first and second moments, a momentum) zeroed where
+        the boolean pytree ``reset`` (shaped like the parameters; None: nowhere) is True, and unchanged elsewhere.
+
+        The parts are found with ``optax.tree_utils.tree_map_params``; a part not shaped like the parameters is kept
+        as it is: Adam's step count (one for every weight, so a re-initialised weight's bias correction continues
+        from the run's count, where Dohare et al.'s AdamGnT restarts a per-weight count), or the factored moments
+        of Adafactor (whose rows and columns mix several weights). An optimizer whose parameter-shaped state is not
+        a running statistic of gradients (a copy of the parameters, as in lookahead or schedule-free) would have that
+        copy zeroed too: use the renewing strategies with moment-based optimizers."""
+        if reset is None:
+            return opt_state
+        return optax.tree_utils.tree_map_params(
+            self.optimizer(hp), lambda s, r: jnp.where(r, jnp.zeros_like(s), s), opt_state, reset)
+
     # ----- the update step --------------------------------------------------------------------------------
     def update(self, state: TrainState, batch, key, hp: HParams):
         """One optimizer step on ``batch``: ``(state, trace)``, trace a dict of scalars.
 
         The gradient is that of the source's loss (plus the strategy's replay loss), plus the penalty's; the
-        strategy may project it; the optimizer (with clipping) applies it; the strategy accumulates and observes.
+        strategy may project it; the optimizer (with clipping) applies it; the strategy accumulates and observes;
+        then it may renew parts of the new parameters (their optimizer moments zeroed, :meth:`reset_moments`).
         A non-finite loss, gradient or new parameter leaves ``state`` unchanged and records ``finite = False``.
         """
         strat, src = self.strategy, self.source
         k_replay, k_project, k_observe = jax.random.split(key, 3)
         params = state.params
-        samples = src.samples(batch) if (strat.replay_loss or strat.observe or strat.project) is not None else None
+        uses_samples = any(h is not None for h in (strat.replay_loss, strat.observe, strat.project, strat.renew))
+        samples = src.samples(batch) if uses_samples else None
 
         def task_loss(p):
             loss, aux = src.loss(p, batch, hp.source)
@@ -215,6 +232,10 @@ class Run:
             strategy_state = strat.accumulate(strategy_state, params, new_params, task_grads, hp.strategy)
         if strat.observe is not None:
             strategy_state = strat.observe(strategy_state, params, samples, src, k_observe, hp.strategy)
+        if strat.renew is not None:  # a stream of its own: the three above are the same with or without the hook
+            strategy_state, new_params, reset = strat.renew(strategy_state, new_params, samples, src,
+                                                            jax.random.fold_in(key, 3), hp.strategy)
+            opt_state = self.reset_moments(hp, opt_state, reset)
         finite = jnp.isfinite(loss) & jnp.isfinite(penalty) & all_finite(grads) & all_finite(new_params)
         new = state._replace(params=new_params, opt_state=opt_state, strategy=strategy_state)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
@@ -441,4 +462,7 @@ def make_run(config: RunConfig, source) -> Run:
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
     check_source(source)
-    return Run(config, source, get_strategy(config.strategy), tuple(get_monitor(m) for m in config.monitors))
+    strategy = get_strategy(config.strategy)
+    if strategy.check_source is not None:  # before anything is traced: the strategy says what it needs
+        strategy.check_source(source)
+    return Run(config, source, strategy, tuple(get_monitor(m) for m in config.monitors))

@@ -5,7 +5,8 @@
 * :mod:`~clloop_jax.strategies.rehearsal`: replay, agem, lwf, derpp, and the memory they share.
 * :mod:`~clloop_jax.strategies.memories`: the class-balanced memory (GDumb), a ring per task, herding (iCaRL).
 * :mod:`~clloop_jax.strategies.streaming`: streaming_ewc, streaming_si (no consolidation event: task-free streams).
-* :mod:`~clloop_jax.strategies.plasticity`: l2_init, shrink_perturb (against the loss of plasticity).
+* :mod:`~clloop_jax.strategies.plasticity`: l2_init, shrink_perturb, continual_backprop, redo (against the loss of
+  plasticity).
 * :mod:`~clloop_jax.strategies.compose`: chain, several strategies as one (``ewc+replay``).
 """
 
@@ -16,8 +17,10 @@ from clloop_jax.strategies.penalties import (PENALTIES, BudgetHParams, OnlineEWC
 from clloop_jax.strategies.rehearsal import REHEARSAL, agem, derpp, lwf, replay
 from clloop_jax.strategies.streaming import (STREAMING, StreamingEWCHParams, StreamingSIHParams, StreamingState,
                                              streaming_ewc, streaming_si)
-from clloop_jax.strategies.plasticity import (PLASTICITY, InitAnchor, L2InitHParams, ShrinkPerturbHParams,
-                                               l2_init, shrink_perturb)
+from clloop_jax.strategies.plasticity import (PLASTICITY, ContinualBackpropHParams, ContinualBackpropState,
+                                               InitAnchor, L2InitHParams, ReDoHParams, ReDoState,
+                                               ShrinkPerturbHParams, continual_backprop, l2_init, redo,
+                                               shrink_perturb)
 from clloop_jax.strategies.compose import chain, chain_parts
 
 __all__ = ["NoHParams", "Strategy", "get_strategy", "register", "registered", "PENALTIES", "BudgetHParams",
@@ -25,4 +28,5 @@ __all__ = ["NoHParams", "Strategy", "get_strategy", "register", "registered", "P
            "none", "online_ewc", "penalty_gradient", "quadratic_form", "si", "REHEARSAL", "agem", "derpp", "lwf",
            "replay", "STREAMING", "StreamingEWCHParams", "StreamingSIHParams", "StreamingState",
            "streaming_ewc", "streaming_si", "PLASTICITY", "InitAnchor", "L2InitHParams", "ShrinkPerturbHParams",
-           "l2_init", "shrink_perturb", "chain", "chain_parts"]
+           "l2_init", "shrink_perturb", "ContinualBackpropHParams", "ContinualBackpropState", "ReDoHParams",
+           "ReDoState", "continual_backprop", "redo", "chain", "chain_parts"]

@@ -13,11 +13,25 @@ A :class:`Strategy` owns a state (any pytree, usually a ``NamedTuple``) and its 
   ``"mas"``: MAS's output sensitivity; None otherwise) and ``data`` the task's per-sample ``(inputs, targets)``
   when ``uses_data`` is set (a rehearsal memory filled at the task's end);
 * ``trace(state) -> dict`` of scalars recorded every episode (e.g. the adapted lambda);
-* ``boundary(state, params, source, key, hp) -> (state, params)`` at the start of every task but the first: the
-  only hook that may replace the parameters (shrink and perturb re-initialises them partly). It runs before the
+* ``boundary(state, params, source, key, hp) -> (state, params)`` at the start of every task but the first: with
+  ``renew``, one of the two hooks that may replace the parameters (shrink and perturb re-initialises them partly).
+  It runs before the
   task's first update (and before the optimizer is reset), never at a consolidation, so the scores recorded after a
   task are those of the parameters that learned it; ``key`` is a stream of its own (the other streams are unchanged
   whether or not a strategy has the hook). Task-free runs have no task starts and refuse a strategy with it;
+* ``renew(state, params, samples, source, key, hp) -> (state, params, reset)`` after every update, once the
+  optimizer has stepped and ``accumulate`` and ``observe`` have run, with ``params`` the new parameters and
+  ``samples`` the update's per-sample batch (as ``observe`` gets it): the hook that may re-initialise parts of the
+  network as it learns (continual backpropagation's generate-and-test, ReDo's recycling of dormant units).
+  ``reset`` is a pytree of booleans shaped like ``params`` marking the weights it re-initialised, or None for none:
+  the run zeroes the optimizer's parameter-shaped state at exactly those positions (Adam's first and second
+  moments, as Dohare et al., 2024, reset the moments of the weights they replace; ``optax.tree_utils.
+  tree_map_params`` finds those parts of any optax state, and any part that is not shaped like the parameters, such
+  as Adam's step count, is kept). ``key`` is a stream of its own (``fold_in(update_key, 3)``): the update's other
+  streams are unchanged whether or not a strategy has the hook. Task-free runs call the same update, so the hook
+  runs there too;
+* ``check_source(source) -> None``: raises ``ValueError`` when the strategy cannot run on ``source`` (the renewing
+  strategies need an MLP); :func:`~clloop_jax.run.sequential.make_run` calls it before anything is traced;
 
 and, for rehearsal methods,
 
@@ -73,8 +87,8 @@ class Strategy:
       hparams: the default hyperparameters, a ``NamedTuple`` of numbers (``NoHParams()`` when there are none). A
         ``check()`` method on it, if present, validates concrete values.
       init: ``(params, hp) -> state``.
-      penalty, accumulate, consolidate, trace, boundary, observe, replay_loss, project: optional hooks (None: not
-        used).
+      penalty, accumulate, consolidate, trace, boundary, observe, replay_loss, project, renew, check_source:
+        optional hooks (None: not used).
       importance: ``"fisher"``, ``"mas"`` or None: the diagonal importance ``consolidate`` receives.
       uses_data: whether ``consolidate`` receives the task's per-sample data.
       init_with_example: ``init`` is called as ``init(params, hp, example, source)``, with ``example`` the shapes
@@ -97,7 +111,9 @@ class Strategy:
     importance: Optional[str] = None
     uses_data: bool = False
     init_with_example: bool = False
-    boundary: Optional[Callable] = None  # last, so that positional construction keeps its meaning
+    boundary: Optional[Callable] = None  # the later fields last, so that positional construction keeps its meaning
+    renew: Optional[Callable] = None
+    check_source: Optional[Callable] = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -106,7 +122,7 @@ class Strategy:
             raise TypeError(f"Strategy.hparams must be a NamedTuple of numbers (e.g. NoHParams()), got "
                             f"{type(self.hparams).__name__}")
         for hook in ("init", "penalty", "accumulate", "consolidate", "trace", "boundary", "observe", "replay_loss",
-                     "project"):
+                     "project", "renew", "check_source"):
             value = getattr(self, hook)
             if value is not None and not callable(value):
                 raise TypeError(f"Strategy.{hook} must be callable or None, got {type(value).__name__}")

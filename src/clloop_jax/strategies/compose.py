@@ -5,6 +5,9 @@ The chain's parts run side by side, each on its own state and with its own hyper
 * its state is the tuple of the parts' states, in order;
 * ``penalty`` and ``replay_loss`` are the sums of the parts' terms; ``accumulate``, ``consolidate`` and ``observe``
   run each part on its own state; ``project`` and ``boundary`` apply the parts' hooks one after the other, in order;
+* ``renew`` runs the parts' hooks in order, each on the parameters the previous part left, and its ``reset`` marks
+  a weight that any part re-initialised (the parts' masks OR-ed; None when no part marks any); ``check_source``
+  asks every part that has one;
 * ``trace`` merges the parts' records; a key that two parts record is prefixed with each part's name
   (``ewc.reg_lambda``);
 * ``init_with_example`` and ``uses_data`` hold when a part needs them (each part's ``init`` is called the way it
@@ -32,12 +35,14 @@ import keyword
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 
 from clloop_jax.strategies.base import Strategy, get_strategy
 
 __all__ = ["chain", "chain_parts"]
 
-_HOOKS = ("penalty", "accumulate", "consolidate", "trace", "boundary", "observe", "replay_loss", "project")
+_HOOKS = ("penalty", "accumulate", "consolidate", "trace", "boundary", "observe", "replay_loss", "project", "renew",
+          "check_source")
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,6 +103,25 @@ class _Chain:
             grads = self.parts[i].project(state[i], params, grads, samples, source, self._key(key, "project", i),
                                           hp[i])
         return grads
+
+    def renew(self, state, params, samples, source, key, hp):
+        state, reset = list(state), None
+        for i in self._with("renew"):
+            state[i], params, part_reset = self.parts[i].renew(state[i], params, samples, source,
+                                                               self._key(key, "renew", i), hp[i])
+            reset = _either(reset, part_reset)
+        return tuple(state), params, reset
+
+    def check_source(self, source):
+        for i in self._with("check_source"):
+            self.parts[i].check_source(source)
+
+
+def _either(a, b):
+    """The positions marked in ``a`` or in ``b`` (boolean pytrees shaped like the parameters; None marks none)."""
+    if a is None or b is None:
+        return b if a is None else a
+    return jax.tree.map(jnp.logical_or, a, b)
 
 
 def _total(terms):

@@ -41,7 +41,7 @@ DEFAULT_GAMMA = 0.9
 #: known here without importing JAX. A strategy registered later (:func:`clloop_jax.strategies.register`) is accepted
 #: as well.
 STRATEGY_NAMES = ("none", "l2", "ewc", "online_ewc", "si", "mas", "ewc_budget", "replay", "agem", "lwf", "derpp",
-                  "streaming_ewc", "streaming_si", "l2_init", "shrink_perturb")
+                  "streaming_ewc", "streaming_si", "l2_init", "shrink_perturb", "continual_backprop", "redo")
 
 
 #: The Fisher estimators, as :data:`clloop_jax.run.config.FISHER_VARIANTS`.
