@@ -13,7 +13,7 @@ from clloop_jax.run.config import RunConfig
 from clloop_jax.run.sequential import make_run
 from clloop_jax.sources.supervised import SupervisedBatch, SupervisedSource
 from clloop_jax.strategies import get_strategy
-from clloop_jax.strategies.rehearsal import (ace_mask, er_ace, gem, gem_project, memory_init, memory_sample,
+from clloop_jax.strategies.rehearsal import (ace_mask, er_ace, gem, gem_project, memory_sample,
                                              nnls_gram, reservoir_add)
 
 EPISODES = 8
