@@ -10,7 +10,8 @@ MLP 400-400, Adam, batches of 128, ``--updates`` per task, all seeds in one comp
 * ``split/domain``: the same tasks on one two-way head (even or odd position in the pair);
 * ``permuted/domain``: five tasks, each a fixed permutation of the 784 pixels, one ten-way head.
 
-Replay, A-GEM and DER++ keep a memory of 500 images (128, 256 and 128 of them drawn per update); the Fisher is the
+Replay, A-GEM, DER++ and ER-ACE keep a memory of 500 images (128, 256, 128 and 128 of them drawn per update), GEM
+500 images split over the five tasks (100 each, all of an earlier task's used for its gradient at every update); the Fisher is the
 sampled one (one label draw per image, 256 images per task). Penalty strengths: ``--tune`` sweeps each penalty's grid
 (``clloop sweep``'s :func:`~clloop_jax.workflow.sweep.run_sweep`) with a held-out seed (100, not among the reported
 seeds 0..S-1) and writes ``experiments/results/mnist_tune.json``; the table uses the best value found there for its
@@ -55,7 +56,7 @@ from clloop_jax.workflow.sweep import SweepConfig, run_sweep
 LAMBDA = {"ewc": 1000.0, "online_ewc": 1000.0, "si": 100.0}
 MEMORY = 500
 #: Memory samples drawn per update.
-MEMORY_BATCH = {"replay": 128, "agem": 256, "derpp": 128}
+MEMORY_BATCH = {"replay": 128, "agem": 256, "derpp": 128, "er_ace": 128, "gem": None}
 SCENARIOS = ("split/class", "split/task", "split/domain", "permuted/domain")
 #: Grids swept by --tune on the held-out seed (one program per strategy and scenario).
 TUNE_GRID = {"ewc": (10.0, 100.0, 1e3, 1e4), "online_ewc": (10.0, 100.0, 1e3, 1e4), "si": (1.0, 10.0, 100.0, 1e3)}
@@ -113,7 +114,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--updates", type=int, default=300)
     p.add_argument("--scenario", default="split/class", choices=SCENARIOS + ("all",))
-    p.add_argument("--strategies", default="none,ewc,online_ewc,si,lwf,agem,derpp,replay")
+    p.add_argument("--strategies", default="none,ewc,online_ewc,si,lwf,agem,derpp,replay,er_ace,gem")
     p.add_argument("--tune", action="store_true", help="sweep the penalties' strengths on the held-out seed")
     p.add_argument("--no-joint", action="store_true")
     p.add_argument("--no-cache", action="store_true")

@@ -124,6 +124,6 @@ def test_replay_beats_fine_tuning_in_class_incremental_learning(class_incrementa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["agem", "lwf", "derpp"])
+@pytest.mark.parametrize("strategy", ["agem", "lwf", "derpp", "er_ace", "gem"])
 def test_every_rehearsal_strategy_beats_fine_tuning(class_incremental, strategy):
     assert np.all(class_incremental(strategy) > class_incremental("none") + 0.15)

@@ -85,7 +85,8 @@ def test_a_digits_run_resumed_after_two_tasks_equals_the_uninterrupted_one(digit
     (["--strategy", "lwf", "--memory-batch", "8"], "train.memory_batch (--memory-batch 8) is used only by the rehearsal"),
     (["--strategy", "replay", "--memory-batch", "0"], "train.memory_batch must be an integer >= 1, got 0"),
     (["--strategy", "agem", "--memory-policy", "balanced"], "train.memory_policy (--memory-policy balanced) is used only "
-                                                            "by replay"),
+                                                            "by replay and er_ace"),
+    (["--strategy", "gem", "--memory-policy", "balanced"], "is used only by replay and er_ace, not by 'gem'"),
     (["--strategy", "replay", "--memory-policy", "ring"], "train.memory_policy must be one of ['reservoir', 'balanced']"),
     (["--stream", "spiral"], "data.stream must be one of ['split', 'permuted'], got 'spiral'"),
     (["--scenario", "joint"], "data.scenario must be one of ['task', 'domain', 'class'], got 'joint'"),
@@ -134,7 +135,7 @@ def test_memory_and_memory_batch_reach_the_rehearsal_strategy():
         hooks = (strategy.replay_loss or strategy.project).__self__
         return hooks.capacity, hooks.batch_size
 
-    for name, default_batch in (("replay", 32), ("agem", 64), ("derpp", 32)):
+    for name, default_batch in (("replay", 32), ("agem", 64), ("derpp", 32), ("er_ace", 32), ("gem", None)):
         assert TrainConfig(strategy=name).strategy_value() == name              # unset: the strategy's defaults
         assert sizes(TrainConfig(strategy=name, memory=200, memory_batch=128)) == (200, 128)
         assert sizes(TrainConfig(strategy=name, memory_batch=16)) == (500, 16)
@@ -142,6 +143,8 @@ def test_memory_and_memory_batch_reach_the_rehearsal_strategy():
     balanced = TrainConfig(strategy="replay", memory=40, memory_policy="balanced").strategy_value()
     assert balanced.replay_loss.__self__.memory == "balanced" and balanced.replay_loss.__self__.capacity == 40
     assert TrainConfig(strategy="replay", memory=40).strategy_value().replay_loss.__self__.memory == "reservoir"
+    ace = TrainConfig(strategy="er_ace", memory=40, memory_policy="balanced").strategy_value()
+    assert ace.replay_loss.__self__.memory == "balanced" and ace.replay_loss.__self__.kind == "er_ace"
 
 
 def test_presets_of_benchmarks_are_described_and_valid():

@@ -29,6 +29,7 @@ import tyro
 
 from clloop_jax.workflow.experiment import (MEMORY_STRATEGIES, PRESETS, STRATEGY_NAMES, ExperimentConfig,
                                            describe_preset)
+from clloop_jax.workflow.settings import POLICY_STRATEGIES
 from clloop_jax.workflow.sweep import SweepArgs, split_grid, sweep_command
 
 __all__ = ["main", "RunArgs", "CompareArgs", "run_command", "check_run", "run_experiment", "compare_command",
@@ -292,8 +293,8 @@ def compare_command(args: CompareArgs):
     for option in ("memory", "memory_batch"):
         experiments = _share(experiments, option, lambda name: name in MEMORY_STRATEGIES,
                              f"{', '.join(MEMORY_STRATEGIES)} have one", args.quiet)
-    experiments = _share(experiments, "memory_policy", lambda name: "replay" in name.split("+"), "replay has one",
-                         args.quiet)
+    experiments = _share(experiments, "memory_policy", lambda name: bool(set(name.split("+")) & set(POLICY_STRATEGIES)),
+                         f"{' and '.join(POLICY_STRATEGIES)} have one", args.quiet)
     for experiment in experiments.values():  # every one checked first
         experiment.train.check_strategy_options()
     _check_compare_sizes(experiments, args.devices)

@@ -35,7 +35,8 @@ _STRATEGIES = {
     "none": (2, False, 0, False), "l2": (2, False, 0, False), "ewc": (2, True, 0, False),
     "online_ewc": (2, True, 0, False), "si": (4, False, 0, False), "mas": (2, True, 0, False),
     "ewc_budget": (2, True, 0, False), "replay": (0, False, 500, False), "agem": (0, False, 500, False),
-    "lwf": (1, False, 0, False), "derpp": (0, False, 500, True), "streaming_ewc": (2, True, 0, False),
+    "lwf": (1, False, 0, False), "derpp": (0, False, 500, True), "er_ace": (0, False, 500, False),
+    "gem": (0, False, 500, False), "streaming_ewc": (2, True, 0, False),
     "streaming_si": (3, False, 0, False),
 }
 _UNKNOWN_STRATEGY = (4, False, 0, False)

@@ -41,7 +41,8 @@ DEFAULT_GAMMA = 0.9
 #: known here without importing JAX. A strategy registered later (:func:`clloop_jax.strategies.register`) is accepted
 #: as well.
 STRATEGY_NAMES = ("none", "l2", "ewc", "online_ewc", "si", "mas", "ewc_budget", "replay", "agem", "lwf", "derpp",
-                  "streaming_ewc", "streaming_si", "l2_init", "shrink_perturb", "continual_backprop", "redo")
+                  "er_ace", "gem", "streaming_ewc", "streaming_si", "l2_init", "shrink_perturb", "continual_backprop",
+                  "redo")
 
 
 #: The Fisher estimators, as :data:`clloop_jax.run.config.FISHER_VARIANTS`.
@@ -58,12 +59,15 @@ SOURCES = ("world", "mnist", "digits", "mnist1d", "gymnax")
 BOUNDARY_MODES = ("known", "detect", "oracle", "none")
 
 #: The strategies that keep a rehearsal memory, and its size (samples) when ``memory`` is not given.
-MEMORY_STRATEGIES = ("replay", "agem", "derpp")
+MEMORY_STRATEGIES = ("replay", "agem", "derpp", "er_ace", "gem")
 
 
-#: What replay's memory keeps (``train.memory_policy``): a reservoir sample of the stream, or GDumb's class-balanced
-#: greedy memory (:mod:`clloop_jax.strategies.memories`).
+#: What replay's and ER-ACE's memory keeps (``train.memory_policy``): a reservoir sample of the stream, or GDumb's
+#: class-balanced greedy memory (:mod:`clloop_jax.strategies.memories`).
 MEMORY_POLICIES = ("reservoir", "balanced")
+
+#: The strategies whose memory takes a policy (``train.memory_policy``).
+POLICY_STRATEGIES = ("replay", "er_ace")
 
 
 DEFAULT_MEMORY = 500
@@ -330,13 +334,14 @@ class TrainConfig:
     monitors: Tuple[str, ...] = ("parameter", "fisher", "functional")
     """measurements recorded during training: parameter, fisher, functional (none: pass no names)"""
     memory: Optional[int] = None
-    """rehearsal memory in samples (>= 1), for replay, agem and derpp (refused for the others); unset: 500"""
+    """rehearsal memory in samples (>= 1), for replay, agem, derpp, er_ace and gem (gem splits it equally over the
+    tasks; refused for the others); unset: 500"""
     memory_batch: Optional[int] = None
-    """memory samples drawn per update (>= 1), for replay, agem and derpp (refused for the others); unset: 32 (replay,
-    derpp) or 64 (agem)"""
+    """memory samples drawn per update (>= 1), for replay, agem, derpp, er_ace and gem (per earlier task; refused for
+    the others); unset: 32 (replay, derpp, er_ace), 64 (agem) or gem's whole memory of each task"""
     memory_policy: Optional[str] = None
     """what replay's memory keeps: reservoir (a uniform sample of the stream) or balanced (GDumb's class-balanced
-    greedy memory); replay only; unset: reservoir"""
+    greedy memory); replay and er_ace only; unset: reservoir"""
     max_grad_norm: Optional[float] = 1.0
     """clip the gradient to this global norm before each update (> 0); None: no clipping"""
 
@@ -402,9 +407,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name} (--{name.replace('_', '-')} {getattr(self, name)!r}) is used only by "
                                  f"the rehearsal strategies {', '.join(MEMORY_STRATEGIES)}, not by {self.strategy!r}; "
                                  f"leave it unset")
-        if self.memory_policy is not None and "replay" not in self.strategy.split("+"):
-            raise ValueError(f"train.memory_policy (--memory-policy {self.memory_policy}) is used only by replay, not "
-                             f"by {self.strategy!r}; leave it unset")
+        if self.memory_policy is not None and not set(self.strategy.split("+")) & set(POLICY_STRATEGIES):
+            raise ValueError(f"train.memory_policy (--memory-policy {self.memory_policy}) is used only by "
+                             f"{' and '.join(POLICY_STRATEGIES)}, not by {self.strategy!r}; leave it unset")
         for name in ("lam", "gamma"):
             if getattr(self, name) is not None and name not in fields:
                 has = ", ".join(f for f in ("lam", "gamma") if f in fields)
