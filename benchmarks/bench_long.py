@@ -3,7 +3,7 @@ long-stream options on (``RunConfig(evaluate_every=10, traces="tasks")``) and of
 task, every update recorded).
 
 One configuration throughout: permuted MNIST (:func:`clloop_jax.data.load_mnist`'s first ``--train`` training and
-``--test`` test images, each task its own permutation), domain-incremental, an MLP 784-100-100-10, batches of 64,
+``--test`` test images (the first of each class), each task its own permutation), domain-incremental, an MLP 784-100-100-10, batches of 64,
 ``--updates`` updates per task, strategies ``none`` and ``ewc`` (empirical Fisher of 32 samples), the seeds vmapped
 (``--seeds``). Each measurement runs in a fresh process with JAX's persistent compilation cache off: trace + lower
 (``jax.jit(f).lower(...)``), XLA compile (``.compile()``), one call of the compiled program (steady state: the program
@@ -43,8 +43,11 @@ def child(tasks: int, strategy: str, long: bool, seeds: int, updates: int, train
     from clloop_jax.run.sequential import make_run
     from clloop_jax.sources.supervised import SupervisedSource
 
+    import numpy as np
     x, y, x_test, y_test = load_mnist()
-    stream = permuted_stream(x[:train], y[:train], tasks, seed=0, x_test=x_test[:test], y_test=y_test[:test])
+    keep = lambda labels, n: np.concatenate([np.flatnonzero(labels == c)[:n // 10] for c in range(10)])  # noqa: E731
+    i, j = keep(y, train), keep(y_test, test)
+    stream = permuted_stream(x[i], y[i], tasks, seed=0, x_test=x_test[j], y_test=y_test[j])
     del x, y, x_test, y_test
     source = SupervisedSource(MLP(output_dim=10, hidden=(100, 100)), stream, batch_size=64, fisher_size=32)
     options = dict(evaluate_every=10, traces="tasks") if long else {}

@@ -70,6 +70,7 @@ def test_rows_are_the_full_runs_at_every_kth_task_and_the_diagonal_elsewhere(run
             assert np.isnan(off).all(), (i, R[:, i])
 
 
+@pytest.mark.slow
 def test_run_stepwise_gives_the_same_rows(runs):
     keys, out = runs
     run, hp, _ = out[2]
@@ -108,6 +109,7 @@ def test_per_task_traces_are_the_mean_of_each_tasks_updates(runs):
             np.testing.assert_allclose(p, v.astype(np.float64).mean(axis=-1), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_per_task_traces_average_the_measurements_taken(source):
     """A monitor measured every 2 of 4 updates (NaN between): its summary is the mean of the two measurements."""
     kw = dict(strategy="none", episodes_per_task=4, monitors=(functional_divergence(2),), measure_every=2)
