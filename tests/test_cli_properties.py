@@ -27,6 +27,7 @@ from clloop_jax.strategies import get_strategy
 from clloop_jax.workflow import cli
 from clloop_jax.workflow.experiment import (BOUNDARY_MODES, FISHER_VARIANTS, MONITOR_NAMES, PRESETS, SOURCES, STRATEGY_NAMES,
                                            DataConfig, GymnaxConfig)
+from clloop_jax.workflow.settings import TRACE_MODES
 
 TINY = PRESETS["tiny"]
 COUNTS = Counter()
@@ -60,10 +61,11 @@ SIZES = {"observation_dim", "action_dim", "num_modalities", "latent_dim", "episo
 FLOAT32_MAX = 3.4028234663852886e38
 FLOATS = {"learning_rate": (0.0, math.inf, True), "lam": (0.0, math.inf, False), "gamma": (0.0, 1.0, False),
           "feedback_weight": (0.0, math.inf, False)}
-CHOICES = {"strategy": STRATEGY_NAMES, "fisher_variant": FISHER_VARIANTS, "boundaries": BOUNDARY_MODES}
+CHOICES = {"strategy": STRATEGY_NAMES, "fisher_variant": FISHER_VARIANTS, "boundaries": BOUNDARY_MODES,
+           "traces": TRACE_MODES}
 FLAGS = {"overwrite", "resume", "quiet", "no_cache"}
 OTHERS = {"out", "devices", "world_seed", "monitors", "strategies", "memory", "memory_batch", "memory_policy",
-          "max_grad_norm", "source", "log"}
+          "max_grad_norm", "source", "log", "evaluate_every"}
 #: Options of the parts the base experiment (the tiny world) does not use: a value is accepted only at its default
 #: (any other is refused as unused by the world), so the rule is "equals the default" for every one of them.
 UNUSED = {f.name: getattr(part, f.name) for part in (DataConfig(), GymnaxConfig()) for f in dataclasses.fields(part)}
@@ -132,7 +134,7 @@ def float_text(draw):
 def example(draw, command, name, tmp):
     """``(argv tokens, valid)`` for the option ``name`` of ``command``."""
     opt = flag(name)
-    kind = (RUN_OPTIONS if command == "run" else COMPARE_OPTIONS)[name]
+    assert name in (RUN_OPTIONS if command == "run" else COMPARE_OPTIONS)
     if name in SIZES:
         text, n = draw(integer_text(name))
         return [opt, text], False if n is None else valid_size(name, n)
@@ -201,6 +203,9 @@ def example(draw, command, name, tmp):
         except ValueError:
             return [opt, text], False
         return [opt, text], math.isfinite(x) and 0 < x <= FLOAT32_MAX and as_float32(x) > 0
+    if name == "evaluate_every":   # any count >= 1: beyond the number of tasks, only the last row is full
+        text, n = draw(integer_text(name))
+        return [opt, text], n is not None and n >= 1
     if name == "world_seed":
         n = draw(st.one_of(st.integers(-5, 20), st.integers(2 ** 32 - 2, 2 ** 32 + 2), HUGE,
                            st.integers(-10 ** 20, 0)))

@@ -1,6 +1,7 @@
 """Tests of clloop_jax.metrics: hand-worked values, a float64 loop reference, properties, batching, intervals."""
 
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -246,3 +247,60 @@ def test_format_matrix_and_summary():
     _, hw = M.mean_ci(np.array([0.0, 0.1, -0.1]))
     assert "(n=3)" in text
     assert f"| average_performance | +0.717 ± {hw:.3f} |" in text
+
+
+# A hand-worked 4-task matrix with rows 0 and 2 evaluated on their own task only (evaluate_every=2: full rows after
+# tasks 1 and 3, NaN off the diagonal elsewhere).
+N = np.nan
+R4 = np.array([
+    [0.90, N, N, N],
+    [0.60, 0.80, 0.30, 0.20],
+    [N, N, 0.70, N],
+    [0.40, 0.50, 0.60, 0.85],
+])
+B4 = np.array([0.10, 0.20, 0.25, 0.15])
+# ACC  = (0.40 + 0.50 + 0.60 + 0.85) / 4                              = 0.5875
+# BWT  = ((0.40 - 0.90) + (0.50 - 0.80) + (0.60 - 0.70)) / 3          = -0.3
+# FWT: only R[1, 2] (row 1 is full; rows 0 and 2 are not): (0.30 - 0.25) = 0.05
+# Forgetting: j=0: max(0.90, 0.60) - 0.40 = 0.50; j=1: max(0.80) - 0.50 = 0.30; j=2: max(0.30, 0.70) - 0.60 = 0.10
+#             mean = 0.9 / 3 = 0.3
+# LA   = (0.90 + 0.80 + 0.70 + 0.85) / 4                              = 0.8125
+EXPECTED4 = {"average_performance": 0.5875, "backward_transfer": -0.3, "forward_transfer": 0.05,
+             "average_forgetting": 0.3, "learning_accuracy": 0.8125}
+
+
+def test_rows_not_evaluated_in_full_are_left_out_by_hand():
+    s = M.summarize(R4, B4)
+    for name, value in EXPECTED4.items():
+        assert s[name] == pytest.approx(value, abs=1e-12), name
+    sj = jax.jit(M.summarize)(jnp.asarray(R4, jnp.float32), jnp.asarray(B4, jnp.float32))
+    for name, value in EXPECTED4.items():
+        assert float(sj[name]) == pytest.approx(value, abs=1e-6), name
+    # forward transfer with no full row before the last: no term, nan (no warning)
+    R2 = np.array([[0.9, N], [0.3, 0.8]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(M.forward_transfer(R2, np.array([0.1, 0.2])))
+        assert M.average_forgetting(R2) == pytest.approx(0.6, abs=1e-12)
+        M.summarize(R4, B4)
+
+
+def test_nan_rows_equal_the_full_matrix_metrics_on_the_rows_kept():
+    """Blanking rows that are not full leaves average performance, BWT and learning accuracy unchanged; forgetting
+    equals the definition's maximum over the rows kept and FWT the mean of the terms kept (float64 loops)."""
+    rng = np.random.default_rng(0)
+    T, k = 7, 3
+    R = rng.random((T, T))
+    b = rng.random(T)
+    kept = [(i + 1) % k == 0 or i == T - 1 for i in range(T)]
+    Rn = R.copy()
+    for i in range(T):
+        if not kept[i]:
+            Rn[i, :i], Rn[i, i + 1:] = np.nan, np.nan
+    for name in ("average_performance", "backward_transfer", "learning_accuracy"):
+        assert getattr(M, name)(Rn) == getattr(M, name)(R), name
+    forget = np.mean([max(R[l, j] for l in range(T - 1) if kept[l] or l == j) - R[-1, j] for j in range(T - 1)])
+    assert M.average_forgetting(Rn) == pytest.approx(forget, abs=1e-12)
+    fwt = np.mean([R[i - 1, i] - b[i] for i in range(1, T) if kept[i - 1]])
+    assert M.forward_transfer(Rn, b) == pytest.approx(fwt, abs=1e-12)
+

@@ -291,3 +291,45 @@ def test_run_or_read_reads_a_finished_folder_and_refuses_another_configuration(d
     other = dataclasses.replace(PRESETS["tiny-digits"], seeds=1)
     with pytest.raises(CheckpointError, match="holds a run of another configuration"):
         run_or_read(other, str(copy))
+
+
+def test_the_permuted_mnist_preset_takes_the_long_stream_options_from_the_command_line():
+    from clloop_jax.workflow.cli import RunArgs, _split_preset
+    import tyro
+    experiment, rest = _split_preset(["--preset", "permuted-mnist", "--tasks", "500", "--evaluate-every", "25"])
+    args = tyro.cli(RunArgs, args=rest + ["--out", "x"], default=RunArgs(out="", experiment=experiment),
+                    config=(tyro.conf.FlagCreatePairsOff,))
+    e = args.experiment
+    assert (e.data.permuted_tasks, e.train.evaluate_every, e.train.traces, e.data.sampling) == (500, 25, "tasks",
+                                                                                                 "epoch")
+    config = e.run_config()
+    assert (config.evaluate_every, config.traces, config.episodes_per_task) == (25, "tasks", 4000 // e.data.batch_size)
+    with pytest.raises(ValueError, match="train.evaluate_every"):
+        TrainConfig(evaluate_every=0)
+    with pytest.raises(ValueError, match="train.traces"):
+        TrainConfig(traces="task")
+    with pytest.raises(ValueError, match="data.sampling"):
+        DataConfig(sampling="online")
+
+
+def test_a_run_that_evaluates_every_second_task_writes_nan_rows_and_per_task_traces(tmp_path):
+    """Digits split into 5 tasks, each learned in one pass (sampling epoch) with every task evaluated after tasks 2, 4
+    and 5 only: the folder's matrices hold the diagonal elsewhere, the summary reads them, traces.jsonl has one line
+    per seed and task."""
+    folder = tmp_path / "long"
+    code, message = run(tmp_path / "refused", "--sampling", "epoch", "--episodes-per-task", "9")
+    assert code == 2 and "episodes_per_task must be 8" in message, message
+    code, message = run(folder, "--evaluate-every", "2", "--traces", "tasks", "--sampling", "epoch",
+                        "--episodes-per-task", "8", "--strategy", "none")   # 283 training samples per task // 32
+    assert code == 0, message
+    for seed in (0, 1):
+        R = matrix(folder, seed)[1:]
+        for i in range(5):
+            off = np.delete(R[i], i)
+            assert (np.isnan(off).all() if i in (0, 2) else np.isfinite(off).all()), (i, R[i])
+        assert np.isfinite(np.diag(R)).all()
+    summary = json.load(open(folder / "summary.json"))["metrics"]
+    assert np.isfinite(summary["average_forgetting"]["mean"]) and np.isfinite(summary["forward_transfer"]["mean"])
+    lines = [json.loads(line) for line in open(folder / "traces.jsonl")]
+    assert len(lines) == 2 * 5 and all("episode" not in line for line in lines)
+    assert sorted(os.listdir(folder / "plots")) == ["divergence.png", "matrix.png", "scores.png"]

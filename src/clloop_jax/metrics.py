@@ -15,6 +15,14 @@ Metrics (``T`` tasks):
   exceeds all its earlier scores.
 * ``learning_accuracy`` (Riemer et al. 2019): ``mean_i R[i, i]``, the score of each task just after learning it.
 
+Rows that were not evaluated in full (a run with ``RunConfig(evaluate_every=k > 1)`` evaluates every task only
+after every k-th task and after the last; its other rows hold the diagonal ``R[i, i]`` and NaN elsewhere) are read
+as missing values: average performance, backward transfer and learning accuracy read only the last row and the
+diagonal, which are always there; average forgetting's maximum runs over the earlier rows that evaluated task ``j``
+(NaN entries left out; the diagonal ``R[j, j]`` is always among them); forward transfer averages the terms
+``R[i-1, i] - b[i]`` whose row ``i-1`` was evaluated in full and is ``nan`` when none was. With no NaN entry every
+metric is the formula above.
+
 With a single task (``T == 1``) nothing can be transferred or forgotten and the three transfer/forgetting
 metrics have no terms: they are defined as ``nan`` (not 0), so that a one-task run is never mistaken for a run
 with exactly no forgetting.
@@ -113,6 +121,24 @@ def _nan_like(xp, R):
     return xp.full(R.shape[:-2], xp.nan, dtype=R.dtype)
 
 
+def _nanmax(xp, x):
+    """The maximum over axis -2 of the entries that are not NaN (NaN where a column has none), without NumPy's
+    all-NaN warning; the plain maximum when nothing is NaN."""
+    missing = xp.isnan(x)
+    best = xp.max(xp.where(missing, -xp.inf, x), axis=-2)
+    return xp.where(xp.all(missing, axis=-2), xp.nan, best)
+
+
+def _nanmean(xp, x):
+    """The mean over the last axis of the entries that are not NaN (NaN when there is none), without NumPy's empty
+    slice warning; the plain mean's value when nothing is NaN."""
+    present = ~xp.isnan(x)
+    count = xp.sum(present, axis=-1)
+    total = xp.sum(xp.where(present, x, 0), axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return xp.where(count > 0, total / xp.maximum(count, 1), xp.nan)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Metrics
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,9 +167,11 @@ def backward_transfer(R):
 
 
 def forward_transfer(R, b):
-    """FWT: ``1/(T-1) sum_{i>=1} (R[i-1, i] - b[i])``; ``nan`` when ``T == 1``.
+    """FWT (Lopez-Paz & Ranzato 2017): ``1/(T-1) sum_{i>=1} (R[i-1, i] - b[i])``; ``nan`` when ``T == 1``.
 
-    ``b [..., T]``: the untrained agent's score on each task (broadcast against ``R``'s batch axes).
+    ``b [..., T]``: the untrained agent's score on each task (broadcast against ``R``'s batch axes). A NaN
+    ``R[i-1, i]`` (row ``i-1`` not evaluated in full) leaves its term out: the mean runs over the terms present, and
+    is ``nan`` when none is.
     """
     xp, R = _as_matrix(R)
     xp = _namespace(R, b)
@@ -154,7 +182,7 @@ def forward_transfer(R, b):
     if T == 1:
         return _nan_like(xp, R) + 0 * b[..., 0]
     superdiag = xp.diagonal(R, offset=1, axis1=-2, axis2=-1)  # R[i-1, i] for i = 1..T-1
-    return xp.mean(superdiag - b[..., 1:], axis=-1)
+    return _nanmean(xp, superdiag - b[..., 1:])
 
 
 def average_forgetting(R):
@@ -167,7 +195,7 @@ def average_forgetting(R):
     T = R.shape[-1]
     if T == 1:
         return _nan_like(xp, R)
-    best = xp.max(R[..., :-1, :-1], axis=-2)  # max over l in 0..T-2, for each j in 0..T-2
+    best = _nanmax(xp, R[..., :-1, :-1])  # max over l in 0..T-2, for each j in 0..T-2
     return xp.mean(best - R[..., -1, :-1], axis=-1)
 
 

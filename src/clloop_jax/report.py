@@ -3,7 +3,14 @@
 Every experiment script and the command line use these functions; they take plain NumPy arrays:
 
 * ``R [seeds, T, T]`` and ``baseline [seeds, T]``: the performance matrices and untrained scores of one configuration;
-* ``traces``: ``{name: [seeds, T, episodes]}``, the run's per-episode records.
+* ``traces``: ``{name: [seeds, T, episodes]}``, the run's per-episode records, or ``{name: [seeds, T]}``, one
+  summary per task (``RunConfig(traces="tasks")``), drawn as one point per task.
+
+A matrix whose rows were not all evaluated in full (``RunConfig(evaluate_every=k > 1)``: NaN off the diagonal in
+the skipped rows) is read as :mod:`clloop_jax.metrics` reads it; the plots leave its NaN cells blank and draw each
+task's line through the rows that evaluated it. Long streams (more than :data:`MATRIX_TEXT_TASKS` tasks) get a heatmap
+without numbers in the cells and, in :func:`plot_scores`, the just-learned and the mean scores instead of one line per
+task.
 
 The results schema (:func:`summary`) is a JSON-ready dict ``{metric: {"mean", "ci", "n", "values"}}`` for each of
 :data:`clloop_jax.metrics.METRIC_NAMES`, the ``ci`` being the half-width of the Student t interval over seeds.
@@ -26,7 +33,12 @@ from matplotlib.figure import Figure
 from clloop_jax import metrics as metrics_lib
 
 __all__ = ["cell", "summary", "summary_table", "paired_differences", "paired_table", "plot_matrix", "plot_scores",
-           "plot_divergence", "plot_comparison", "plot_sweep", "DIVERGENCE_TRACES"]
+           "plot_divergence", "plot_comparison", "plot_sweep", "DIVERGENCE_TRACES", "MATRIX_TEXT_TASKS"]
+
+
+#: Up to this many tasks, :func:`plot_matrix` writes each cell's value and :func:`plot_scores` draws one line per
+#: task; longer streams get a plain heatmap and summary lines.
+MATRIX_TEXT_TASKS = 20
 
 
 def cell(values, precision: int = 3, signed: bool = True) -> str:
@@ -169,14 +181,19 @@ def plot_matrix(R, path=None, title: str = "performance matrix") -> Figure:
         raise ValueError(f"R must be [seeds, T, T] or [T, T], got shape {R.shape}")
     mean = R.mean(axis=0) if R.ndim == 3 else R
     T = mean.shape[0]
-    fig = _new_figure((1.2 * T + 2, 1.0 * T + 1.5))
+    small = T <= MATRIX_TEXT_TASKS
+    fig = _new_figure((1.2 * T + 2, 1.0 * T + 1.5) if small else (9, 8))
     ax = fig.add_subplot()
-    image = ax.imshow(mean, cmap="viridis", vmin=min(-1.0, float(np.nanmin(mean))), vmax=max(1.0, float(np.nanmax(mean))))
-    for i in range(T):
-        for j in range(T):
-            ax.text(j, i, f"{mean[i, j]:+.2f}", ha="center", va="center", color="white" if mean[i, j] < 0.3 else "black")
-    ax.set_xticks(range(T), [f"task {j + 1}" for j in range(T)])
-    ax.set_yticks(range(T), [f"after task {i + 1}" for i in range(T)])
+    image = ax.imshow(mean, cmap="viridis", vmin=min(-1.0, float(np.nanmin(mean))), vmax=max(1.0, float(np.nanmax(mean))),
+                      interpolation="nearest")
+    if small:
+        for i in range(T):
+            for j in range(T):
+                if np.isfinite(mean[i, j]):
+                    ax.text(j, i, f"{mean[i, j]:+.2f}", ha="center", va="center",
+                            color="white" if mean[i, j] < 0.3 else "black")
+        ax.set_xticks(range(T), [f"task {j + 1}" for j in range(T)])
+        ax.set_yticks(range(T), [f"after task {i + 1}" for i in range(T)])
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("trained up to")
     ax.set_title(title)
@@ -184,9 +201,12 @@ def plot_matrix(R, path=None, title: str = "performance matrix") -> Figure:
     return _finish(fig, path)
 
 
-def _episodes_axis(values):
-    """``[S, T, E]`` -> mean over seeds, concatenated over tasks: ``(x [T*E], y [T*E], boundaries)``."""
+def _episodes_axis(values, per_task: bool = False):
+    """``[S, T, E]`` (or ``[T, E]``; with ``per_task``, ``[S, T]`` or ``[T]``: ``E = 1``) -> mean over seeds,
+    concatenated over tasks: ``(x [T*E], y [T*E], boundaries)``."""
     values = np.asarray(values, np.float64)
+    if per_task:  # [S, T] or [T]: one summary per task
+        values = values[..., None]
     if values.ndim == 3:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # episodes measured on no seed stay NaN
@@ -197,13 +217,16 @@ def _episodes_axis(values):
     return np.arange(T * E), mean.reshape(-1), [t * E for t in range(1, T)]
 
 
-def plot_scores(R, traces: Mapping[str, np.ndarray], path=None, title: str = "scores over training") -> Figure:
+def plot_scores(R, traces: Mapping[str, np.ndarray], path=None, title: str = "scores over training",
+                per_task: bool = False) -> Figure:
     """The training batch's score per episode (mean over seeds) and each task's evaluated score after every task,
     on one time axis with the task boundaries marked.
 
-    ``R``: ``[S, T, T]`` or ``[T, T]``; ``traces["score"]`` (optional): ``[S, T, E]`` or ``[T, E]``. Returns the
-    figure (a grey line of the training scores, then one line per task with the mean ``R[:, j]``); with ``path``,
-    also writes it there as PNG (atomically)."""
+    ``R``: ``[S, T, T]`` or ``[T, T]``; ``traces["score"]`` (optional): ``[S, T, E]`` or ``[T, E]``, or with
+    ``per_task`` one summary per task, ``[S, T]`` or ``[T]``. Returns the figure (a grey line of the training
+    scores, then one line per task with the mean ``R[:, j]`` through the rows that evaluated it; beyond
+    :data:`MATRIX_TEXT_TASKS` tasks, the diagonal ``R[i, i]`` and the mean over the tasks learned so far at the rows
+    evaluated in full); with ``path``, also writes it there as PNG (atomically)."""
     path = _check_path(path)
     R = np.asarray(R, np.float64)
     R = R if R.ndim == 3 else R[None]
@@ -212,15 +235,23 @@ def plot_scores(R, traces: Mapping[str, np.ndarray], path=None, title: str = "sc
     ax = fig.add_subplot()
     E = 1
     if "score" in traces:
-        x, y, bounds = _episodes_axis(traces["score"])
+        x, y, bounds = _episodes_axis(traces["score"], per_task)
         E = len(x) // T
-        ax.plot(x, y, color="0.6", lw=1, label="training batch (current task)")
-    for j in range(T):
-        ends = [(i + 1) * E - 1 for i in range(T)]
-        ax.plot(ends, R.mean(axis=0)[:, j], marker="o", label=f"task {j + 1} (evaluated)")
-    for t in range(1, T):
-        ax.axvline(t * E - 0.5, color="k", ls=":", lw=1)
-    ax.set_xlabel("episode (update)")
+        ax.plot(x, y, color="0.6", lw=1, label="training batch (current task)" + (", task mean" if per_task else ""))
+    mean = R.mean(axis=0)
+    ends = np.array([(i + 1) * E - 1 for i in range(T)])
+    if T <= MATRIX_TEXT_TASKS:
+        for j in range(T):
+            keep = np.isfinite(mean[:, j])
+            ax.plot(ends[keep], mean[keep, j], marker="o", label=f"task {j + 1} (evaluated)")
+        for t in range(1, T):
+            ax.axvline(t * E - 0.5, color="k", ls=":", lw=1)
+    else:
+        ax.plot(ends, np.diagonal(mean), lw=1, label="task just learned (R[i, i])")
+        full = ~np.isnan(mean).any(axis=1)
+        seen = np.array([np.mean(mean[i, :i + 1]) for i in range(T)])
+        ax.plot(ends[full], seen[full], marker="o", ms=3, label="mean over the tasks learned so far")
+    ax.set_xlabel("task" if per_task else "episode (update)")
     ax.set_ylabel("normalized score")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower left")
@@ -230,11 +261,12 @@ def plot_scores(R, traces: Mapping[str, np.ndarray], path=None, title: str = "sc
 DIVERGENCE_TRACES = ("penalty", "param_l2", "param_relative", "fisher_distance", "functional")
 
 
-def plot_divergence(traces: Mapping[str, np.ndarray], path=None, title: str = "divergence and penalty") -> Figure:
+def plot_divergence(traces: Mapping[str, np.ndarray], path=None, title: str = "divergence and penalty",
+                    per_task: bool = False) -> Figure:
     """Penalty and every divergence the run recorded, per episode (mean over seeds), task boundaries marked.
 
-    One panel per name of :data:`DIVERGENCE_TRACES` present in ``traces`` (each ``[S, T, E]`` or ``[T, E]``), in that
-    order; episodes a trace did not measure (NaN) are left out of its line. Returns the figure; with ``path``, also
+    One panel per name of :data:`DIVERGENCE_TRACES` present in ``traces`` (each ``[S, T, E]`` or ``[T, E]``; with
+    ``per_task``, one summary per task, ``[S, T]`` or ``[T]``), in that order; episodes a trace did not measure (NaN) are left out of its line. Returns the figure; with ``path``, also
     writes it there as PNG (atomically)."""
     path = _check_path(path)
     names = [n for n in DIVERGENCE_TRACES if n in traces]
@@ -243,14 +275,16 @@ def plot_divergence(traces: Mapping[str, np.ndarray], path=None, title: str = "d
     fig = _new_figure((8, 1.8 * len(names) + 0.5))
     axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], names):
-        x, y, bounds = _episodes_axis(traces[name])
+        x, y, bounds = _episodes_axis(traces[name], per_task)
+        if per_task:
+            bounds = []
         keep = np.isfinite(y)
         ax.plot(x[keep], y[keep], marker="o" if keep.sum() < len(y) else None, ms=3)
         for b in bounds:
             ax.axvline(b - 0.5, color="k", ls=":", lw=1)
         ax.set_ylabel(name, fontsize=8)
     axes[0, 0].set_title(title)
-    axes[-1, 0].set_xlabel("episode (update)")
+    axes[-1, 0].set_xlabel("task" if per_task else "episode (update)")
     return _finish(fig, path)
 
 

@@ -20,10 +20,13 @@ from clloop_jax.strategies.base import (NoHParams, Strategy, check_hparam, check
                                         hparam_paths, is_hparams, matching_paths, path_value, with_path)
 from clloop_jax.validation import check_bool, check_choice, check_float, is_int
 
-__all__ = ["HParams", "RunConfig", "FISHER_VARIANTS"]
+__all__ = ["HParams", "RunConfig", "FISHER_VARIANTS", "TRACE_MODES"]
 
 
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
+
+#: What a run's traces keep (``RunConfig.traces``): every update's record, or one summary per task.
+TRACE_MODES = ("episodes", "tasks")
 
 
 class HParams(NamedTuple):
@@ -114,6 +117,16 @@ class RunConfig:
       max_grad_norm: global-norm clipping of the gradient before the optimizer (None = no clipping).
       reset_optimizer: start each task with a fresh optimizer state.
       optimizer: ``learning_rate -> optax.GradientTransformation``; Adam by default.
+      evaluate_every: the full row of the performance matrix (every task evaluated) is computed after every this
+        many tasks (tasks ``k-1, 2k-1, ...``, numbered from 0) and after the last task; after the other tasks only
+        the task just learned is evaluated (the diagonal ``R[i, i]``, the learning accuracy of Riemer et al. 2019,
+        always present) and the rest of the row is NaN. The skipped evaluations do not run, so ``n`` tasks cost
+        ``O(n^2 / k)`` task evaluations instead of ``O(n^2)`` (Dohare et al. 2024's loss-of-plasticity streams of
+        hundreds of tasks). 1 (the default) evaluates every task after every task.
+      traces: ``"episodes"`` (default) keeps every update's record, ``traces[name]`` of shape ``[tasks,
+        episodes_per_task]``; ``"tasks"`` keeps one summary per task, ``[tasks]``: the mean over the task's updates
+        (the monitors' measurements: the mean of those taken; ``finite``: True when every update was), so the
+        traces' memory is ``O(tasks)`` rather than ``O(tasks * episodes_per_task)``.
     """
 
     strategy: Union[str, Strategy] = "ewc"
@@ -127,6 +140,8 @@ class RunConfig:
     max_grad_norm: Optional[float] = 1.0
     reset_optimizer: bool = True
     optimizer: Callable[[Any], optax.GradientTransformation] = optax.adam
+    evaluate_every: int = 1
+    traces: str = "episodes"
 
     def __post_init__(self):
         get_strategy(self.strategy)  # a clear error for an unknown name or a wrong type
@@ -154,6 +169,10 @@ class RunConfig:
                              f"{self.episodes_per_task}, got {self.measure_every!r}")
         check_float("max_grad_norm", self.max_grad_norm, min=0, open_min=True, allow_none=True, scalar=True)
         check_bool("reset_optimizer", self.reset_optimizer)
+        if not is_int(self.evaluate_every) or self.evaluate_every < 1:
+            raise ValueError(f"evaluate_every must be an integer >= 1 (evaluate every task after every this many "
+                             f"tasks), got {self.evaluate_every!r}")
+        check_choice("traces", self.traces, TRACE_MODES)
         if not callable(self.optimizer):
             raise TypeError(f"optimizer must be a callable learning_rate -> optax.GradientTransformation, "
                             f"got {self.optimizer!r}")

@@ -80,7 +80,10 @@ class RunResults(NamedTuple):
     """What a run reports: ``R[i, j]`` = score on task j after training on tasks 0..i; ``baseline[j]`` = score of
     the untrained model; ``traces`` = ``{name: [num_tasks, episodes_per_task]}`` per-episode records (``loss``,
     ``penalty``, ``finite``, what the objective returns in ``aux`` such as ``score``, the strategy's and the
-    monitors' entries). Metrics: :func:`clloop_jax.metrics.summarize`."""
+    monitors' entries), or ``{name: [num_tasks]}`` per-task summaries with ``RunConfig(traces="tasks")``.
+    With ``RunConfig(evaluate_every=k > 1)`` the rows of ``R`` after tasks other than ``k-1, 2k-1, ...`` and the last
+    hold only their diagonal ``R[i, i]`` and NaN elsewhere. Metrics: :func:`clloop_jax.metrics.summarize` (it reads
+    such rows)."""
 
     R: jax.Array
     baseline: jax.Array
@@ -275,6 +278,7 @@ class Run:
         # a streaming source's environments start afresh with every task and continue from one batch to the next
         stream = src.stream_init(jax.random.fold_in(key, 2), task, hp.source) if streaming else None
         measuring = [(m, i) for i, m in enumerate(self.monitors) if m.measure is not None]
+        measured = set()  # the names of the measurements (NaN between two of them)
         if not measuring:
             (state, _), trace = jax.lax.scan(episode, (state, stream), keys)
         else:
@@ -284,11 +288,14 @@ class Run:
                 (st, stream), tr = jax.lax.scan(episode, carry, ks)
                 for monitor, i in measuring:
                     for name, value in monitor.measure(st.monitors[i], st.params, self.source).items():
+                        measured.add(name)
                         tr[name] = jnp.full((every,), jnp.nan, jnp.result_type(value)).at[-1].set(value)
                 return (st, stream), tr
 
             (state, _), trace = jax.lax.scan(chunk, (state, stream), keys.reshape((E // every, every)))
             trace = jax.tree.map(lambda x: x.reshape((E,)), trace)
+        if self.config.traces == "tasks":
+            trace = _summarize_trace(trace, measured)
         return self._consolidate(state, jax.random.fold_in(key, 1), task_id, task, hp), trace
 
     def _boundary(self, state: TrainState, key, task_id, hp: HParams) -> TrainState:
@@ -350,12 +357,33 @@ class Run:
         """Scores of ``params`` on every task of ``tasks`` with evaluation key ``key`` (traceable; one vmapped call)."""
         return evaluate_source(self.source, params, tasks, key, hp.source)
 
+    def full_row(self, task_id):
+        """Whether the row after task ``task_id`` (an index, possibly traced) evaluates every task: after every
+        ``config.evaluate_every``-th task (``task_id + 1`` a multiple of it) and after the last task."""
+        k, n = self.config.evaluate_every, self.source.num_tasks
+        return ((task_id + 1) % k == 0) | (task_id == n - 1)
+
+    def evaluate_row(self, params, tasks, key, task_id, hp: HParams):
+        """The row of ``R`` after task ``task_id`` (traceable): :meth:`evaluate_on` where :meth:`full_row` says so,
+        otherwise the score on task ``task_id`` alone (the same key, so the same number as the full row's diagonal)
+        at its place and NaN elsewhere. The choice is a ``lax.cond``: the skipped tasks' evaluations do not run
+        (as long as ``task_id`` is not batched by a ``vmap``)."""
+        if self.config.evaluate_every == 1:
+            return self.evaluate_on(params, tasks, key, hp)
+
+        def diagonal(p):
+            score = self.source.score(jax.random.fold_in(key, task_id), p, task_at(tasks, task_id), hp.source)
+            return jnp.full((self.source.num_tasks,), jnp.nan, score.dtype).at[task_id].set(score)
+
+        full = lambda p: self.evaluate_on(p, tasks, key, hp)  # noqa: E731
+        return jax.lax.cond(self.full_row(task_id), full, diagonal, params)
+
     def task_step_on(self, state: TrainState, tasks, key, task_id, hp: HParams):
         """One task and the evaluation after it: ``(state, R_row, traces)`` (traceable; :meth:`train_task`
-        compiles it)."""
+        compiles it). The row is :meth:`evaluate_row`'s."""
         _, k_eval, k_tasks = self.split_key(key)
         state, trace = self._train_task(state, tasks, jax.random.fold_in(k_tasks, task_id), task_id, hp)
-        return state, self.evaluate_on(state.params, tasks, k_eval, hp), trace
+        return state, self.evaluate_row(state.params, tasks, k_eval, task_id, hp), trace
 
     def run_on(self, tasks, key, hp: HParams):
         """The whole run over the task arrays ``tasks`` (traceable; ``run(key, hp)`` compiles it)."""
@@ -369,7 +397,11 @@ class Run:
         trace_shape = jax.eval_shape(train, state, jnp.int32(0))[1]
 
         def phase(st, i):
-            row = self.evaluate_on(st.params, tasks, k_eval, hp)
+            if self.config.evaluate_every == 1:
+                row = self.evaluate_on(st.params, tasks, k_eval, hp)
+            else:  # the baseline (phase 0) in full, then the row after task i - 1
+                row = jax.lax.cond(i == 0, lambda p: self.evaluate_on(p, tasks, k_eval, hp),
+                                   lambda p: self.evaluate_row(p, tasks, k_eval, i - 1, hp), st.params)
             skip = lambda s, _: (s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), trace_shape))  # noqa
             st, trace = jax.lax.cond(i < n, train, skip, st, jnp.minimum(i, n - 1))
             return st, (row, trace)
@@ -448,6 +480,17 @@ class Run:
         return state, RunResults(jnp.stack(rows), baseline, stacked)
 
 
+def _summarize_trace(trace: Dict[str, jax.Array], measured=()) -> Dict[str, jax.Array]:
+    """One task's per-update records ``{name: [E]}`` as one summary per name: ``finite`` is True when every update
+    was; the names in ``measured`` (records NaN between two measurements) are the mean of the values measured; every
+    other record is its mean over the task's updates."""
+    def one(name, v):
+        if name == "finite":
+            return jnp.all(v, axis=0)
+        return (jnp.nanmean if name in measured else jnp.mean)(v, axis=0)
+    return {name: one(name, v) for name, v in trace.items()}
+
+
 _jit_run = Program(Run.run_on)
 
 
@@ -462,6 +505,11 @@ def make_run(config: RunConfig, source) -> Run:
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
     check_source(source)
+    per_task = getattr(source, "updates_per_task", None)
+    if per_task is not None and config.episodes_per_task != per_task:
+        raise ValueError(f"config.episodes_per_task must be {per_task} for this source: it presents each task's "
+                         f"training samples once, in {per_task} batches (sampling='epoch'), got "
+                         f"{config.episodes_per_task}")
     strategy = get_strategy(config.strategy)
     if strategy.check_source is not None:  # before anything is traced: the strategy says what it needs
         strategy.check_source(source)

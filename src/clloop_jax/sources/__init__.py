@@ -17,7 +17,8 @@ _EXPORTS = {
     "TaskSource": "base", "REQUIRED": "base", "CAPABILITIES": "base", "capability": "base", "check_source": "base",
     "EnvHParams": "world", "EnvSource": "world", "ImitationLoss": "world", "imitation_loss": "world",
     "squared_error": "world", "sequence_actions": "world", "pair_with_env": "world", "check_model_matches_env": "world",
-    "SupervisedBatch": "supervised", "SupervisedSource": "supervised",
+    "SupervisedBatch": "supervised", "SupervisedSource": "supervised", "EpochStream": "supervised",
+    "SAMPLING_MODES": "supervised",
     "GymnaxSource": "gymnax",
     "draw_tasks": "mixture", "mixture_batch": "mixture",
 }

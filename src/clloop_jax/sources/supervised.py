@@ -12,9 +12,13 @@ from clloop_jax import data as data_lib
 from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.sources.mixture import draw_tasks
 from clloop_jax.strategies.base import NoHParams
-from clloop_jax.validation import check_methods, positive_int
+from clloop_jax.validation import check_choice, check_methods, positive_int
 
-__all__ = ["SupervisedBatch", "SupervisedSource"]
+__all__ = ["SupervisedBatch", "SupervisedSource", "EpochStream", "SAMPLING_MODES"]
+
+#: How a :class:`SupervisedSource` presents a task's training samples: ``"random"`` batches drawn afresh for every
+#: update, or ``"epoch"``: one pass over the task in a random order (online learning).
+SAMPLING_MODES = ("random", "epoch")
 
 
 class SupervisedBatch(NamedTuple):
@@ -24,6 +28,14 @@ class SupervisedBatch(NamedTuple):
     x: jax.Array
     y: jax.Array
     mask: jax.Array
+
+
+class EpochStream(NamedTuple):
+    """Where an ``"epoch"`` source is in its pass over a task: the task's training indices in their random
+    ``order [N]`` and the number of batches already served, ``step``."""
+
+    order: jax.Array
+    step: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +49,17 @@ class SupervisedSource:
 
     * ``batch``: ``batch_size`` training samples of the task drawn without replacement with the key, and the
       task's ``train_mask`` (:class:`SupervisedBatch`). Streams hold no padded samples (split tasks are cut to
-      equal size by :func:`~clloop_jax.data.streams.split_stream`), so every row of a task may be drawn.
+      equal size by :func:`~clloop_jax.data.streams.split_stream`), so every row of a task may be drawn. Each
+      batch is drawn afresh (``sampling="random"``): a sample may come back in a later batch of the task and
+      another may never be seen.
+    * ``sampling="epoch"``: online learning, as in the permuted-MNIST streams of Dohare et al. (2024, "Loss of
+      plasticity in deep continual learning", Nature 632): the run presents the task's ``N`` training samples once
+      each, in a random order drawn at the task's start (a fresh order per task and seed), cut into consecutive
+      batches of ``batch_size``. A task then takes exactly ``updates_per_task = N // batch_size`` updates (the last
+      ``N % batch_size`` samples of the order are left out, so every batch has the same size), and
+      :func:`~clloop_jax.run.sequential.make_run` refuses an ``episodes_per_task`` that differs. The source is then a
+      streaming one (``stream_init``: the order; ``stream_batch``: the next batch); :meth:`batch` itself (the
+      joint run's) still draws at random.
     * ``loss``: :func:`~clloop_jax.data.streams.masked_cross_entropy` under the training mask; ``aux["score"]`` is
       the batch accuracy under the same mask.
     * ``score``: test accuracy under the task's ``test_mask``, in ``[0, 1]``, on all test samples
@@ -68,6 +90,8 @@ class SupervisedSource:
       eval_size: test samples per score; None uses every test sample of the task.
       fisher_size: training samples per Fisher diagonal (and MAS importance); None uses
         ``min(256, number of training samples)``.
+      sampling: ``"random"`` (default: every batch drawn afresh) or ``"epoch"`` (one pass over each task's
+        training samples in a random order, see above).
     """
 
     model: Any
@@ -75,6 +99,7 @@ class SupervisedSource:
     batch_size: int = 128
     eval_size: Optional[int] = None
     fisher_size: Optional[int] = None
+    sampling: str = "random"
 
     def __post_init__(self):
         check_methods("model", self.model, ["init", "apply"], example="MLP(output_dim=10)")
@@ -87,6 +112,7 @@ class SupervisedSource:
         positive_int("batch_size", self.batch_size)
         positive_int("eval_size", self.eval_size, allow_none=True)
         positive_int("fisher_size", self.fisher_size, allow_none=True)
+        check_choice("sampling", self.sampling, SAMPLING_MODES)
         if self.batch_size > n_train:
             raise ValueError(f"batch_size must be at most the task's {n_train} training samples, "
                              f"got {self.batch_size}")
@@ -121,6 +147,33 @@ class SupervisedSource:
     @property
     def hparams(self) -> NoHParams:
         return NoHParams()
+
+    @property
+    def streaming(self) -> bool:
+        """True with ``sampling="epoch"``: the run draws the task's order at its start and serves it batch by batch."""
+        return self.sampling == "epoch"
+
+    @property
+    def updates_per_task(self) -> Optional[int]:
+        """With ``sampling="epoch"``, the updates one pass over a task takes, ``N // batch_size``; None otherwise
+        (any number of updates)."""
+        return int(self.stream.x.shape[1]) // self.batch_size if self.sampling == "epoch" else None
+
+    def stream_init(self, key, task, hparams) -> EpochStream:
+        """A task's pass (``sampling="epoch"``): its training indices in a random order drawn with ``key``."""
+        del hparams
+        return EpochStream(jax.random.permutation(key, task.x.shape[0]).astype(jnp.int32), jnp.zeros((), jnp.int32))
+
+    def stream_batch(self, key, params, task, hparams, stream: EpochStream):
+        """``(batch, stream)``: the next ``batch_size`` samples of the task's order (``sampling="epoch"``)."""
+        del key, params, hparams
+        idx = jax.lax.dynamic_slice(stream.order, (stream.step * self.batch_size,), (self.batch_size,))
+        return SupervisedBatch(task.x[idx], task.y[idx], task.train_mask), stream._replace(step=stream.step + 1)
+
+    def minibatches(self, key, batch: SupervisedBatch, hparams) -> SupervisedBatch:
+        """A streamed batch learned as it is: one minibatch (a leading axis of 1)."""
+        del key, hparams
+        return jax.tree.map(lambda a: a[None], batch)
 
     def init_params(self, key):
         x = self.stream.x

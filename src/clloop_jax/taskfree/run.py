@@ -248,6 +248,13 @@ def make_taskfree_run(config: RunConfig, source, boundaries: str = "detect",
     detector = PageHinkley() if detector is None else detector
     if not isinstance(detector, PageHinkley):
         raise TypeError(f"detector must be a PageHinkley, got {type(detector).__name__}")
+    if config.evaluate_every != 1 or config.traces != "episodes":
+        raise ValueError(f"config.evaluate_every ({config.evaluate_every!r}) and config.traces ({config.traces!r}) "
+                         f"shape a run with known task boundaries; a task-free stream evaluates at every switch and "
+                         f"records every episode: leave them at 1 and 'episodes'")
+    if getattr(source, "sampling", "random") != "random":
+        raise ValueError(f"source.sampling must be 'random' for a task-free stream (its batches mix tasks), got "
+                         f"{source.sampling!r}")
     check_mixture(source)
     run = make_run(config, _StreamSource(source))
     if run.strategy.boundary is not None:

@@ -296,17 +296,19 @@ def _execute(run, hp, seeds, folder, config, progress, label, stop, trackers, me
             stop.check(task)
         before = jax.tree.map(np.asarray, state.params)
         new_state, row, trace = step(state, keys, jnp.int32(task), hp)
-        finite = np.asarray(trace["finite"])  # [S, E]
+        finite = np.asarray(trace["finite"])  # [S, E], or [S] with one summary per task
         if not finite.all():
             try:
-                check_finite(finite[:, None, :], where=label)
+                check_finite(finite.reshape(finite.shape[0], 1, -1), where=label)
             except NonFiniteError as err:
                 seed = seeds[err.seed]
-                raise NonFiniteError(f"{label} diverged at {_member(err.seed, seeds, members)}, task {task}, episode "
-                                      f"{err.episode}: the loss, a gradient or the parameters became non-finite "
+                episode = f"episode {err.episode}" if finite.ndim == 2 else "an episode"
+                raise NonFiniteError(f"{label} diverged at {_member(err.seed, seeds, members)}, task {task}, {episode}"
+                                      f": the loss, a gradient or the parameters became non-finite "
                                       f"(lower the learning rate or "
                                       f"the penalty strength); nothing of task {task} was written, the last good "
-                                      f"checkpoint is kept", seed=seed, task=task, episode=err.episode) from None
+                                      f"checkpoint is kept", seed=seed, task=task,
+                                      episode=err.episode if finite.ndim == 2 else None) from None
         state = new_state
         still = np.flatnonzero(unmoved(before, state.params))
         if still.size:

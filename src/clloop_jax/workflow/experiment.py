@@ -6,7 +6,9 @@ stream of tasks (``mnist``, ``digits`` or ``mnist1d``: split or permuted, task, 
 :meth:`~ExperimentConfig.build` gives the :class:`~clloop_jax.run.sequential.Run` and its
 :class:`~clloop_jax.run.config.HParams`.
 :data:`PRESETS` names ready-made ones (``tiny``: a few seconds after compilation; ``default``: the README's forgetting
-experiment). The command line (:mod:`clloop_jax.workflow.cli`) is these dataclasses, field for field; each field's
+experiment; ``permuted-mnist``: a long stream of permuted MNIST learned online, one pass over each task's 4,000
+training images in batches of 100, as in the loss-of-plasticity experiments of Dohare et al. 2024, Nature 632, with
+the full performance matrix row every 10 tasks and one trace summary per task: ``--tasks 500 --evaluate-every 10``). The command line (:mod:`clloop_jax.workflow.cli`) is these dataclasses, field for field; each field's
 docstring is its help text there.
 
 A configuration is a description: constructing one checks every field in plain Python (sizes, names, the ranges of
@@ -24,10 +26,10 @@ if TYPE_CHECKING:  # annotations only: importing these loads JAX
     from clloop_jax.run.config import HParams
     from clloop_jax.run.sequential import Run
 
-from clloop_jax.workflow.settings import (BOUNDARY_MODES, WorldConfig, ModelConfig, DataConfig, GymnaxConfig,
-                                          TrainConfig, DEFAULT_LAMBDA, DATA_LAMBDA, DEFAULT_GAMMA, DEFAULT_MEMORY,
-                                          STRATEGY_NAMES, MONITOR_NAMES, FISHER_VARIANTS, SOURCES, MEMORY_STRATEGIES,
-                                          count_setting)  # noqa: F401 (the parts, importable from here too)
+from clloop_jax.workflow.settings import (  # noqa: F401 (the parts, importable from here too)
+    BOUNDARY_MODES, WorldConfig, ModelConfig, DataConfig, GymnaxConfig, TrainConfig, DEFAULT_LAMBDA, DATA_LAMBDA,  # noqa: F401
+    DEFAULT_GAMMA, DEFAULT_MEMORY, STRATEGY_NAMES, MONITOR_NAMES, FISHER_VARIANTS, SOURCES, MEMORY_STRATEGIES,  # noqa: F401
+    count_setting)
 from clloop_jax.workflow.settings import default_strength
 
 __all__ = ["ExperimentConfig", "PRESETS", "describe_preset", "experiment_from_dict", "load_experiment"]
@@ -146,7 +148,8 @@ class ExperimentConfig:
         t = self.train
         t.check_strategy_options()
         return RunConfig(strategy=t.strategy_value(), episodes_per_task=t.episodes_per_task,
-                         fisher_variant=t.fisher_variant, monitors=t.monitors, max_grad_norm=t.max_grad_norm)
+                         fisher_variant=t.fisher_variant, monitors=t.monitors, max_grad_norm=t.max_grad_norm,
+                         evaluate_every=t.evaluate_every, traces=t.traces)
 
     def hparams_of(self, run) -> "HParams":
         """``run``'s hyperparameters with this experiment's values, each set where the run has it."""
@@ -249,6 +252,11 @@ PRESETS = {
     "tiny-digits": ExperimentConfig(
         source="digits", data=DataConfig(mlp_hidden=(32,), batch_size=32, fisher_size=64),
         train=TrainConfig(strategy="replay", episodes_per_task=20, monitors=(), max_grad_norm=None), seeds=2),
+    "permuted-mnist": ExperimentConfig(
+        source="mnist", data=DataConfig(stream="permuted", scenario="domain", permuted_tasks=100, mlp_hidden=(100, 100),
+                                        batch_size=100, sampling="epoch"),
+        train=TrainConfig(strategy="none", episodes_per_task=40, monitors=(), max_grad_norm=None, evaluate_every=10,
+                          traces="tasks", learning_rate=1e-3)),
 }
 
 
@@ -266,8 +274,10 @@ def describe_preset(name: str) -> str:
     if e.source != "world":
         d = e.data
         tasks = (f"{d.classes_per_task} classes per task" if d.stream == "split" else f"{d.permuted_tasks} tasks")
+        online = ", one pass" if d.sampling == "epoch" else ""
+        every = f", all tasks scored every {e.train.evaluate_every}" if e.train.evaluate_every > 1 else ""
         return (f"{e.source} {d.stream} ({tasks}, {d.scenario}-incremental) x {e.train.episodes_per_task} updates of "
-                f"{d.batch_size}, MLP {'-'.join(map(str, d.mlp_hidden))}, strategy {e.train.strategy}, {e.seeds} seeds")
+                f"{d.batch_size}{online}{every}, MLP {'-'.join(map(str, d.mlp_hidden))}, strategy {e.train.strategy}, {e.seeds} seeds")
     return (f"{e.world.num_tasks} tasks x {e.train.episodes_per_task} episodes, observation {e.world.observation_dim} "
             f"x {e.world.num_modalities} modalities, action {e.world.action_dim}, hidden {e.model.hidden_dim}, "
             f"strategy {e.train.strategy}, {e.seeds} seeds")

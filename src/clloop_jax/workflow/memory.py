@@ -177,6 +177,7 @@ def estimate_experiment(config) -> MemoryEstimate:
     w, m, t, S = config.world, config.model, config.train, config.seeds
     M, D, A, L, T = w.num_modalities, w.observation_dim, w.action_dim, w.latent_dim, w.episode_length
     K, H, heads, E, B = w.num_tasks, m.hidden_dim, m.num_heads, t.episodes_per_task, t.num_envs
+    E = 1 if t.traces == "tasks" else E                          # one summary per task
     F, N = 1 + A, M + 2
     P = parameter_count(D, A, M, H)
     copies, importance, capacity, logits = _STRATEGIES.get(t.strategy, _UNKNOWN_STRATEGY)
@@ -254,7 +255,7 @@ def estimate_run_memory(run, hp, seeds) -> MemoryEstimate:
         data = jax.eval_shape(lambda k, p: src.fisher_data(k, p, task(), hp.source), key, state.params)
         samples = jax.tree.leaves(data[0])[0].shape[0]
         importance = samples * P
-    K, E = src.num_tasks, run.config.episodes_per_task
+    K, E = src.num_tasks, (1 if run.config.traces == "tasks" else run.config.episodes_per_task)
     n_state, n_batch, n_res = _nbytes(state), _nbytes(batch), _nbytes(residuals)
     parts = [
         (f"parameters with optimizer, strategy and monitor state ({S:,} seeds x {format_bytes(n_state)})",

@@ -6,9 +6,11 @@ One folder per run::
                        configuration's hash and the hash of the file's own contents
     seeds.json         the seeds
     traces.jsonl       one line per (seed, task, episode): every per-episode record of the run (``task`` and
-                       ``episode`` are array indices, from 0)
+                       ``episode`` are array indices, from 0); one line per (seed, task), without ``episode``, when
+                       the run keeps one summary per task (``RunConfig(traces="tasks")``)
     R_seed{k}.csv      the performance matrix of seed k (first row: the untrained baseline; rows and columns
-                       labelled task_1 ... task_T, as tables and figures number tasks)
+                       labelled task_1 ... task_T, as tables and figures number tasks; a task not evaluated after
+                       some task, ``RunConfig(evaluate_every=k > 1)``, is ``nan`` there)
     summary.md/.json   mean and 95% interval across seeds of every metric (:func:`clloop_jax.report.summary`)
     plots/*.png        matrix.png, scores.png, divergence.png
     checkpoints/       task_{i}/ (orbax) and task_{i}.json, one per finished task (i the task's index, from 0)
@@ -418,12 +420,14 @@ class RunFolder:
         lines = []
         names = sorted(traces)
         arrays = {n: np.asarray(traces[n]) for n in names}
-        E = arrays[names[0]].shape[-1] if names else 0
+        per_task = bool(names) and arrays[names[0]].ndim == 2   # [S, T]: one summary per task
+        E = 0 if not names else 1 if per_task else arrays[names[0]].shape[-1]
         for s in range(S):
             for t in range(T):
                 for e in range(E):
-                    row = {"seed": int(seeds[s]), "task": t, "episode": e}
-                    row.update({n: jsonable(arrays[n][s, t, e]) for n in names})
+                    row = {"seed": int(seeds[s]), "task": t} if per_task else {"seed": int(seeds[s]), "task": t,
+                                                                              "episode": e}
+                    row.update({n: jsonable(arrays[n][s, t] if per_task else arrays[n][s, t, e]) for n in names})
                     lines.append(json.dumps(row))
         write_atomic(self.file("traces.jsonl"), "\n".join(lines) + "\n")
         for s in range(S):
@@ -448,5 +452,5 @@ class RunFolder:
                         + format_matrix(R.mean(axis=0), b=baseline.mean(axis=0)) + "\n"
                         + (f"\nWarnings:\n{warnings}\n" if warnings else ""))
         report.plot_matrix(R, self.file("plots/matrix.png"))
-        report.plot_scores(R, arrays, self.file("plots/scores.png"))
-        report.plot_divergence(arrays, self.file("plots/divergence.png"))
+        report.plot_scores(R, arrays, self.file("plots/scores.png"), per_task=per_task)
+        report.plot_divergence(arrays, self.file("plots/divergence.png"), per_task=per_task)

@@ -11,7 +11,9 @@ import dataclasses
 import math
 import numbers
 import struct
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import TYPE_CHECKING, Annotated, Optional, Tuple
+
+import tyro
 
 if TYPE_CHECKING:  # annotations only: importing these loads JAX
     from clloop_jax.envs import Environment
@@ -19,7 +21,7 @@ if TYPE_CHECKING:  # annotations only: importing these loads JAX
 
 __all__ = ["WorldConfig", "ModelConfig", "DataConfig", "GymnaxConfig", "TrainConfig", "DEFAULT_LAMBDA", "DATA_LAMBDA",
            "DEFAULT_GAMMA", "DEFAULT_MEMORY", "STRATEGY_NAMES", "MONITOR_NAMES", "FISHER_VARIANTS", "SOURCES",
-           "MEMORY_STRATEGIES", "BOUNDARY_MODES", "count_setting", "default_strength"]
+           "MEMORY_STRATEGIES", "BOUNDARY_MODES", "TRACE_MODES", "count_setting", "default_strength"]
 
 
 #: Penalty strength per strategy in the default world (chosen on seed 0 of a shorter run; README, "Results").
@@ -71,6 +73,10 @@ POLICY_STRATEGIES = ("replay", "er_ace")
 
 
 DEFAULT_MEMORY = 500
+
+
+#: What a run's traces keep, as :data:`clloop_jax.run.config.TRACE_MODES`.
+TRACE_MODES = ("episodes", "tasks")
 
 
 def count_setting(owner: str, name: str, value) -> None:
@@ -185,8 +191,9 @@ class DataConfig:
     the position within the group, or every class seen so far"""
     classes_per_task: int = 2
     """classes in each task of a split stream"""
-    permuted_tasks: int = 5
-    """tasks of a permuted stream"""
+    permuted_tasks: Annotated[int, tyro.conf.arg(aliases=("--tasks",))] = 5
+    """tasks of a permuted stream (also --tasks); each task holds its own permuted copy of the images (MNIST: about
+    16 MB per task)"""
     mlp_hidden: Tuple[int, ...] = (400, 400)
     """widths of the classifier's hidden layers (a multilayer perceptron with ReLU)"""
     batch_size: int = 128
@@ -195,9 +202,14 @@ class DataConfig:
     """samples of a task that estimate its Fisher information (and fill a rehearsal memory)"""
     data_seed: int = 0
     """the stream's seed: the permutations, the equal-size subsets of a split (an integer >= 0)"""
+    sampling: str = "random"
+    """random: every update draws its batch afresh from the task's training images; epoch: online learning, each
+    training image seen once per task in a random order (Dohare et al. 2024), so episodes-per-task must be the
+    number of training images // batch-size (MNIST: 4000 // batch-size)"""
 
     def __post_init__(self):
-        for name, choices in (("stream", ("split", "permuted")), ("scenario", ("task", "domain", "class"))):
+        for name, choices in (("stream", ("split", "permuted")), ("scenario", ("task", "domain", "class")),
+                              ("sampling", ("random", "epoch"))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"data.{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
         for name in ("classes_per_task", "permuted_tasks", "batch_size", "fisher_size"):
@@ -224,7 +236,7 @@ class DataConfig:
             stream = permuted_stream(x, y, self.permuted_tasks, seed=self.data_seed, x_test=x_test, y_test=y_test,
                                      scenario=self.scenario)
         return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=self.mlp_hidden), stream,
-                                batch_size=self.batch_size, fisher_size=self.fisher_size)
+                                batch_size=self.batch_size, fisher_size=self.fisher_size, sampling=self.sampling)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,6 +356,12 @@ class TrainConfig:
     greedy memory); replay and er_ace only; unset: reservoir"""
     max_grad_norm: Optional[float] = 1.0
     """clip the gradient to this global norm before each update (> 0); None: no clipping"""
+    evaluate_every: int = 1
+    """evaluate every task after every this many tasks and after the last; after the others only the task just
+    learned (the rest of that row of the performance matrix is nan): n tasks cost n^2 / k task evaluations, not n^2"""
+    traces: str = "episodes"
+    """episodes: record every update (traces.jsonl has a line per episode); tasks: one summary per task (the mean
+    over its updates), so long streams keep O(tasks) records"""
 
     def __post_init__(self):
         if not isinstance(self.strategy, str):
@@ -375,6 +393,9 @@ class TrainConfig:
             raise ValueError(f"train.memory_policy must be one of {list(MEMORY_POLICIES)}, got {self.memory_policy!r}")
         if self.max_grad_norm is not None:
             _number("train", "max_grad_norm", self.max_grad_norm, 0, open_low=True)
+        count_setting("train", "evaluate_every", self.evaluate_every)
+        if self.traces not in TRACE_MODES:
+            raise ValueError(f"train.traces must be one of {list(TRACE_MODES)}, got {self.traces!r}")
 
     @property
     def strength(self) -> float:

@@ -57,10 +57,13 @@ class Tracker(Protocol):
 
 
 def task_scalars(rows, seeds) -> dict[str, float]:
-    """``{tag: value}`` of one finished task: ``score/task_{j}/mean`` and ``score/task_{j}/seed_{k}``."""
+    """``{tag: value}`` of one finished task: ``score/task_{j}/mean`` and ``score/task_{j}/seed_{k}``; a task not
+    evaluated after this one (NaN: ``RunConfig(evaluate_every=k > 1)``) is left out."""
     rows = np.asarray(rows, np.float64)
     out = {}
     for j in range(rows.shape[1]):
+        if np.isnan(rows[:, j]).all():
+            continue
         out[f"score/task_{j + 1}/mean"] = float(rows[:, j].mean())
         out.update({f"score/task_{j + 1}/seed_{seed}": float(rows[s, j]) for s, seed in enumerate(seeds)})
     return out
@@ -68,8 +71,9 @@ def task_scalars(rows, seeds) -> dict[str, float]:
 
 def episode_scalars(traces: Mapping[str, np.ndarray]) -> list:
     """One ``{tag: value}`` per episode of a task: ``episode/{name}/mean``, the mean over seeds of each record; a
-    record not measured in an episode (NaN: a monitor measured only every few episodes) is left out there."""
-    means = {name: np.asarray(v, np.float64).reshape(np.shape(v)[0], np.shape(v)[1], -1).mean(axis=(0, 2))
+    record not measured in an episode (NaN: a monitor measured only every few episodes) is left out there. Traces
+    of one summary per task (``[S]`` each: ``RunConfig(traces="tasks")``) give one entry."""
+    means = {name: np.asarray(v, np.float64).reshape(np.shape(v)[0], (np.shape(v) + (1,))[1], -1).mean(axis=(0, 2))
              for name, v in sorted(traces.items())}
     episodes = len(next(iter(means.values()))) if means else 0
     return [{f"episode/{name}/mean": float(m[e]) for name, m in means.items() if np.isfinite(m[e])}
