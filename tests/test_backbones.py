@@ -13,7 +13,7 @@ import pytest
 from clloop_jax import ConvNet, ResNet18, RunConfig, SupervisedSource, make_run
 from clloop_jax.data.files import load_cifar
 from clloop_jax.data.streams import MASK_VALUE, split_stream
-from clloop_jax.model import BN_EPSILON, BN_MOMENTUM
+from clloop_jax.backbones import BN_EPSILON, BN_MOMENTUM
 
 COLOURS = np.array([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9], [0.9, 0.9, 0.1]])
 
@@ -172,7 +172,7 @@ def test_fisher_of_a_batch_norm_model_is_the_per_sample_fisher_with_frozen_stati
     data = src.fisher_data(jax.random.key(1), params, task, hp.source)
     fisher = jax.jit(lambda p, d, s: run.importance(jax.random.key(2), p, d, hp, "fisher", s))(params, data, stats)
     (x, mask), y = data
-    with jax.experimental.enable_x64():
+    with jax.enable_x64(True):
         p64, s64 = (jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), t) for t in (params, stats))
         x64 = jnp.asarray(np.asarray(x), jnp.float64).reshape(-1, 6, 6, 3)
 

@@ -45,7 +45,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from clloop_jax.run.joint import make_joint_run
     from clloop_jax.metrics import (average_forgetting, average_performance, backward_transfer, forward_transfer,
                                     mean_ci, summarize)
-    from clloop_jax.model import MLP, ConvNet, CrossModalModel, ResNet18, SequenceClassifier
+    from clloop_jax.backbones import ConvNet, ResNet18
+    from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
     from clloop_jax.strategies.regularizers import STRATEGIES, make_regularizer, penalty_gradient_transform
     from clloop_jax.monitors import Monitor
     from clloop_jax.sources.gymnax import GymnaxSource
@@ -71,7 +72,7 @@ _EXPORTS = {
     "mas_importance": "importance.fisher", "per_sample_grads": "importance.fisher",
     "average_forgetting": "metrics", "average_performance": "metrics", "backward_transfer": "metrics",
     "forward_transfer": "metrics", "mean_ci": "metrics", "summarize": "metrics",
-    "MLP": "model", "ConvNet": "model", "CrossModalModel": "model", "ResNet18": "model",
+    "ConvNet": "backbones", "ResNet18": "backbones", "MLP": "model", "CrossModalModel": "model",
     "SequenceClassifier": "model",
     "Monitor": "monitors",
     "RLHParams": "rl.ppo",
