@@ -32,7 +32,7 @@ def measure(seeds: int, nf: int, batch: int, strategy: str, repeats: int) -> dic
     from clloop_jax import ResNet18, RunConfig, SupervisedSource, make_run
     from clloop_jax.data.streams import split_stream
 
-    n = max(2 * batch, 64)
+    n = 20 * batch  # 5 tasks of 2 classes: every task holds more than a batch of training samples
     rng = np.random.default_rng(0)
     y = np.arange(n) % 10
     x = rng.random((n, 32 * 32 * 3), dtype=np.float32)
