@@ -18,7 +18,9 @@ def test_a_source_without_a_capability_gets_its_default():
     assert capability(bare, "rehearse") is None and capability(bare, "mixture_batch") is None
     given = types.SimpleNamespace(streaming=True, minibatch_passes=4)
     assert capability(given, "streaming") is True and capability(given, "minibatch_passes") == 4
-    assert set(CAPABILITIES) == {"hparams", "streaming", "minibatch_passes", "rehearse", "mixture_batch"}
+    assert capability(bare, "model_state") is False
+    assert set(CAPABILITIES) == {"hparams", "streaming", "minibatch_passes", "rehearse", "mixture_batch",
+                                 "model_state"}
 
 
 def test_an_unknown_capability_is_refused_by_name():
@@ -31,6 +33,9 @@ def test_a_source_missing_a_required_member_is_named():
     with pytest.raises(TypeError, match=r"got SimpleNamespace missing \['score'\]"):
         check_source(partial)
     check_source(types.SimpleNamespace(**{name: None for name in REQUIRED}))
+    stateful = types.SimpleNamespace(**{name: None for name in REQUIRED}, model_state=True, init_model_state=None)
+    with pytest.raises(TypeError, match=r"model_state = True .* missing \['with_model_state'\]"):
+        check_source(stateful)
 
 
 def test_a_mixture_is_the_sources_own_and_a_source_without_one_is_refused():

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from clloop_jax.run.joint import make_joint_run
     from clloop_jax.metrics import (average_forgetting, average_performance, backward_transfer, forward_transfer,
                                     mean_ci, summarize)
+    from clloop_jax.backbones import ConvNet, ResNet18
     from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
     from clloop_jax.strategies.regularizers import STRATEGIES, make_regularizer, penalty_gradient_transform
     from clloop_jax.monitors import Monitor
@@ -71,7 +72,8 @@ _EXPORTS = {
     "mas_importance": "importance.fisher", "per_sample_grads": "importance.fisher",
     "average_forgetting": "metrics", "average_performance": "metrics", "backward_transfer": "metrics",
     "forward_transfer": "metrics", "mean_ci": "metrics", "summarize": "metrics",
-    "MLP": "model", "CrossModalModel": "model", "SequenceClassifier": "model",
+    "ConvNet": "backbones", "ResNet18": "backbones", "MLP": "model", "CrossModalModel": "model",
+    "SequenceClassifier": "model",
     "Monitor": "monitors",
     "RLHParams": "rl.ppo",
     "HParams": "run.config", "RunConfig": "run.config",
@@ -92,9 +94,11 @@ _EXPORTS = {
     "enable_compilation_cache": "workflow.compilation",
 }
 
-__all__ = ["Categorical", "ContinualLearningLoop", "CrossModalModel", "DivergenceError", "NonFiniteError", "EnvHParams",
+__all__ = ["Categorical", "ContinualLearningLoop", "ConvNet", "CrossModalModel", "DivergenceError", "NonFiniteError",
+           "EnvHParams",
            "EnvParams", "EnvSource", "EnvState", "Environment", "Gaussian", "GymnaxSource", "HParams", "LatentWorld",
-           "MLP", "Monitor", "MultiModalEnv", "PageHinkley", "PrivilegedPolicy", "RLHParams", "RunConfig", "RunResults",
+           "MLP", "Monitor", "MultiModalEnv", "PageHinkley", "PrivilegedPolicy", "RLHParams", "ResNet18",
+           "RunConfig", "RunResults",
            "STRATEGIES", "Schedule", "SequenceClassifier", "Strategy", "SupervisedBatch", "SupervisedSource",
            "TaskFreeResults", "TaskFreeRun", "TrainState", "Trajectory", "abrupt_schedule", "average_forgetting",
            "average_performance", "backward_transfer", "chain", "detection_metrics", "enable_compilation_cache",

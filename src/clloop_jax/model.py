@@ -39,9 +39,11 @@ Typical use::
     carry, actions = model.apply(variables, carry, obs_seq, fb_seq,
                                  method=CrossModalModel.sequence)                 # T steps
 
-Two classifiers for labelled task streams live here too: :class:`MLP`, the fully connected ReLU baseline of
-the continual-learning literature, and :class:`SequenceClassifier`, which lets a ``CrossModalModel`` read a
-1-D signal as a sequence of chunks and classify it from its last output.
+Classifiers for labelled task streams live here too: :class:`MLP`, the fully connected ReLU baseline of
+the continual-learning literature, :class:`SequenceClassifier`, which lets a ``CrossModalModel`` read a
+1-D signal as a sequence of chunks and classify it from its last output, and (defined in
+:mod:`clloop_jax.backbones`) two convolutional backbones with batch norm for images, :class:`ConvNet` and
+:class:`ResNet18`.
 """
 from __future__ import annotations
 
@@ -54,10 +56,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clloop_jax.backbones import ConvNet, ResNet18
 from clloop_jax.importance.dense_taps import TAP_COLLECTION
 from clloop_jax.validation import check_float, check_instance, check_int
 
-__all__ = ["CrossModalModel", "MLP", "SequenceClassifier", "reflection_orthogonal"]
+__all__ = ["ConvNet", "CrossModalModel", "MLP", "ResNet18", "SequenceClassifier", "reflection_orthogonal"]
 
 Array = jax.Array
 
@@ -453,3 +456,4 @@ class SequenceClassifier(nn.Module):
         carry = self.model.initial_carry(batch)
         _, out_TxBxK = self.model.sequence(carry, (seq_TxBxC,), None)
         return out_TxBxK[-1]
+

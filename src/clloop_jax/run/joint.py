@@ -44,7 +44,7 @@ def make_joint_run(config: RunConfig, source) -> Callable:
 
         keys = jax.random.split(k_tasks, config.episodes_per_task * source.num_tasks)
         state, _ = jax.lax.scan(step, state, keys)
-        return evaluate_source(source, state.params, source.tasks, k_eval, hp.source)
+        return evaluate_source(source, state.params, source.tasks, k_eval, hp.source, state.model_state)
 
     jitted = jax.jit(joint)
 
@@ -69,4 +69,9 @@ class _JointSource:
 
     def loss(self, params, batches, hp_source):
         losses, aux = jax.vmap(lambda b: self.base.loss(params, b, hp_source))(batches)
-        return jnp.mean(losses), jax.tree.map(jnp.mean, aux)
+        # a batch-norm model: each task's batch is normalised by its own statistics; the new running averages are
+        # the mean over tasks of each task's update (the update by the mean of the tasks' batch statistics)
+        return jnp.mean(losses), jax.tree.map(lambda x: jnp.mean(x, axis=0), aux)
+
+    def with_model_state(self, model_state):
+        return _JointSource(self.base.with_model_state(model_state))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from clloop_jax.sources.base import bind_model_state
+
 #: XLA options for the run's programs on a CPU: LLVM's most expensive passes off, backend optimisation level 1. On the
 #: demo's configuration they cut the whole run's compile time by about a fifth and leave its steady state as fast
 #: (``benchmarks/bench_compile.py``). Set to ``{}`` to compile with XLA's defaults.
@@ -46,9 +48,11 @@ class Program:
         return self._jitted()._cache_size()
 
 
-def evaluate_source(source, params, tasks, key, hp_source):
+def evaluate_source(source, params, tasks, key, hp_source, model_state=()):
     """The one evaluation: ``source.score`` of ``params`` on every task of ``tasks``, task ``i`` with the key
-    ``fold_in(key, i)``, as one vmapped call: ``[num_tasks]`` scores."""
+    ``fold_in(key, i)``, as one vmapped call: ``[num_tasks]`` scores. A batch-norm model scores with its running
+    averages ``model_state`` (inference mode; ignored by a source without the ``model_state`` capability)."""
+    source = bind_model_state(source, model_state)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(source.num_tasks))
     return jax.vmap(lambda task, k: source.score(k, params, task, hp_source))(tasks, keys)
 

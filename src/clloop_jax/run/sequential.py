@@ -57,7 +57,7 @@ from clloop_jax.monitors import Monitor, get_monitor
 from clloop_jax.run.config import HParams, RunConfig
 from clloop_jax.run.errors import all_finite
 from clloop_jax.run.programs import Program, evaluate_source, jit_evaluate
-from clloop_jax.sources.base import capability, check_source
+from clloop_jax.sources.base import bind_model_state, capability, check_source
 from clloop_jax.strategies.base import Strategy, get_strategy
 from clloop_jax.tree import task_at
 from clloop_jax.validation import check_int, check_key, is_int
@@ -67,13 +67,18 @@ __all__ = ["Run", "RunResults", "TrainState", "make_run", "task_at"]
 
 
 class TrainState(NamedTuple):
-    """Everything a run carries from one update (and task) to the next."""
+    """Everything a run carries from one update (and task) to the next.
+
+    ``params`` are the trainable parameters (what the optimizer, the strategy and the monitors see);
+    ``model_state`` the model's non-trainable collections (batch norm's running averages, from a source with the
+    ``model_state`` capability, :mod:`clloop_jax.sources.base`), ``()`` for a model without any."""
 
     params: Any
     opt_state: Any
     strategy: Any        # the strategy's own state
     monitors: tuple      # one state per monitor, in the config's order
     tasks_done: jax.Array
+    model_state: Any = ()
 
 
 class RunResults(NamedTuple):
@@ -152,33 +157,37 @@ class Run:
         """The state before the first task, for the task arrays ``tasks`` (traceable; :meth:`init` compiles it)."""
         k_init, _, k_tasks = self.split_key(key)
         params = self.source.init_params(k_init)
+        model_state = self.source.init_model_state(k_init) if capability(self.source, "model_state") else ()
+        src = bind_model_state(self.source, model_state)
         data_shape = None
         if any(m.uses_data for m in self.monitors):
-            data_shape = jax.eval_shape(self.source.fisher_data, k_tasks, params, task_at(tasks, 0), hp.source)
+            data_shape = jax.eval_shape(src.fisher_data, k_tasks, params, task_at(tasks, 0), hp.source)
         probe = None
         if any(m.init_with_data for m in self.monitors):  # a fixed probe: a draw of the first task's data
-            probe = self.source.fisher_data(jax.random.fold_in(k_init, 1), params, task_at(tasks, 0), hp.source)
-        monitors = tuple(m.init(params, probe if m.init_with_data else data_shape, self.source.num_tasks, self.source)
+            probe = src.fisher_data(jax.random.fold_in(k_init, 1), params, task_at(tasks, 0), hp.source)
+        monitors = tuple(m.init(params, probe if m.init_with_data else data_shape, src.num_tasks, src)
                          for m in self.monitors)
         if self.strategy.init_with_example:
             task0 = task_at(tasks, 0)
-            samples = jax.eval_shape(lambda: self.source.samples(self.source.batch(k_tasks, params, task0, hp.source)))
+            samples = jax.eval_shape(lambda: src.samples(src.batch(k_tasks, params, task0, hp.source)))
             example = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), samples)
-            strategy_state = self.strategy.init(params, hp.strategy, example, self.source)
+            strategy_state = self.strategy.init(params, hp.strategy, example, src)
         else:
             strategy_state = self.strategy.init(params, hp.strategy)
         return TrainState(params, self.optimizer(hp).init(params), strategy_state, monitors,
-                          jnp.zeros((), jnp.int32))
+                          jnp.zeros((), jnp.int32), model_state)
 
-    def importance(self, key, params, data, hp: HParams, kind: str):
-        """The diagonal importance ``kind`` (``"fisher"`` or ``"mas"``) of ``params`` on per-sample ``data``."""
+    def importance(self, key, params, data, hp: HParams, kind: str, model_state=()):
+        """The diagonal importance ``kind`` (``"fisher"`` or ``"mas"``) of ``params`` on per-sample ``data``; a
+        batch-norm model predicts with its running averages ``model_state`` frozen (inference mode)."""
         inputs, targets = data
+        predict = bind_model_state(self.source, model_state).predict
         if kind == "mas":
-            return fisher_lib.mas_importance(self.source.predict, params, inputs,
+            return fisher_lib.mas_importance(predict, params, inputs,
                                              chunk_size=self.config.fisher_chunk_size,
                                              method=self.config.fisher_method)
         return fisher_lib.fisher_diagonal(
-            self.source.predict, params, inputs, targets, likelihood=self.source.likelihood,
+            predict, params, inputs, targets, likelihood=self.source.likelihood,
             variant=self.config.fisher_variant, key=key, num_samples=self.config.fisher_samples,
             chunk_size=self.config.fisher_chunk_size, method=self.config.fisher_method)
 
@@ -205,8 +214,10 @@ class Run:
         strategy may project it; the optimizer (with clipping) applies it; the strategy accumulates and observes;
         then it may renew parts of the new parameters (their optimizer moments zeroed, :meth:`reset_moments`).
         A non-finite loss, gradient or new parameter leaves ``state`` unchanged and records ``finite = False``.
+        The gradient is w.r.t. the trainable ``params`` only; a batch-norm model's running averages come from the
+        training-mode pass of the loss (``aux["model_state"]``) and are stored with the step.
         """
-        strat, src = self.strategy, self.source
+        strat, src = self.strategy, bind_model_state(self.source, state.model_state)
         k_replay, k_project, k_observe = jax.random.split(key, 3)
         params = state.params
         uses_samples = any(h is not None for h in (strat.replay_loss, strat.observe, strat.project, strat.renew))
@@ -221,6 +232,7 @@ class Run:
             return loss, aux
 
         (loss, aux), task_grads = jax.value_and_grad(task_loss, has_aux=True)(params)
+        model_state = aux.pop("model_state", state.model_state)
         grads = task_grads
         penalty = jnp.zeros((), jnp.float32)
         if strat.penalty is not None:
@@ -240,7 +252,7 @@ class Run:
                                                             jax.random.fold_in(key, 3), hp.strategy)
             opt_state = self.reset_moments(hp, opt_state, reset)
         finite = jnp.isfinite(loss) & jnp.isfinite(penalty) & all_finite(grads) & all_finite(new_params)
-        new = state._replace(params=new_params, opt_state=opt_state, strategy=strategy_state)
+        new = state._replace(params=new_params, opt_state=opt_state, strategy=strategy_state, model_state=model_state)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         trace = {"loss": loss, "penalty": penalty, "finite": finite}
         trace.update({k: v for k, v in aux.items() if jnp.ndim(v) == 0})
@@ -287,7 +299,8 @@ class Run:
             def chunk(carry, ks):
                 (st, stream), tr = jax.lax.scan(episode, carry, ks)
                 for monitor, i in measuring:
-                    for name, value in monitor.measure(st.monitors[i], st.params, self.source).items():
+                    src_now = bind_model_state(self.source, st.model_state)
+                    for name, value in monitor.measure(st.monitors[i], st.params, src_now).items():
                         measured.add(name)
                         tr[name] = jnp.full((every,), jnp.nan, jnp.result_type(value)).at[-1].set(value)
                 return (st, stream), tr
@@ -301,7 +314,8 @@ class Run:
     def _boundary(self, state: TrainState, key, task_id, hp: HParams) -> TrainState:
         """The strategy's ``boundary`` hook at the start of every task but the first (it may replace the parameters)."""
         def renew(st):
-            strategy_state, params = self.strategy.boundary(st.strategy, st.params, self.source, key, hp.strategy)
+            src = bind_model_state(self.source, st.model_state)
+            strategy_state, params = self.strategy.boundary(st.strategy, st.params, src, key, hp.strategy)
             return st._replace(strategy=strategy_state, params=params)
 
         return jax.lax.cond(task_id > 0, renew, lambda st: st, state)
@@ -341,21 +355,24 @@ class Run:
         """The end of a task: the importance the strategy and the monitors ask for (computed once, on ``data``, the
         task's per-sample ``(inputs, targets)``; None when :meth:`needs_data` is False), then the strategy's and the
         monitors' consolidation. ``slot`` is the task's index (where monitors keep what they remember of it)."""
-        importance = {kind: self.importance(key, state.params, data, hp, kind) for kind in self._importance_kinds()}
+        importance = {kind: self.importance(key, state.params, data, hp, kind, state.model_state)
+                      for kind in self._importance_kinds()}
+        src = bind_model_state(self.source, state.model_state)
         strategy_state = state.strategy
         if self.strategy.consolidate is not None:
             strategy_state = self.strategy.consolidate(
                 strategy_state, state.params, hp.strategy, importance=importance.get(self.strategy.importance),
                 data=data if self.strategy.uses_data else None)
         monitors = tuple(
-            m.consolidate(s, state.params, slot, self.source, importance=importance.get(m.importance),
+            m.consolidate(s, state.params, slot, src, importance=importance.get(m.importance),
                           data=data if m.uses_data else None) if m.consolidate is not None else s
             for m, s in zip(self.monitors, state.monitors))
         return state._replace(strategy=strategy_state, monitors=monitors, tasks_done=state.tasks_done + 1)
 
-    def evaluate_on(self, params, tasks, key, hp: HParams):
-        """Scores of ``params`` on every task of ``tasks`` with evaluation key ``key`` (traceable; one vmapped call)."""
-        return evaluate_source(self.source, params, tasks, key, hp.source)
+    def evaluate_on(self, params, tasks, key, hp: HParams, model_state=()):
+        """Scores of ``params`` on every task of ``tasks`` with evaluation key ``key`` (traceable; one vmapped call);
+        a batch-norm model with its running averages ``model_state`` (``state.model_state``)."""
+        return evaluate_source(self.source, params, tasks, key, hp.source, model_state)
 
     def full_row(self, task_id):
         """Whether the row after task ``task_id`` (an index, possibly traced) evaluates every task: after every
@@ -363,19 +380,20 @@ class Run:
         k, n = self.config.evaluate_every, self.source.num_tasks
         return ((task_id + 1) % k == 0) | (task_id == n - 1)
 
-    def evaluate_row(self, params, tasks, key, task_id, hp: HParams):
+    def evaluate_row(self, params, tasks, key, task_id, hp: HParams, model_state=()):
         """The row of ``R`` after task ``task_id`` (traceable): :meth:`evaluate_on` where :meth:`full_row` says so,
         otherwise the score on task ``task_id`` alone (the same key, so the same number as the full row's diagonal)
         at its place and NaN elsewhere. The choice is a ``lax.cond``: the skipped tasks' evaluations do not run
         (as long as ``task_id`` is not batched by a ``vmap``)."""
         if self.config.evaluate_every == 1:
-            return self.evaluate_on(params, tasks, key, hp)
+            return self.evaluate_on(params, tasks, key, hp, model_state)
 
         def diagonal(p):
-            score = self.source.score(jax.random.fold_in(key, task_id), p, task_at(tasks, task_id), hp.source)
+            source = bind_model_state(self.source, model_state)
+            score = source.score(jax.random.fold_in(key, task_id), p, task_at(tasks, task_id), hp.source)
             return jnp.full((self.source.num_tasks,), jnp.nan, score.dtype).at[task_id].set(score)
 
-        full = lambda p: self.evaluate_on(p, tasks, key, hp)  # noqa: E731
+        full = lambda p: self.evaluate_on(p, tasks, key, hp, model_state)  # noqa: E731
         return jax.lax.cond(self.full_row(task_id), full, diagonal, params)
 
     def task_step_on(self, state: TrainState, tasks, key, task_id, hp: HParams):
@@ -383,7 +401,7 @@ class Run:
         compiles it). The row is :meth:`evaluate_row`'s."""
         _, k_eval, k_tasks = self.split_key(key)
         state, trace = self._train_task(state, tasks, jax.random.fold_in(k_tasks, task_id), task_id, hp)
-        return state, self.evaluate_row(state.params, tasks, k_eval, task_id, hp), trace
+        return state, self.evaluate_row(state.params, tasks, k_eval, task_id, hp, state.model_state), trace
 
     def run_on(self, tasks, key, hp: HParams):
         """The whole run over the task arrays ``tasks`` (traceable; ``run(key, hp)`` compiles it)."""
@@ -398,10 +416,10 @@ class Run:
 
         def phase(st, i):
             if self.config.evaluate_every == 1:
-                row = self.evaluate_on(st.params, tasks, k_eval, hp)
+                row = self.evaluate_on(st.params, tasks, k_eval, hp, st.model_state)
             else:  # the baseline (phase 0) in full, then the row after task i - 1
-                row = jax.lax.cond(i == 0, lambda p: self.evaluate_on(p, tasks, k_eval, hp),
-                                   lambda p: self.evaluate_row(p, tasks, k_eval, i - 1, hp), st.params)
+                row = jax.lax.cond(i == 0, lambda p: self.evaluate_on(p, tasks, k_eval, hp, st.model_state),
+                                   lambda p: self.evaluate_row(p, tasks, k_eval, i - 1, hp, st.model_state), st.params)
             skip = lambda s, _: (s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), trace_shape))  # noqa
             st, trace = jax.lax.cond(i < n, train, skip, st, jnp.minimum(i, n - 1))
             return st, (row, trace)
@@ -440,10 +458,14 @@ class Run:
                             f"got {type(state).__name__}")
         return _jit_task_step(self, state, self.source.tasks, key, jnp.asarray(task_id, jnp.int32), hp)
 
-    def evaluate(self, params, key, hp: HParams):
-        """Scores of ``params`` on every task, with the run's fixed evaluation keys (derived from the run key)."""
+    def evaluate(self, params, key, hp: HParams, model_state=()):
+        """Scores of ``params`` on every task, with the run's fixed evaluation keys (derived from the run key); a
+        batch-norm model needs its running averages ``model_state`` (``state.model_state``)."""
         key = self._checked(key, hp)
-        return jit_evaluate(self.source, params, self.source.tasks, self.split_key(key)[1], hp.source)
+        if capability(self.source, "model_state") and not jax.tree.leaves(model_state):
+            raise ValueError("model_state: this run's model has batch norm; pass its running averages, "
+                             "run.evaluate(state.params, key, hp, state.model_state)")
+        return jit_evaluate(self.source, params, self.source.tasks, self.split_key(key)[1], hp.source, model_state)
 
     def run_stepwise(self, key, hp: HParams, callback: Optional[Callable] = None, state: Optional[TrainState] = None,
                      start_task: int = 0, results: Optional[RunResults] = None):
@@ -469,7 +491,7 @@ class Run:
         else:
             if start_task:
                 raise ValueError("start_task > 0 needs the results recorded so far (results=...)")
-            baseline = self.evaluate(state.params, key, hp)
+            baseline = self.evaluate(state.params, key, hp, state.model_state)
         for task_id in range(start_task, n):
             state, row, trace = self.train_task(state, key, task_id, hp)
             rows.append(row)

@@ -34,6 +34,22 @@ does not define it:
   training conditions (a labelled stream's class mask);
 * ``mixture_batch`` (None): ``mixture_batch(key, params, tasks, weights, hparams)``, a batch whose every sample
   draws its own task from ``weights [K]``, for streams with hidden task boundaries (:mod:`clloop_jax.taskfree`).
+* ``model_state`` (False): the model carries non-trainable collections (batch norm's running averages), which
+  the run keeps in ``TrainState.model_state`` next to the trainable ``params`` (never in the optimizer, never
+  penalised). Such a source defines
+
+  - ``init_model_state(key)``: the collections before training (``init_params(key)`` then holds the trainable
+    ones only);
+  - ``with_model_state(model_state)``: the same source with those collections bound: its ``predict``, ``score``
+    (and whatever uses them: the Fisher, MAS, the divergence probes, a memory's stored outputs) run the model in
+    inference mode on the bound statistics, frozen, so a per-sample importance is a function of one sample; its
+    ``loss`` runs it in training mode (the batch's statistics) and returns the new collections as
+    ``aux["model_state"]``, which the run stores after the step (unless the step is skipped as non-finite);
+    ``sample_loss`` (replay) runs it in training mode on the replayed samples as a batch of their own, and the
+    running averages it would give are dropped.
+
+  The run binds the state wherever it hands the source on (:func:`bind_model_state`); a source without the
+  capability is handed on as it is and its programs do not change.
 
 Sources compare and hash by their configuration, not by their task arrays: the run passes the tasks to its compiled
 program as arguments, so equal configurations share one compilation.
@@ -47,13 +63,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-__all__ = ["TaskSource", "REQUIRED", "CAPABILITIES", "capability", "check_source"]
+__all__ = ["TaskSource", "REQUIRED", "CAPABILITIES", "bind_model_state", "capability", "check_source"]
 
 #: What every task source defines.
 REQUIRED = ("num_tasks", "tasks", "likelihood", "init_params", "batch", "loss", "score", "fisher_data", "predict")
 
 #: The optional capabilities and what a source that does not define one has.
-CAPABILITIES = {"hparams": None, "streaming": False, "minibatch_passes": 1, "rehearse": None, "mixture_batch": None}
+CAPABILITIES = {"hparams": None, "streaming": False, "minibatch_passes": 1, "rehearse": None, "mixture_batch": None,
+                "model_state": False}
 
 
 def capability(source, name: str):
@@ -73,6 +90,19 @@ def check_source(source) -> None:
     if source is None or missing:
         raise TypeError(f"source must be a task source (EnvSource, SupervisedSource or one with {list(REQUIRED)})"
                         f", got {type(source).__name__}" + (f" missing {missing}" if source is not None else ""))
+    if capability(source, "model_state"):
+        missing = [name for name in ("init_model_state", "with_model_state") if not hasattr(source, name)]
+        if missing:
+            raise TypeError(f"source: a source with model_state = True must define init_model_state and "
+                            f"with_model_state; {type(source).__name__} is missing {missing}")
+
+
+def bind_model_state(source, model_state):
+    """``source`` with the model's non-trainable collections ``model_state`` bound
+    (``source.with_model_state(model_state)``), or ``source`` itself when it has no ``model_state`` capability."""
+    if not capability(source, "model_state"):
+        return source
+    return source.with_model_state(model_state)
 
 class TaskSource(Protocol):
     """The interface every task source implements (see the module docstring)."""

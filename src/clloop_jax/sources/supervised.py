@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, NamedTuple, Optional
 
@@ -44,8 +45,9 @@ class SupervisedSource:
 
     ``tasks`` is the stream itself (every leaf has a leading task axis, so the trainer slices one task with a
     traced index). The model is any flax module mapping one input ``x [D]`` (or a batch ``[..., D]``) to logits
-    ``[..., stream.num_classes]``: :class:`~clloop_jax.model.MLP`, or a
-    :class:`~clloop_jax.model.SequenceClassifier` around a ``CrossModalModel``.
+    ``[..., stream.num_classes]``: :class:`~clloop_jax.model.MLP`, a
+    :class:`~clloop_jax.model.SequenceClassifier` around a ``CrossModalModel``, or a batch-norm backbone
+    (:class:`~clloop_jax.model.ConvNet`, :class:`~clloop_jax.model.ResNet18` with ``image_shape`` for flat streams).
 
     * ``batch``: ``batch_size`` training samples of the task drawn without replacement with the key, and the
       task's ``train_mask`` (:class:`SupervisedBatch`). Streams hold no padded samples (split tasks are cut to
@@ -78,6 +80,16 @@ class SupervisedSource:
     learning, and all classes seen so far in class-incremental learning (as in van de Ven & Tolias 2019). The
     same masked outputs feed MAS's output-norm importance (masked outputs contribute nothing to its gradient)
     and the functional-divergence probes, each probe keeping the mask of the task it was drawn from.
+
+    Models with batch norm (:class:`~clloop_jax.model.ConvNet`, :class:`~clloop_jax.model.ResNet18`: a module whose
+    ``init`` gives collections besides ``params``, called with ``train``) make the source ``model_state = True``
+    (:mod:`clloop_jax.sources.base`): ``init_params`` gives ``{"params": ...}``, ``init_model_state`` the rest
+    (``{"batch_stats": ...}``), and the run binds the running averages with ``with_model_state``. Then ``loss``
+    normalises with the batch's statistics and returns the updated running averages as ``aux["model_state"]``;
+    ``score`` and ``predict`` (the Fisher, MAS, probes) use the bound running averages, frozen; ``sample_loss``
+    (replay) normalises the replayed samples with their own statistics, a training-mode batch of their own as in
+    DER's separate pass over the buffer (Buzzega et al. 2020), and drops the running averages that pass would give,
+    so those follow the current task's batches only.
 
     Joint training (:func:`~clloop_jax.run.joint.make_joint_run`) uses each task's training mask too; in the
     class-incremental scenario that never trains early tasks against later classes. :meth:`joint` returns the
@@ -125,6 +137,12 @@ class SupervisedSource:
             raise ValueError(f"fisher_size must be at most the task's {n_train} training samples (or None), "
                              f"got {self.fisher_size}")
         x0 = self.stream.x[0, 0]
+        variables = jax.eval_shape(self.model.init, jax.random.key(0), x0)
+        if "params" not in variables:
+            raise ValueError(f"model must have trainable parameters (a 'params' collection), got the collections "
+                             f"{sorted(variables)}")
+        object.__setattr__(self, "_collections", tuple(sorted(c for c in variables if c != "params")))
+        object.__setattr__(self, "_bound", None)
         out = jax.eval_shape(lambda k: self.model.apply(self.model.init(k, x0), x0), jax.random.key(0))
         if tuple(out.shape) != (self.stream.num_classes,):
             raise ValueError(f"model must map one input of shape {tuple(x0.shape)} to logits of shape "
@@ -147,6 +165,11 @@ class SupervisedSource:
     @property
     def hparams(self) -> NoHParams:
         return NoHParams()
+
+    @property
+    def model_state(self) -> bool:
+        """Whether the model carries non-trainable collections (batch norm's running averages)."""
+        return bool(self._collections)
 
     @property
     def streaming(self) -> bool:
@@ -177,7 +200,34 @@ class SupervisedSource:
 
     def init_params(self, key):
         x = self.stream.x
-        return self.model.init(key, jnp.zeros(x.shape[2:], x.dtype))
+        variables = self.model.init(key, jnp.zeros(x.shape[2:], x.dtype))
+        return {"params": variables["params"]} if self.model_state else variables
+
+    def init_model_state(self, key):
+        """The model's non-trainable collections before training (``{"batch_stats": ...}``: means 0, variances 1);
+        ``{}`` for a model without any."""
+        x = self.stream.x
+        variables = self.model.init(key, jnp.zeros(x.shape[2:], x.dtype))
+        return {c: variables[c] for c in self._collections}
+
+    def with_model_state(self, model_state) -> "SupervisedSource":
+        """This source with the running averages ``model_state`` bound (what :meth:`predict`, :meth:`score` use and
+        :meth:`loss` updates). Cheap: no validation, the same configuration (equal, same hash)."""
+        bound = copy.copy(self)
+        object.__setattr__(bound, "_bound", model_state)
+        return bound
+
+    def _apply(self, params, x, train: bool):
+        """The model's logits on ``x``, and (training mode, batch-norm model) its updated collections."""
+        if not self.model_state:
+            return self.model.apply(params, x), None
+        if self._bound is None:
+            raise ValueError("this source's model has batch norm: bind its running averages first, "
+                             "source.with_model_state(state.model_state) (the run does it)")
+        variables = {**params, **self._bound}
+        if train:
+            return self.model.apply(variables, x, train=True, mutable=list(self._collections))
+        return self.model.apply(variables, x, train=False), None
 
     def batch(self, key, params, task, hparams):
         del params, hparams
@@ -200,9 +250,12 @@ class SupervisedSource:
         return SupervisedBatch(tasks.x[ids, idx], tasks.y[ids, idx], tasks.train_mask[ids])
     def loss(self, params, batch, hparams):
         del hparams
-        logits = self.model.apply(params, batch.x)
+        logits, model_state = self._apply(params, batch.x, train=True)
         loss = data_lib.masked_cross_entropy(logits, batch.y, batch.mask)
-        return loss, {"score": data_lib.accuracy(logits, batch.y, batch.mask)}
+        aux = {"score": data_lib.accuracy(logits, batch.y, batch.mask)}
+        if model_state is not None:
+            aux["model_state"] = model_state
+        return loss, aux
 
     def score(self, key, params, task, hparams):
         del hparams
@@ -210,7 +263,7 @@ class SupervisedSource:
         if self.eval_size is not None and self.eval_size < x.shape[0]:
             idx = jax.random.choice(key, x.shape[0], (self.eval_size,), replace=False)
             x, y = x[idx], y[idx]
-        return data_lib.accuracy(self.model.apply(params, x), y, task.test_mask)
+        return data_lib.accuracy(self._apply(params, x, train=False)[0], y, task.test_mask)
 
     def fisher_data(self, key, params, task, hparams):
         del params, hparams
@@ -235,12 +288,16 @@ class SupervisedSource:
         return x, jnp.broadcast_to(current[0][1][0], mask.shape)
 
     def sample_loss(self, params, inputs, targets):
-        """The masked cross-entropy on per-sample data (each sample under its own mask)."""
+        """The masked cross-entropy on per-sample data (each sample under its own mask); a batch-norm model in
+        training mode, the samples normalised by their own statistics (the new running averages dropped)."""
+        if self.model_state:
+            x, mask = inputs
+            return data_lib.masked_cross_entropy(self._apply(params, x, train=True)[0], targets, mask)
         return data_lib.masked_cross_entropy(self.predict(params, inputs), targets, inputs[1])
 
     def predict(self, params, x):
         inputs, mask = x
-        return data_lib.masked_logits(self.model.apply(params, inputs), mask)
+        return data_lib.masked_logits(self._apply(params, inputs, train=False)[0], mask)
 
     # ----- helpers -------------------------------------------------------------------------------------------
     def joint(self) -> "SupervisedSource":
