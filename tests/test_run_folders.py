@@ -535,3 +535,37 @@ def test_two_processes_one_folder_and_real_signals(tmp_path):
         for name in ("traces.jsonl", "R_seed0.csv", "R_seed1.csv", "summary.json", "seeds.json"):
             assert open(stopped / name).read() == open(out / name).read(), name   # compiled alike: bitwise
         assert temporaries(stopped) == []
+
+
+def _old_config_json(folder, experiment, drop, change=None):
+    """A config.json as a version without the train fields ``drop`` wrote it (its own hashes), optionally with one
+    stored value changed: ``change = (field, value)``."""
+    from clloop_jax.workflow.files import contents_hash, hash_of, jsonable
+    config = jsonable(experiment)
+    for field in drop:
+        del config["train"][field]
+    if change:
+        config["train"][change[0]] = change[1]
+    record = {"config": config, "config_hash": hash_of(config), "versions": {}, "command": []}
+    record["contents_hash"] = contents_hash(record)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(record, f)
+    return record["config_hash"]
+
+
+def test_a_folder_written_before_a_setting_existed_is_read_with_its_default(tmp_path):
+    from clloop_jax.workflow.experiment import PRESETS
+    experiment = PRESETS["tiny-digits"]
+    path = str(tmp_path / "old")
+    stored = _old_config_json(path, experiment, drop=("evaluate_every", "traces", "memory_policy"))
+    folder = RunFolder(path, resume=True)
+    assert folder.holds(experiment)
+    assert folder.write_config(experiment, [0, 1]) == stored      # its checkpoints keep the folder's own hash
+    assert any("written before some settings existed" in note for note in folder.notes)
+    # a stored value that differs from today's is still another configuration
+    other = str(tmp_path / "other")
+    _old_config_json(other, experiment, drop=("traces",), change=("episodes_per_task", 7))
+    assert not RunFolder(other, resume=True).holds(experiment)
+    with pytest.raises(Exception, match="another configuration"):
+        RunFolder(other, resume=True).write_config(experiment, [0, 1])

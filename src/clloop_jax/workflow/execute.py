@@ -170,14 +170,8 @@ def run_or_read(experiment, path: str, label: Optional[str] = None):
     was interrupted; a folder of another configuration is refused), then read from the folder's files, so that a
     table made right after training equals one made later from the folders. What experiment scripts build their
     tables from."""
-    import json
-
-    from clloop_jax.workflow.files import config_hash
     folder = RunFolder(path, resume=os.path.isdir(path))
-    finished = os.path.isfile(folder.file("summary.json"))
-    if finished:
-        with open(folder.file("config.json")) as f:
-            finished = json.load(f).get("config_hash") == config_hash(experiment)
+    finished = os.path.isfile(folder.file("summary.json")) and folder.holds(experiment)
     if not finished:
         run, hp = experiment.build()
         execute(run, hp, range(experiment.seeds), folder=folder, config=experiment,

@@ -21,7 +21,8 @@ class CheckpointError(ValueError):
 
 def jsonable(value) -> Any:
     """``value`` as JSON-ready data: dataclasses and NamedTuples as dicts (a dataclass with a ``resolved()`` method
-    as what that returns), arrays as lists, callables by name."""
+    as what that returns), arrays as lists, callables by name; a non-finite number as the text ``"nan"``, ``"inf"``
+    or ``"-inf"`` (JSON has no such numbers: strict readers refuse Python's ``NaN``)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(value, "resolved"):
         return jsonable(value.resolved())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -33,9 +34,11 @@ def jsonable(value) -> Any:
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if isinstance(value, (np.ndarray, jax.Array)):
-        return np.asarray(value).tolist()
+        array = np.asarray(value)
+        listed = array.tolist()
+        return listed if not np.issubdtype(array.dtype, np.floating) or np.isfinite(array).all() else jsonable(listed)
     if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
+        return jsonable(value.item())
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
     if value is None or isinstance(value, (bool, int, float, str)):

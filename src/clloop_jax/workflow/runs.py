@@ -65,6 +65,19 @@ _SEAL = re.compile(r"^task_(\d+)\.json$")
 _CKPT = re.compile(r"^task_(\d+)$")
 
 
+def _upgraded_hash(stored, config) -> Optional[str]:
+    """For an :class:`~clloop_jax.workflow.experiment.ExperimentConfig`, the hash of the experiment the stored settings
+    ``stored`` describe, the fields they lack taking today's defaults (None when ``config`` is another kind of
+    configuration or the settings no longer parse)."""
+    from clloop_jax.workflow.experiment import ExperimentConfig, experiment_from_dict
+    if not isinstance(config, ExperimentConfig) or not isinstance(stored, dict):
+        return None
+    try:
+        return config_hash(experiment_from_dict(stored))
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclasses.dataclass
 class RunFolder:
     """A run's folder. ``overwrite`` empties an existing one; ``resume`` continues in it; otherwise an existing
@@ -253,7 +266,7 @@ class RunFolder:
         path = self.file("config.json")
         had_config = os.path.exists(path)
         if had_config:
-            self._check_config(path, config, digest)
+            digest = self._check_config(path, config, digest)
         else:
             seals = self._seals()
             if seals:
@@ -290,7 +303,22 @@ class RunFolder:
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{self._ckpt(task)}.json: cannot read the checkpoint's metadata ({err})") from None
 
-    def _check_config(self, path: str, config, digest: str) -> None:
+    def holds(self, config) -> bool:
+        """Whether the folder's ``config.json`` records ``config``: the same hash, or, for an experiment, settings
+        that give ``config`` once the fields they lack take their defaults (a folder written before those fields
+        existed)."""
+        try:
+            with open(self.file("config.json")) as f:
+                stored = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return isinstance(stored, dict) and config_hash(config) in (stored.get("config_hash"),
+                                                                    _upgraded_hash(stored.get("config"), config))
+
+    def _check_config(self, path: str, config, digest: str) -> str:
+        """Refuses a ``config.json`` edited by hand or of another configuration; returns the hash the folder's
+        checkpoints carry (the stored one, also when it was written before some fields of ``config`` existed and
+        their defaults give ``config``)."""
         try:
             with open(path) as f:
                 stored = json.load(f)
@@ -310,11 +338,16 @@ class RunFolder:
                                                 else "its configuration equals this run's, so a field outside it, or "
                                                      "the hash, was changed")
                                   + "; restore the file, or start a new folder")
+        if stored.get("config_hash") != digest and _upgraded_hash(stored.get("config"), config) == digest:
+            say(self.path, "config.json was written before some settings existed; their defaults give this run's "
+                "configuration", self.notes)
+            return stored["config_hash"]
         if stored.get("config_hash") != digest:
             raise CheckpointError(f"{path}: the folder holds a run of another configuration (hash "
                                   f"{stored.get('config_hash')}, this one {digest})"
                                   + (f": {listed}" if listed else "")
                                   + "; resume it with its own configuration or start a new folder")
+        return digest
 
     # ----- checkpoints -----------------------------------------------------------------------------------
     def _ckpt(self, task: int) -> str:
