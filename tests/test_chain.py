@@ -203,3 +203,13 @@ def test_registered_names_joined_by_plus_make_a_chain_and_reach_the_command_line
     run, hp = ExperimentConfig(source="digits", train=train, seeds=1).build()
     assert run.strategy.name == "ewc+replay" and float(hp.strategy.ewc.lam) == 2.5
     assert ExperimentConfig(source="digits", train=TrainConfig(strategy="ewc+replay")).strength == 1000.0
+
+
+@pytest.mark.parametrize("name", ["replay", "agem", "derpp", "lwf", "er_ace", "gem", "ewc+replay"])
+def test_strategies_built_alike_are_equal_and_share_one_program(name):
+    """Hooks that are methods of equal frozen values compare by those values (a bound method compares by identity),
+    so two runs built alike are equal, hash alike and share their compiled programs."""
+    a, b = get_strategy(name), get_strategy(name)
+    assert a == b and hash(a) == hash(b)
+    if name != "lwf":   # another memory size is another program
+        assert get_strategy(name, capacity=7) != a

@@ -132,7 +132,7 @@ def test_memory_and_memory_batch_reach_the_rehearsal_strategy():
 
     def sizes(train):   # the memory's size and the samples drawn per update, as the strategy's hooks hold them
         strategy = train.strategy_value()
-        hooks = (strategy.replay_loss or strategy.project).__self__
+        hooks = (strategy.replay_loss or strategy.project).owner
         return hooks.capacity, hooks.batch_size
 
     for name, default_batch in (("replay", 32), ("agem", 64), ("derpp", 32), ("er_ace", 32), ("gem", None)):
@@ -141,10 +141,10 @@ def test_memory_and_memory_batch_reach_the_rehearsal_strategy():
         assert sizes(TrainConfig(strategy=name, memory_batch=16)) == (500, 16)
         assert sizes(TrainConfig(strategy=name, memory=300)) == (300, default_batch)
     balanced = TrainConfig(strategy="replay", memory=40, memory_policy="balanced").strategy_value()
-    assert balanced.replay_loss.__self__.memory == "balanced" and balanced.replay_loss.__self__.capacity == 40
-    assert TrainConfig(strategy="replay", memory=40).strategy_value().replay_loss.__self__.memory == "reservoir"
+    assert balanced.replay_loss.owner.memory == "balanced" and balanced.replay_loss.owner.capacity == 40
+    assert TrainConfig(strategy="replay", memory=40).strategy_value().replay_loss.owner.memory == "reservoir"
     ace = TrainConfig(strategy="er_ace", memory=40, memory_policy="balanced").strategy_value()
-    assert ace.replay_loss.__self__.memory == "balanced" and ace.replay_loss.__self__.kind == "er_ace"
+    assert ace.replay_loss.owner.memory == "balanced" and ace.replay_loss.owner.kind == "er_ace"
 
 
 def test_presets_of_benchmarks_are_described_and_valid():

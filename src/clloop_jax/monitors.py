@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from clloop_jax import divergence as div_lib
 from clloop_jax import plasticity as plast_lib
 from clloop_jax.importance import fisher as fisher_lib
+from clloop_jax.strategies.base import MethodHook
 
 PyTree = Any
 
@@ -167,25 +168,13 @@ class _Functional:
                            memory.seen.at[task_id].set(True))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Hook:
-    """A method of a frozen value, as a hook that compares by value (bound methods compare by identity), so that two
-    runs built alike are equal and share their compiled programs."""
-
-    owner: Any
-    method: str
-
-    def __call__(self, *args, **kwargs):
-        return getattr(self.owner, self.method)(*args, **kwargs)
-
-
 def functional_divergence(num_probes: int = 4) -> Monitor:
     """How far the outputs on ``num_probes`` inputs of each earlier task moved since that task ended."""
     if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"num_probes must be an integer >= 1, got {num_probes!r}")
     f = _Functional(num_probes)
-    return Monitor("functional", _Hook(f, "init"), measure=_Hook(f, "measure"),
-                   consolidate=_Hook(f, "consolidate"), uses_data=True)
+    return Monitor("functional", MethodHook(f, "init"), measure=MethodHook(f, "measure"),
+                   consolidate=MethodHook(f, "consolidate"), uses_data=True)
 
 
 # ----- plasticity ----------------------------------------------------------------------------------------------
@@ -236,13 +225,13 @@ def dormant_monitor(num_probes: int = 256) -> Monitor:
     """The fractions of 0- and 0.1-dormant hidden units of an MLP on a fixed probe batch (``dormant_0``,
     ``dormant_0.1``)."""
     f = _check_probes(num_probes)
-    return Monitor("dormant", _Hook(f, "init"), measure=_Hook(f, "dormant"), init_with_data=True)
+    return Monitor("dormant", MethodHook(f, "init"), measure=MethodHook(f, "dormant"), init_with_data=True)
 
 
 def effective_rank_monitor(num_probes: int = 256) -> Monitor:
     """The effective rank of an MLP's last hidden features on a fixed probe batch (``effective_rank``)."""
     f = _check_probes(num_probes)
-    return Monitor("effective_rank", _Hook(f, "init"), measure=_Hook(f, "effective_rank"), init_with_data=True)
+    return Monitor("effective_rank", MethodHook(f, "init"), measure=MethodHook(f, "effective_rank"), init_with_data=True)
 
 
 MONITORS: Dict[str, Callable[[], Monitor]] = {"parameter": parameter_divergence, "fisher": fisher_divergence,

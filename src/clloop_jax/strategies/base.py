@@ -79,6 +79,21 @@ class NoHParams(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
+class MethodHook:
+    """A method of a value, as a hook that compares and hashes by that value (``owner``) and the method's name.
+
+    Python's bound methods compare by the identity of their object, so two strategies built alike from hooks that are
+    methods of equal frozen values would be unequal and compile their runs twice; :class:`Strategy` stores every
+    bound-method hook as one of these instead."""
+
+    owner: Any
+    method: str
+
+    def __call__(self, *args, **kwargs):
+        return getattr(self.owner, self.method)(*args, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
 class Strategy:
     """A continual-learning strategy (see the module docstring for each hook's contract).
 
@@ -126,6 +141,8 @@ class Strategy:
             value = getattr(self, hook)
             if value is not None and not callable(value):
                 raise TypeError(f"Strategy.{hook} must be callable or None, got {type(value).__name__}")
+            if inspect.ismethod(value):
+                object.__setattr__(self, hook, MethodHook(value.__self__, value.__func__.__name__))
         if self.importance is not None and self.importance not in IMPORTANCE_KINDS:
             raise ValueError(f"Strategy.importance must be one of {list(IMPORTANCE_KINDS)} or None, "
                              f"got {self.importance!r}")

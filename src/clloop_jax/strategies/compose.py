@@ -133,7 +133,7 @@ def _total(terms):
 
 def chain_parts(strategy: Strategy) -> Optional[tuple]:
     """The parts of a chain (each with the hyperparameters the chain holds for it); None for another strategy."""
-    hooks = getattr(strategy.init, "__self__", None)
+    hooks = getattr(strategy.init, "owner", None)
     if not isinstance(hooks, _Chain):
         return None
     return tuple(dataclasses.replace(p, hparams=getattr(strategy.hparams, p.name)) for p in hooks.parts)
