@@ -65,7 +65,7 @@ CHOICES = {"strategy": STRATEGY_NAMES, "fisher_variant": FISHER_VARIANTS, "bound
            "traces": TRACE_MODES}
 FLAGS = {"overwrite", "resume", "quiet", "no_cache"}
 OTHERS = {"out", "devices", "world_seed", "monitors", "strategies", "memory", "memory_batch", "memory_policy",
-          "max_grad_norm", "source", "log", "evaluate_every"}
+          "max_grad_norm", "source", "log", "evaluate_every", "strategy_hparams"}
 #: Options of the parts the base experiment (the tiny world) does not use: a value is accepted only at its default
 #: (any other is refused as unused by the world), so the rule is "equals the default" for every one of them.
 UNUSED = {f.name: getattr(part, f.name) for part in (DataConfig(), GymnaxConfig()) for f in dataclasses.fields(part)}
@@ -203,6 +203,12 @@ def example(draw, command, name, tmp):
         except ValueError:
             return [opt, text], False
         return [opt, text], math.isfinite(x) and 0 < x <= FLOAT32_MAX and as_float32(x) > 0
+    if name == "strategy_hparams":  # name=number for a hyperparameter the strategy has (not lam or gamma)
+        text = draw(st.sampled_from(["alpha=0.5", "alpha=2", "alpha=-1", "alpha=nan", "alpha", "zeta=1", "lam=3",
+                                     "=1", ""]))
+        if command == "compare":                             # neither none nor online_ewc has alpha
+            return [opt, text], False
+        return ["--strategy", "replay", opt, text], text in ("alpha=0.5", "alpha=2")
     if name == "evaluate_every":   # any count >= 1: beyond the number of tasks, only the last row is full
         text, n = draw(integer_text(name))
         return [opt, text], n is not None and n >= 1

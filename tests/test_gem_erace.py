@@ -13,8 +13,8 @@ from clloop_jax.run.config import RunConfig
 from clloop_jax.run.sequential import make_run
 from clloop_jax.sources.supervised import SupervisedBatch, SupervisedSource
 from clloop_jax.strategies import get_strategy
-from clloop_jax.strategies.rehearsal import (ace_mask, er_ace, gem, gem_project, memory_sample,
-                                             nnls_gram, reservoir_add)
+from clloop_jax.strategies.gem import gem, gem_project, nnls_gram
+from clloop_jax.strategies.rehearsal import ace_mask, er_ace, memory_sample, reservoir_add
 
 EPISODES = 8
 

@@ -215,7 +215,7 @@ def test_mlp_features_are_the_hidden_activations(source):
 
 # ----- monitors in a run -------------------------------------------------------------------------------------------
 
-PLASTIC = ("param_norm", "update_norm", "dormant", "effective_rank")
+PLASTIC = ("param_norm", "update_norm", "dormant", "effective_rank", "feature_norm")
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ def test_plasticity_monitors_record_their_definitions_in_a_run(monitored, fine_t
     assert np.all(tr["update_norm"] > 0)
     assert tr["param_norm"][-1, -1] == pytest.approx(float(plast.global_norm(state.params)), rel=1e-6)
     # Measured once per task, at its end, on the fixed probe batch kept in the monitor's state.
-    for name in ("dormant_0", "dormant_0.1", "effective_rank"):
+    for name in ("dormant_0", "dormant_0.1", "effective_rank", "feature_norm"):
         assert np.all(np.isnan(tr[name][:, :-1])) and np.all(np.isfinite(tr[name][:, -1]))
     probe = state.monitors[3]
     assert_trees_equal(probe, run.init(KEY, hp).monitors[3]) and probe.shape == (8, 64)
@@ -243,7 +243,14 @@ def test_plasticity_monitors_record_their_definitions_in_a_run(monitored, fine_t
         assert tr[f"dormant_{tau:g}"][-1, -1] == pytest.approx(float(plast.dormant_fraction(features, tau)))
     assert np.all(tr["dormant_0"][:, -1] <= tr["dormant_0.1"][:, -1])
     assert tr["effective_rank"][-1, -1] == pytest.approx(float(plast.effective_rank(features[-1])), rel=1e-4)
+    last = np.asarray(features[-1], np.float64)
+    assert tr["feature_norm"][-1, -1] == pytest.approx(np.mean(np.linalg.norm(last, axis=1)), rel=1e-5)
     assert np.all((tr["effective_rank"][:, -1] >= 1.0) & (tr["effective_rank"][:, -1] <= 6.0 + 1e-4))
+
+
+def test_feature_norm_is_the_mean_row_norm_by_hand():
+    phi = jnp.array([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    assert float(plast.feature_norm(phi)) == pytest.approx((5.0 + 0.0 + 1.0 + 2.0) / 4)
 
 
 def test_monitors_not_named_are_not_in_the_program(source):

@@ -93,6 +93,10 @@ def test_a_digits_run_resumed_after_two_tasks_equals_the_uninterrupted_one(digit
     (["--mlp-hidden", "0"], "data.mlp_hidden must be an integer >= 1, got 0"),
     (["--source", "cifar"], "experiment.source must be one of ['world', 'mnist', 'digits', 'mnist1d', 'gymnax']"),
     (["--max-grad-norm", "0"], "train.max_grad_norm must be a finite number > 0"),
+    (["--strategy", "replay", "--strategy-hparams", "beta=0.5"], "unknown hyperparameter(s) ['beta'] for "
+                                                                 "train.strategy_hparams of strategy 'replay'"),
+    (["--strategy", "replay", "--strategy-hparams", "alpha"], "expected name=number"),
+    (["--strategy", "ewc", "--strategy-hparams", "lam=3"], "set 'lam' with --lam"),
 ])
 def test_options_the_source_does_not_use_or_cannot_take_are_refused_before_the_folder(extra, message, tmp_path,
                                                                                      capsys):
@@ -113,6 +117,19 @@ def test_memory_reaches_the_rehearsal_strategy_and_is_recorded():
     default = jax.eval_shape(ExperimentConfig(**{**experiment.__dict__, "train": TrainConfig(
         strategy="replay", episodes_per_task=2, monitors=())}).build()[0].init, jax.random.key(0), hp)
     assert {leaf.shape[0] for leaf in jax.tree.leaves(default.strategy) if leaf.ndim >= 2} == {500}
+
+
+def test_strategy_hparams_reach_the_run_and_a_chain_part_by_its_dotted_name():
+    e = dataclasses.replace(PRESETS["tiny-digits"], train=dataclasses.replace(
+        PRESETS["tiny-digits"].train, strategy="ewc+replay", lam=3.0, strategy_hparams=("replay.alpha=0.25",)))
+    run_, hp = e.build()
+    assert float(hp.strategy.replay.alpha) == 0.25 and float(hp.strategy.ewc.lam) == 3.0
+    e = dataclasses.replace(e, train=dataclasses.replace(e.train, strategy="continual_backprop", lam=None,
+                                                         strategy_hparams=("replacement_rate=0.01", "decay=0.5")))
+    _, hp = e.build()
+    assert (float(hp.strategy.replacement_rate), float(hp.strategy.decay)) == (pytest.approx(0.01), 0.5)
+    with pytest.raises(ValueError, match="given twice"):
+        TrainConfig(strategy="replay", strategy_hparams=("alpha=1", "alpha=2"))
 
 
 def test_a_benchmark_uses_its_own_default_strength():

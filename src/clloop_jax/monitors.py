@@ -27,7 +27,7 @@ Built in (names for configs: ``"parameter"``, ``"fisher"``, ``"functional"``):
   that task ended (0 before any task ended).
 
 and, against the loss of plasticity (definitions and papers in :mod:`clloop_jax.plasticity`; names
-``"param_norm"``, ``"update_norm"``, ``"dormant"``, ``"effective_rank"``):
+``"param_norm"``, ``"update_norm"``, ``"dormant"``, ``"effective_rank"``, ``"feature_norm"``):
 
 * :func:`param_norm_monitor`: ``param_norm = |theta|``, every episode.
 * :func:`update_norm_monitor`: ``update_norm = |theta_t - theta_{t-1}|``, the size of each update (0 for a skipped,
@@ -36,8 +36,9 @@ and, against the loss of plasticity (definitions and papers in :mod:`clloop_jax.
   al., 2023) of an :class:`~clloop_jax.model.MLP` on a fixed probe batch, measured like ``functional``.
 * :func:`effective_rank_monitor`: ``effective_rank`` of the MLP's last hidden layer's features on the same kind of
   fixed probe batch, measured like ``functional``.
+* :func:`feature_norm_monitor`: ``feature_norm``, the mean L2 norm of those features on that probe batch.
 
-The probe batch of the last two is drawn once, from the first task's data (the source's ``fisher_data``; up to
+The probe batch of the last three is drawn once, from the first task's data (the source's ``fisher_data``; up to
 ``num_probes`` of its inputs), and kept for the whole run, so every measurement sees the same inputs. They need a
 source whose ``model`` is an MLP (a supervised source); another one is refused when the run is traced.
 """
@@ -214,6 +215,10 @@ class _Features:
         features = plast_lib.mlp_features(source.model, params, probe)
         return {"effective_rank": plast_lib.effective_rank(features[-1])}
 
+    def feature_norm(self, probe, params, source):
+        features = plast_lib.mlp_features(source.model, params, probe)
+        return {"feature_norm": plast_lib.feature_norm(features[-1])}
+
 
 def _check_probes(num_probes):
     if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
@@ -234,10 +239,17 @@ def effective_rank_monitor(num_probes: int = 256) -> Monitor:
     return Monitor("effective_rank", MethodHook(f, "init"), measure=MethodHook(f, "effective_rank"), init_with_data=True)
 
 
+def feature_norm_monitor(num_probes: int = 256) -> Monitor:
+    """The mean L2 norm of an MLP's last hidden features on a fixed probe batch (``feature_norm``)."""
+    f = _check_probes(num_probes)
+    return Monitor("feature_norm", MethodHook(f, "init"), measure=MethodHook(f, "feature_norm"), init_with_data=True)
+
+
 MONITORS: Dict[str, Callable[[], Monitor]] = {"parameter": parameter_divergence, "fisher": fisher_divergence,
                                               "functional": functional_divergence, "param_norm": param_norm_monitor,
                                               "update_norm": update_norm_monitor, "dormant": dormant_monitor,
-                                              "effective_rank": effective_rank_monitor}
+                                              "effective_rank": effective_rank_monitor,
+                                              "feature_norm": feature_norm_monitor}
 
 
 def get_monitor(monitor) -> Monitor:

@@ -3,7 +3,7 @@
 A network trained on a long sequence of tasks gradually loses the ability to learn new ones (Dohare et al., "Loss
 of plasticity in deep continual learning", Nature 632, 2024; Lyle et al., 2023). These quantities track the
 symptoms the papers report; the monitors that record them in a run's traces are in :mod:`clloop_jax.monitors`
-(``"param_norm"``, ``"update_norm"``, ``"dormant"``, ``"effective_rank"``).
+(``"param_norm"``, ``"update_norm"``, ``"dormant"``, ``"effective_rank"``, ``"feature_norm"``).
 
 * :func:`global_norm`: ``|theta| = sqrt(sum_i theta_i^2)`` over every leaf; the parameters' norm grows as
   plasticity is lost (Dohare et al., 2024; Lyle et al., 2023).
@@ -23,6 +23,10 @@ symptoms the papers report; the monitors that record them in a run's traces are 
   eigenvalues of the smaller Gram matrix (``Phi^T Phi`` or ``Phi Phi^T``, ``jnp.linalg.eigh``, which runs under
   ``jax.vmap``); eigenvalues below ``lambda_max * max(N, d) * eps`` (the rounding of the Gram matrix) count as 0.
 
+* :func:`feature_norm`: ``E_x |phi(x)|_2``, the mean over the probe inputs of the L2 norm of the last hidden layer's
+  feature vector; growing features (with the parameter norm) accompany the loss of plasticity (Lyle et al., 2023,
+  "Understanding plasticity in neural networks"; Dohare et al., 2024).
+
 The features are the hidden layers' activations of a :class:`~clloop_jax.model.MLP` (after the ReLU), read with
 flax's ``capture_intermediates`` (:func:`mlp_features`): the model and its numbers are unchanged. The dormant
 fraction counts every hidden layer; the effective rank is that of the last hidden layer, the representation the
@@ -40,6 +44,7 @@ import jax.numpy as jnp
 from clloop_jax.model import MLP
 
 __all__ = ["global_norm", "update_norm", "mlp_features", "dormant_scores", "dormant_fraction", "effective_rank",
+           "feature_norm",
            "singular_values", "probe_inputs", "DORMANT_TAUS"]
 
 PyTree = Any
@@ -111,6 +116,11 @@ def effective_rank(phi: jax.Array) -> jax.Array:
     p = sigma / jnp.where(total > 0, total, 1.0)
     entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
     return jnp.where(total > 0, jnp.exp(entropy), 0.0)
+
+
+def feature_norm(phi: jax.Array) -> jax.Array:
+    """``(1/N) sum_n |phi_n|_2``: the mean L2 norm of the rows (one feature vector per input) of ``phi [N, d]``."""
+    return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(phi), axis=-1)))
 
 
 def probe_inputs(data, num_probes: int) -> jax.Array:

@@ -138,8 +138,9 @@ def permuted_stream(x, y, num_tasks: int, seed=0, *, x_test=None, y_test=None, s
     if first_identity:
         perms[0] = np.arange(D, dtype=np.int32)
     T = int(num_tasks)
-    xs = np.stack([x[:, p] for p in perms])
-    xs_test = np.stack([x_test[:, p] for p in perms])
+    xs, xs_test = np.empty((T,) + x.shape, x.dtype), np.empty((T,) + x_test.shape, x_test.dtype)
+    for t, p in enumerate(perms):   # filled in place: a stream of hundreds of tasks is built without a second copy
+        xs[t], xs_test[t] = x[:, p], x_test[:, p]
     if scenario == "domain":
         offsets = np.zeros(T, np.int32)
         num_classes = C

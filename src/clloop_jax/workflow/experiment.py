@@ -152,14 +152,15 @@ class ExperimentConfig:
                          evaluate_every=t.evaluate_every, traces=t.traces)
 
     def hparams_of(self, run) -> "HParams":
-        """``run``'s hyperparameters with this experiment's values, each set where the run has it."""
+        """``run``'s hyperparameters with this experiment's values, each set where the run has it; the strategy's own
+        (``train.strategy_hparams``) last."""
         t = self.train
         values = {"lam": self.strength, "gamma": t.decay, "feedback_weight": t.feedback_weight}
         if self.source == "gymnax":
             values.update(self.gymnax.hparams())
         names = run.hparams().names()  # a chain's are dotted (ewc.lam): lam reaches every part that has it
-        return run.hparams(learning_rate=t.learning_rate, **{n: v for k, v in values.items() for n in names
-                                                            if n == k or n.endswith("." + k)})
+        shared = {n: v for k, v in values.items() for n in names if n == k or n.endswith("." + k)}
+        return run.hparams(learning_rate=t.learning_rate, **{**shared, **t.strategy_values()})
 
     def make_source(self):
         """The task source: the closed loop in the world, or the benchmark's stream of labelled tasks."""

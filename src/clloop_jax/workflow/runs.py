@@ -31,9 +31,7 @@ writing nothing for the diverged task.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import os
 import re
@@ -47,6 +45,7 @@ import numpy as np
 
 from clloop_jax.workflow.files import (CheckpointError, config_differences, config_hash, contents_hash, hash_of,
                                        jsonable, versions, write_atomic)
+from clloop_jax.workflow import results as results_lib
 from clloop_jax.workflow.lock import LOCK_NAME, FolderLock, RunFolderError, check_place, say
 
 __all__ = ["RunFolder"]
@@ -431,59 +430,15 @@ class RunFolder:
                                   f"{str(err)[:300]})") from None
         return [np.asarray(restored[f"leaf_{i:05d}"]) for i in range(len(target))]
 
-    # ----- results -----------------------------------------------------------------------------------------
+    # ----- results (clloop_jax.workflow.results) -----------------------------------------------------------
     def read_results(self):
-        """``(R [S, T, T], baseline [S, T], seeds)`` of the finished run the folder holds, from its ``R_seed*.csv``
-        (six decimals); ``FileNotFoundError`` naming the folder when the run has not finished."""
-        if not os.path.isfile(self.file("summary.json")):
-            raise FileNotFoundError(f"{self.path!r} holds no finished run (no summary.json)")
-        with open(self.file("seeds.json")) as f:
-            seeds = [int(s) for s in json.load(f)]
-        tables = [np.array([[float(v) for v in row[1:]] for row in list(csv.reader(open(self.file(
-            f"R_seed{s}.csv"))))[1:]]) for s in seeds]
-        return np.stack([t[1:] for t in tables]), np.stack([t[0] for t in tables]), seeds
+        """``(R [S, T, T], baseline [S, T], seeds)`` of the finished run (:func:`~clloop_jax.workflow.results.read_results`)."""
+        return results_lib.read_results(self)
+
+    def read_traces(self) -> Dict[str, np.ndarray]:
+        """The finished run's traces by name (:func:`~clloop_jax.workflow.results.read_traces`)."""
+        return results_lib.read_traces(self)
 
     def write_results(self, R, baseline, traces: Dict[str, np.ndarray], seeds, not_learned=()) -> None:
-        """``traces.jsonl``, ``R_seed{k}.csv`` (baseline first), ``summary.md`` / ``summary.json`` and the plots.
-        ``not_learned``: one record per task some seeds did not learn (``task`` numbered from 1, ``task_index``,
-        ``seeds``, ``text``), in ``summary.json`` and, by its text, at the end of ``summary.md``."""
-        from clloop_jax import report
-        R, baseline = np.asarray(R, np.float64), np.asarray(baseline, np.float64)
-        S, T = R.shape[:2]
-        lines = []
-        names = sorted(traces)
-        arrays = {n: np.asarray(traces[n]) for n in names}
-        per_task = bool(names) and arrays[names[0]].ndim == 2   # [S, T]: one summary per task
-        E = 0 if not names else 1 if per_task else arrays[names[0]].shape[-1]
-        for s in range(S):
-            for t in range(T):
-                for e in range(E):
-                    row = {"seed": int(seeds[s]), "task": t} if per_task else {"seed": int(seeds[s]), "task": t,
-                                                                              "episode": e}
-                    row.update({n: jsonable(arrays[n][s, t] if per_task else arrays[n][s, t, e]) for n in names})
-                    lines.append(json.dumps(row))
-        write_atomic(self.file("traces.jsonl"), "\n".join(lines) + "\n")
-        for s in range(S):
-            buf = io.StringIO()
-            writer = csv.writer(buf)
-            writer.writerow(["after"] + [f"task_{j + 1}" for j in range(T)])
-            writer.writerow(["untrained"] + [f"{v:.6f}" for v in baseline[s]])
-            for i in range(T):
-                writer.writerow([f"task_{i + 1}"] + [f"{v:.6f}" for v in R[s, i]])
-            write_atomic(self.file(f"R_seed{seeds[s]}.csv"), buf.getvalue())
-        stats = report.summary(R, baseline)
-        not_learned = list(not_learned)
-        self.write_json("summary.json", {"seeds": list(seeds), "metrics": stats,
-                                         "mean_R": R.mean(axis=0), "mean_baseline": baseline.mean(axis=0),
-                                         "not_learned": not_learned})
-        table = ["| metric | mean ± 95% interval | seeds |", "|---|---:|---:|"]
-        for name, st in stats.items():
-            table.append(f"| {name} | {report.cell(st['values'])} | {st['n']} |")
-        from clloop_jax.metrics import format_matrix
-        warnings = "".join(f"\n- {w['text']}" for w in not_learned)
-        self.write_text("summary.md", "\n".join(table) + "\n\nMean performance matrix over seeds:\n\n"
-                        + format_matrix(R.mean(axis=0), b=baseline.mean(axis=0)) + "\n"
-                        + (f"\nWarnings:\n{warnings}\n" if warnings else ""))
-        report.plot_matrix(R, self.file("plots/matrix.png"))
-        report.plot_scores(R, arrays, self.file("plots/scores.png"), per_task=per_task)
-        report.plot_divergence(arrays, self.file("plots/divergence.png"), per_task=per_task)
+        """The run's result files (:func:`~clloop_jax.workflow.results.write_results`)."""
+        results_lib.write_results(self, R, baseline, traces, seeds, not_learned)

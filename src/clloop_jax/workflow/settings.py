@@ -24,59 +24,9 @@ __all__ = ["WorldConfig", "ModelConfig", "DataConfig", "GymnaxConfig", "TrainCon
            "MEMORY_STRATEGIES", "BOUNDARY_MODES", "TRACE_MODES", "count_setting", "default_strength"]
 
 
-#: Penalty strength per strategy in the default world (chosen on seed 0 of a shorter run; README, "Results").
-DEFAULT_LAMBDA = {"none": 0.0, "l2": 0.3, "ewc": 3.0, "online_ewc": 3.0, "si": 30.0, "mas": 1.0, "ewc_budget": 3.0,
-                  "l2_init": 0.01}
-
-
-#: Penalty strength per strategy away from the world: chosen on split digits, class-incremental, for the labelled
-#: benchmarks (experiments/scenarios.py); EWC's and online EWC's 1000 is also experiments/continual_rl.py's on gymnax.
-#: The other strategies take 1.
-DATA_LAMBDA = {"none": 0.0, "ewc": 1000.0, "online_ewc": 1000.0, "si": 100.0, "l2_init": 0.01}
-
-
-#: The decay of the running importance (``gamma``) of online_ewc and ewc_budget when it is not given.
-DEFAULT_GAMMA = 0.9
-
-
-#: The built-in strategies by name: :func:`clloop_jax.strategies.registered` before anything else is registered,
-#: known here without importing JAX. A strategy registered later (:func:`clloop_jax.strategies.register`) is accepted
-#: as well.
-STRATEGY_NAMES = ("none", "l2", "ewc", "online_ewc", "si", "mas", "ewc_budget", "replay", "agem", "lwf", "derpp",
-                  "er_ace", "gem", "streaming_ewc", "streaming_si", "l2_init", "shrink_perturb", "continual_backprop",
-                  "redo")
-
-
-#: The Fisher estimators, as :data:`clloop_jax.run.config.FISHER_VARIANTS`.
-FISHER_VARIANTS = ("empirical", "sampled", "exact")
-
-
-#: Where a run's tasks come from: the closed-loop world, a labelled benchmark (:func:`clloop_jax.data.load_dataset`),
-#: or a gymnax environment learned from reward.
-SOURCES = ("world", "mnist", "digits", "mnist1d", "gymnax")
-
-
-#: How the run meets its tasks: in sequence with known boundaries, or as one stream whose switches are hidden
-#: (:mod:`clloop_jax.taskfree`: consolidations where a detector fires, at the true switches, or never).
-BOUNDARY_MODES = ("known", "detect", "oracle", "none")
-
-#: The strategies that keep a rehearsal memory, and its size (samples) when ``memory`` is not given.
-MEMORY_STRATEGIES = ("replay", "agem", "derpp", "er_ace", "gem")
-
-
-#: What replay's and ER-ACE's memory keeps (``train.memory_policy``): a reservoir sample of the stream, or GDumb's
-#: class-balanced greedy memory (:mod:`clloop_jax.strategies.memories`).
-MEMORY_POLICIES = ("reservoir", "balanced")
-
-#: The strategies whose memory takes a policy (``train.memory_policy``).
-POLICY_STRATEGIES = ("replay", "er_ace")
-
-
-DEFAULT_MEMORY = 500
-
-
-#: What a run's traces keep, as :data:`clloop_jax.run.config.TRACE_MODES`.
-TRACE_MODES = ("episodes", "tasks")
+from clloop_jax.workflow.names import (BOUNDARY_MODES, DATA_LAMBDA, DEFAULT_GAMMA, DEFAULT_LAMBDA,  # noqa: F401
+                                       DEFAULT_MEMORY, FISHER_VARIANTS, MEMORY_POLICIES, MEMORY_STRATEGIES,
+                                       POLICY_STRATEGIES, SOURCES, STRATEGY_NAMES, TRACE_MODES)
 
 
 def count_setting(owner: str, name: str, value) -> None:
@@ -339,6 +289,9 @@ class TrainConfig:
     gamma: Optional[float] = None
     """decay of the running importance, in [0, 1]; used by online_ewc and ewc_budget only (refused for the other
     strategies); unset: 0.9"""
+    strategy_hparams: Tuple[str, ...] = ()
+    """any other of the strategy's hyperparameters, as name=value (replacement_rate=0.001 tau=0.05 alpha=0.5;
+    dotted for one part of a chain: replay.alpha=0.5); a name the strategy does not have is refused"""
     feedback_weight: float = 0.3
     """scale of the world's feedback (reward, previous action) the agent sees (>= 0)"""
     fisher_variant: str = "sampled"
@@ -396,6 +349,32 @@ class TrainConfig:
         count_setting("train", "evaluate_every", self.evaluate_every)
         if self.traces not in TRACE_MODES:
             raise ValueError(f"train.traces must be one of {list(TRACE_MODES)}, got {self.traces!r}")
+        if isinstance(self.strategy_hparams, str) or not isinstance(self.strategy_hparams, (tuple, list)):
+            raise TypeError(f"train.strategy_hparams must be a tuple of name=value texts, got {self.strategy_hparams!r}")
+        object.__setattr__(self, "strategy_hparams", tuple(self.strategy_hparams))
+        self.strategy_values()
+
+    def strategy_values(self) -> dict:
+        """``strategy_hparams`` as ``{name: value}``; ``ValueError`` naming an item that is not ``name=number`` (or
+        names ``lam``/``gamma``, which have their own options, or one name twice)."""
+        out = {}
+        for item in self.strategy_hparams:
+            name, sep, text = item.partition("=") if isinstance(item, str) else ("", "", "")
+            try:
+                value = float(text)
+            except ValueError:
+                value = None
+            if not sep or not name.strip() or value is None or not math.isfinite(value):
+                raise ValueError(f"train.strategy_hparams: expected name=number (e.g. replacement_rate=0.001), got "
+                                 f"{item!r}")
+            name = name.strip()
+            if name in ("lam", "gamma"):
+                raise ValueError(f"train.strategy_hparams: set {name!r} with --{name}, not here (a chain's part's "
+                                 f"own value is dotted: ewc.{name}=...)")
+            if name in out:
+                raise ValueError(f"train.strategy_hparams: {name!r} is given twice")
+            out[name] = value
+        return out
 
     @property
     def strength(self) -> float:
@@ -431,6 +410,10 @@ class TrainConfig:
         if self.memory_policy is not None and not set(self.strategy.split("+")) & set(POLICY_STRATEGIES):
             raise ValueError(f"train.memory_policy (--memory-policy {self.memory_policy}) is used only by "
                              f"{' and '.join(POLICY_STRATEGIES)}, not by {self.strategy!r}; leave it unset")
+        if self.strategy_hparams:
+            from clloop_jax.strategies.base import replace_hparams
+            replace_hparams(get_strategy(self.strategy).hparams, self.strategy_values(),
+                            owner=f"train.strategy_hparams of strategy {self.strategy!r}")
         for name in ("lam", "gamma"):
             if getattr(self, name) is not None and name not in fields:
                 has = ", ".join(f for f in ("lam", "gamma") if f in fields)
