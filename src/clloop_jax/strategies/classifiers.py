@@ -44,6 +44,8 @@ def _check_mlp_source(name: str, source):
     """The source must be a labelled stream (``SupervisedSource``) whose model is an MLP with a hidden layer."""
     from clloop_jax.model import MLP
     from clloop_jax.sources.supervised import SupervisedSource
+    while not isinstance(source, SupervisedSource) and hasattr(source, "base"):  # a wrapped one (the task-free run's)
+        source = source.base
     if not isinstance(source, SupervisedSource):
         raise ValueError(f"{name} needs a labelled source (SupervisedSource: integer class labels, class masks), got "
                          f"{type(source).__name__}")
@@ -133,7 +135,6 @@ class _ICaRL:
         _check_mlp_source("icarl", source)
 
     def init(self, params, hp, example, source):
-        self.check_source(source)
         (x, _), _ = example
         C = source.stream.num_classes
         slots = min(self.capacity, source.fisher_size)  # a class never has more candidates than a task's draw
@@ -300,7 +301,6 @@ class _GDumb:
                              "averages would be the run's, so use a model without batch norm")
 
     def init(self, params, hp, example, source):
-        self.check_source(source)
         return balanced_init(example, self.capacity)
 
     def observe(self, memory, params, samples, source, key, hp):
