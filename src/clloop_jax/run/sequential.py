@@ -423,7 +423,7 @@ class Run:
         full = lambda p: self.evaluate_on(p, tasks, key, hp, model_state, strategy_state)  # noqa: E731
         return jax.lax.cond(self.full_row(task_id), full, diagonal, params)
 
-    def _evaluated(self, state: TrainState):
+    def evaluated_state(self, state: TrainState):
         """The strategy's state where its ``evaluate`` hook needs it; None otherwise (nothing more is traced)."""
         return state.strategy if self.strategy.evaluate is not None else None
 
@@ -432,7 +432,8 @@ class Run:
         compiles it). The row is :meth:`evaluate_row`'s."""
         _, k_eval, k_tasks = self.split_key(key)
         state, trace = self._train_task(state, tasks, jax.random.fold_in(k_tasks, task_id), task_id, hp)
-        row = self.evaluate_row(state.params, tasks, k_eval, task_id, hp, state.model_state, self._evaluated(state))
+        row = self.evaluate_row(state.params, tasks, k_eval, task_id, hp, state.model_state,
+                                self.evaluated_state(state))
         return state, row, trace
 
     def run_on(self, tasks, key, hp: HParams):
@@ -447,7 +448,7 @@ class Run:
         trace_shape = jax.eval_shape(train, state, jnp.int32(0))[1]
 
         def phase(st, i):
-            ss = self._evaluated(st)
+            ss = self.evaluated_state(st)
             if self.config.evaluate_every == 1:
                 row = self.evaluate_on(st.params, tasks, k_eval, hp, st.model_state, ss)
             else:  # the baseline (phase 0) in full, then the row after task i - 1
@@ -531,7 +532,7 @@ class Run:
         else:
             if start_task:
                 raise ValueError("start_task > 0 needs the results recorded so far (results=...)")
-            baseline = self.evaluate(state.params, key, hp, state.model_state, self._evaluated(state))
+            baseline = self.evaluate(state.params, key, hp, state.model_state, self.evaluated_state(state))
         for task_id in range(start_task, n):
             state, row, trace = self.train_task(state, key, task_id, hp)
             rows.append(row)

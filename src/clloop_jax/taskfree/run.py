@@ -106,7 +106,7 @@ class TaskFreeRun:
         _, k_eval, k_stream = jax.random.split(key, 3)
         state = run.init_on(tasks, key, hp)
         baseline = self.run.evaluate_on(state.params, tasks, k_eval, hp, state.model_state,
-                                           self.run._evaluated(state))
+                                           self.run.evaluated_state(state))
         needs_data = run.needs_data()
 
         def any_seed(flag):
@@ -148,7 +148,7 @@ class TaskFreeRun:
 
             def evaluate(r):
                 scores = self.run.evaluate_on(st.params, tasks, k_eval, hp, st.model_state,
-                                              self.run._evaluated(st))
+                                              self.run.evaluated_state(st))
                 return jnp.where(row >= 0, r.at[jnp.maximum(row, 0)].set(scores), r)
 
             R = jax.lax.cond(any_seed(row >= 0), evaluate, lambda r: r, R)

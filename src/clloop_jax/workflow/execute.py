@@ -276,7 +276,7 @@ def _execute(run, hp, seeds, folder, config, progress, label, stop, trackers, me
     init, evaluate, step = (functools.partial(f, tasks) for f in _programs(run, mesh, batched_hp))
     state = init(keys, hp)
     start, rows, traces, not_learned = 0, [], [], {}
-    baseline = evaluate(state.params, state.model_state, run._evaluated(state), keys, hp)
+    baseline = evaluate(state.params, state.model_state, run.evaluated_state(state), keys, hp)
     if folder is not None and folder.resume:
         last = folder.latest_checkpoint()
         if last is not None:
