@@ -11,7 +11,9 @@ MLP 400-400, Adam, batches of 128, ``--updates`` per task, all seeds in one comp
 * ``permuted/domain``: five tasks, each a fixed permutation of the 784 pixels, one ten-way head.
 
 Replay, A-GEM, DER++ and ER-ACE keep a memory of 500 images (128, 256, 128 and 128 of them drawn per update), GEM
-500 images split over the five tasks (100 each, all of an earlier task's used for its gradient at every update); the Fisher is the
+500 images split over the five tasks (100 each, all of an earlier task's used for its gradient at every update), iCaRL
+500 exemplars split over the classes seen (128 drawn per update next to the batch) and GDumb a class-balanced memory of
+500 images (a model trained from scratch on it before every evaluation, 500 Adam steps of 128); the Fisher is the
 sampled one (one label draw per image, 256 images per task). Penalty strengths: ``--tune`` sweeps each penalty's grid
 (``clloop sweep``'s :func:`~clloop_jax.workflow.sweep.run_sweep`) with a held-out seed (100, not among the reported
 seeds 0..S-1) and writes ``experiments/results/mnist_tune.json``; the table uses the best value found there for its
@@ -56,7 +58,7 @@ from clloop_jax.workflow.sweep import SweepConfig, run_sweep
 LAMBDA = {"ewc": 1000.0, "online_ewc": 1000.0, "si": 100.0}
 MEMORY = 500
 #: Memory samples drawn per update.
-MEMORY_BATCH = {"replay": 128, "agem": 256, "derpp": 128, "er_ace": 128, "gem": None}
+MEMORY_BATCH = {"replay": 128, "agem": 256, "derpp": 128, "er_ace": 128, "gem": None, "icarl": 128, "gdumb": 128}
 SCENARIOS = ("split/class", "split/task", "split/domain", "permuted/domain")
 #: Grids swept by --tune on the held-out seed (one program per strategy and scenario).
 TUNE_GRID = {"ewc": (10.0, 100.0, 1e3, 1e4), "online_ewc": (10.0, 100.0, 1e3, 1e4), "si": (1.0, 10.0, 100.0, 1e3)}
@@ -114,7 +116,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--updates", type=int, default=300)
     p.add_argument("--scenario", default="split/class", choices=SCENARIOS + ("all",))
-    p.add_argument("--strategies", default="none,ewc,online_ewc,si,lwf,agem,derpp,replay,er_ace,gem")
+    p.add_argument("--strategies", default="none,ewc,online_ewc,si,lwf,agem,derpp,replay,er_ace,gem,icarl,gdumb")
     p.add_argument("--tune", action="store_true", help="sweep the penalties' strengths on the held-out seed")
     p.add_argument("--no-joint", action="store_true")
     p.add_argument("--no-cache", action="store_true")

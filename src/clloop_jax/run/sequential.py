@@ -369,10 +369,33 @@ class Run:
             for m, s in zip(self.monitors, state.monitors))
         return state._replace(strategy=strategy_state, monitors=monitors, tasks_done=state.tasks_done + 1)
 
-    def evaluate_on(self, params, tasks, key, hp: HParams, model_state=()):
+    def scorer(self, params, key, hp: HParams, model_state=(), strategy_state=None):
+        """``score(key, task)`` of one evaluation (traceable): ``source.score`` of ``params``, or, when the strategy
+        has an ``evaluate`` hook, the score that hook returns for its state ``strategy_state`` (the hook runs once
+        here, with the key ``fold_in(key, num_tasks)``, whatever the number of tasks scored after)."""
+        source = bind_model_state(self.source, model_state)
+        if self.strategy.evaluate is None:
+            return lambda k, task: source.score(k, params, task, hp.source)
+        score = self.strategy.evaluate(strategy_state, params, source, jax.random.fold_in(key, source.num_tasks),
+                                       hp.strategy)
+        return lambda k, task: score(k, task, hp.source)
+
+    def evaluate_on(self, params, tasks, key, hp: HParams, model_state=(), strategy_state=None):
         """Scores of ``params`` on every task of ``tasks`` with evaluation key ``key`` (traceable; one vmapped call);
-        a batch-norm model with its running averages ``model_state`` (``state.model_state``)."""
-        return evaluate_source(self.source, params, tasks, key, hp.source, model_state)
+        a batch-norm model with its running averages ``model_state`` (``state.model_state``). A strategy with an
+        ``evaluate`` hook scores through it, from its state ``strategy_state`` (``state.strategy``); without the
+        hook the program is :func:`~clloop_jax.run.programs.evaluate_source`'s."""
+        if self.strategy.evaluate is None:
+            return evaluate_source(self.source, params, tasks, key, hp.source, model_state)
+        self._check_strategy_state(strategy_state)
+        score = self.scorer(params, key, hp, model_state, strategy_state)
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(self.source.num_tasks))
+        return jax.vmap(score)(keys, tasks)
+
+    def _check_strategy_state(self, strategy_state):
+        if self.strategy.evaluate is not None and strategy_state is None:
+            raise ValueError(f"strategy_state: strategy {self.strategy.name!r} changes what the run evaluates (an "
+                             f"evaluate hook) and needs its state, state.strategy")
 
     def full_row(self, task_id):
         """Whether the row after task ``task_id`` (an index, possibly traced) evaluates every task: after every
@@ -380,28 +403,38 @@ class Run:
         k, n = self.config.evaluate_every, self.source.num_tasks
         return ((task_id + 1) % k == 0) | (task_id == n - 1)
 
-    def evaluate_row(self, params, tasks, key, task_id, hp: HParams, model_state=()):
+    def evaluate_row(self, params, tasks, key, task_id, hp: HParams, model_state=(), strategy_state=None):
         """The row of ``R`` after task ``task_id`` (traceable): :meth:`evaluate_on` where :meth:`full_row` says so,
         otherwise the score on task ``task_id`` alone (the same key, so the same number as the full row's diagonal)
         at its place and NaN elsewhere. The choice is a ``lax.cond``: the skipped tasks' evaluations do not run
         (as long as ``task_id`` is not batched by a ``vmap``)."""
         if self.config.evaluate_every == 1:
-            return self.evaluate_on(params, tasks, key, hp, model_state)
+            return self.evaluate_on(params, tasks, key, hp, model_state, strategy_state)
 
         def diagonal(p):
-            source = bind_model_state(self.source, model_state)
-            score = source.score(jax.random.fold_in(key, task_id), p, task_at(tasks, task_id), hp.source)
+            if self.strategy.evaluate is None:
+                source = bind_model_state(self.source, model_state)
+                score = source.score(jax.random.fold_in(key, task_id), p, task_at(tasks, task_id), hp.source)
+            else:
+                scorer = self.scorer(p, key, hp, model_state, strategy_state)
+                score = scorer(jax.random.fold_in(key, task_id), task_at(tasks, task_id))
             return jnp.full((self.source.num_tasks,), jnp.nan, score.dtype).at[task_id].set(score)
 
-        full = lambda p: self.evaluate_on(p, tasks, key, hp, model_state)  # noqa: E731
+        full = lambda p: self.evaluate_on(p, tasks, key, hp, model_state, strategy_state)  # noqa: E731
         return jax.lax.cond(self.full_row(task_id), full, diagonal, params)
+
+    def evaluated_state(self, state: TrainState):
+        """The strategy's state where its ``evaluate`` hook needs it; None otherwise (nothing more is traced)."""
+        return state.strategy if self.strategy.evaluate is not None else None
 
     def task_step_on(self, state: TrainState, tasks, key, task_id, hp: HParams):
         """One task and the evaluation after it: ``(state, R_row, traces)`` (traceable; :meth:`train_task`
         compiles it). The row is :meth:`evaluate_row`'s."""
         _, k_eval, k_tasks = self.split_key(key)
         state, trace = self._train_task(state, tasks, jax.random.fold_in(k_tasks, task_id), task_id, hp)
-        return state, self.evaluate_row(state.params, tasks, k_eval, task_id, hp, state.model_state), trace
+        row = self.evaluate_row(state.params, tasks, k_eval, task_id, hp, state.model_state,
+                                self.evaluated_state(state))
+        return state, row, trace
 
     def run_on(self, tasks, key, hp: HParams):
         """The whole run over the task arrays ``tasks`` (traceable; ``run(key, hp)`` compiles it)."""
@@ -415,11 +448,13 @@ class Run:
         trace_shape = jax.eval_shape(train, state, jnp.int32(0))[1]
 
         def phase(st, i):
+            ss = self.evaluated_state(st)
             if self.config.evaluate_every == 1:
-                row = self.evaluate_on(st.params, tasks, k_eval, hp, st.model_state)
+                row = self.evaluate_on(st.params, tasks, k_eval, hp, st.model_state, ss)
             else:  # the baseline (phase 0) in full, then the row after task i - 1
-                row = jax.lax.cond(i == 0, lambda p: self.evaluate_on(p, tasks, k_eval, hp, st.model_state),
-                                   lambda p: self.evaluate_row(p, tasks, k_eval, i - 1, hp, st.model_state), st.params)
+                row = jax.lax.cond(i == 0, lambda p: self.evaluate_on(p, tasks, k_eval, hp, st.model_state, ss),
+                                   lambda p: self.evaluate_row(p, tasks, k_eval, i - 1, hp, st.model_state, ss),
+                                   st.params)
             skip = lambda s, _: (s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), trace_shape))  # noqa
             st, trace = jax.lax.cond(i < n, train, skip, st, jnp.minimum(i, n - 1))
             return st, (row, trace)
@@ -458,14 +493,20 @@ class Run:
                             f"got {type(state).__name__}")
         return _jit_task_step(self, state, self.source.tasks, key, jnp.asarray(task_id, jnp.int32), hp)
 
-    def evaluate(self, params, key, hp: HParams, model_state=()):
+    def evaluate(self, params, key, hp: HParams, model_state=(), strategy_state=None):
         """Scores of ``params`` on every task, with the run's fixed evaluation keys (derived from the run key); a
-        batch-norm model needs its running averages ``model_state`` (``state.model_state``)."""
+        batch-norm model needs its running averages ``model_state`` (``state.model_state``), a strategy with an
+        ``evaluate`` hook its state ``strategy_state`` (``state.strategy``; ignored by the others)."""
         key = self._checked(key, hp)
         if capability(self.source, "model_state") and not jax.tree.leaves(model_state):
             raise ValueError("model_state: this run's model has batch norm; pass its running averages, "
                              "run.evaluate(state.params, key, hp, state.model_state)")
-        return jit_evaluate(self.source, params, self.source.tasks, self.split_key(key)[1], hp.source, model_state)
+        if self.strategy.evaluate is None:
+            return jit_evaluate(self.source, params, self.source.tasks, self.split_key(key)[1], hp.source,
+                                model_state)
+        self._check_strategy_state(strategy_state)
+        return _jit_evaluate_strategy(self, params, self.source.tasks, self.split_key(key)[1], hp, model_state,
+                                      strategy_state)
 
     def run_stepwise(self, key, hp: HParams, callback: Optional[Callable] = None, state: Optional[TrainState] = None,
                      start_task: int = 0, results: Optional[RunResults] = None):
@@ -491,7 +532,7 @@ class Run:
         else:
             if start_task:
                 raise ValueError("start_task > 0 needs the results recorded so far (results=...)")
-            baseline = self.evaluate(state.params, key, hp, state.model_state)
+            baseline = self.evaluate(state.params, key, hp, state.model_state, self.evaluated_state(state))
         for task_id in range(start_task, n):
             state, row, trace = self.train_task(state, key, task_id, hp)
             rows.append(row)
@@ -520,6 +561,9 @@ _jit_init = Program(Run.init_on)
 
 
 _jit_task_step = Program(Run.task_step_on)
+
+
+_jit_evaluate_strategy = Program(Run.evaluate_on)
 
 
 def make_run(config: RunConfig, source) -> Run:

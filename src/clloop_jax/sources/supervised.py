@@ -259,11 +259,17 @@ class SupervisedSource:
 
     def score(self, key, params, task, hparams):
         del hparams
+        return self.test_accuracy(key, lambda x: self._apply(params, x, train=False)[0], task)
+
+    def test_accuracy(self, key, outputs, task, mask=None):
+        """The accuracy of a classifier other than the model on the test samples :meth:`score` draws with ``key``:
+        ``outputs(x [n, D]) -> [n, C]`` scores whose highest entry within ``mask`` (default: the task's
+        ``test_mask``) is the predicted class. ``score`` is this with the model's logits."""
         x, y = task.x_test, task.y_test
         if self.eval_size is not None and self.eval_size < x.shape[0]:
             idx = jax.random.choice(key, x.shape[0], (self.eval_size,), replace=False)
             x, y = x[idx], y[idx]
-        return data_lib.accuracy(self._apply(params, x, train=False)[0], y, task.test_mask)
+        return data_lib.accuracy(outputs(x), y, task.test_mask if mask is None else mask)
 
     def fisher_data(self, key, params, task, hparams):
         del params, hparams

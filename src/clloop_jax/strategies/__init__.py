@@ -8,6 +8,7 @@
 * :mod:`~clloop_jax.strategies.streaming`: streaming_ewc, streaming_si (no consolidation event: task-free streams).
 * :mod:`~clloop_jax.strategies.plasticity`: l2_init, shrink_perturb, continual_backprop, redo (against the loss of
   plasticity).
+* :mod:`~clloop_jax.strategies.classifiers`: icarl, gdumb (strategies that change what the run evaluates).
 * :mod:`~clloop_jax.strategies.compose`: chain, several strategies as one (``ewc+replay``).
 """
 
@@ -23,6 +24,8 @@ from clloop_jax.strategies.plasticity import (PLASTICITY, ContinualBackpropHPara
                                                InitAnchor, L2InitHParams, ReDoHParams, ReDoState,
                                                ShrinkPerturbHParams, continual_backprop, l2_init, redo,
                                                shrink_perturb)
+from clloop_jax.strategies.classifiers import (CLASSIFIERS, GDumbHParams, ICaRLHParams, ICaRLState, gdumb,
+                                                icarl)
 from clloop_jax.strategies.compose import chain, chain_parts
 
 __all__ = ["NoHParams", "Strategy", "get_strategy", "register", "registered", "PENALTIES", "BudgetHParams",
@@ -31,4 +34,5 @@ __all__ = ["NoHParams", "Strategy", "get_strategy", "register", "registered", "P
            "gem", "lwf", "replay", "STREAMING", "StreamingEWCHParams", "StreamingSIHParams", "StreamingState",
            "streaming_ewc", "streaming_si", "PLASTICITY", "InitAnchor", "L2InitHParams", "ShrinkPerturbHParams",
            "l2_init", "shrink_perturb", "ContinualBackpropHParams", "ContinualBackpropState", "ReDoHParams",
-           "ReDoState", "continual_backprop", "redo", "chain", "chain_parts"]
+           "ReDoState", "continual_backprop", "redo", "CLASSIFIERS", "GDumbHParams", "ICaRLHParams", "ICaRLState",
+           "gdumb", "icarl", "chain", "chain_parts"]

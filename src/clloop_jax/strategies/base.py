@@ -32,6 +32,18 @@ A :class:`Strategy` owns a state (any pytree, usually a ``NamedTuple``) and its 
   runs there too;
 * ``check_source(source) -> None``: raises ``ValueError`` when the strategy cannot run on ``source`` (the renewing
   strategies need an MLP); :func:`~clloop_jax.run.sequential.make_run` calls it before anything is traced;
+* ``evaluate(state, params, source, key, hp) -> score``: what the run evaluates, for the methods whose classifier is
+  not the trained network itself (iCaRL's nearest mean of exemplars, GDumb's model trained from scratch on its
+  memory). It is called once per evaluation (once per row of ``R``, the baseline included), before any task is
+  scored, and returns a function ``score(key, task, source_hp) -> scalar`` that replaces
+  ``source.score(key, params, task, source_hp)`` for every task of that evaluation: the work the hook does itself
+  (fitting class means, training a model) is done once and shared by the tasks' scores. ``params`` are the run's
+  parameters, ``source`` the task source (batch-norm running averages bound), ``key`` a stream of its own
+  (``fold_in(eval_key, num_tasks)``: the tasks' keys ``fold_in(eval_key, i)`` are those of a run without the hook)
+  and ``hp`` the strategy's hyperparameters. It serves the whole run, the rows that score only their diagonal
+  (``RunConfig(evaluate_every > 1)``), ``train_task`` / ``run_stepwise``, ``Run.evaluate`` (which then needs the
+  strategy's state, ``state.strategy``) and the task-free run. Without it (None) the evaluation is
+  ``source.score`` of the parameters, the program exactly that of a run before the hook existed;
 
 and, for rehearsal methods,
 
@@ -102,8 +114,8 @@ class Strategy:
       hparams: the default hyperparameters, a ``NamedTuple`` of numbers (``NoHParams()`` when there are none). A
         ``check()`` method on it, if present, validates concrete values.
       init: ``(params, hp) -> state``.
-      penalty, accumulate, consolidate, trace, boundary, observe, replay_loss, project, renew, check_source:
-        optional hooks (None: not used).
+      penalty, accumulate, consolidate, trace, boundary, observe, replay_loss, project, renew, check_source,
+        evaluate: optional hooks (None: not used).
       importance: ``"fisher"``, ``"mas"`` or None: the diagonal importance ``consolidate`` receives.
       uses_data: whether ``consolidate`` receives the task's per-sample data.
       init_with_example: ``init`` is called as ``init(params, hp, example, source)``, with ``example`` the shapes
@@ -129,6 +141,7 @@ class Strategy:
     boundary: Optional[Callable] = None  # the later fields last, so that positional construction keeps its meaning
     renew: Optional[Callable] = None
     check_source: Optional[Callable] = None
+    evaluate: Optional[Callable] = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -137,7 +150,7 @@ class Strategy:
             raise TypeError(f"Strategy.hparams must be a NamedTuple of numbers (e.g. NoHParams()), got "
                             f"{type(self.hparams).__name__}")
         for hook in ("init", "penalty", "accumulate", "consolidate", "trace", "boundary", "observe", "replay_loss",
-                     "project", "renew", "check_source"):
+                     "project", "renew", "check_source", "evaluate"):
             value = getattr(self, hook)
             if value is not None and not callable(value):
                 raise TypeError(f"Strategy.{hook} must be callable or None, got {type(value).__name__}")

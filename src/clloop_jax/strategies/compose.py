@@ -8,6 +8,8 @@ The chain's parts run side by side, each on its own state and with its own hyper
 * ``renew`` runs the parts' hooks in order, each on the parameters the previous part left, and its ``reset`` marks
   a weight that any part re-initialised (the parts' masks OR-ed; None when no part marks any); ``check_source``
   asks every part that has one;
+* ``evaluate`` (what the run scores) is that of the one part that has it: a run has one classifier, so two parts
+  with the hook are refused (``ValueError``);
 * ``trace`` merges the parts' records; a key that two parts record is prefixed with each part's name
   (``ewc.reg_lambda``);
 * ``init_with_example`` and ``uses_data`` hold when a part needs them (each part's ``init`` is called the way it
@@ -42,7 +44,7 @@ from clloop_jax.strategies.base import Strategy, get_strategy
 __all__ = ["chain", "chain_parts"]
 
 _HOOKS = ("penalty", "accumulate", "consolidate", "trace", "boundary", "observe", "replay_loss", "project", "renew",
-          "check_source")
+          "check_source", "evaluate")
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,6 +118,10 @@ class _Chain:
         for i in self._with("check_source"):
             self.parts[i].check_source(source)
 
+    def evaluate(self, state, params, source, key, hp):
+        (i,) = self._with("evaluate")  # chain() refuses two parts with the hook
+        return self.parts[i].evaluate(state[i], params, source, key, hp[i])
+
 
 def _either(a, b):
     """The positions marked in ``a`` or in ``b`` (boolean pytrees shaped like the parameters; None marks none)."""
@@ -147,8 +153,9 @@ def chain(*strategies) -> Strategy:
         contributes its parts.
 
     Raises ``ValueError`` when there is no part, when a name appears twice (``ewc`` with ``ewc``, or a chain holding
-    it), when a name is not a Python identifier (it names a field of the hyperparameters), and when the parts ask for
-    two different importances (``fisher`` and ``mas``: the run computes one per consolidation).
+    it), when a name is not a Python identifier (it names a field of the hyperparameters), when the parts ask for
+    two different importances (``fisher`` and ``mas``: the run computes one per consolidation), and when two parts
+    change what the run evaluates (an ``evaluate`` hook each).
     """
     parts = []
     for strategy in strategies:
@@ -171,6 +178,10 @@ def chain(*strategies) -> Strategy:
         asking = {k: [p.name for p in parts if p.importance == k] for k in kinds}
         raise ValueError(f"chain: the parts ask for different importances {asking}; a run computes one importance "
                          f"per consolidation, so they cannot be chained")
+    evaluating = [p.name for p in parts if p.evaluate is not None]
+    if len(evaluating) > 1:
+        raise ValueError(f"chain: the parts {evaluating} each change what the run evaluates (an evaluate hook); a run "
+                         f"scores one classifier, so at most one part may have the hook")
     hooks = _Chain(tuple(parts))
     present = {h: getattr(hooks, h) if any(getattr(p, h) is not None for p in parts) else None for h in _HOOKS}
     hp = _hparams_type(tuple(names))(*[p.hparams for p in parts])

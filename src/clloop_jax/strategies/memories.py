@@ -183,7 +183,7 @@ def ring_sample(memory: Memory, key, n: int) -> PyTree:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def herding_select(features, m: int) -> jax.Array:
+def herding_select(features, m: int, valid=None) -> jax.Array:
     """iCaRL's exemplar selection: ``int32 [m]`` indices into ``features`` (``[n, d]``, one class's samples), in the
     order picked.
 
@@ -191,6 +191,10 @@ def herding_select(features, m: int) -> jax.Array:
     ``phi_i``. At step ``k = 1..m`` the pick is ``argmin_i |mu - (phi_i + S_{k-1}) / k|`` over the rows not picked
     yet, ``S_{k-1}`` the sum of the rows picked before; ties go to the lowest index. ``m`` is static
     (``1 <= m <= n``).
+
+    ``valid`` (``bool [n]``, may be traced; None: every row) restricts the selection to the rows of one class among
+    others: ``mu`` is the mean over the valid rows, only they are picked, and once all ``V`` of them are, the
+    remaining ``m - V`` picks are index 0 (read only the first ``min(m, V)``).
     """
     features = jnp.asarray(features)
     if features.ndim != 2:
@@ -203,12 +207,20 @@ def herding_select(features, m: int) -> jax.Array:
     features = features.astype(dtype)
     norms = jnp.linalg.norm(features, axis=1, keepdims=True)
     phi = features / jnp.where(norms > 0, norms, 1.0)
-    mu = jnp.mean(phi, axis=0)
+    if valid is None:
+        mu = jnp.mean(phi, axis=0)
+        never = jnp.zeros((n,), bool)
+    else:
+        valid = jnp.asarray(valid, bool)
+        if valid.shape != (n,):
+            raise ValueError(f"valid must be a bool [n] array (n = {n}), got shape {valid.shape}")
+        mu = jnp.sum(jnp.where(valid[:, None], phi, 0.0), axis=0) / jnp.maximum(jnp.sum(valid), 1)
+        never = ~valid
 
     def pick(carry, k):
         total, taken = carry
         dist = jnp.sum(jnp.square(mu - (phi + total) / k), axis=1)
-        i = jnp.argmin(jnp.where(taken, jnp.inf, dist))
+        i = jnp.argmin(jnp.where(taken | never, jnp.inf, dist))
         return (total + phi[i], taken.at[i].set(True)), i.astype(jnp.int32)
 
     start = (jnp.zeros((d,), dtype), jnp.zeros((n,), bool))

@@ -105,7 +105,8 @@ class TaskFreeRun:
         K, S = src.num_tasks, sched.order.shape[0]
         _, k_eval, k_stream = jax.random.split(key, 3)
         state = run.init_on(tasks, key, hp)
-        baseline = self.run.evaluate_on(state.params, tasks, k_eval, hp, state.model_state)
+        baseline = self.run.evaluate_on(state.params, tasks, k_eval, hp, state.model_state,
+                                           self.run.evaluated_state(state))
         needs_data = run.needs_data()
 
         def any_seed(flag):
@@ -146,7 +147,8 @@ class TaskFreeRun:
                     snap = _where(in_control, (st.params, samples), snap)
 
             def evaluate(r):
-                scores = self.run.evaluate_on(st.params, tasks, k_eval, hp, st.model_state)
+                scores = self.run.evaluate_on(st.params, tasks, k_eval, hp, st.model_state,
+                                              self.run.evaluated_state(st))
                 return jnp.where(row >= 0, r.at[jnp.maximum(row, 0)].set(scores), r)
 
             R = jax.lax.cond(any_seed(row >= 0), evaluate, lambda r: r, R)

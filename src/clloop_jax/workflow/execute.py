@@ -65,8 +65,8 @@ def _programs(run: Run, devices: Optional[tuple] = None, batched_hp: bool = Fals
 
     h = 0 if batched_hp else None
     init = batched(lambda tasks, k, hp: run.init_on(tasks, k, hp), (None, 0, h))
-    evaluate = batched(lambda tasks, p, ms, k, hp: run.evaluate_on(p, tasks, Run.split_key(k)[1], hp, ms),
-                       (None, 0, 0, 0, h))
+    evaluate = batched(lambda tasks, p, ms, ss, k, hp: run.evaluate_on(p, tasks, Run.split_key(k)[1], hp, ms, ss),
+                       (None, 0, 0, 0, 0, h))
     step = batched(lambda tasks, s, k, t, hp: run.task_step_on(s, tasks, k, t, hp), (None, 0, 0, None, h))
     return init, evaluate, step
 
@@ -270,7 +270,7 @@ def _execute(run, hp, seeds, folder, config, progress, label, stop, trackers, me
     init, evaluate, step = (functools.partial(f, tasks) for f in _programs(run, mesh, batched_hp))
     state = init(keys, hp)
     start, rows, traces, not_learned = 0, [], [], {}
-    baseline = evaluate(state.params, state.model_state, keys, hp)
+    baseline = evaluate(state.params, state.model_state, run.evaluated_state(state), keys, hp)
     if folder is not None and folder.resume:
         last = folder.latest_checkpoint()
         if last is not None:

@@ -37,7 +37,7 @@ _STRATEGIES = {
     "ewc_budget": (2, True, 0, False), "replay": (0, False, 500, False), "agem": (0, False, 500, False),
     "lwf": (1, False, 0, False), "derpp": (0, False, 500, True), "er_ace": (0, False, 500, False),
     "gem": (0, False, 500, False), "streaming_ewc": (2, True, 0, False),
-    "streaming_si": (3, False, 0, False),
+    "streaming_si": (3, False, 0, False), "icarl": (1, False, 2000, False), "gdumb": (3, False, 500, False),
 }
 _UNKNOWN_STRATEGY = (4, False, 0, False)
 

@@ -23,7 +23,7 @@ DEFAULT_GAMMA = 0.9
 #: as well.
 STRATEGY_NAMES = ("none", "l2", "ewc", "online_ewc", "si", "mas", "ewc_budget", "replay", "agem", "lwf", "derpp",
                   "er_ace", "gem", "streaming_ewc", "streaming_si", "l2_init", "shrink_perturb", "continual_backprop",
-                  "redo")
+                  "redo", "icarl", "gdumb")
 
 
 #: The Fisher estimators, as :data:`clloop_jax.run.config.FISHER_VARIANTS`.
@@ -40,7 +40,7 @@ SOURCES = ("world", "mnist", "digits", "mnist1d", "gymnax")
 BOUNDARY_MODES = ("known", "detect", "oracle", "none")
 
 #: The strategies that keep a rehearsal memory, and its size (samples) when ``memory`` is not given.
-MEMORY_STRATEGIES = ("replay", "agem", "derpp", "er_ace", "gem")
+MEMORY_STRATEGIES = ("replay", "agem", "derpp", "er_ace", "gem", "icarl", "gdumb")
 
 
 #: What replay's and ER-ACE's memory keeps (``train.memory_policy``): a reservoir sample of the stream, or GDumb's

@@ -299,11 +299,12 @@ class TrainConfig:
     monitors: Tuple[str, ...] = ("parameter", "fisher", "functional")
     """measurements recorded during training: parameter, fisher, functional (none: pass no names)"""
     memory: Optional[int] = None
-    """rehearsal memory in samples (>= 1), for replay, agem, derpp, er_ace and gem (gem splits it equally over the
-    tasks; refused for the others); unset: 500"""
+    """rehearsal memory in samples (>= 1), for replay, agem, derpp, er_ace, gem, icarl and gdumb (gem splits it equally
+    over the tasks, icarl over the classes seen; refused for the others); unset: 500 (icarl: 2000)"""
     memory_batch: Optional[int] = None
-    """memory samples drawn per update (>= 1), for replay, agem, derpp, er_ace and gem (per earlier task; refused for
-    the others); unset: 32 (replay, derpp, er_ace), 64 (agem) or gem's whole memory of each task"""
+    """memory samples drawn per update (>= 1), for replay, agem, derpp, er_ace, gem (per earlier task), icarl (exemplars
+    next to the batch) and gdumb (per step of its from-scratch training); refused for the others; unset: 32 (replay,
+    derpp, er_ace, icarl, gdumb), 64 (agem) or gem's whole memory of each task"""
     memory_policy: Optional[str] = None
     """what replay's memory keeps: reservoir (a uniform sample of the stream) or balanced (GDumb's class-balanced
     greedy memory); replay and er_ace only; unset: reservoir"""
