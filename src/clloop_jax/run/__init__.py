@@ -1,5 +1,6 @@
-"""The continual-learning run: its configuration, the update step, the sequential run over a task source,
-the joint upper bound, the compiled programs they share and the NaN alarm.
+"""The continual-learning run: its configuration and hyperparameters (``config``), the update step and the sequential
+run over a task source (``sequential``), what it carries and reports (``state``), how it scores (``evaluation``), the
+joint upper bound, the compiled programs they share and the NaN alarm.
 """
 
 from clloop_jax.run.config import HParams, RunConfig, FISHER_VARIANTS, TRACE_MODES  # noqa: F401

@@ -12,15 +12,17 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.monitors import Monitor, get_monitor
 from clloop_jax.strategies.base import (NoHParams, Strategy, check_hparam, check_hparams, get_strategy,
                                         hparam_paths, is_hparams, matching_paths, path_value, with_path)
-from clloop_jax.validation import check_bool, check_choice, check_float, is_int
+from clloop_jax.sources.base import capability
+from clloop_jax.validation import check_bool, check_choice, check_float, check_key, is_int
 
-__all__ = ["HParams", "RunConfig", "FISHER_VARIANTS", "TRACE_MODES"]
+__all__ = ["HParams", "RunConfig", "Hyperparameters", "FISHER_VARIANTS", "TRACE_MODES"]
 
 
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
@@ -176,3 +178,40 @@ class RunConfig:
         if not callable(self.optimizer):
             raise TypeError(f"optimizer must be a callable learning_rate -> optax.GradientTransformation, "
                             f"got {self.optimizer!r}")
+
+
+class Hyperparameters:
+    """The hyperparameter methods of a run (mixed into :class:`~clloop_jax.run.sequential.Run`: its ``strategy`` and
+    ``source`` give the defaults)."""
+
+    # ----- hyperparameters --------------------------------------------------------------------------------
+    def hparams(self, **values) -> HParams:
+        """The run's hyperparameters: the strategy's and the source's defaults, with ``values`` (flat names such
+        as ``learning_rate``, ``lam``, ``gamma``, ``feedback_weight``) set; validated, float32."""
+        base = HParams(1e-3, self.strategy.hparams, capability(self.source, "hparams"))
+        return base.replace(**values)
+
+    def check_hparams(self, hp) -> None:
+        """``TypeError``/``ValueError`` unless ``hp`` is this run's :class:`HParams` with valid concrete values."""
+        if not isinstance(hp, HParams):
+            raise TypeError(f"hp must be the run's HParams (from run.hparams(...)), got {type(hp).__name__}")
+        for part, default in (("strategy", self.strategy.hparams),
+                              ("source", capability(self.source, "hparams"))):
+            if type(getattr(hp, part)) is not type(default):
+                raise TypeError(f"hp.{part} must be {type(default).__name__} for this run, got "
+                                f"{type(getattr(hp, part)).__name__}; build hp with run.hparams(...)")
+        hp.validate()
+
+    def _checked(self, key, hp):
+        """The key as a typed key (``TypeError``/``ValueError`` unless it is one); ``hp`` checked."""
+        key = check_key("key", key)
+        self._check_single(hp)
+        return key
+
+    def _check_single(self, hp) -> None:
+        """``hp`` checked, every concrete value a single number (a swept one goes through ``jax.vmap``)."""
+        self.check_hparams(hp)
+        for name, value in hp.flat().items():
+            if not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
+                raise ValueError(f"hp: {name} must be a single number here, got shape {np.shape(value)}; a swept "
+                                 f"value runs under jax.vmap(run, in_axes=(None, hp.axes({name!r})))")

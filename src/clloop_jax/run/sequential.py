@@ -45,18 +45,19 @@ kept) and the episode's ``finite`` trace entry is False, so the host can stop an
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.monitors import Monitor, get_monitor
-from clloop_jax.run.config import HParams, RunConfig
+from clloop_jax.run.config import HParams, Hyperparameters, RunConfig
 from clloop_jax.run.errors import all_finite
-from clloop_jax.run.programs import Program, evaluate_source, jit_evaluate
+from clloop_jax.run.evaluation import Evaluation
+from clloop_jax.run.programs import Program, jit_evaluate
+from clloop_jax.run.state import RunResults, TrainState, summarize_trace
 from clloop_jax.sources.base import bind_model_state, capability, check_source
 from clloop_jax.strategies.base import Strategy, get_strategy
 from clloop_jax.tree import task_at
@@ -66,75 +67,14 @@ from clloop_jax.workflow.sharding import shard_seeds
 __all__ = ["Run", "RunResults", "TrainState", "make_run", "task_at"]
 
 
-class TrainState(NamedTuple):
-    """Everything a run carries from one update (and task) to the next.
-
-    ``params`` are the trainable parameters (what the optimizer, the strategy and the monitors see);
-    ``model_state`` the model's non-trainable collections (batch norm's running averages, from a source with the
-    ``model_state`` capability, :mod:`clloop_jax.sources.base`), ``()`` for a model without any."""
-
-    params: Any
-    opt_state: Any
-    strategy: Any        # the strategy's own state
-    monitors: tuple      # one state per monitor, in the config's order
-    tasks_done: jax.Array
-    model_state: Any = ()
-
-
-class RunResults(NamedTuple):
-    """What a run reports: ``R[i, j]`` = score on task j after training on tasks 0..i; ``baseline[j]`` = score of
-    the untrained model; ``traces`` = ``{name: [num_tasks, episodes_per_task]}`` per-episode records (``loss``,
-    ``penalty``, ``finite``, what the objective returns in ``aux`` such as ``score``, the strategy's and the
-    monitors' entries), or ``{name: [num_tasks]}`` per-task summaries with ``RunConfig(traces="tasks")``.
-    With ``RunConfig(evaluate_every=k > 1)`` the rows of ``R`` after tasks other than ``k-1, 2k-1, ...`` and the last
-    hold only their diagonal ``R[i, i]`` and NaN elsewhere. Metrics: :func:`clloop_jax.metrics.summarize` (it reads
-    such rows)."""
-
-    R: jax.Array
-    baseline: jax.Array
-    traces: Dict[str, jax.Array]
-
-
 @dataclasses.dataclass(frozen=True)
-class Run:
+class Run(Hyperparameters, Evaluation):
     """A continual-learning run over ``source``, built by :func:`make_run` (see the module docstring)."""
 
     config: RunConfig
     source: Any
     strategy: Strategy
     monitors: Tuple[Monitor, ...]
-
-    # ----- hyperparameters --------------------------------------------------------------------------------
-    def hparams(self, **values) -> HParams:
-        """The run's hyperparameters: the strategy's and the source's defaults, with ``values`` (flat names such
-        as ``learning_rate``, ``lam``, ``gamma``, ``feedback_weight``) set; validated, float32."""
-        base = HParams(1e-3, self.strategy.hparams, capability(self.source, "hparams"))
-        return base.replace(**values)
-
-    def check_hparams(self, hp) -> None:
-        """``TypeError``/``ValueError`` unless ``hp`` is this run's :class:`HParams` with valid concrete values."""
-        if not isinstance(hp, HParams):
-            raise TypeError(f"hp must be the run's HParams (from run.hparams(...)), got {type(hp).__name__}")
-        for part, default in (("strategy", self.strategy.hparams),
-                              ("source", capability(self.source, "hparams"))):
-            if type(getattr(hp, part)) is not type(default):
-                raise TypeError(f"hp.{part} must be {type(default).__name__} for this run, got "
-                                f"{type(getattr(hp, part)).__name__}; build hp with run.hparams(...)")
-        hp.validate()
-
-    def _checked(self, key, hp):
-        """The key as a typed key (``TypeError``/``ValueError`` unless it is one); ``hp`` checked."""
-        key = check_key("key", key)
-        self._check_single(hp)
-        return key
-
-    def _check_single(self, hp) -> None:
-        """``hp`` checked, every concrete value a single number (a swept one goes through ``jax.vmap``)."""
-        self.check_hparams(hp)
-        for name, value in hp.flat().items():
-            if not isinstance(value, jax.core.Tracer) and np.ndim(value) != 0:
-                raise ValueError(f"hp: {name} must be a single number here, got shape {np.shape(value)}; a swept "
-                                 f"value runs under jax.vmap(run, in_axes=(None, hp.axes({name!r})))")
 
     # ----- pieces -----------------------------------------------------------------------------------------
     def optimizer(self, hp: HParams) -> optax.GradientTransformation:
@@ -308,7 +248,7 @@ class Run:
             (state, _), trace = jax.lax.scan(chunk, (state, stream), keys.reshape((E // every, every)))
             trace = jax.tree.map(lambda x: x.reshape((E,)), trace)
         if self.config.traces == "tasks":
-            trace = _summarize_trace(trace, measured)
+            trace = summarize_trace(trace, measured)
         return self._consolidate(state, jax.random.fold_in(key, 1), task_id, task, hp), trace
 
     def _boundary(self, state: TrainState, key, task_id, hp: HParams) -> TrainState:
@@ -368,64 +308,6 @@ class Run:
                           data=data if m.uses_data else None) if m.consolidate is not None else s
             for m, s in zip(self.monitors, state.monitors))
         return state._replace(strategy=strategy_state, monitors=monitors, tasks_done=state.tasks_done + 1)
-
-    def scorer(self, params, key, hp: HParams, model_state=(), strategy_state=None):
-        """``score(key, task)`` of one evaluation (traceable): ``source.score`` of ``params``, or, when the strategy
-        has an ``evaluate`` hook, the score that hook returns for its state ``strategy_state`` (the hook runs once
-        here, with the key ``fold_in(key, num_tasks)``, whatever the number of tasks scored after)."""
-        source = bind_model_state(self.source, model_state)
-        if self.strategy.evaluate is None:
-            return lambda k, task: source.score(k, params, task, hp.source)
-        score = self.strategy.evaluate(strategy_state, params, source, jax.random.fold_in(key, source.num_tasks),
-                                       hp.strategy)
-        return lambda k, task: score(k, task, hp.source)
-
-    def evaluate_on(self, params, tasks, key, hp: HParams, model_state=(), strategy_state=None):
-        """Scores of ``params`` on every task of ``tasks`` with evaluation key ``key`` (traceable; one vmapped call);
-        a batch-norm model with its running averages ``model_state`` (``state.model_state``). A strategy with an
-        ``evaluate`` hook scores through it, from its state ``strategy_state`` (``state.strategy``); without the
-        hook the program is :func:`~clloop_jax.run.programs.evaluate_source`'s."""
-        if self.strategy.evaluate is None:
-            return evaluate_source(self.source, params, tasks, key, hp.source, model_state)
-        self._check_strategy_state(strategy_state)
-        score = self.scorer(params, key, hp, model_state, strategy_state)
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(self.source.num_tasks))
-        return jax.vmap(score)(keys, tasks)
-
-    def _check_strategy_state(self, strategy_state):
-        if self.strategy.evaluate is not None and strategy_state is None:
-            raise ValueError(f"strategy_state: strategy {self.strategy.name!r} changes what the run evaluates (an "
-                             f"evaluate hook) and needs its state, state.strategy")
-
-    def full_row(self, task_id):
-        """Whether the row after task ``task_id`` (an index, possibly traced) evaluates every task: after every
-        ``config.evaluate_every``-th task (``task_id + 1`` a multiple of it) and after the last task."""
-        k, n = self.config.evaluate_every, self.source.num_tasks
-        return ((task_id + 1) % k == 0) | (task_id == n - 1)
-
-    def evaluate_row(self, params, tasks, key, task_id, hp: HParams, model_state=(), strategy_state=None):
-        """The row of ``R`` after task ``task_id`` (traceable): :meth:`evaluate_on` where :meth:`full_row` says so,
-        otherwise the score on task ``task_id`` alone (the same key, so the same number as the full row's diagonal)
-        at its place and NaN elsewhere. The choice is a ``lax.cond``: the skipped tasks' evaluations do not run
-        (as long as ``task_id`` is not batched by a ``vmap``)."""
-        if self.config.evaluate_every == 1:
-            return self.evaluate_on(params, tasks, key, hp, model_state, strategy_state)
-
-        def diagonal(p):
-            if self.strategy.evaluate is None:
-                source = bind_model_state(self.source, model_state)
-                score = source.score(jax.random.fold_in(key, task_id), p, task_at(tasks, task_id), hp.source)
-            else:
-                scorer = self.scorer(p, key, hp, model_state, strategy_state)
-                score = scorer(jax.random.fold_in(key, task_id), task_at(tasks, task_id))
-            return jnp.full((self.source.num_tasks,), jnp.nan, score.dtype).at[task_id].set(score)
-
-        full = lambda p: self.evaluate_on(p, tasks, key, hp, model_state, strategy_state)  # noqa: E731
-        return jax.lax.cond(self.full_row(task_id), full, diagonal, params)
-
-    def evaluated_state(self, state: TrainState):
-        """The strategy's state where its ``evaluate`` hook needs it; None otherwise (nothing more is traced)."""
-        return state.strategy if self.strategy.evaluate is not None else None
 
     def task_step_on(self, state: TrainState, tasks, key, task_id, hp: HParams):
         """One task and the evaluation after it: ``(state, R_row, traces)`` (traceable; :meth:`train_task`
@@ -541,17 +423,6 @@ class Run:
                 callback(task_id, state, row, trace)
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *traces)
         return state, RunResults(jnp.stack(rows), baseline, stacked)
-
-
-def _summarize_trace(trace: Dict[str, jax.Array], measured=()) -> Dict[str, jax.Array]:
-    """One task's per-update records ``{name: [E]}`` as one summary per name: ``finite`` is True when every update
-    was; the names in ``measured`` (records NaN between two measurements) are the mean of the values measured; every
-    other record is its mean over the task's updates."""
-    def one(name, v):
-        if name == "finite":
-            return jnp.all(v, axis=0)
-        return (jnp.nanmean if name in measured else jnp.mean)(v, axis=0)
-    return {name: one(name, v) for name, v in trace.items()}
 
 
 _jit_run = Program(Run.run_on)
