@@ -24,9 +24,10 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
 
-import jax
 import numpy as np
 
 from clloop_jax import metrics
@@ -64,10 +65,15 @@ def study(args) -> dict:
         experiment = experiment_for(args, name)
         path = os.path.join(folders, name)
         t0 = time.perf_counter()
+        folder = RunFolder(path, resume=True)
+        if not (os.path.isfile(folder.file("summary.json")) and folder.holds(experiment)):
+            # Each strategy trains in a process of its own: a compiled run keeps its source alive, and with it the
+            # stream's copy of the images for every task (3 GB at 200 tasks), so one process would hold them all.
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--train-only", "--strategies", name]
+                           + args.forward, check=True)
         R, baseline = run_or_read(experiment, path, name)
         seconds = time.perf_counter() - t0
-        traces = RunFolder(path, resume=True).read_traces()
-        jax.clear_caches()   # a compiled run keeps its source, and so this stream's copies of the images, alive
+        traces = folder.read_traces()
         learning = np.diagonal(R, axis1=1, axis2=2)                                 # [S, T]
         out[name] = {"R_last": R[:, -1], "learning": learning, "seconds": seconds, "baseline": baseline,
                      **{k: traces[k] for k in ("dormant_0", "dormant_0.1", "effective_rank", "param_norm")
@@ -154,7 +160,11 @@ def main(argv=None):
                    help="output path without extension (.md and .json are written)")
     p.add_argument("--figures", default=os.path.join(os.path.dirname(HERE), "docs", "figures"))
     p.add_argument("--no-cache", action="store_true", help="leave JAX's persistent compilation cache off")
+    p.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)  # one strategy's folder, no table
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    args.forward = [a for i, a in enumerate(argv) if a != "--strategies" and (i == 0 or argv[i - 1] != "--strategies")
+                    and not a.startswith("--strategies=")]
     try:
         args.hidden = tuple(int(h) for h in args.hidden.split(","))
     except ValueError:
@@ -163,6 +173,11 @@ def main(argv=None):
     if args.tasks < 2 or args.seeds < 2 or not 1 <= args.window <= args.tasks:
         p.error("--tasks and --seeds must be at least 2 and --window between 1 and --tasks")
     enable_compilation_cache(enabled=not args.no_cache)
+    if args.train_only:
+        for name in args.strategies:
+            run_or_read(experiment_for(args, name), os.path.join(
+                args.runs, f"{args.tasks}x{'-'.join(map(str, args.hidden))}", name), name)
+        return
     t0 = time.perf_counter()
     res = study(args)
     text = (f"Online permuted MNIST (the 5,000 real images: 4,000 training images per task, each seen once in batches "
@@ -174,7 +189,8 @@ def main(argv=None):
     write_atomic(args.out + ".md", text + "\n")
     os.makedirs(args.figures, exist_ok=True)
     figures(args, res)
-    blob = {"settings": vars(args), "seconds": time.perf_counter() - t0,
+    settings = {k: v for k, v in vars(args).items() if k not in ("forward", "train_only")}
+    blob = {"settings": settings, "seconds": time.perf_counter() - t0,
             "strategies": {k: {kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv) for kk, vv in v.items()}
                            for k, v in res.items()}}
     write_atomic(args.out + ".json", json.dumps(jsonable(blob), indent=1))
