@@ -103,11 +103,8 @@ def main(argv=None):
     blob = dict(machine=platform.platform(), processor=platform.processor(), cpus=os.cpu_count(),
                 device=jax.devices()[0].device_kind, jax=jax.__version__, python=platform.python_version(),
                 repeats=args.repeats, rows=rows)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(blob, f, indent=1)
-    os.replace(tmp, args.out)
+    from clloop_jax.workflow.files import write_atomic
+    write_atomic(args.out, json.dumps(blob, indent=1) + "\n")
 
 
 if __name__ == "__main__":

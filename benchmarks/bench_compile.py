@@ -140,11 +140,8 @@ def main(argv=None):
     blob = dict(machine=platform.platform(), processor=platform.processor(), cpus=os.cpu_count(),
                 jax=jax.__version__, python=platform.python_version(), repeats=args.repeats, rows=rows, demo=demo,
                 raw=raw)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(blob, f, indent=1)
-    os.replace(tmp, args.out)
+    from clloop_jax.workflow.files import write_atomic
+    write_atomic(args.out, json.dumps(blob, indent=1) + "\n")
 
 
 if __name__ == "__main__":
