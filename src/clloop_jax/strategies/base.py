@@ -114,8 +114,8 @@ class Strategy:
       hparams: the default hyperparameters, a ``NamedTuple`` of numbers (``NoHParams()`` when there are none). A
         ``check()`` method on it, if present, validates concrete values.
       init: ``(params, hp) -> state``.
-      penalty, accumulate, consolidate, trace, boundary, observe, replay_loss, project, renew, check_source,
-        evaluate: optional hooks (None: not used).
+      penalty, accumulate, consolidate, trace, boundary, observe, replay_loss, project, renew, check_source, evaluate:
+        optional hooks (None: not used).
       importance: ``"fisher"``, ``"mas"`` or None: the diagonal importance ``consolidate`` receives.
       uses_data: whether ``consolidate`` receives the task's per-sample data.
       init_with_example: ``init`` is called as ``init(params, hp, example, source)``, with ``example`` the shapes
