@@ -27,6 +27,7 @@ def clloop(args, env, **kwargs):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_sigkill_then_resume_equals_the_uninterrupted_run(kind, tmp_path):
     env = {**os.environ, "CLLOOP_JAX_CACHE_DIR": str(tmp_path / "xla")}   # the three processes share compilations
+    env.pop("CLLOOP_JAX_NO_CACHE", None)                                    # (the suite turns the cache off)
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     done = clloop([*KINDS[kind], "--out", full], env)
     assert done.wait(timeout=1200) == 0, done.stderr.read().decode()
