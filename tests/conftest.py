@@ -25,10 +25,12 @@ settings.load_profile("ci")
 
 @pytest.fixture(scope="session", autouse=True)
 def _fast_compile():
-    previous = jax.config.read("jax_disable_most_optimizations")
+    previous = jax.config.read("jax_disable_most_optimizations"), jax.config.jax_enable_compilation_cache
     jax.config.update("jax_disable_most_optimizations", True)
+    jax.config.update("jax_enable_compilation_cache", False)   # see CLLOOP_JAX_NO_CACHE above
     yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+    jax.config.update("jax_disable_most_optimizations", previous[0])
+    jax.config.update("jax_enable_compilation_cache", previous[1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
