@@ -70,6 +70,12 @@ def test_in_axes_prefixes_broadcast_and_sweep_like_vmap():
     # A batched axis other than 0 is split too; outputs carry the batch on axis 0, like vmap's.
     g = sharded_vmap(lambda x: jnp.sum(x), in_axes=1)
     np.testing.assert_array_equal(g(jnp.arange(6.0).reshape(2, 3)), [3.0, 5.0, 7.0])
+    # An argument with no leaves (a strategy without state passes None) takes no axis, whatever its prefix: the
+    # batched argument after it is still split, as jax.vmap maps it.
+    h = sharded_vmap(lambda offset, state, x: offset + 2.0 * x, in_axes=(None, 0, 0))
+    np.testing.assert_array_equal(h(1.0, None, jnp.arange(4.0)), [1.0, 3.0, 5.0, 7.0])
+    k = sharded_vmap(lambda state, x, offset: offset + x, in_axes=(0, 0, None))
+    np.testing.assert_array_equal(k((), jnp.arange(3.0), 1.0), [1.0, 2.0, 3.0])
 
 
 def test_bad_arguments_are_named():

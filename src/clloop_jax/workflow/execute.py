@@ -65,13 +65,8 @@ def _programs(run: Run, devices: Optional[tuple] = None, batched_hp: bool = Fals
 
     h = 0 if batched_hp else None
     init = batched(lambda tasks, k, hp: run.init_on(tasks, k, hp), (None, 0, h))
-    if run.strategy.evaluate is None:   # no strategy state to hand over: a None argument would shift the axes
-        plain = batched(lambda tasks, p, ms, k, hp: run.evaluate_on(p, tasks, Run.split_key(k)[1], hp, ms),
-                        (None, 0, 0, 0, h))
-        evaluate = lambda tasks, p, ms, ss, k, hp: plain(tasks, p, ms, k, hp)  # noqa: E731
-    else:
-        evaluate = batched(lambda tasks, p, ms, ss, k, hp: run.evaluate_on(p, tasks, Run.split_key(k)[1], hp, ms, ss),
-                           (None, 0, 0, 0, 0, h))
+    evaluate = batched(lambda tasks, p, ms, ss, k, hp: run.evaluate_on(p, tasks, Run.split_key(k)[1], hp, ms, ss),
+                       (None, 0, 0, 0, 0, h))
     step = batched(lambda tasks, s, k, t, hp: run.task_step_on(s, tasks, k, t, hp), (None, 0, 0, None, h))
     return init, evaluate, step
 

@@ -120,12 +120,18 @@ def _axes_per_leaf(in_axes, args: tuple) -> List[Optional[int]]:
     if len(in_axes) != len(args):
         raise ValueError(f"in_axes must have one entry per positional argument ({len(args)}), got {len(in_axes)}: "
                          f"{in_axes!r}")
-    try:
-        per_leaf = jax.tree.map(lambda ax, sub: jax.tree.map(lambda _: ax, sub), in_axes, args,
-                                is_leaf=lambda x: x is None)
-    except ValueError as err:
-        raise ValueError(f"in_axes must be a pytree prefix of the arguments (as for jax.vmap): {err}") from None
-    return jax.tree.leaves(per_leaf, is_leaf=lambda x: x is None)
+    axes: List[Optional[int]] = []
+    for prefix, arg in zip(in_axes, args):
+        # Broadcast each argument's prefix over that argument's own leaves: an argument with no leaves (None, an
+        # empty tuple) contributes no axis, whatever its prefix says.
+        structure = jax.tree.structure(prefix, is_leaf=lambda x: x is None)
+        try:
+            subtrees = structure.flatten_up_to(arg)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"in_axes must be a pytree prefix of the arguments (as for jax.vmap): {err}") from None
+        for ax, sub in zip(jax.tree.leaves(prefix, is_leaf=lambda x: x is None), subtrees):
+            axes.extend([ax] * len(jax.tree.leaves(sub)))
+    return axes
 
 
 def _pad_rows(leaf, axis: int, pad: int):
