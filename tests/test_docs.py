@@ -3,9 +3,9 @@ covers the public names.
 
 * Every ```python block of docs/**/*.md runs verbatim (README.md's blocks are run and their printed claims checked by
   tests/test_readme.py), the blocks of one file in order in one
-  namespace, in a fresh working directory (one test per file, named by its path from the repository root). A block
-  preceded by the line ``<!-- slow -->`` runs only under ``pytest -m slow`` (where the whole file runs, every block
-  in order); the default run executes the file's other blocks.
+  namespace, in a fresh working directory (one test per file, named by its path from the repository root). They are
+  end-to-end runs, so they are marked slow: ``pytest -m slow tests/test_docs.py`` (which CI runs) executes every
+  file's blocks in order. A block preceded by the line ``<!-- slow -->`` is one the page itself calls long.
 * ``mkdocs build --strict`` succeeds, into a temporary folder.
 * Every name of ``clloop_jax.__all__`` has its own entry on an API page of the built site.
 * The build-time conversion of the docstrings' reST markup (docs/_hooks/rest_docstrings.py) turns roles into links
@@ -82,10 +82,7 @@ def example_params():
         if not blocks:
             continue
         rel = path.relative_to(ROOT).as_posix()
-        if any(not block.slow for block in blocks):
-            params.append(pytest.param(rel, False, id=rel))
-        if any(block.slow for block in blocks):
-            params.append(pytest.param(rel, True, id=f"{rel}[with slow blocks]", marks=pytest.mark.slow))
+        params.append(pytest.param(rel, id=rel, marks=pytest.mark.slow))
     return params
 
 
@@ -105,11 +102,9 @@ def run_blocks(rel: str, blocks: list[Block]) -> str:
     return printed.getvalue()
 
 
-@pytest.mark.parametrize("rel, with_slow", example_params())
-def test_python_examples_run(rel, with_slow, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rel", example_params())
+def test_python_examples_run(rel, tmp_path, monkeypatch):
     blocks = python_blocks((ROOT / rel).read_text(encoding="utf-8"))
-    if not with_slow:
-        blocks = [block for block in blocks if not block.slow]
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     run_blocks(rel, blocks)

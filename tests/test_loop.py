@@ -154,6 +154,7 @@ def test_run_is_deterministic_and_stepwise_equals_scanned(tiny):
     assert _jit_task_step._cache_size() == before
 
 
+@pytest.mark.slow
 def test_jit_and_no_jit_agree_on_closed_loop_evaluation(tiny):
     # The fast version of the test below: the closed-loop rollouts and scores of the trained agent, op by op.
     run, params = tiny["run"], tiny["state"].params

@@ -112,7 +112,7 @@ def test_notebook_code_parses_and_uses_names_the_library_has():
         for name, attr in used:
             assert hasattr(modules[name], attr), f"{path.name}: {name}.{attr} does not exist"
 
-
+@pytest.mark.slow
 def test_quickstart(tmp_path):
     probe = ('{"R": {k: v["R"] for k, v in results.items()}, "baseline": results["EWC"]["baseline"], '
              '"acc": {k: v["average_performance"] for k, v in results.items()}, '

@@ -8,6 +8,7 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -38,7 +39,7 @@ def test_every_readme_block_is_checked_here():
     assert len(blocks) == len(CHECKED)
     assert all(sum(marker in b for marker in CHECKED) == 1 for b in blocks)
 
-
+@pytest.mark.slow
 def test_quick_start_learns_and_forgets_visibly():
     """The quick start's claim: fine-tuning learns task 1 and forgets it; EWC keeps most of it."""
     printed = run_block(block_with(QUICK_START))
@@ -51,7 +52,7 @@ def test_quick_start_learns_and_forgets_visibly():
     assert after_ewc > after_ft + 0.4                        # EWC keeps it
     assert learned_ft == learned_ewc                         # lambda acts only once task 1 is consolidated
 
-
+@pytest.mark.slow
 def test_functional_block_runs_seeds_times_lambdas_in_one_program():
     printed = run_block(block_with(FUNCTIONAL)).splitlines()
     assert printed[0] == "(4, 3, 2, 2)"

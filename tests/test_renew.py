@@ -229,6 +229,7 @@ def test_the_hook_is_in_the_program_only_when_a_strategy_has_it(source):
     assert sorts["none"] == sorts["ewc"] < sorts["continual_backprop"]   # the ranking of the units
 
 
+@pytest.mark.slow
 def test_continual_backprop_chained_with_ewc_sweeps_its_rate_over_seeds_in_one_compilation(source):
     strategy = chain(continual_backprop(maturity=2), "ewc")
     run = run_of(source, strategy)

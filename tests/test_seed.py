@@ -70,7 +70,7 @@ def test_basic_example_pairs_the_model_with_the_environment_feedback():
     params = loop.params["params"]
     assert params["feedback_encoder"]["kernel"].shape == (5, 8)
 
-
+@pytest.mark.slow
 def test_custom_modalities_as_written():
     # ----- verbatim -----
     model = CrossModalModel(num_modalities=3)  # e.g., visual, audio, text
@@ -125,7 +125,7 @@ class SameWorld(PushedWorld):
         TRACED.append(type(self).__name__)
         return LatentWorld.step_env(self, key, state, action, params)
 
-
+@pytest.mark.slow
 def test_custom_environment_through_step_env_changes_what_the_loop_learns_from():
     """The same idea through the world's functional interface: override ``step_env`` (gymnax), and the loop runs it.
     The push moves the latent state by 0.5 per step, so the untrained agent's scores (the cycle's baseline, on the
@@ -152,7 +152,7 @@ def test_custom_environment_through_step_env_changes_what_the_loop_learns_from()
     _, s_pushed, *_ = pushed.step(key, s0, jnp.zeros(4), task)
     np.testing.assert_allclose(s_pushed.latent - s_same.latent, 0.5, atol=1e-6)
 
-
+@pytest.mark.slow
 def test_custom_loss_function_reaches_train_step_and_the_cycle():
     """The description's "different learning objectives": a custom loss of ``(output, target)`` drives training."""
 

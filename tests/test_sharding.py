@@ -151,7 +151,7 @@ def _check_device_report(report, tol=ATOL):
     print(f"\n8 vs 1 device, largest difference: pure {pure['max_diff_all_vs_one']:.3g}, "
           f"run {run['max_diff_all_vs_one']:.3g}\n{run['text']}")
 
-
+@pytest.mark.slow
 def test_eight_devices_equal_one_on_a_pure_function_and_a_tiny_run():
     report = _run_script("devices", "linear")
     _check_device_report(report)

@@ -540,7 +540,7 @@ def world_detect():
                            schedule)
     return schedule, state, jax.tree.map(np.asarray, res)
 
-
+@pytest.mark.slow
 def test_world_detector_fires_after_the_hidden_switch(world_detect):
     schedule, _, res = world_detect
     for seed in range(2):
@@ -552,7 +552,7 @@ def test_world_detector_fires_after_the_hidden_switch(world_detect):
     assert np.all((m["delay"] >= 1) & (m["delay"] <= 5))
     np.testing.assert_array_equal(m["delay"][:, 0], np.nonzero(res.alarms)[1] - 40)
 
-
+@pytest.mark.slow
 def test_world_detect_run_consolidates_at_the_alarm(world_detect):
     _, state, res = world_detect
     np.testing.assert_array_equal(res.consolidated, res.alarms)

@@ -7,6 +7,7 @@ import os
 import pathlib
 import shutil
 import struct
+import subprocess
 import sys
 
 import numpy as np
@@ -23,18 +24,17 @@ pytest.importorskip("wandb")
 
 
 @pytest.fixture(scope="module")
-def mirrored(tmp_path_factory, monkeypatch_module):
-    """The tiny run (2 tasks, 2 seeds) mirrored to TensorBoard and to an offline W&B run."""
-    monkeypatch_module.delenv("WANDB_MODE", raising=False)
+def mirrored(tmp_path_factory):
+    """The tiny run (2 tasks, 2 seeds) mirrored to TensorBoard and to an offline W&B run. The command runs in its own
+    process: W&B leaves its service threads running in the process that used it, and the suite's other programs
+    compile beside them."""
     out = str(tmp_path_factory.mktemp("mirrored") / "run")
-    assert cli.main(["run", "--preset", "tiny", "--out", out, "--quiet", "--log", "tensorboard,wandb"]) == 0
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"   # compiled as the suite compiles
+    proc = subprocess.run([sys.executable, "-m", "clloop_jax", "run", "--preset", "tiny", "--out", out, "--quiet",
+                           "--log", "tensorboard,wandb"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return out
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
 
 
 def folder_numbers(folder):
@@ -74,7 +74,7 @@ def tensorboard_scalars(path):
                 texts[value.tag] = value.tensor.string_val[0].decode()
     return scalars, texts
 
-
+@pytest.mark.slow
 def test_tensorboard_holds_the_folders_scores_traces_and_summary(mirrored):
     R, summary, traces = folder_numbers(mirrored)
     (events,) = glob.glob(os.path.join(mirrored, "tensorboard", "events.out.tfevents.*"))
@@ -123,7 +123,7 @@ def wandb_records(path):
             pending = b""
     return records
 
-
+@pytest.mark.slow
 def test_an_offline_wandb_run_in_the_folder_holds_the_same_numbers(mirrored):
     R, summary, traces = folder_numbers(mirrored)
     (run_dir,) = glob.glob(os.path.join(mirrored, "wandb", "offline-run-*"))
@@ -177,7 +177,7 @@ class Recorder:
     def close(self):
         self.calls.append(("close",))
 
-
+@pytest.mark.slow
 def test_a_resumed_run_logs_only_the_tasks_it_runs(mirrored, tmp_path):
     folder = str(tmp_path / "run")
     shutil.copytree(mirrored, folder)

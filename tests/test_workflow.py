@@ -458,7 +458,7 @@ def test_a_diverging_run_stops_naming_where_and_keeps_the_last_good_checkpoint(t
         execute(run, hp, [0, 1])
     assert err.value.task == 1 and err.value.episode is not None
 
-
+@pytest.mark.slow
 def test_compare_writes_one_table_paired_gains_and_one_figure(tmp_path):
     out = str(tmp_path / "cmp")
     cli.main(["compare", "--preset", "tiny", "--out", out, "--strategies", "none,ewc:5", "--quiet", "--no-cache"])
