@@ -236,9 +236,9 @@ def test_plasticity_monitors_record_their_definitions_in_a_run(monitored, fine_t
     # Measured once per task, at its end, on the fixed probe batch kept in the monitor's state.
     for name in ("dormant_0", "dormant_0.1", "effective_rank", "feature_norm"):
         assert np.all(np.isnan(tr[name][:, :-1])) and np.all(np.isfinite(tr[name][:, -1]))
-    probe = state.monitors[3]
-    assert_trees_equal(probe, run.init(KEY, hp).monitors[3]) and probe.shape == (8, 64)
-    features = plast.mlp_features(run.source.model, state.params, probe)
+    probe = state.monitors[3]                                   # the first fisher_size samples: (x, mask)
+    assert_trees_equal(probe, run.init(KEY, hp).monitors[3]) and probe[0].shape == (8, 64)
+    features = plast.mlp_features(run.source.model, state.params, probe[0])
     for tau in plast.DORMANT_TAUS:
         assert tr[f"dormant_{tau:g}"][-1, -1] == pytest.approx(float(plast.dormant_fraction(features, tau)))
     assert np.all(tr["dormant_0"][:, -1] <= tr["dormant_0.1"][:, -1])
@@ -270,11 +270,91 @@ def test_monitors_not_named_are_not_in_the_program(source):
     assert keys == lean_keys | {"param_norm", "update_norm", "dormant_0", "dormant_0.1"}
 
 
-def test_feature_monitors_refuse_a_model_that_is_not_an_mlp(source):
+def test_feature_monitors_refuse_a_model_or_source_without_features(source):
     dense = dataclasses.replace(source, model=nn.Dense(source.stream.num_classes))
     run = run_of(dense, "none", monitors=("dormant",))
     with pytest.raises(ValueError, match="MLP"):
         jax.eval_shape(run, KEY, run.hparams())
+
+    class Featureless:   # a source that does not say what its hidden layers are
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            if name == "features":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    run = run_of(Featureless(source), "none", monitors=("effective_rank",))
+    with pytest.raises(ValueError, match=r"features\(params, inputs\) capability\), and a Featureless has none"):
+        jax.eval_shape(run, KEY, run.hparams())
     with pytest.raises(ValueError, match="num_probes"):
         dormant_monitor(0)
     assert get_monitor("effective_rank") == get_monitor("effective_rank")   # equal runs share their programs
+
+
+# ----- the same monitors in the closed loop: the recurrent agent's hidden layers ---------------------------------
+
+
+def test_recurrent_features_are_the_fusion_layer_and_the_state_the_head_reads():
+    from conftest import tiny_world
+    model, env = tiny_world()
+    params = model.init_params(jax.random.key(3))
+    rng = np.random.default_rng(0)
+    carry = jnp.asarray(rng.normal(size=(5, model.hidden_dim)), jnp.float32)
+    obs = jnp.asarray(rng.normal(size=(5, 2, 8)), jnp.float32)
+    fb = jnp.asarray(rng.normal(size=(5, env.feedback_dim)), jnp.float32)
+    fused, new_carry = model.apply(params, carry, obs, fb, method=model.features)
+    stepped, out = model.apply(params, carry, obs, fb)
+    np.testing.assert_array_equal(new_carry, stepped)                       # the state the head reads ...
+    head = params["params"]["head"]
+    np.testing.assert_allclose(out, new_carry @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-6)
+    _, seen = model.apply(params, carry, obs, fb, capture_intermediates=lambda m, _: m.name == "fusion",
+                          mutable=["intermediates"])
+    np.testing.assert_allclose(fused, nn.gelu(seen["intermediates"]["fusion"]["__call__"][0]), rtol=1e-6)   # ... and
+    assert fused.shape == new_carry.shape == (5, model.hidden_dim)          # the fusion layer after its GELU
+
+
+def test_the_closed_loop_records_the_plasticity_of_its_recurrent_agent():
+    from conftest import tiny_world
+
+    from clloop_jax.sources.world import EnvSource
+    model, env = tiny_world()
+    source = EnvSource(model, env, num_tasks=2, num_envs=3, eval_envs=2)
+    run = make_run(RunConfig(strategy="none", episodes_per_task=2, monitors=("dormant", "effective_rank",
+                                                                             "feature_norm")), source)
+    hp = run.hparams(learning_rate=1e-2)
+    state, res = run(KEY, hp)
+    tr = {k: np.asarray(v) for k, v in res.traces.items()}
+    probe = state.monitors[0]                                                 # 3 whole episodes: (obs, feedback)
+    assert probe[0].shape[:2] == (3, env.episode_length)
+    fused, carries = source.features(state.params, probe)
+    steps = 3 * env.episode_length
+    assert fused.shape == carries.shape == (steps, model.hidden_dim)         # every step of every probe episode
+    final, _ = model.apply(state.params, model.initial_carry(3), jnp.swapaxes(probe[0], 0, 1),
+                           jnp.swapaxes(probe[1], 0, 1), method=model.sequence)
+    np.testing.assert_allclose(carries.reshape(3, env.episode_length, -1)[:, -1], final, rtol=1e-5, atol=1e-6)
+    for tau in plast.DORMANT_TAUS:
+        assert tr[f"dormant_{tau:g}"][-1, -1] == pytest.approx(float(plast.dormant_fraction((fused, carries), tau)))
+    assert tr["effective_rank"][-1, -1] == pytest.approx(float(plast.effective_rank(carries)), rel=1e-4)
+    assert tr["feature_norm"][-1, -1] == pytest.approx(float(np.mean(np.linalg.norm(carries, axis=1))), rel=1e-5)
+    assert 1.0 <= tr["effective_rank"][-1, -1] <= model.hidden_dim
+
+
+def test_gymnax_records_the_plasticity_of_its_policy():
+    from clloop_jax.sources.gymnax import GymnaxSource
+    source = GymnaxSource("CartPole-v1", ({}, {"length": 1.0}), hidden_dim=8, num_envs=2, num_steps=8, eval_envs=2,
+                          eval_steps=10, fisher_size=8)
+    run = make_run(RunConfig(strategy="none", episodes_per_task=2, monitors=("effective_rank", "dormant")), source)
+    hp = run.hparams(learning_rate=1e-2)
+    state, res = run(KEY, hp)
+    probe = state.monitors[0]                                                 # 8 visited states (carry, obs, fb)
+    assert probe[0].shape == (8, 8) and probe[1].shape == (8, 4)
+    fused, carry = source.features(state.params, probe)
+    _, pol, _ = source._apply(state.params, *probe)
+    np.testing.assert_allclose(np.asarray(carry) @ np.asarray(state.params["model"]["params"]["head"]["kernel"])
+                               [:, :2] + np.asarray(state.params["model"]["params"]["head"]["bias"])[:2], pol,
+                               rtol=1e-5, atol=1e-6)                          # the state the policy reads
+    tr = {k: np.asarray(v) for k, v in res.traces.items()}
+    assert tr["effective_rank"][-1, -1] == pytest.approx(float(plast.effective_rank(carry)), rel=1e-4)
+    assert tr["dormant_0.1"][-1, -1] == pytest.approx(float(plast.dormant_fraction((fused, carry), 0.1)))

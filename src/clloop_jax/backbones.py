@@ -1,5 +1,7 @@
-"""Convolutional backbones with batch norm for images: :class:`ConvNet` (a small conv net) and :class:`ResNet18`
-(the reduced ResNet-18 of Lopez-Paz & Ranzato 2017, the backbone of the GEM, DER and Mammoth papers).
+"""The classifiers of labelled task streams: :class:`MLP` (the fully connected baseline) and the convolutional
+backbones with batch norm for images, :class:`ConvNet` (a small conv net) and :class:`ResNet18` (the reduced
+ResNet-18 of Lopez-Paz & Ranzato 2017, the backbone of the GEM, DER and Mammoth papers). All are also importable from
+:mod:`clloop_jax.model`.
 
 Both map images ``[..., H, W, C]`` (or, with ``image_shape``, the flat ``[..., H*W*C]`` rows of the flat streams:
 MNIST ``(28, 28, 1)``, CIFAR ``(32, 32, 3)``) to logits, and take ``train``: ``train=True`` normalises with the
@@ -26,7 +28,7 @@ import numpy as np
 
 from clloop_jax.validation import check_int
 
-__all__ = ["BN_EPSILON", "BN_MOMENTUM", "BasicBlock", "ConvNet", "ResNet18"]
+__all__ = ["BN_EPSILON", "BN_MOMENTUM", "BasicBlock", "ConvNet", "MLP", "ResNet18"]
 
 Array = jax.Array
 
@@ -72,6 +74,40 @@ def _images(owner: str, x, image_shape):
                          f"received {s}")
     hwc = image_shape if image_shape is not None else tuple(s[-3:])
     return jnp.asarray(x, jnp.float32).reshape((-1,) + tuple(hwc)), lead
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network: ``Dense(h_1) -> relu -> ... -> Dense(h_L) -> relu -> Dense(output_dim)``.
+
+    The baseline network of the continual-learning literature (two hidden layers of 400 units for split and
+    permuted MNIST in van de Ven & Tolias 2019). Maps ``x [..., D]`` to logits ``[..., output_dim]``; the input
+    size is read from the first call (``init``).
+
+    Attributes:
+      output_dim: number of outputs (the classification head's size).
+      hidden: widths of the hidden layers (may be empty: a linear model).
+    """
+
+    output_dim: int
+    hidden: Sequence[int] = (400, 400)
+
+    def __post_init__(self):
+        check_int("MLP.output_dim", self.output_dim, min=1)
+        if isinstance(self.hidden, (str, bytes)) or not isinstance(self.hidden, Sequence):
+            raise ValueError(f"MLP.hidden: expected a sequence of positive ints, got {self.hidden!r}")
+        for i, h in enumerate(self.hidden):
+            check_int(f"MLP.hidden[{i}]", h, min=1)
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if len(_shape(x)) == 0:
+            raise ValueError("MLP: x: expected shape [..., D] with a feature axis, received a scalar")
+        h = jnp.asarray(x, jnp.float32)
+        for i, width in enumerate(self.hidden):
+            h = nn.relu(nn.Dense(width, name=f"hidden_{i}")(h))
+        return nn.Dense(self.output_dim, name="head")(h)
 
 
 def _batch_norm(train: bool, name: str):

@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clloop_jax.backbones import ConvNet, ResNet18
+from clloop_jax.backbones import MLP, ConvNet, ResNet18
 from clloop_jax.importance.dense_taps import TAP_COLLECTION
 from clloop_jax.validation import check_float, check_instance, check_int
 
@@ -303,6 +303,11 @@ class CrossModalModel(nn.Module):
 
     def _step(self, carry: Array, obs: tuple[Array, ...], feedback: Array | None) -> tuple[Array, Array]:
         """One step on validated inputs: ``obs`` is a tuple of ``[..., D_m]`` arrays."""
+        _, new_carry = self._hidden(carry, obs, feedback)
+        return new_carry, self.head(new_carry)
+
+    def _hidden(self, carry: Array, obs: tuple[Array, ...], feedback: Array | None) -> tuple[Array, Array]:
+        """``(fused, new_carry)``: the fusion layer's activations and the recurrent state the head reads."""
         tokens = [nn.gelu(enc(x)) for enc, x in zip(self.encoders, obs)]
         tokens.append(nn.gelu(self.state_encoder(carry)))
         if self.feedback_encoder is not None:
@@ -313,7 +318,7 @@ class CrossModalModel(nn.Module):
         flat = tok_BxNxH.reshape(tok_BxNxH.shape[:-2] + (self.num_tokens * self.hidden_dim,))
         fused = nn.gelu(self.fusion(flat))
         new_carry, _ = self.gru(carry, fused)
-        return new_carry, self.head(new_carry)
+        return fused, new_carry
 
     # ------------------------------------------------------------------ public calls
 
@@ -336,6 +341,18 @@ class CrossModalModel(nn.Module):
         feedback = self._check_feedback(feedback, "feedback", "...", batch)
         self._check_carry(carry, batch, "obs")
         return self._step(carry, obs_t, feedback)
+
+    def features(
+        self, carry: Array, obs: Array | Sequence[Array], feedback: Array | None = None
+    ) -> tuple[Array, Array]:
+        """The hidden layers of one step, as the plasticity measurements read them: ``(fused [..., hidden_dim],
+        new_carry [..., hidden_dim])``, the fusion layer's activations (after its GELU) and the new recurrent state
+        (the representation the head reads). Called as ``model.apply(params, carry, obs, feedback,
+        method=model.features)``; the same inputs as ``__call__``."""
+        obs_t, batch = self._check_obs(obs, "obs", "...")
+        feedback = self._check_feedback(feedback, "feedback", "...", batch)
+        self._check_carry(carry, batch, "obs")
+        return self._hidden(carry, obs_t, feedback)
 
     def sequence(
         self,
@@ -381,40 +398,6 @@ class CrossModalModel(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # Classifiers for labelled task streams
 # ---------------------------------------------------------------------------------------------------------------
-
-
-class MLP(nn.Module):
-    """Fully connected ReLU network: ``Dense(h_1) -> relu -> ... -> Dense(h_L) -> relu -> Dense(output_dim)``.
-
-    The baseline network of the continual-learning literature (two hidden layers of 400 units for split and
-    permuted MNIST in van de Ven & Tolias 2019). Maps ``x [..., D]`` to logits ``[..., output_dim]``; the input
-    size is read from the first call (``init``).
-
-    Attributes:
-      output_dim: number of outputs (the classification head's size).
-      hidden: widths of the hidden layers (may be empty: a linear model).
-    """
-
-    output_dim: int
-    hidden: Sequence[int] = (400, 400)
-
-    def __post_init__(self):
-        check_int("MLP.output_dim", self.output_dim, min=1)
-        if isinstance(self.hidden, (str, bytes)) or not isinstance(self.hidden, Sequence):
-            raise ValueError(f"MLP.hidden: expected a sequence of positive ints, got {self.hidden!r}")
-        for i, h in enumerate(self.hidden):
-            check_int(f"MLP.hidden[{i}]", h, min=1)
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        super().__post_init__()
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        if len(_shape(x)) == 0:
-            raise ValueError("MLP: x: expected shape [..., D] with a feature axis, received a scalar")
-        h = jnp.asarray(x, jnp.float32)
-        for i, width in enumerate(self.hidden):
-            h = nn.relu(nn.Dense(width, name=f"hidden_{i}")(h))
-        return nn.Dense(self.output_dim, name="head")(h)
 
 
 class SequenceClassifier(nn.Module):

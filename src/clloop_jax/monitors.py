@@ -33,14 +33,16 @@ and, against the loss of plasticity (definitions and papers in :mod:`clloop_jax.
 * :func:`update_norm_monitor`: ``update_norm = |theta_t - theta_{t-1}|``, the size of each update (0 for a skipped,
   non-finite one), every episode.
 * :func:`dormant_monitor`: ``dormant_0`` and ``dormant_0.1``, the fractions of tau-dormant hidden units (Sokar et
-  al., 2023) of an :class:`~clloop_jax.model.MLP` on a fixed probe batch, measured like ``functional``.
-* :func:`effective_rank_monitor`: ``effective_rank`` of the MLP's last hidden layer's features on the same kind of
-  fixed probe batch, measured like ``functional``.
+  al., 2023) over the model's hidden layers on a fixed probe batch, measured like ``functional``.
+* :func:`effective_rank_monitor`: ``effective_rank`` of the last hidden layer's features (the representation the
+  output reads) on the same kind of fixed probe batch, measured like ``functional``.
 * :func:`feature_norm_monitor`: ``feature_norm``, the mean L2 norm of those features on that probe batch.
 
 The probe batch of the last three is drawn once, from the first task's data (the source's ``fisher_data``; up to
-``num_probes`` of its inputs), and kept for the whole run, so every measurement sees the same inputs. They need a
-source whose ``model`` is an MLP (a supervised source); another one is refused when the run is traced.
+``num_probes`` of its samples), and kept for the whole run, so every measurement sees the same inputs. The hidden
+layers are what the source's ``features`` capability returns (:mod:`clloop_jax.sources.base`): an MLP's layers on a
+labelled stream; the recurrent agent's fusion layer and recurrent state in the closed loop (at every step of the
+probe episodes) and on gymnax (at the probe states). A source without it is refused when the run is traced.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import jax.numpy as jnp
 from clloop_jax import divergence as div_lib
 from clloop_jax import plasticity as plast_lib
 from clloop_jax.importance import fisher as fisher_lib
+from clloop_jax.sources.base import capability
 from clloop_jax.strategies.base import MethodHook
 
 PyTree = Any
@@ -204,20 +207,27 @@ class _Features:
     num_probes: int
 
     def init(self, params, data, num_tasks, source):
-        plast_lib.mlp_features(getattr(source, "model", None), params, plast_lib.probe_inputs(data, 1))
-        return plast_lib.probe_inputs(data, self.num_probes)
+        probe = plast_lib.probe_inputs(data, self.num_probes)
+        self.features(source, params, probe)   # a source without hidden layers to read is refused here
+        return probe
+
+    @staticmethod
+    def features(source, params, probe):
+        read = capability(source, "features")
+        if read is None:
+            raise ValueError(f"the plasticity monitors read the hidden layers of the source's model (its features("
+                             f"params, inputs) capability), and a {type(source).__name__} has none")
+        return read(params, probe)
 
     def dormant(self, probe, params, source):
-        features = plast_lib.mlp_features(source.model, params, probe)
+        features = self.features(source, params, probe)
         return {f"dormant_{tau:g}": plast_lib.dormant_fraction(features, tau) for tau in plast_lib.DORMANT_TAUS}
 
     def effective_rank(self, probe, params, source):
-        features = plast_lib.mlp_features(source.model, params, probe)
-        return {"effective_rank": plast_lib.effective_rank(features[-1])}
+        return {"effective_rank": plast_lib.effective_rank(self.features(source, params, probe)[-1])}
 
     def feature_norm(self, probe, params, source):
-        features = plast_lib.mlp_features(source.model, params, probe)
-        return {"feature_norm": plast_lib.feature_norm(features[-1])}
+        return {"feature_norm": plast_lib.feature_norm(self.features(source, params, probe)[-1])}
 
 
 def _check_probes(num_probes):

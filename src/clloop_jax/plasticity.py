@@ -27,10 +27,14 @@ symptoms the papers report; the monitors that record them in a run's traces are 
   feature vector; growing features (with the parameter norm) accompany the loss of plasticity (Lyle et al., 2023,
   "Understanding plasticity in neural networks"; Dohare et al., 2024).
 
-The features are the hidden layers' activations of a :class:`~clloop_jax.model.MLP` (after the ReLU), read with
-flax's ``capture_intermediates`` (:func:`mlp_features`): the model and its numbers are unchanged. The dormant
-fraction counts every hidden layer; the effective rank is that of the last hidden layer, the representation the
-head reads.
+The features are the activations of the model's hidden layers, as a source's ``features`` capability gives them:
+an :class:`~clloop_jax.backbones.MLP`'s hidden layers after the ReLU, read with flax's ``capture_intermediates``
+(:func:`mlp_features`: the model and its numbers are unchanged); the recurrent
+:class:`~clloop_jax.model.CrossModalModel`'s fusion layer (after its GELU) and its new recurrent state
+(:meth:`~clloop_jax.model.CrossModalModel.features`). The dormant fraction counts every hidden layer; the
+effective rank is that of the last one, the representation the head reads. With a GELU layer or a GRU state, whose
+activations are rarely exactly 0, ``dormant_0`` counts units that are silent on every probe; the score itself is
+Sokar et al.'s.
 """
 
 from __future__ import annotations
@@ -123,10 +127,7 @@ def feature_norm(phi: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(phi), axis=-1)))
 
 
-def probe_inputs(data, num_probes: int) -> jax.Array:
-    """The first ``num_probes`` model inputs of per-sample ``data = (inputs, targets)``; a supervised source's
-    ``inputs`` are ``(x, mask)``, of which ``x`` is the model's input."""
-    inputs = data[0]
-    if isinstance(inputs, tuple):
-        inputs = inputs[0]
-    return inputs[:num_probes]
+def probe_inputs(data, num_probes: int) -> PyTree:
+    """The first ``num_probes`` samples of per-sample ``data = (inputs, targets)``: every leaf of ``inputs`` cut to
+    its first ``num_probes`` rows (a source's ``features`` reads them)."""
+    return jax.tree.map(lambda x: x[:num_probes], data[0])

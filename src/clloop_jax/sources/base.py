@@ -34,6 +34,12 @@ does not define it:
   training conditions (a labelled stream's class mask);
 * ``mixture_batch`` (None): ``mixture_batch(key, params, tasks, weights, hparams)``, a batch whose every sample
   draws its own task from ``weights [K]``, for streams with hidden task boundaries (:mod:`clloop_jax.taskfree`).
+* ``features`` (None): ``features(params, inputs) -> (h_1 [N, u_1], ..., h_L [N, u_L])``, the activations of the
+  model's hidden layers on per-sample ``inputs`` (those of ``fisher_data``), the last one the representation its
+  output reads: what the plasticity monitors measure (dormant units, effective rank, feature norm;
+  :mod:`clloop_jax.plasticity`). A labelled stream's MLP gives its hidden layers after the ReLU; the recurrent
+  agent of the closed loop and of gymnax gives its fusion layer and its recurrent state, at every step of the
+  samples;
 * ``model_state`` (False): the model carries non-trainable collections (batch norm's running averages), which
   the run keeps in ``TrainState.model_state`` next to the trainable ``params`` (never in the optimizer, never
   penalised). Such a source defines
@@ -70,7 +76,7 @@ REQUIRED = ("num_tasks", "tasks", "likelihood", "init_params", "batch", "loss", 
 
 #: The optional capabilities and what a source that does not define one has.
 CAPABILITIES = {"hparams": None, "streaming": False, "minibatch_passes": 1, "rehearse": None, "mixture_batch": None,
-                "model_state": False}
+                "features": None, "model_state": False}
 
 
 def capability(source, name: str):

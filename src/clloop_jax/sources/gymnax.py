@@ -455,3 +455,10 @@ class GymnaxSource:
         """The policy's distribution parameters at one state ``(carry [H], obs [D], feedback [F])``."""
         carry, obs, feedback = x
         return self._apply(params, carry, obs, feedback)[1]
+
+    def features(self, params, inputs):
+        """The agent's hidden layers at per-sample states ``(carry [N, H], obs [N, D], feedback [N, F])``:
+        ``(fused [N, H], new_carry [N, H])`` (:meth:`~clloop_jax.model.CrossModalModel.features`)."""
+        carry, obs, feedback = inputs
+        obs = jnp.reshape(obs, obs.shape[:carry.ndim - 1] + self._modalities).astype(jnp.float32)
+        return self.model.apply(params["model"], carry, obs, feedback, method=self.model.features)

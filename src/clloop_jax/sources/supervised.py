@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from clloop_jax import data as data_lib
 from clloop_jax.importance import fisher as fisher_lib
+from clloop_jax.plasticity import mlp_features
 from clloop_jax.sources.mixture import draw_tasks
 from clloop_jax.strategies.base import NoHParams
 from clloop_jax.validation import check_choice, check_methods, positive_int
@@ -45,7 +46,7 @@ class SupervisedSource:
 
     ``tasks`` is the stream itself (every leaf has a leading task axis, so the trainer slices one task with a
     traced index). The model is any flax module mapping one input ``x [D]`` (or a batch ``[..., D]``) to logits
-    ``[..., stream.num_classes]``: :class:`~clloop_jax.model.MLP`, a
+    ``[..., stream.num_classes]``: :class:`~clloop_jax.backbones.MLP`, a
     :class:`~clloop_jax.model.SequenceClassifier` around a ``CrossModalModel``, or a batch-norm backbone
     (:class:`~clloop_jax.model.ConvNet`, :class:`~clloop_jax.model.ResNet18` with ``image_shape`` for flat streams).
 
@@ -304,6 +305,11 @@ class SupervisedSource:
     def predict(self, params, x):
         inputs, mask = x
         return data_lib.masked_logits(self._apply(params, inputs, train=False)[0], mask)
+
+    def features(self, params, inputs):
+        """The hidden layers of the source's :class:`~clloop_jax.backbones.MLP` (after the ReLU) on per-sample
+        ``(x [N, D], mask)``: ``([N, h_1], ..., [N, h_L])`` (a ``ValueError`` for another model)."""
+        return mlp_features(self.model, params, inputs[0])
 
     # ----- helpers -------------------------------------------------------------------------------------------
     def joint(self) -> "SupervisedSource":

@@ -217,6 +217,20 @@ class EnvSource:
         traj = Trajectory(obs, feedback, jnp.zeros_like(target), target, zeros, zeros.astype(bool))
         return self.loss(params, traj, self.hparams)[0]
 
+    def features(self, params, inputs):
+        """The agent's hidden layers at every step of per-sample episodes ``(obs [N, T, ...], feedback [N, T, F])``,
+        run from the initial carry as in :meth:`predict`: ``(fused [N * T, H], carry [N * T, H])``
+        (:meth:`~clloop_jax.model.CrossModalModel.features`), rows in sample-major order."""
+        obs, feedback = inputs
+
+        def step(carry, xs):
+            fused, new_carry = self.model.apply(params, carry, *xs, method=self.model.features)
+            return new_carry, (fused, new_carry)
+
+        time_major = (jnp.swapaxes(obs, 0, 1), jnp.swapaxes(feedback, 0, 1))
+        _, hidden = jax.lax.scan(step, self.model.initial_carry(obs.shape[:1]), time_major)
+        return tuple(jnp.swapaxes(h, 0, 1).reshape((-1, h.shape[-1])) for h in hidden)
+
     def predict(self, params, x):
         obs, feedback = x
         _, actions = self.model.apply(params, self.model.initial_carry(), obs, feedback,

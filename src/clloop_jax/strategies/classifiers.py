@@ -61,7 +61,7 @@ def _check_mlp_source(name: str, source):
 
 def normalized_features(params, x) -> jax.Array:
     """iCaRL's feature map ``phi(x) = f(x) / |f(x)|``: ``f`` the last hidden layer (after its ReLU) of a
-    :class:`~clloop_jax.model.MLP` with parameters ``params`` on ``x [n, D]`` (what
+    :class:`~clloop_jax.backbones.MLP` with parameters ``params`` on ``x [n, D]`` (what
     :func:`clloop_jax.plasticity.mlp_features` reads, computed from the parameters alone), each row L2-normalised (a
     zero row stays zero): ``[n, h]``."""
     layers = params["params"]
@@ -222,7 +222,7 @@ def icarl(capacity: int = 2000, batch_size: int = 32, temperature=1.0) -> Strate
       that hold exemplars (:func:`nearest_mean_logits`), through the strategy's ``evaluate`` hook. A task none of
       whose classes holds exemplars yet (the baseline, the tasks not learned) is scored by the network itself.
 
-    The features are the last hidden layer (after its ReLU) of a :class:`~clloop_jax.model.MLP`; other models are
+    The features are the last hidden layer (after its ReLU) of a :class:`~clloop_jax.backbones.MLP`; other models are
     refused by ``check_source``. The paper's data augmentation (flipped images for the means) is left out.
 
     Args:

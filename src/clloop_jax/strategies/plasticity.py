@@ -17,7 +17,7 @@ parameters close to, or bring them back towards, the regime of a freshly initial
   task but the first, before its first update, so the scores recorded after each task are those of the parameters
   that learned it. The optimizer's state is kept (it is reset anyway with ``RunConfig.reset_optimizer``).
 
-Two more re-initialise single hidden units of an :class:`~clloop_jax.model.MLP` while it learns, through the
+Two more re-initialise single hidden units of an :class:`~clloop_jax.backbones.MLP` while it learns, through the
 strategy's ``renew`` hook (after every update; the optimizer's moments of the weights they re-initialise are
 zeroed by the run):
 
