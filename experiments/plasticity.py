@@ -17,6 +17,15 @@ layer (Roy & Vetterli, 2007) and the parameter norm at the end of every task::
 
 Writes ``experiments/results/plasticity.md`` / ``.json`` (``--out``) and the figures
 ``docs/figures/plasticity_accuracy.png`` and ``docs/figures/plasticity_monitors.png`` (``--figures``).
+
+The closed-loop version, ``--source gymnax``, is continual reinforcement learning on a long sequence of CartPole-v1
+variants (``--variants random:N``: pole length and mass, gravity and push drawn anew for every task), the ``cartpole``
+preset's actor-critic (the recurrent cross-modal agent) learning each from reward for ``--updates`` updates; the same
+monitors read the agent's hidden layers (its fusion layer and recurrent state) on states it visited, and the curve is
+the return on each task right after learning it. Continual backprop and ReDo renew an MLP's units and are not
+defined for the recurrent agent, so the default strategies there are the other four::
+
+    python experiments/plasticity.py --source gymnax            # 30 variants x 100 updates, 3 seeds: rl_plasticity.*
 """
 from __future__ import annotations
 
@@ -39,11 +48,20 @@ from clloop_jax.workflow.runs import RunFolder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STRATEGIES = ("none", "l2_init", "shrink_perturb", "continual_backprop", "redo", "ewc")
+RL_STRATEGIES = ("none", "l2_init", "shrink_perturb", "ewc")
 MONITORS = ("dormant", "effective_rank", "param_norm")
 
 
 def experiment_for(args, name: str) -> ExperimentConfig:
-    """The study's configuration of strategy ``name``: the ``permuted-mnist`` preset at ``--tasks`` tasks."""
+    """The study's configuration of strategy ``name``: the ``permuted-mnist`` preset at ``--tasks`` tasks, or with
+    ``--source gymnax`` the ``cartpole`` preset over ``--tasks`` random variants."""
+    if args.source == "gymnax":
+        base = PRESETS["cartpole"]
+        gym = dataclasses.replace(base.gymnax, variants=f"random:{args.tasks}")
+        train = dataclasses.replace(base.train, strategy=name, learning_rate=args.learning_rate, monitors=MONITORS,
+                                    episodes_per_task=args.updates, evaluate_every=args.evaluate_every,
+                                    traces="tasks", lam=args.ewc_lambda if name == "ewc" else None)
+        return dataclasses.replace(base, gymnax=gym, train=train, seeds=args.seeds)
     base = PRESETS["permuted-mnist"]
     data = dataclasses.replace(base.data, permuted_tasks=args.tasks, mlp_hidden=args.hidden)
     train = dataclasses.replace(base.train, strategy=name, learning_rate=args.learning_rate, monitors=MONITORS,
@@ -58,8 +76,14 @@ def windows(x: np.ndarray, width: int) -> np.ndarray:
     return np.stack([np.nanmean(x[:, i:i + width], axis=1) for i in range(0, T, width)], axis=1)
 
 
+def folders_of(args) -> str:
+    if args.source == "gymnax":
+        return os.path.join(args.runs, f"cartpole_{args.tasks}x{args.updates}")
+    return os.path.join(args.runs, f"{args.tasks}x{'-'.join(map(str, args.hidden))}")
+
+
 def study(args) -> dict:
-    folders = os.path.join(args.runs, f"{args.tasks}x{'-'.join(map(str, args.hidden))}")
+    folders = folders_of(args)
     out = {}
     for name in args.strategies:
         experiment = experiment_for(args, name)
@@ -79,8 +103,9 @@ def study(args) -> dict:
                      **{k: traces[k] for k in ("dormant_0", "dormant_0.1", "effective_rank", "param_norm")
                         if k in traces}}
         first, last = learning[:, :args.window].mean(1), learning[:, -args.window:].mean(1)
-        print(f"{name:>18}: learning accuracy, first {args.window} tasks {_cell(first)}, last {args.window} "
-              f"{_cell(last)}; average accuracy at the end {_cell(R[:, -1].mean(1))}  [{seconds:.0f} s]", flush=True)
+        print(f"{name:>18}: learning {args.measure}, first {args.window} tasks {_cell(first)}, last {args.window} "
+              f"{_cell(last)}; average {args.measure} at the end {_cell(R[:, -1].mean(1))}  [{seconds:.0f} s]",
+              flush=True)
     return out
 
 
@@ -91,8 +116,9 @@ def _cell(x) -> str:
 
 def table(args, res: dict) -> str:
     w = args.window
-    head = (f"| strategy | learning acc., tasks 1-{w} | learning acc., last {w} | change (paired) | "
-            f"avg. acc. at the end | dormant (tau 0.1) at the end | eff. rank at the end | |theta| at the end |")
+    m = "acc." if args.source == "mnist" else "return"
+    head = (f"| strategy | learning {m}, tasks 1-{w} | learning {m}, last {w} | change (paired) | "
+            f"avg. {m} at the end | dormant (tau 0.1) at the end | eff. rank at the end | |theta| at the end |")
     rows = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in res.items():
         L = r["learning"]
@@ -118,14 +144,15 @@ def figures(args, res: dict) -> None:
         ax.plot(x, m, label=name)
         ax.fill_between(x, m - h, m + h, alpha=0.2)
     ax.set_xlabel("task")
-    ax.set_ylabel(f"accuracy on the task just learned\n(mean of {w} tasks, 95% interval over seeds)")
-    ax.set_title(f"Online permuted MNIST, MLP {'-'.join(map(str, args.hidden))}, {args.seeds} seeds")
+    ax.set_ylabel(f"{args.measure} on the task just learned\n(mean of {w} tasks, 95% interval over seeds)")
+    ax.set_title(args.title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.figures, "plasticity_accuracy.png"), dpi=120)
+    fig.savefig(os.path.join(args.figures, f"{args.prefix}_accuracy.png"), dpi=120)
     plt.close(fig)
 
-    keys = [("dormant_0.1", "dormant fraction (tau 0.1)"), ("effective_rank", "effective rank, last hidden layer"),
+    layer = "last hidden layer" if args.source == "mnist" else "recurrent state"
+    keys = [("dormant_0.1", "dormant fraction (tau 0.1)"), ("effective_rank", f"effective rank, {layer}"),
             ("param_norm", "parameter norm")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (key, label) in zip(axes, keys):
@@ -140,24 +167,28 @@ def figures(args, res: dict) -> None:
         ax.set_title(label, fontsize=10)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.figures, "plasticity_monitors.png"), dpi=120)
+    fig.savefig(os.path.join(args.figures, f"{args.prefix}_monitors.png"), dpi=120)
     plt.close(fig)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", type=int, default=200)
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--source", choices=("mnist", "gymnax"), default="mnist",
+                   help="online permuted MNIST (default) or CartPole-v1 variants learned from reward")
+    p.add_argument("--tasks", type=int, default=None, help="tasks (default 200; 30 with --source gymnax)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds (default 5; 3 with --source gymnax)")
+    p.add_argument("--updates", type=int, default=100, help="updates per task with --source gymnax (default 100)")
     p.add_argument("--hidden", default="100,100", help="hidden widths of the MLP (default 100,100)")
-    p.add_argument("--learning-rate", type=float, default=1e-2,
-                   help="Adam's rate (default 1e-2: at 1e-3 the decline is much slower)")
-    p.add_argument("--ewc-lambda", type=float, default=100.0, help="EWC's strength")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="Adam's rate (default 1e-2: at 1e-3 the decline is much slower; 3e-3 with --source gymnax)")
+    p.add_argument("--ewc-lambda", type=float, default=None, help="EWC's strength (default 100; 1000 for gymnax)")
     p.add_argument("--evaluate-every", type=int, default=10, help="a full performance-matrix row every this many tasks")
     p.add_argument("--window", type=int, default=10, help="tasks per point of the curves and the table's ends")
-    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--strategies", default=None, help=f"default {','.join(STRATEGIES)} "
+                                                       f"({','.join(RL_STRATEGIES)} with --source gymnax)")
     p.add_argument("--runs", default="runs/plasticity", help="where the run folders are (default runs/plasticity)")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "plasticity"),
-                   help="output path without extension (.md and .json are written)")
+    p.add_argument("--out", default=None, help="output path without extension (.md and .json are written; default "
+                                               "experiments/results/plasticity, or rl_plasticity with --source gymnax)")
     p.add_argument("--figures", default=os.path.join(os.path.dirname(HERE), "docs", "figures"))
     p.add_argument("--no-cache", action="store_true", help="leave JAX's persistent compilation cache off")
     p.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)  # one strategy's folder, no table
@@ -169,27 +200,46 @@ def main(argv=None):
         args.hidden = tuple(int(h) for h in args.hidden.split(","))
     except ValueError:
         p.error(f"--hidden: expected comma-separated widths, got {args.hidden!r}")
+    rl = args.source == "gymnax"
+    defaults = {"tasks": 30 if rl else 200, "seeds": 3 if rl else 5, "learning_rate": 3e-3 if rl else 1e-2,
+                "ewc_lambda": 1000.0 if rl else 100.0, "strategies": ",".join(RL_STRATEGIES if rl else STRATEGIES),
+                "out": os.path.join(HERE, "results", "rl_plasticity" if rl else "plasticity")}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.prefix = "rl_plasticity" if rl else "plasticity"
+    args.measure = "return" if rl else "accuracy"
+    args.title = (f"CartPole-v1, {args.tasks} random variants x {args.updates} updates, {args.seeds} seeds" if rl else
+                  f"Online permuted MNIST, MLP {'-'.join(map(str, args.hidden))}, {args.seeds} seeds")
     args.strategies = [s for s in args.strategies.split(",") if s]
     if args.tasks < 2 or args.seeds < 2 or not 1 <= args.window <= args.tasks:
         p.error("--tasks and --seeds must be at least 2 and --window between 1 and --tasks")
     enable_compilation_cache(enabled=not args.no_cache)
     if args.train_only:
         for name in args.strategies:
-            run_or_read(experiment_for(args, name), os.path.join(
-                args.runs, f"{args.tasks}x{'-'.join(map(str, args.hidden))}", name), name)
+            run_or_read(experiment_for(args, name), os.path.join(folders_of(args), name), name)
         return
     t0 = time.perf_counter()
     res = study(args)
-    text = (f"Online permuted MNIST (the 5,000 real images: 4,000 training images per task, each seen once in batches "
-            f"of 100), {args.tasks} tasks, MLP 784-{'-'.join(map(str, args.hidden))}-10, Adam "
-            f"{args.learning_rate:g}, seeds 0-{args.seeds - 1}; mean ± 95% t interval over seeds. *Learning "
-            f"accuracy*: the test accuracy on a task right after learning it (the diagonal of R). Made from the run "
-            f"folders in {args.runs}/.\n\n" + table(args, res))
+    if rl:
+        setting = (f"CartPole-v1, {args.tasks} variants drawn by `--variants random:{args.tasks}` (pole length and mass, "
+                   f"gravity, push), each learned from reward for {args.updates} actor-critic updates (the `cartpole` "
+                   f"preset: 8 environments x 64 steps per update, the recurrent cross-modal agent), Adam "
+                   f"{args.learning_rate:g}, EWC lambda {args.ewc_lambda:g}, seeds 0-{args.seeds - 1}; mean ± 95% t "
+                   f"interval over seeds. *Learning return*: the mean return on a task right after learning it (the "
+                   f"diagonal of R; 500 is the most). The monitors read the agent's fusion layer and recurrent state "
+                   f"on states visited in the first task.")
+    else:
+        setting = (f"Online permuted MNIST (the 5,000 real images: 4,000 training images per task, each seen once in "
+                   f"batches of 100), {args.tasks} tasks, MLP 784-{'-'.join(map(str, args.hidden))}-10, Adam "
+                   f"{args.learning_rate:g}, seeds 0-{args.seeds - 1}; mean ± 95% t interval over seeds. *Learning "
+                   f"accuracy*: the test accuracy on a task right after learning it (the diagonal of R).")
+    text = f"{setting} Made from the run folders in {folders_of(args)}/.\n\n" + table(args, res)
     print(text)
     write_atomic(args.out + ".md", text + "\n")
     os.makedirs(args.figures, exist_ok=True)
     figures(args, res)
-    settings = {k: v for k, v in vars(args).items() if k not in ("forward", "train_only")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("forward", "train_only", "prefix", "title")}
     blob = {"settings": settings, "seconds": time.perf_counter() - t0,
             "strategies": {k: {kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv) for kk, vv in v.items()}
                            for k, v in res.items()}}

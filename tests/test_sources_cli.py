@@ -225,8 +225,29 @@ def test_a_gymnax_experiment_builds_its_tasks_and_traced_hyperparameters():
     assert set(experiment.resolved()) == {"source", "gymnax", "train", "seeds", "boundaries"}
 
 
+def test_random_variants_are_a_seeded_draw_inside_their_ranges():
+    from clloop_jax.rl.tasks import VARIANT_RANGES, random_variants, task_params
+    from clloop_jax.workflow.experiment import GymnaxConfig
+    many = random_variants("CartPole-v1", 200, seed=3)
+    assert len(many) == 200 and many == random_variants("CartPole-v1", 200, seed=3)
+    assert len({json.dumps(v, sort_keys=True) for v in many}) == 200                  # every task a new variant
+    for name, (low, high) in VARIANT_RANGES["CartPole-v1"].items():
+        values = np.array([v[name] for v in many])
+        assert low <= values.min() and values.max() <= high
+        assert values.min() < low + 0.1 * (high - low) and values.max() > high - 0.1 * (high - low)   # uniform
+    assert random_variants("CartPole-v1", 4, seed=4) != random_variants("CartPole-v1", 4, seed=3)
+    assert GymnaxConfig(variants="random:6:3").overrides() == random_variants("CartPole-v1", 6, seed=3)
+    assert GymnaxConfig(env_id="Pendulum-v1", variants="random:2").overrides() == random_variants("Pendulum-v1", 2)
+    _, tasks = task_params("CartPole-v1", many[:3])
+    np.testing.assert_allclose(tasks.polemass_length, [v["masspole"] * v["length"] for v in many[:3]], rtol=1e-6)
+    with pytest.raises(ValueError, match="num_tasks must be an integer >= 1"):
+        random_variants("CartPole-v1", 0)
+
+
 @pytest.mark.parametrize("extra, message", [
-    (["--variants", "[{}, 3]"], "gymnax.variants must be 'family' or a JSON list of EnvParams overrides"),
+    (["--variants", "[{}, 3]"], "gymnax.variants must be 'family', 'random:N[:SEED]' or a JSON list of EnvParams"),
+    (["--variants", "random:0"], "gymnax.variants 'random:N' or 'random:N:SEED' needs N >= 1 and SEED >= 0"),
+    (["--variants", "random:5", "--env-id", "Acrobot-v1"], "'random:N' is defined for ['CartPole-v1', 'Pendulum"),
     (["--env-id", "Acrobot-v1"], "gymnax.variants 'family' is defined for ['CartPole-v1', 'Pendulum-v1']"),
     (["--variants", '[{"lenght": 2.0}]'], "overrides[0] names unknown EnvParams fields ['lenght'] of CartPole-v1"),
     (["--discount", "1.5"], "gymnax.discount must be a finite number >= 0 and <= 1"),

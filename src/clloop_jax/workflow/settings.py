@@ -197,7 +197,9 @@ class GymnaxConfig:
     """a registered gymnax environment with a flat observation: CartPole-v1, Acrobot-v1, Pendulum-v1, ..."""
     variants: str = "family"
     """the tasks: family (the library's variants of CartPole-v1 or Pendulum-v1: a longer, heavier pole or
-    pendulum, stronger gravity) or a JSON list of EnvParams overrides, one per task, such as [{}, {"length": 1.5}]"""
+    pendulum, stronger gravity), random:N or random:N:SEED (N variants of CartPole-v1 or Pendulum-v1 with their
+    physics drawn uniformly from fixed ranges, seed 0 by default: a long task sequence) or a JSON list of EnvParams
+    overrides, one per task, such as [{}, {"length": 1.5}]"""
     rollout_steps: int = 64
     """steps of each environment's rollout per update (num-envs environments run in parallel)"""
     ppo_epochs: int = 1
@@ -221,7 +223,8 @@ class GymnaxConfig:
         if not isinstance(self.env_id, str) or not self.env_id:
             raise ValueError(f"gymnax.env_id must be a gymnax environment id, got {self.env_id!r}")
         if not isinstance(self.variants, str):
-            raise TypeError(f"gymnax.variants must be 'family' or a JSON list of overrides, got {self.variants!r}")
+            raise TypeError(f"gymnax.variants must be 'family', 'random:N[:SEED]' or a JSON list of overrides, got "
+                            f"{self.variants!r}")
         if self.variants != "family":
             self.overrides()
         for name in ("rollout_steps", "ppo_epochs", "ppo_minibatches", "policy_hidden"):
@@ -241,14 +244,25 @@ class GymnaxConfig:
                 raise ValueError(f"gymnax.variants 'family' is defined for {sorted(TASK_FAMILIES)}, not "
                                  f"{self.env_id!r}; give the tasks as a JSON list of EnvParams overrides")
             return [dict(o) for o in TASK_FAMILIES[self.env_id]]
+        if self.variants.startswith("random:"):
+            from clloop_jax.rl.tasks import VARIANT_RANGES, random_variants
+            parts = self.variants.split(":")[1:]
+            if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts) or int(parts[0]) < 1:
+                raise ValueError(f"gymnax.variants 'random:N' or 'random:N:SEED' needs N >= 1 and SEED >= 0 as "
+                                 f"integers, got {self.variants!r}")
+            if self.env_id not in VARIANT_RANGES:
+                raise ValueError(f"gymnax.variants 'random:N' is defined for {sorted(VARIANT_RANGES)}, not "
+                                 f"{self.env_id!r}; give the tasks as a JSON list of EnvParams overrides")
+            return random_variants(self.env_id, int(parts[0]), int(parts[1]) if len(parts) == 2 else 0)
         import json
         try:
             values = json.loads(self.variants)
         except ValueError:
             values = None
         if not isinstance(values, list) or not values or not all(isinstance(v, dict) for v in values):
-            raise ValueError(f"gymnax.variants must be 'family' or a JSON list of EnvParams overrides (one dict per "
-                             f"task, such as [{{}}, {{\"length\": 1.5}}]), got {self.variants!r}")
+            raise ValueError(f"gymnax.variants must be 'family', 'random:N[:SEED]' or a JSON list of EnvParams "
+                             f"overrides (one dict per task, such as [{{}}, {{\"length\": 1.5}}]), got "
+                             f"{self.variants!r}")
         return values
 
     def make_source(self, num_envs: int):
