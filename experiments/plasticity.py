@@ -25,7 +25,7 @@ monitors read the agent's hidden layers (its fusion layer and recurrent state) o
 the return on each task right after learning it. Continual backprop and ReDo renew an MLP's units and are not
 defined for the recurrent agent, so the default strategies there are the other four::
 
-    python experiments/plasticity.py --source gymnax            # 30 variants x 100 updates, 3 seeds: rl_plasticity.*
+    python experiments/plasticity.py --source gymnax            # 20 variants x 50 updates, 3 seeds: rl_plasticity.*
 """
 from __future__ import annotations
 
@@ -89,15 +89,15 @@ def study(args) -> dict:
         experiment = experiment_for(args, name)
         path = os.path.join(folders, name)
         t0 = time.perf_counter()
-        folder = RunFolder(path, resume=True)
-        if not (os.path.isfile(folder.file("summary.json")) and folder.holds(experiment)):
+        done = os.path.isfile(os.path.join(path, "summary.json")) and RunFolder(path, resume=True).holds(experiment)
+        if not done:
             # Each strategy trains in a process of its own: a compiled run keeps its source alive, and with it the
             # stream's copy of the images for every task (3 GB at 200 tasks), so one process would hold them all.
             subprocess.run([sys.executable, os.path.abspath(__file__), "--train-only", "--strategies", name]
                            + args.forward, check=True)
         R, baseline = run_or_read(experiment, path, name)
         seconds = time.perf_counter() - t0
-        traces = folder.read_traces()
+        traces = RunFolder(path, resume=True).read_traces()
         learning = np.diagonal(R, axis1=1, axis2=2)                                 # [S, T]
         out[name] = {"R_last": R[:, -1], "learning": learning, "seconds": seconds, "baseline": baseline,
                      **{k: traces[k] for k in ("dormant_0", "dormant_0.1", "effective_rank", "param_norm")
@@ -118,7 +118,7 @@ def table(args, res: dict) -> str:
     w = args.window
     m = "acc." if args.source == "mnist" else "return"
     head = (f"| strategy | learning {m}, tasks 1-{w} | learning {m}, last {w} | change (paired) | "
-            f"avg. {m} at the end | dormant (tau 0.1) at the end | eff. rank at the end | |theta| at the end |")
+            f"avg. {m} at the end | dormant (tau 0.1) at the end | eff. rank at the end | parameter norm at the end |")
     rows = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in res.items():
         L = r["learning"]
@@ -175,9 +175,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", choices=("mnist", "gymnax"), default="mnist",
                    help="online permuted MNIST (default) or CartPole-v1 variants learned from reward")
-    p.add_argument("--tasks", type=int, default=None, help="tasks (default 200; 30 with --source gymnax)")
+    p.add_argument("--tasks", type=int, default=None, help="tasks (default 200; 20 with --source gymnax)")
     p.add_argument("--seeds", type=int, default=None, help="seeds (default 5; 3 with --source gymnax)")
-    p.add_argument("--updates", type=int, default=100, help="updates per task with --source gymnax (default 100)")
+    p.add_argument("--updates", type=int, default=50, help="updates per task with --source gymnax (default 50)")
     p.add_argument("--hidden", default="100,100", help="hidden widths of the MLP (default 100,100)")
     p.add_argument("--learning-rate", type=float, default=None,
                    help="Adam's rate (default 1e-2: at 1e-3 the decline is much slower; 3e-3 with --source gymnax)")
@@ -201,7 +201,7 @@ def main(argv=None):
     except ValueError:
         p.error(f"--hidden: expected comma-separated widths, got {args.hidden!r}")
     rl = args.source == "gymnax"
-    defaults = {"tasks": 30 if rl else 200, "seeds": 3 if rl else 5, "learning_rate": 3e-3 if rl else 1e-2,
+    defaults = {"tasks": 20 if rl else 200, "seeds": 3 if rl else 5, "learning_rate": 3e-3 if rl else 1e-2,
                 "ewc_lambda": 1000.0 if rl else 100.0, "strategies": ",".join(RL_STRATEGIES if rl else STRATEGIES),
                 "out": os.path.join(HERE, "results", "rl_plasticity" if rl else "plasticity")}
     for name, value in defaults.items():
@@ -222,8 +222,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     res = study(args)
     if rl:
-        setting = (f"CartPole-v1, {args.tasks} variants drawn by `--variants random:{args.tasks}` (pole length and mass, "
-                   f"gravity, push), each learned from reward for {args.updates} actor-critic updates (the `cartpole` "
+        setting = (f"CartPole-v1, {args.tasks} variants drawn by `--variants random:{args.tasks}` (pole length and "
+                   f"mass, gravity, push), each learned from reward for {args.updates} actor-critic updates (the `cartpole` "
                    f"preset: 8 environments x 64 steps per update, the recurrent cross-modal agent), Adam "
                    f"{args.learning_rate:g}, EWC lambda {args.ewc_lambda:g}, seeds 0-{args.seeds - 1}; mean ± 95% t "
                    f"interval over seeds. *Learning return*: the mean return on a task right after learning it (the "
