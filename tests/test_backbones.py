@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from clloop_jax import ConvNet, ResNet18, RunConfig, SupervisedSource, make_run
+from clloop_jax.data.augment import ImageAugmentation
 from clloop_jax.data.files import load_cifar
 from clloop_jax.data.streams import MASK_VALUE, split_stream
 from clloop_jax.backbones import BN_EPSILON, BN_MOMENTUM
@@ -250,7 +251,8 @@ def test_reduced_resnet18_learns_a_colour_task_from_cifar_files_with_replay_unde
     assert x.shape == (320, 32, 32, 3) and x.dtype == np.uint8
     flat = lambda a: (a.astype(np.float32) / 255.0).reshape(len(a), -1)  # noqa: E731
     stream = split_stream(flat(x), y, classes_per_task=2, seed=0, x_test=flat(xt), y_test=yt, scenario="task")
-    src = SupervisedSource(ResNet18(output_dim=4, nf=4, image_shape=(32, 32, 3)), stream, batch_size=16)
+    src = SupervisedSource(ResNet18(output_dim=4, nf=4, image_shape=(32, 32, 3)), stream, batch_size=16,
+                           augment=ImageAugmentation((32, 32, 3)))      # random crop (padding 4) and flip
     run = make_run(RunConfig(strategy="replay", episodes_per_task=15), src)
     hp = run.hparams(learning_rate=3e-3)
     keys = jax.random.split(jax.random.key(0), 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -105,6 +106,10 @@ class SupervisedSource:
         ``min(256, number of training samples)``.
       sampling: ``"random"`` (default: every batch drawn afresh) or ``"epoch"`` (one pass over each task's
         training samples in a random order, see above).
+      augment: None, or an :class:`~clloop_jax.data.augment.ImageAugmentation` (random crop with zero padding and
+        horizontal flip, per sample) applied to every training batch (:meth:`batch`, the epoch's batches, the
+        task-free mixture batches) with a key split from the batch's own; test samples, the Fisher's samples and
+        what a memory keeps are the stored images. Its ``image_shape`` must hold the stream's ``D`` features.
     """
 
     model: Any
@@ -113,6 +118,7 @@ class SupervisedSource:
     eval_size: Optional[int] = None
     fisher_size: Optional[int] = None
     sampling: str = "random"
+    augment: Optional[data_lib.ImageAugmentation] = None
 
     def __post_init__(self):
         check_methods("model", self.model, ["init", "apply"], example="MLP(output_dim=10)")
@@ -126,6 +132,13 @@ class SupervisedSource:
         positive_int("eval_size", self.eval_size, allow_none=True)
         positive_int("fisher_size", self.fisher_size, allow_none=True)
         check_choice("sampling", self.sampling, SAMPLING_MODES)
+        if self.augment is not None:
+            if not isinstance(self.augment, data_lib.ImageAugmentation):
+                raise TypeError(f"augment must be None or a clloop_jax.data.ImageAugmentation, got "
+                                f"{type(self.augment).__name__}")
+            if math.prod(self.augment.image_shape) != int(self.stream.x.shape[-1]):
+                raise ValueError(f"augment.image_shape {self.augment.image_shape} must hold the stream's "
+                                 f"{int(self.stream.x.shape[-1])} features per sample")
         if self.batch_size > n_train:
             raise ValueError(f"batch_size must be at most the task's {n_train} training samples, "
                              f"got {self.batch_size}")
@@ -190,9 +203,19 @@ class SupervisedSource:
 
     def stream_batch(self, key, params, task, hparams, stream: EpochStream):
         """``(batch, stream)``: the next ``batch_size`` samples of the task's order (``sampling="epoch"``)."""
-        del key, params, hparams
+        del params, hparams
         idx = jax.lax.dynamic_slice(stream.order, (stream.step * self.batch_size,), (self.batch_size,))
-        return SupervisedBatch(task.x[idx], task.y[idx], task.train_mask), stream._replace(step=stream.step + 1)
+        batch = SupervisedBatch(self._augmented(key, task.x[idx]), task.y[idx], task.train_mask)
+        return batch, stream._replace(step=stream.step + 1)
+
+    def _split_augment_key(self, key):
+        """``(key, augmentation key)``: a key split in two when there is an augmentation, else ``(key, None)`` (a
+        source without one draws exactly what it drew before augmentation existed)."""
+        return (key, None) if self.augment is None else tuple(jax.random.split(key))
+
+    def _augmented(self, key, x):
+        """The training rows ``x``, through :attr:`augment` with ``key`` when there is one."""
+        return x if self.augment is None else self.augment(key, x)
 
     def minibatches(self, key, batch: SupervisedBatch, hparams) -> SupervisedBatch:
         """A streamed batch learned as it is: one minibatch (a leading axis of 1)."""
@@ -232,9 +255,9 @@ class SupervisedSource:
 
     def batch(self, key, params, task, hparams):
         del params, hparams
+        key, k_augment = self._split_augment_key(key)
         idx = jax.random.choice(key, task.x.shape[0], (self.batch_size,), replace=False)
-        return SupervisedBatch(task.x[idx], task.y[idx], task.train_mask)
-
+        return SupervisedBatch(self._augmented(k_augment, task.x[idx]), task.y[idx], task.train_mask)
 
     def mixture_batch(self, key, params, tasks, weights, hparams) -> SupervisedBatch:
         """``batch_size`` rows, row ``r`` a training sample of its own task drawn from ``weights [K]``, with the
@@ -242,13 +265,16 @@ class SupervisedSource:
         would, without replacement) and row ``r`` takes the ``r``-th of its task's, so rows of one task are distinct
         samples and a pure batch (one task) is distributed exactly as :meth:`batch`'s. Gathers only the rows it
         needs."""
+        key, k_augment = self._split_augment_key(key)
         k_ids, k_batch = jax.random.split(key)
         B = self.batch_size
         ids = draw_tasks(k_ids, weights, B)
         K, N = tasks.x.shape[0], tasks.x.shape[1]
         perms = jax.vmap(lambda k: jax.random.choice(k, N, (B,), replace=False))(jax.random.split(k_batch, K))
         idx = perms[ids, jnp.arange(B)]
-        return SupervisedBatch(tasks.x[ids, idx], tasks.y[ids, idx], tasks.train_mask[ids])
+        return SupervisedBatch(self._augmented(k_augment, tasks.x[ids, idx]), tasks.y[ids, idx],
+                               tasks.train_mask[ids])
+
     def loss(self, params, batch, hparams):
         del hparams
         logits, model_state = self._apply(params, batch.x, train=True)
