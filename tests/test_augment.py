@@ -1,5 +1,6 @@
-"""The image augmentation (random crop with zero padding, horizontal flip) against a NumPy reference, its draws'
-distribution, and a labelled source that augments its training batches only."""
+"""The image pipeline: the augmentation (random crop with zero padding, horizontal flip) against a NumPy reference,
+its draws' distribution, a labelled source that augments its training batches only, and streams that keep pixel
+bytes (uint8) and read them as exactly the floats of a float32 stream."""
 import itertools
 
 import jax
@@ -7,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clloop_jax.data import ImageAugmentation, crop_flip, split_stream
+from clloop_jax.data import PIXEL_VALUES, ImageAugmentation, crop_flip, load_mnist, pixel_values, split_stream
+from clloop_jax.data.streams import permuted_stream
 from clloop_jax.model import MLP
+from clloop_jax.run.config import RunConfig
+from clloop_jax.run.sequential import make_run
 from clloop_jax.sources.supervised import SupervisedSource
 
 
@@ -116,3 +120,43 @@ def test_a_source_refuses_an_augmentation_that_does_not_fit(stream):
         SupervisedSource(model, stream, augment=ImageAugmentation((4, 4, 3)))
     with pytest.raises(TypeError, match="augment must be None or a clloop_jax.data.ImageAugmentation, got dict"):
         SupervisedSource(model, stream, augment={"crop_padding": 4})
+
+
+# ----- pixel bytes ------------------------------------------------------------------------------------------------
+
+
+def test_a_byte_reads_as_its_float64_scaling_rounded_once():
+    everything = np.arange(256, dtype=np.uint8)
+    want = (everything.astype(np.float64) / 255.0).astype(np.float32)
+    np.testing.assert_array_equal(PIXEL_VALUES, want)
+    np.testing.assert_array_equal(jax.jit(pixel_values)(jnp.asarray(everything)), want)    # in a program too
+    floats = jnp.asarray(want)
+    assert pixel_values(floats) is floats                                                  # floats pass through
+    x, y, xt, yt = load_mnist(pixels="uint8")
+    assert x.dtype == np.uint8 and x.shape == (4000, 784)
+    np.testing.assert_array_equal(PIXEL_VALUES[x], load_mnist()[0])                         # load_mnist's floats
+    np.testing.assert_array_equal(y, load_mnist()[1])
+    with pytest.raises(ValueError, match="pixels must be one of"):
+        load_mnist(pixels="float16")
+
+
+def test_a_stream_of_bytes_holds_a_quarter_and_runs_bitwise_as_the_float_stream():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, size=(120, 16), dtype=np.uint8)
+    y = np.arange(120) % 4
+    as_bytes = permuted_stream(x, y, 3, seed=0)
+    as_floats = permuted_stream(PIXEL_VALUES[x], y, 3, seed=0)
+    assert as_bytes.x.dtype == jnp.uint8 and as_bytes.x_test.dtype == jnp.uint8
+    assert as_bytes.x.nbytes * 4 == as_floats.x.nbytes
+    model = MLP(output_dim=as_bytes.num_classes, hidden=(8,))
+    results = []
+    for stream in (as_bytes, as_floats):
+        source = SupervisedSource(model, stream, batch_size=16, fisher_size=8, eval_size=10)
+        run = make_run(RunConfig(strategy="replay", episodes_per_task=4, monitors=()), source)
+        results.append(run(jax.random.key(0), run.hparams(learning_rate=1e-2)))
+    (s_b, r_b), (s_f, r_f) = results
+    for a, b in zip(jax.tree.leaves((s_b.params, s_b.strategy, r_b.R, r_b.traces)),
+                    jax.tree.leaves((s_f.params, s_f.strategy, r_f.R, r_f.traces)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="x_test must be pixel bytes .uint8. exactly when x is"):
+        permuted_stream(x, y, 2, x_test=PIXEL_VALUES[x], y_test=y)

@@ -97,12 +97,22 @@ def test_a_digits_run_resumed_after_two_tasks_equals_the_uninterrupted_one(digit
                                                                  "train.strategy_hparams of strategy 'replay'"),
     (["--strategy", "replay", "--strategy-hparams", "alpha"], "expected name=number"),
     (["--strategy", "ewc", "--strategy-hparams", "lam=3"], "set 'lam' with --lam"),
+    (["--pixel-bytes"], "data.pixel_bytes keeps MNIST's images as bytes; the digits source has no pixel bytes"),
 ])
 def test_options_the_source_does_not_use_or_cannot_take_are_refused_before_the_folder(extra, message, tmp_path,
                                                                                      capsys):
     code, said = run(tmp_path / "out", *extra, capsys=capsys)
     assert code == 2 and message in said
     assert not (tmp_path / "out").exists()
+
+
+def test_mnist_pixel_bytes_hold_the_images_as_uint8_and_read_as_the_same_floats():
+    from clloop_jax.data import PIXEL_VALUES
+    plain = DataConfig(stream="permuted", permuted_tasks=3, mlp_hidden=(8,)).make_source("mnist")
+    small = DataConfig(stream="permuted", permuted_tasks=3, mlp_hidden=(8,), pixel_bytes=True).make_source("mnist")
+    assert small.stream.x.dtype == np.uint8 and small.stream.x.nbytes * 4 == plain.stream.x.nbytes
+    np.testing.assert_array_equal(PIXEL_VALUES[np.asarray(small.stream.x)], plain.stream.x)
+    np.testing.assert_array_equal(PIXEL_VALUES[np.asarray(small.stream.x_test)], plain.stream.x_test)
 
 
 def test_memory_reaches_the_rehearsal_strategy_and_is_recorded():

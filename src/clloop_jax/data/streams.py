@@ -16,10 +16,24 @@ from clloop_jax.data.loaders import check_xy, numpy_rng, train_test_split
 from clloop_jax.validation import check_bool, check_choice, check_float, check_int
 
 __all__ = ["SCENARIOS", "MASK_VALUE", "TaskStream", "permuted_stream", "split_stream", "masked_logits",
-           "masked_cross_entropy", "accuracy"]
+           "masked_cross_entropy", "accuracy", "PIXEL_VALUES", "pixel_values"]
 
 
 SCENARIOS = ("task", "domain", "class")
+
+#: What a pixel byte ``v`` reads as: ``v / 255`` computed in float64 and rounded to float32, the values
+#: :func:`~clloop_jax.data.loaders.load_mnist` gives. A lookup, not a division in the program: XLA divides by a
+#: constant as a multiplication by its reciprocal, one unit in the last place away for half the bytes.
+PIXEL_VALUES = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+
+
+def pixel_values(x: jax.Array) -> jax.Array:
+    """``x`` as model inputs: uint8 pixel bytes read as float32 in ``[0, 1]`` (:data:`PIXEL_VALUES`), anything else
+    unchanged. A stream of uint8 images holds a quarter of float32's memory; this turns the rows a source draws into
+    exactly the floats a float32 stream of the same images (scaled by ``/ 255``) would hold."""
+    if x.dtype != jnp.uint8:
+        return x
+    return jnp.asarray(PIXEL_VALUES)[x.astype(jnp.int32)]
 
 
 #: The logit given to masked-out classes: finite (no ``inf - inf`` nans), and ``exp(MASK_VALUE - max)`` is
@@ -33,9 +47,10 @@ class TaskStream:
     stream)`` (or :meth:`task`) selects task ``i``, also with a traced ``i``.
 
     Attributes:
-      x: ``[T, N, D]`` float32 training inputs of each task.
+      x: ``[T, N, D]`` float32 training inputs of each task, or uint8 pixel values (0..255, kept as bytes when the
+        stream is built from uint8 images; a labelled source reads them with :func:`pixel_values`).
       y: ``[T, N]`` int32 training labels, in the scenario's head (``0 <= y < num_classes``).
-      x_test: ``[T, M, D]`` float32 test inputs.
+      x_test: ``[T, M, D]`` test inputs, of ``x``'s dtype.
       y_test: ``[T, M]`` int32 test labels.
       task_ids: ``[T]`` int32, ``0..T-1``.
       mask: ``[T, num_classes]`` bool: the head outputs that belong to each task.
@@ -87,6 +102,9 @@ def _train_test(x, y, x_test, y_test, seed, test_fraction):
     if x_test.shape[1] != x.shape[1]:
         raise ValueError(f"x_test must have D={x.shape[1]} features like x (shape {x.shape}), "
                          f"got shape {x_test.shape}")
+    if (x.dtype == np.uint8) != (x_test.dtype == np.uint8):
+        raise ValueError(f"x_test must be pixel bytes (uint8) exactly when x is, got x {x.dtype} and x_test "
+                         f"{x_test.dtype}")
     return x, y, x_test, y_test
 
 

@@ -150,7 +150,7 @@ class SupervisedSource:
         elif self.fisher_size > n_train:
             raise ValueError(f"fisher_size must be at most the task's {n_train} training samples (or None), "
                              f"got {self.fisher_size}")
-        x0 = self.stream.x[0, 0]
+        x0 = data_lib.pixel_values(self.stream.x[0, 0])
         variables = jax.eval_shape(self.model.init, jax.random.key(0), x0)
         if "params" not in variables:
             raise ValueError(f"model must have trainable parameters (a 'params' collection), got the collections "
@@ -205,13 +205,18 @@ class SupervisedSource:
         """``(batch, stream)``: the next ``batch_size`` samples of the task's order (``sampling="epoch"``)."""
         del params, hparams
         idx = jax.lax.dynamic_slice(stream.order, (stream.step * self.batch_size,), (self.batch_size,))
-        batch = SupervisedBatch(self._augmented(key, task.x[idx]), task.y[idx], task.train_mask)
+        batch = SupervisedBatch(self._augmented(key, self._rows(task.x, idx)), task.y[idx], task.train_mask)
         return batch, stream._replace(step=stream.step + 1)
 
     def _split_augment_key(self, key):
         """``(key, augmentation key)``: a key split in two when there is an augmentation, else ``(key, None)`` (a
         source without one draws exactly what it drew before augmentation existed)."""
         return (key, None) if self.augment is None else tuple(jax.random.split(key))
+
+    @staticmethod
+    def _rows(x, idx):
+        """The rows ``x[idx]`` of a task's inputs as the model reads them (pixel bytes as floats)."""
+        return data_lib.pixel_values(x[idx])
 
     def _augmented(self, key, x):
         """The training rows ``x``, through :attr:`augment` with ``key`` when there is one."""
@@ -224,14 +229,14 @@ class SupervisedSource:
 
     def init_params(self, key):
         x = self.stream.x
-        variables = self.model.init(key, jnp.zeros(x.shape[2:], x.dtype))
+        variables = self.model.init(key, jnp.zeros(x.shape[2:], jnp.float32 if x.dtype == jnp.uint8 else x.dtype))
         return {"params": variables["params"]} if self.model_state else variables
 
     def init_model_state(self, key):
         """The model's non-trainable collections before training (``{"batch_stats": ...}``: means 0, variances 1);
         ``{}`` for a model without any."""
         x = self.stream.x
-        variables = self.model.init(key, jnp.zeros(x.shape[2:], x.dtype))
+        variables = self.model.init(key, jnp.zeros(x.shape[2:], jnp.float32 if x.dtype == jnp.uint8 else x.dtype))
         return {c: variables[c] for c in self._collections}
 
     def with_model_state(self, model_state) -> "SupervisedSource":
@@ -257,7 +262,7 @@ class SupervisedSource:
         del params, hparams
         key, k_augment = self._split_augment_key(key)
         idx = jax.random.choice(key, task.x.shape[0], (self.batch_size,), replace=False)
-        return SupervisedBatch(self._augmented(k_augment, task.x[idx]), task.y[idx], task.train_mask)
+        return SupervisedBatch(self._augmented(k_augment, self._rows(task.x, idx)), task.y[idx], task.train_mask)
 
     def mixture_batch(self, key, params, tasks, weights, hparams) -> SupervisedBatch:
         """``batch_size`` rows, row ``r`` a training sample of its own task drawn from ``weights [K]``, with the
@@ -272,7 +277,7 @@ class SupervisedSource:
         K, N = tasks.x.shape[0], tasks.x.shape[1]
         perms = jax.vmap(lambda k: jax.random.choice(k, N, (B,), replace=False))(jax.random.split(k_batch, K))
         idx = perms[ids, jnp.arange(B)]
-        return SupervisedBatch(self._augmented(k_augment, tasks.x[ids, idx]), tasks.y[ids, idx],
+        return SupervisedBatch(self._augmented(k_augment, self._rows(tasks.x, (ids, idx))), tasks.y[ids, idx],
                                tasks.train_mask[ids])
 
     def loss(self, params, batch, hparams):
@@ -296,13 +301,13 @@ class SupervisedSource:
         if self.eval_size is not None and self.eval_size < x.shape[0]:
             idx = jax.random.choice(key, x.shape[0], (self.eval_size,), replace=False)
             x, y = x[idx], y[idx]
-        return data_lib.accuracy(outputs(x), y, task.test_mask if mask is None else mask)
+        return data_lib.accuracy(outputs(data_lib.pixel_values(x)), y, task.test_mask if mask is None else mask)
 
     def fisher_data(self, key, params, task, hparams):
         del params, hparams
         n = self.fisher_size
         idx = jax.random.choice(key, task.x.shape[0], (n,), replace=False)
-        return self.samples(SupervisedBatch(task.x[idx], task.y[idx], task.train_mask))
+        return self.samples(SupervisedBatch(self._rows(task.x, idx), task.y[idx], task.train_mask))
 
     def samples(self, batch: SupervisedBatch):
         """Per-sample ``((x, mask), y)``, each sample keeping its task's training mask."""

@@ -156,6 +156,9 @@ class DataConfig:
     """random: every update draws its batch afresh from the task's training images; epoch: online learning, each
     training image seen once per task in a random order (Dohare et al. 2024), so episodes-per-task must be the
     number of training images // batch-size (MNIST: 4000 // batch-size)"""
+    pixel_bytes: bool = False
+    """MNIST only: keep the images as bytes in the run (a quarter of float32's memory, for long permuted streams);
+    they are read as the same floats, so the run's numbers do not change"""
 
     def __post_init__(self):
         for name, choices in (("stream", ("split", "permuted")), ("scenario", ("task", "domain", "class")),
@@ -171,14 +174,18 @@ class DataConfig:
         object.__setattr__(self, "mlp_hidden", tuple(self.mlp_hidden))
         if isinstance(self.data_seed, bool) or not isinstance(self.data_seed, numbers.Integral) or self.data_seed < 0:
             raise ValueError(f"data.data_seed must be an integer >= 0, got {self.data_seed!r}")
+        if not isinstance(self.pixel_bytes, bool):
+            raise TypeError(f"data.pixel_bytes must be True or False, got {self.pixel_bytes!r}")
 
     def make_source(self, dataset: str):
         """The :class:`~clloop_jax.sources.supervised.SupervisedSource` of ``dataset`` (loaded from the installed
         package that ships it: ``pip install -e ".[data]"``)."""
-        from clloop_jax.data import load_dataset, permuted_stream, split_stream
+        from clloop_jax.data import load_dataset, load_mnist, permuted_stream, split_stream
         from clloop_jax.model import MLP
         from clloop_jax.sources.supervised import SupervisedSource
-        x, y, x_test, y_test = load_dataset(dataset)
+        if self.pixel_bytes and dataset != "mnist":
+            raise ValueError(f"data.pixel_bytes keeps MNIST's images as bytes; the {dataset} source has no pixel bytes")
+        x, y, x_test, y_test = load_mnist(pixels="uint8") if self.pixel_bytes else load_dataset(dataset)
         if self.stream == "split":
             stream = split_stream(x, y, classes_per_task=self.classes_per_task, seed=self.data_seed, x_test=x_test,
                                   y_test=y_test, scenario=self.scenario)
