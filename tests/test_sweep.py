@@ -1,5 +1,6 @@
 """``clloop sweep``: a grid of traced hyperparameters over seeds as one batch, its folders, its choice on held-out
 seeds, its refusals and its resume."""
+import dataclasses
 import json
 import os
 import shutil
@@ -110,8 +111,45 @@ def test_split_grid():
             split_grid(argv)
 
 
+def test_split_grid_takes_a_strategys_own_hyperparameters():
+    grid, rest = split_grid(["--strategy-hparams", "alpha=0.1,1", "beta=2", "--lam", "1,10", "--seeds", "3"])
+    assert grid == (("strategy_hparams.alpha", (0.1, 1.0)), ("lam", (1.0, 10.0)))
+    assert rest == ["--strategy-hparams", "beta=2", "--seeds", "3"]                     # a fixed one stays an option
+    grid, rest = split_grid(["--strategy-hparams=replay.alpha=0.5,2"])
+    assert grid == (("strategy_hparams.replay.alpha", (0.5, 2.0)),) and rest == []
+    for argv, words in ((["--strategy-hparams", "alpha=0.1,x"], "--strategy-hparams alpha: 'x'"),
+                        (["--strategy-hparams", "alpha=1,2", "alpha=3,4"], "alpha is given twice"),
+                        (["--strategy-hparams", "alpha=1"], "nothing to sweep")):
+        with pytest.raises(ValueError, match=words):
+            split_grid(argv)
+    sweep = SweepConfig(PRESETS["tiny-digits"], (("strategy_hparams.alpha", (0.25, 4.0)),))
+    point = sweep.points()[1]
+    assert sweep.point_name(point) == "alpha=4"
+    assert sweep.experiment_at(point).train.strategy_hparams == ("alpha=4.0",)
+    fixed = PRESETS["tiny-digits"].with_strategy("derpp")
+    fixed = dataclasses.replace(fixed, train=dataclasses.replace(fixed.train, strategy_hparams=("alpha=0.3", "beta=0.7")))
+    at = SweepConfig(fixed, (("strategy_hparams.alpha", (0.5,)),)).experiment_at({"strategy_hparams.alpha": 0.5})
+    assert at.train.strategy_hparams == ("beta=0.7", "alpha=0.5")                     # the swept value replaces its own
+
+
+def test_a_strategy_hyperparameter_sweep_is_one_program_whose_points_are_their_own_runs(tmp_path):
+    sweep = SweepConfig(PRESETS["tiny-digits"], (("strategy_hparams.alpha", (0.0, 4.0)),))   # replay's weight
+    res = run_sweep(sweep, RunFolder(str(tmp_path / "s")))
+    run, _ = PRESETS["tiny-digits"].build()
+    for p, point in enumerate(sweep.points()):
+        experiment = sweep.experiment_at(point)
+        _, alone = execute(run, experiment.hparams_of(run), list(range(PRESETS["tiny-digits"].seeds)))
+        np.testing.assert_allclose(res.R[p], np.asarray(alone.R, np.float64), atol=1e-5)
+        stored = json.load(open(tmp_path / "s" / sweep.point_name(point) / "config.json"))["config"]["train"]
+        assert stored["strategy_hparams"] == [f"alpha={point['strategy_hparams.alpha']!r}"]
+    assert np.abs(res.R[0] - res.R[1]).max() > 1e-3                                   # the weight changes the run
+    text = (tmp_path / "s" / "sweep.md").read_text()
+    assert "| alpha |" in text and (tmp_path / "s" / "sweep_alpha.png").is_file()
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--strategy", "none", "--lam", "1,10"], "the point lam=1: train.lam"),
+    (["--strategy", "replay", "--strategy-hparams", "beta=1,2"], "unknown hyperparameter(s) ['beta']"),
     (["--strategy", "ewc", "--lam", "1,10", "--select-on", "1"], "must be held out"),
     (["--strategy", "ewc", "--lam", "1,10", "--select-on", "a"], "--select-on must be"),
     (["--strategy", "ewc", "--feedback-weight", "0.1,0.2"], "--feedback-weight 0.1 is not used"),

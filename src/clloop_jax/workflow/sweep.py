@@ -1,8 +1,9 @@
 """Sweeps: a grid of traced hyperparameters, over seeds, trained as one batch by one compiled program.
 
 A :class:`SweepConfig` is an :class:`~clloop_jax.workflow.experiment.ExperimentConfig` and a grid over the options
-that reach the run's :class:`~clloop_jax.run.config.HParams` (the learning rate, the penalty strength, ...; options
-that change the program, such as sizes, cannot be swept this way). Every grid point's seeds are members of one batch
+that reach the run's :class:`~clloop_jax.run.config.HParams` (the learning rate, the penalty strength, a strategy's
+own hyperparameters such as replay's ``alpha`` with ``--strategy-hparams alpha=0.1,0.5,1``, ...; options that change
+the program, such as sizes, cannot be swept this way). Every grid point's seeds are members of one batch
 (``jax.vmap`` over points x seeds, each member with its own hyperparameters), so the sweep compiles the programs of
 one run, however many points it has, and runs with checkpoints, resume and the NaN alarm like any run
 (:func:`~clloop_jax.workflow.execute.execute`).
@@ -31,8 +32,8 @@ import tyro
 
 from clloop_jax.workflow.experiment import ExperimentConfig
 
-__all__ = ["SweepConfig", "SweepResults", "run_sweep", "SWEEPABLE", "LOWER_IS_BETTER", "parse_values",
-           "sweep_text", "best_point", "SweepArgs", "split_grid", "sweep_command"]
+__all__ = ["SweepConfig", "SweepResults", "run_sweep", "SWEEPABLE", "STRATEGY_HPARAM", "LOWER_IS_BETTER",
+           "parse_values", "sweep_text", "best_point", "SweepArgs", "split_grid", "sweep_command"]
 
 #: The options a sweep can vary (their values reach the run's traced hyperparameters): ``{option: (part, field)}``.
 SWEEPABLE = {
@@ -43,6 +44,15 @@ SWEEPABLE = {
 }
 #: Metrics for which the smallest value is the best (for the others, the largest).
 LOWER_IS_BETTER = ("average_forgetting",)
+#: A grid option ``strategy_hparams.NAME`` sweeps the strategy's own traced hyperparameter ``NAME`` (replay's
+#: ``alpha``, a chain part's ``replay.alpha``, continual backprop's ``replacement_rate``; ``--strategy-hparams
+#: NAME=1,2,3``), set through ``train.strategy_hparams`` at every point.
+STRATEGY_HPARAM = "strategy_hparams."
+
+
+def _label(option: str) -> str:
+    """How an option reads in folder names, tables and figures: a strategy hyperparameter by its own name."""
+    return option[len(STRATEGY_HPARAM):] if option.startswith(STRATEGY_HPARAM) else option
 
 
 def parse_values(option: str, text: str) -> Tuple[float, ...]:
@@ -66,14 +76,15 @@ def parse_values(option: str, text: str) -> Tuple[float, ...]:
 
 
 def _point_name(point: Dict[str, float]) -> str:
-    return ",".join(f"{name}={value:g}" for name, value in point.items())
+    return ",".join(f"{_label(name)}={value:g}" for name, value in point.items())
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """A grid of traced hyperparameters over one experiment.
 
-    ``grid``: ``((option, (value, ...)), ...)`` with options from :data:`SWEEPABLE`, every combination a point (the
+    ``grid``: ``((option, (value, ...)), ...)`` with options from :data:`SWEEPABLE` or ``strategy_hparams.NAME``
+    (:data:`STRATEGY_HPARAM`), every combination a point (the
     first option varies slowest); ``select_on``: held-out seeds (not among the reported ``0 .. seeds - 1``) on
     which the best point is chosen; ``metric``: a name from :data:`clloop_jax.metrics.METRIC_NAMES`."""
 
@@ -98,7 +109,7 @@ class SweepConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"grid names an option twice: {names}")
         for name in names:
-            if name not in SWEEPABLE:
+            if name not in SWEEPABLE and not (name.startswith(STRATEGY_HPARAM) and len(name) > len(STRATEGY_HPARAM)):
                 raise ValueError(f"--{name.replace('_', '-')} cannot be swept in one program (it changes what is "
                                  f"compiled, or is no number); the options a sweep can vary: "
                                  f"{', '.join('--' + n.replace('_', '-') for n in SWEEPABLE)}")
@@ -134,6 +145,12 @@ class SweepConfig:
         e = self.experiment
         parts = {}
         for name, value in point.items():
+            if name.startswith(STRATEGY_HPARAM):
+                hp = _label(name)
+                train = parts.get("train", e.train)
+                kept = tuple(item for item in train.strategy_hparams if item.partition("=")[0].strip() != hp)
+                parts["train"] = dataclasses.replace(train, strategy_hparams=kept + (f"{hp}={value!r}",))
+                continue
             part, field = SWEEPABLE[name]
             parts[part] = dataclasses.replace(parts.get(part, getattr(e, part)), **{field: value})
         return dataclasses.replace(e, **parts)
@@ -247,9 +264,9 @@ def _write_summary(sweep: SweepConfig, res: SweepResults, folder) -> None:
     names = [sweep.point_name(p) for p in res.points]
     options = [name for name, _ in sweep.grid]
     H = res.held_out.shape[1]
-    head = "| " + " | ".join(options) + (f" | held-out mean ({H} seed{'s' if H > 1 else ''})" if H else "") + \
+    head = "| " + " | ".join(_label(o) for o in options) + (f" | held-out mean ({H} seed{'s' if H > 1 else ''})" if H else "") + \
         f" | {sweep.metric} (reported seeds, mean ± 95% interval) | |"
-    lines = [f"Sweep of {', '.join(options)} over {len(res.points)} points x {res.reported.shape[1]} reported seeds"
+    lines = [f"Sweep of {', '.join(_label(o) for o in options)} over {len(res.points)} points x {res.reported.shape[1]} reported seeds"
              + (f" (+ {H} held-out)" if H else "") + f"; metric: {sweep.metric}, {METRIC_MEANINGS[sweep.metric]}.",
              "", head, "|" + "---:|" * (len(options) + (2 if H else 1)) + "---|"]
     for p, point in enumerate(res.points):
@@ -273,8 +290,8 @@ def _write_summary(sweep: SweepConfig, res: SweepResults, folder) -> None:
         rest = {o: v for o, v in res.points[res.best].items() if o != option}
         idx = [p for p, point in enumerate(res.points) if all(point[o] == v for o, v in rest.items())]
         report.plot_sweep([res.points[p][option] for p in idx], res.R[idx], res.baseline[idx],
-                          path=folder.file(f"sweep_{option}.png"), metrics=(sweep.metric,), xlabel=option,
-                          title=f"{sweep.metric} against {option}" + (
+                          path=folder.file(f"sweep_{_label(option)}.png"), metrics=(sweep.metric,),
+                          xlabel=_label(option), title=f"{sweep.metric} against {_label(option)}" + (
                               f" ({_point_name(rest)})" if rest else "") + "; mean, 95% interval")
 
 
@@ -315,13 +332,31 @@ class SweepArgs:
 
 def split_grid(argv: Sequence[str]):
     """``(grid, rest)``: the swept options of ``argv`` (those of :data:`SWEEPABLE` given comma-separated values,
-    ``--lam 1,10,100`` or ``--lam=1,10,100``) as ``((option, values), ...)`` in the order given, and the other
+    ``--lam 1,10,100`` or ``--lam=1,10,100``, and the strategy's own hyperparameters given so among
+    ``--strategy-hparams alpha=0.1,0.5 beta=2``) as ``((option, values), ...)`` in the order given, and the other
     arguments. ``ValueError`` naming the option for values that are no numbers, and when nothing is swept."""
     flags = {f"--{name.replace('_', '-')}": name for name in SWEEPABLE}
     flags.update({f"--{name}": name for name in SWEEPABLE})
     argv, grid, rest, i = list(argv), [], [], 0
     while i < len(argv):
         flag, eq, value = argv[i].partition("=")
+        if flag in ("--strategy-hparams", "--strategy_hparams"):
+            end = i + 1
+            while not eq and end < len(argv) and not argv[end].startswith("--"):
+                end += 1
+            fixed = []
+            for item in ([value] if eq else argv[i + 1:end]):
+                name, is_set, values = item.partition("=")
+                if not (is_set and "," in values):
+                    fixed.append(item)
+                    continue
+                option = STRATEGY_HPARAM + name.strip()
+                if option in dict(grid):
+                    raise ValueError(f"--strategy-hparams: {name.strip()} is given twice")
+                grid.append((option, parse_values(f"strategy_hparams {name.strip()}", values)))
+            rest += ["--strategy-hparams", *fixed] if fixed else []
+            i = end
+            continue
         if flag in flags and not eq and i + 1 < len(argv):
             value, step = argv[i + 1], 2
         else:
@@ -336,7 +371,8 @@ def split_grid(argv: Sequence[str]):
     if not grid:
         raise ValueError("nothing to sweep: give at least one option comma-separated values (for example --lam "
                          "1,10,100 --learning-rate 1e-3,3e-3); the options a sweep can vary: "
-                         + ", ".join(f"--{n.replace('_', '-')}" for n in SWEEPABLE))
+                         + ", ".join(f"--{n.replace('_', '-')}" for n in SWEEPABLE)
+                         + ", and a strategy's own with --strategy-hparams NAME=1,2,3")
     return tuple(grid), rest
 
 
