@@ -290,14 +290,20 @@ def replay(capacity: int = 500, batch_size: int = 32, alpha=1.0, memory: str = "
     update, their loss weighted by ``alpha``. ``memory``: ``"reservoir"`` (a uniform sample of the stream) or
     ``"balanced"`` (GDumb's class-balanced memory over the targets, which must be integer class labels; see
     :func:`~clloop_jax.strategies.memories.balanced_add`)."""
+    return _replay_like("replay", capacity, batch_size, alpha, memory)
+
+
+def _replay_like(name: str, capacity, batch_size, alpha, memory: str) -> Strategy:
+    """Replay and ER-ACE: one memory (reservoir or class-balanced) replayed with weight ``alpha``; the name selects
+    the loss on the incoming batch (:class:`_Rehearsal`)."""
     _check_size("capacity", capacity)
     _check_size("batch_size", batch_size)
     if memory not in ("reservoir", "balanced"):
         raise ValueError(f"memory must be 'reservoir' or 'balanced', got {memory!r}")
-    hooks = _Rehearsal("replay", capacity, batch_size, memory)
+    hooks = _Rehearsal(name, capacity, batch_size, memory)
     hp = ReplayHParams(alpha)
     check_hparams(hp, "strategy")
-    return Strategy("replay", hp, init=hooks.init, observe=hooks.observe, replay_loss=hooks.replay_loss,
+    return Strategy(name, hp, init=hooks.init, observe=hooks.observe, replay_loss=hooks.replay_loss,
                     init_with_example=True)
 
 
@@ -347,15 +353,7 @@ def er_ace(capacity: int = 500, batch_size: int = 32, alpha=1.0, memory: str = "
       alpha: the weight of the memory term (>= 0, traced).
       memory: ``"reservoir"`` or ``"balanced"`` (GDumb's class-balanced memory), as for :func:`replay`.
     """
-    _check_size("capacity", capacity)
-    _check_size("batch_size", batch_size)
-    if memory not in ("reservoir", "balanced"):
-        raise ValueError(f"memory must be 'reservoir' or 'balanced', got {memory!r}")
-    hooks = _Rehearsal("er_ace", capacity, batch_size, memory)
-    hp = ReplayHParams(alpha)
-    check_hparams(hp, "strategy")
-    return Strategy("er_ace", hp, init=hooks.init, observe=hooks.observe, replay_loss=hooks.replay_loss,
-                    init_with_example=True)
+    return _replay_like("er_ace", capacity, batch_size, alpha, memory)
 
 
 class LwFState(NamedTuple):
