@@ -75,6 +75,19 @@ def tiny_cycle():
     return loop, metrics, out.getvalue()
 
 
+def digits_source(digits, classes_per_task: int, scenario: str, **source_options):
+    """A labelled source over the digits ``(x, y)``: the split stream of ``classes_per_task`` classes per task
+    (seed 0) in ``scenario``, a tiny MLP (one hidden layer of 8), batches of 16 unless ``source_options`` say
+    otherwise (they go to ``SupervisedSource``)."""
+    from clloop_jax.data.streams import split_stream
+    from clloop_jax.model import MLP
+    from clloop_jax.sources.supervised import SupervisedSource
+    x, y = digits
+    stream = split_stream(x, y, classes_per_task=classes_per_task, seed=0, scenario=scenario)
+    return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(8,)), stream,
+                            **{"batch_size": 16, **source_options})
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The scikit-learn digits (x, y), loaded once per test process."""

@@ -8,25 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clloop_jax.data.loaders import load_digits_data
-from clloop_jax.data.streams import split_stream
-from clloop_jax.model import MLP
 from clloop_jax.run.config import HParams, RunConfig
 from clloop_jax.run.sequential import make_run
-from clloop_jax.sources.supervised import SupervisedSource
 from clloop_jax.strategies import Strategy, agem, chain, ewc, get_strategy, mas, online_ewc, replay
 from clloop_jax.strategies.base import NoHParams
 from clloop_jax.tree import task_at
+from conftest import digits_source
 
 EPISODES = 6
 
 
 @pytest.fixture(scope="module")
-def source():
-    x, y = load_digits_data()
-    stream = split_stream(x, y, classes_per_task=5, seed=0, scenario="task")
-    return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(8,)), stream, batch_size=16, fisher_size=8,
-                            eval_size=50)
+def source(digits):
+    return digits_source(digits, 5, "task", fisher_size=8, eval_size=50)
 
 
 def small_replay():

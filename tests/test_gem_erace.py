@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize, nnls
 
-from clloop_jax.data.streams import split_stream
-from clloop_jax.model import MLP
 from clloop_jax.run.config import RunConfig
 from clloop_jax.run.sequential import make_run
-from clloop_jax.sources.supervised import SupervisedBatch, SupervisedSource
+from clloop_jax.sources.supervised import SupervisedBatch
 from clloop_jax.strategies import get_strategy
 from clloop_jax.strategies.gem import gem, gem_project, nnls_gram
 from clloop_jax.strategies.rehearsal import ace_mask, er_ace, memory_sample, reservoir_add
+from conftest import digits_source
 
 EPISODES = 8
 
@@ -22,10 +21,7 @@ EPISODES = 8
 @pytest.fixture(scope="module")
 def source(digits):
     """Digits, five class-incremental tasks of two classes, a tiny MLP."""
-    x, y = digits
-    stream = split_stream(x, y, classes_per_task=2, seed=0, scenario="class")
-    return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(8,)), stream, batch_size=16, fisher_size=16,
-                            eval_size=50)
+    return digits_source(digits, 2, "class", fisher_size=16, eval_size=50)
 
 
 def cross_entropy64(logits, labels, mask):

@@ -19,6 +19,7 @@ from clloop_jax.strategies import chain, ewc, gdumb, get_strategy, icarl, regist
 from clloop_jax.strategies.memories import balanced_init
 from clloop_jax.strategies.classifiers import (gdumb_train, icarl_loss, icarl_reduce, nearest_mean_logits,
                                                normalized_features)
+from conftest import digits_source
 
 EPISODES = 6
 
@@ -26,10 +27,7 @@ EPISODES = 6
 @pytest.fixture(scope="module")
 def source(digits):
     """Digits, five class-incremental tasks of two classes, a tiny MLP."""
-    x, y = digits
-    stream = split_stream(x, y, classes_per_task=2, seed=0, scenario="class")
-    return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(8,)), stream, batch_size=16, fisher_size=32,
-                            eval_size=40)
+    return digits_source(digits, 2, "class", fisher_size=32, eval_size=40)
 
 
 def normalize64(f):

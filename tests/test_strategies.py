@@ -9,22 +9,18 @@ import numpy as np
 import pytest
 
 from clloop_jax import divergence as div_lib
-from clloop_jax.data.streams import split_stream
 from clloop_jax.divergence import tree_sum
 from clloop_jax.importance import fisher as fisher_lib
-from clloop_jax.model import MLP
 from clloop_jax.run.config import RunConfig
 from clloop_jax.run.sequential import make_run
 from clloop_jax.sources.supervised import SupervisedSource
 from clloop_jax.strategies import Strategy, get_strategy, register, registered
+from conftest import digits_source
 
 
 @pytest.fixture(scope="module")
 def source(digits):
-    x, y = digits
-    stream = split_stream(x, y, classes_per_task=5, seed=0, scenario="task")
-    return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(8,)), stream, batch_size=16, fisher_size=8,
-                            eval_size=50)
+    return digits_source(digits, 5, "task", fisher_size=8, eval_size=50)
 
 
 # A strategy in the user's own code: a quadratic pull towards the parameters at the end of the last task, whose
