@@ -91,7 +91,7 @@ def test_a_digits_run_resumed_after_two_tasks_equals_the_uninterrupted_one(digit
     (["--stream", "spiral"], "data.stream must be one of ['split', 'permuted'], got 'spiral'"),
     (["--scenario", "joint"], "data.scenario must be one of ['task', 'domain', 'class'], got 'joint'"),
     (["--mlp-hidden", "0"], "data.mlp_hidden must be an integer >= 1, got 0"),
-    (["--source", "cifar"], "experiment.source must be one of ['world', 'mnist', 'digits', 'mnist1d', 'gymnax']"),
+    (["--source", "cifar"], "experiment.source must be one of ['world', 'mnist', 'digits', 'mnist1d', 'cifar10'"),
     (["--max-grad-norm", "0"], "train.max_grad_norm must be a finite number > 0"),
     (["--strategy", "replay", "--strategy-hparams", "beta=0.5"], "unknown hyperparameter(s) ['beta'] for "
                                                                  "train.strategy_hparams of strategy 'replay'"),

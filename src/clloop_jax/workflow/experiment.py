@@ -30,7 +30,7 @@ from clloop_jax.workflow.settings import (  # noqa: F401 (the parts, importable 
     BOUNDARY_MODES, WorldConfig, ModelConfig, DataConfig, GymnaxConfig, TrainConfig, DEFAULT_LAMBDA, DATA_LAMBDA,  # noqa: F401
     DEFAULT_GAMMA, DEFAULT_MEMORY, STRATEGY_NAMES, MONITOR_NAMES, FISHER_VARIANTS, SOURCES, MEMORY_STRATEGIES,  # noqa: F401
     count_setting)
-from clloop_jax.workflow.settings import default_strength
+from clloop_jax.workflow.settings import BUNDLED_DATASETS, FILE_DATASETS, default_strength
 
 __all__ = ["ExperimentConfig", "PRESETS", "describe_preset", "experiment_from_dict", "load_experiment"]
 
@@ -40,8 +40,9 @@ class ExperimentConfig:
     """One experiment: where the tasks come from, the agent, how it learns, and how many seeds (0 to seeds - 1)."""
 
     source: str = "world"
-    """where the tasks come from: world (the closed loop), a labelled benchmark (mnist, digits or mnist1d) or
-    gymnax (an environment learned from reward)"""
+    """where the tasks come from: world (the closed loop), a labelled benchmark (mnist, digits or mnist1d, bundled;
+    cifar10, cifar100, mnist_idx, fashion_mnist, kmnist or tinyimagenet, read from --data-dir) or gymnax (an
+    environment learned from reward)"""
     world: WorldConfig = WorldConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -67,6 +68,8 @@ class ExperimentConfig:
         if self.boundaries != "known" and self.source == "gymnax":
             raise ValueError(f"--boundaries {self.boundaries} needs a source that serves batches of mixed tasks: the "
                              f"world or a labelled benchmark, not gymnax")
+        if self.source in BUNDLED_DATASETS + FILE_DATASETS:
+            self.data.check_source(self.source)
         unused = self.unused_options()
         if unused:
             raise ValueError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with --source "
@@ -86,7 +89,7 @@ class ExperimentConfig:
                 value = getattr(getattr(self, part), f.name)
                 if value != getattr(default, f.name):
                     out.append(f"--{f.name.replace('_', '-')} {value!r}")
-        if self.source in ("mnist", "digits", "mnist1d"):
+        if self.source in BUNDLED_DATASETS + FILE_DATASETS:
             for name in ("num_envs", "feedback_weight"):
                 if getattr(self.train, name) != getattr(TrainConfig, name):
                     out.append(f"--{name.replace('_', '-')} {getattr(self.train, name)!r}")
@@ -258,6 +261,18 @@ PRESETS = {
                                         batch_size=100, sampling="epoch"),
         train=TrainConfig(strategy="none", episodes_per_task=40, monitors=(), max_grad_norm=None, evaluate_every=10,
                           traces="tasks", learning_rate=1e-3)),
+    # The image benchmarks of the GEM, DER and Mammoth papers, for machines that have the files (--data-dir): the
+    # reduced ResNet-18 with batch norm, random crop and flip, class-incremental, replay of 500 samples.
+    "split-cifar10": ExperimentConfig(
+        source="cifar10", data=DataConfig(classes_per_task=2, backbone="resnet18", augment=True, batch_size=32),
+        train=TrainConfig(strategy="replay", episodes_per_task=1500, monitors=(), max_grad_norm=None), seeds=3),
+    "split-cifar100": ExperimentConfig(
+        source="cifar100", data=DataConfig(classes_per_task=10, backbone="resnet18", augment=True, batch_size=32),
+        train=TrainConfig(strategy="replay", episodes_per_task=1500, monitors=(), max_grad_norm=None), seeds=3),
+    "split-tinyimagenet": ExperimentConfig(
+        source="tinyimagenet", data=DataConfig(classes_per_task=20, backbone="resnet18", augment=True,
+                                               batch_size=32),
+        train=TrainConfig(strategy="replay", episodes_per_task=3000, monitors=(), max_grad_norm=None), seeds=3),
 }
 
 
@@ -277,8 +292,11 @@ def describe_preset(name: str) -> str:
         tasks = (f"{d.classes_per_task} classes per task" if d.stream == "split" else f"{d.permuted_tasks} tasks")
         online = ", one pass" if d.sampling == "epoch" else ""
         every = f", all tasks scored every {e.train.evaluate_every}" if e.train.evaluate_every > 1 else ""
-        return (f"{e.source} {d.stream} ({tasks}, {d.scenario}-incremental) x {e.train.episodes_per_task} updates of "
-                f"{d.batch_size}{online}{every}, MLP {'-'.join(map(str, d.mlp_hidden))}, strategy {e.train.strategy}, {e.seeds} seeds")
+        model = {"mlp": f"MLP {'-'.join(map(str, d.mlp_hidden))}", "convnet": "ConvNet",
+                 "resnet18": "reduced ResNet-18"}[d.backbone] + (", crop and flip" if d.augment else "")
+        files = " (files from --data-dir)" if e.source in FILE_DATASETS else ""
+        return (f"{e.source}{files} {d.stream} ({tasks}, {d.scenario}-incremental) x {e.train.episodes_per_task} "
+                f"updates of {d.batch_size}{online}{every}, {model}, strategy {e.train.strategy}, {e.seeds} seeds")
     return (f"{e.world.num_tasks} tasks x {e.train.episodes_per_task} episodes, observation {e.world.observation_dim} "
             f"x {e.world.num_modalities} modalities, action {e.world.action_dim}, hidden {e.model.hidden_dim}, "
             f"strategy {e.train.strategy}, {e.seeds} seeds")

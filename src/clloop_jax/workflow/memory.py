@@ -239,6 +239,7 @@ def estimate_run_memory(run, hp, seeds) -> MemoryEstimate:
     import jax
 
     from clloop_jax.run.sequential import task_at
+    from clloop_jax.sources.base import bind_model_state
     S = seeds if isinstance(seeds, int) else len(list(seeds))
     if S < 1:
         raise ValueError(f"seeds must be a count >= 1 or a non-empty sequence of seeds, got {seeds!r}")
@@ -247,8 +248,9 @@ def estimate_run_memory(run, hp, seeds) -> MemoryEstimate:
     state = jax.eval_shape(lambda k: run.init_on(tasks, k, hp), key)
     task = lambda: task_at(tasks, 0)  # noqa: E731
     batch = jax.eval_shape(lambda k, p: src.batch(k, p, task(), hp.source), key, state.params)
-    residuals = jax.eval_shape(lambda p, b: jax.vjp(lambda q: src.loss(q, b, hp.source)[0], p)[1],
-                               state.params, batch)
+    residuals = jax.eval_shape(  # a batch-norm model's loss reads its running averages, as in the run's update
+        lambda p, ms, b: jax.vjp(lambda q: bind_model_state(src, ms).loss(q, b, hp.source)[0], p)[1],
+        state.params, state.model_state, batch)
     P = _nbytes(state.params)
     importance = 0
     if {run.strategy.importance} | {m.importance for m in run.monitors} != {None}:

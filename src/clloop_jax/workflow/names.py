@@ -30,9 +30,17 @@ STRATEGY_NAMES = ("none", "l2", "ewc", "online_ewc", "si", "mas", "ewc_budget", 
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
 
 
-#: Where a run's tasks come from: the closed-loop world, a labelled benchmark (:func:`clloop_jax.data.load_dataset`),
-#: or a gymnax environment learned from reward.
-SOURCES = ("world", "mnist", "digits", "mnist1d", "gymnax")
+#: The labelled benchmarks whose data ships with the packages (:func:`clloop_jax.data.load_dataset`).
+BUNDLED_DATASETS = ("mnist", "digits", "mnist1d")
+#: The labelled benchmarks read from the standard files in ``--data-dir`` (:mod:`clloop_jax.data.files`): CIFAR's
+#: python batches, the IDX files of the full MNIST, Fashion-MNIST and KMNIST, TinyImageNet's folder.
+FILE_DATASETS = ("cifar10", "cifar100", "mnist_idx", "fashion_mnist", "kmnist", "tinyimagenet")
+#: Where a run's tasks come from: the closed-loop world, a labelled benchmark, or a gymnax environment learned from
+#: reward.
+SOURCES = ("world",) + BUNDLED_DATASETS + FILE_DATASETS + ("gymnax",)
+#: The classifiers of a labelled benchmark: an MLP, or a convolutional backbone with batch norm
+#: (:mod:`clloop_jax.backbones`).
+BACKBONES = ("mlp", "convnet", "resnet18")
 
 
 #: How the run meets its tasks: in sequence with known boundaries, or as one stream whose switches are hidden

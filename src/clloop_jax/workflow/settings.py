@@ -24,9 +24,10 @@ __all__ = ["WorldConfig", "ModelConfig", "DataConfig", "GymnaxConfig", "TrainCon
            "MEMORY_STRATEGIES", "BOUNDARY_MODES", "TRACE_MODES", "count_setting", "default_strength"]
 
 
-from clloop_jax.workflow.names import (BOUNDARY_MODES, DATA_LAMBDA, DEFAULT_GAMMA, DEFAULT_LAMBDA,  # noqa: F401
-                                       DEFAULT_MEMORY, FISHER_VARIANTS, MEMORY_POLICIES, MEMORY_STRATEGIES,
-                                       POLICY_STRATEGIES, SOURCES, STRATEGY_NAMES, TRACE_MODES)
+from clloop_jax.workflow.names import (BACKBONES, BOUNDARY_MODES, BUNDLED_DATASETS, DATA_LAMBDA,  # noqa: F401
+                                       DEFAULT_GAMMA, DEFAULT_LAMBDA, DEFAULT_MEMORY, FILE_DATASETS, FISHER_VARIANTS,
+                                       MEMORY_POLICIES, MEMORY_STRATEGIES, POLICY_STRATEGIES, SOURCES,
+                                       STRATEGY_NAMES, TRACE_MODES)
 
 
 def count_setting(owner: str, name: str, value) -> None:
@@ -131,7 +132,9 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """A labelled benchmark (--source mnist, digits or mnist1d): its stream of tasks and the classifier."""
+    """A labelled benchmark (--source mnist, digits or mnist1d, bundled; or cifar10, cifar100, mnist_idx,
+    fashion_mnist, kmnist or tinyimagenet, read from the files in --data-dir): its stream of tasks and the
+    classifier."""
 
     stream: str = "split"
     """split: the classes in groups of classes-per-task, one group per task; permuted: permuted-tasks tasks of
@@ -158,7 +161,16 @@ class DataConfig:
     number of training images // batch-size (MNIST: 4000 // batch-size)"""
     pixel_bytes: bool = False
     """MNIST only: keep the images as bytes in the run (a quarter of float32's memory, for long permuted streams);
-    they are read as the same floats, so the run's numbers do not change"""
+    they are read as the same floats, so the run's numbers do not change (the file sources always keep bytes)"""
+    data_dir: str = ""
+    """the folder holding a file source's data (cifar-10-batches-py, cifar-100-python, the IDX files, TinyImageNet's
+    train/ and val/); required for those sources, unused by the others"""
+    backbone: str = "mlp"
+    """the classifier: mlp (hidden layers mlp-hidden), convnet (a small conv net with batch norm) or resnet18 (the
+    reduced ResNet-18 of the GEM and DER papers, width 20, with batch norm); the last two need images"""
+    augment: bool = False
+    """random crop (zero padding 4) and horizontal flip of every training image, drawn per sample in the program
+    (image sources: mnist, digits and the file sources)"""
 
     def __post_init__(self):
         for name, choices in (("stream", ("split", "permuted")), ("scenario", ("task", "domain", "class")),
@@ -174,26 +186,25 @@ class DataConfig:
         object.__setattr__(self, "mlp_hidden", tuple(self.mlp_hidden))
         if isinstance(self.data_seed, bool) or not isinstance(self.data_seed, numbers.Integral) or self.data_seed < 0:
             raise ValueError(f"data.data_seed must be an integer >= 0, got {self.data_seed!r}")
-        if not isinstance(self.pixel_bytes, bool):
-            raise TypeError(f"data.pixel_bytes must be True or False, got {self.pixel_bytes!r}")
+        for name in ("pixel_bytes", "augment"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"data.{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.data_dir, str):
+            raise TypeError(f"data.data_dir must be a folder (a str), got {self.data_dir!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"data.backbone must be one of {list(BACKBONES)}, got {self.backbone!r}")
 
     def make_source(self, dataset: str):
-        """The :class:`~clloop_jax.sources.supervised.SupervisedSource` of ``dataset`` (loaded from the installed
-        package that ships it: ``pip install -e ".[data]"``)."""
-        from clloop_jax.data import load_dataset, load_mnist, permuted_stream, split_stream
-        from clloop_jax.model import MLP
-        from clloop_jax.sources.supervised import SupervisedSource
-        if self.pixel_bytes and dataset != "mnist":
-            raise ValueError(f"data.pixel_bytes keeps MNIST's images as bytes; the {dataset} source has no pixel bytes")
-        x, y, x_test, y_test = load_mnist(pixels="uint8") if self.pixel_bytes else load_dataset(dataset)
-        if self.stream == "split":
-            stream = split_stream(x, y, classes_per_task=self.classes_per_task, seed=self.data_seed, x_test=x_test,
-                                  y_test=y_test, scenario=self.scenario)
-        else:
-            stream = permuted_stream(x, y, self.permuted_tasks, seed=self.data_seed, x_test=x_test, y_test=y_test,
-                                     scenario=self.scenario)
-        return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=self.mlp_hidden), stream,
-                                batch_size=self.batch_size, fisher_size=self.fisher_size, sampling=self.sampling)
+        """The :class:`~clloop_jax.sources.supervised.SupervisedSource` of ``dataset``
+        (:func:`~clloop_jax.workflow.labelled.make_labelled_source`)."""
+        from clloop_jax.workflow.labelled import make_labelled_source
+        return make_labelled_source(self, dataset)
+
+    def check_source(self, dataset: str) -> None:
+        """``ValueError`` for settings the labelled source ``dataset`` cannot take
+        (:func:`~clloop_jax.workflow.labelled.check_labelled_source`)."""
+        from clloop_jax.workflow.labelled import check_labelled_source
+        check_labelled_source(self, dataset)
 
 
 @dataclasses.dataclass(frozen=True)
