@@ -12,6 +12,8 @@ is compiled by then), the compiled program's ``memory_analysis()`` and the proce
 
     nice -n 19 python benchmarks/bench_long.py             # about 5 minutes on 2 CPU cores
     python benchmarks/bench_long.py --tasks 10,100 --repeats 3    # medians of 3 fresh processes
+    python benchmarks/bench_long.py --train 4000 --test 1000 --tasks 100,200 --pixels uint8   # the whole images,
+                                                                  # kept as bytes (float32: --pixels float32)
 
 Writes ``benchmarks/results/bench_long.json`` and prints a markdown table; times are medians over ``--repeats``.
 """
@@ -31,7 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def child(tasks: int, strategy: str, long: bool, seeds: int, updates: int, train: int, test: int) -> dict:
+def child(tasks: int, strategy: str, long: bool, seeds: int, updates: int, train: int, test: int,
+          pixels: str) -> dict:
     """One measurement in this (fresh) process."""
     import jax
     import jax.numpy as jnp
@@ -44,7 +47,7 @@ def child(tasks: int, strategy: str, long: bool, seeds: int, updates: int, train
     from clloop_jax.sources.supervised import SupervisedSource
 
     import numpy as np
-    x, y, x_test, y_test = load_mnist()
+    x, y, x_test, y_test = load_mnist(pixels=pixels)
     keep = lambda labels, n: np.concatenate([np.flatnonzero(labels == c)[:n // 10] for c in range(10)])  # noqa: E731
     i, j = keep(y, train), keep(y_test, test)
     stream = permuted_stream(x[i], y[i], tasks, seed=0, x_test=x_test[j], y_test=y_test[j])
@@ -102,10 +105,12 @@ def main(argv=None):
     p.add_argument("--updates", type=int, default=5, help="updates per task")
     p.add_argument("--train", type=int, default=256, help="training images per task")
     p.add_argument("--test", type=int, default=32, help="test images per task (each evaluation scores them all)")
+    p.add_argument("--pixels", choices=("float32", "uint8"), default="float32",
+                   help="the stream's images as float32 (default) or as their bytes (read as the same floats)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--out", default=os.path.join(HERE, "results", "bench_long.json"))
     args = p.parse_args(argv)
-    sizes = dict(seeds=args.seeds, updates=args.updates, train=args.train, test=args.test)
+    sizes = dict(seeds=args.seeds, updates=args.updates, train=args.train, test=args.test, pixels=args.pixels)
     if args.child:
         print(json.dumps(child(int(args.tasks), args.strategy, args.long, **sizes)))
         return
@@ -129,14 +134,16 @@ def main(argv=None):
                       flush=True)
     small, large = min(tasks_list), max(tasks_list)
     lines = ["| strategy | options | tasks | trace+lower (s) | compile (s) | compile ratio vs "
-             f"{small} tasks | run (s) | program temp (MiB) | program output (MiB) | peak RSS (MB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{small} tasks | run (s) | program arguments (MiB) | program temp (MiB) | program output (MiB) | peak "
+             "RSS (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         base = next(b for b in rows if b["strategy"] == r["strategy"] and b["options"] == r["options"]
                     and b["tasks"] == small)
         ratio = (r["lower_s"] + r["compile_s"]) / (base["lower_s"] + base["compile_s"])
         lines.append(f"| {r['strategy']} | {r['options']} | {r['tasks']} | {r['lower_s']:.2f} | {r['compile_s']:.2f} | "
-                     f"{ratio:.2f} | {r['run_s']:.2f} | {r.get('temp_size_in_bytes', 0) / 2**20:.1f} | "
+                     f"{ratio:.2f} | {r['run_s']:.2f} | {r.get('argument_size_in_bytes', 0) / 2**20:.0f} | "
+                     f"{r.get('temp_size_in_bytes', 0) / 2**20:.1f} | "
                      f"{r.get('output_size_in_bytes', 0) / 2**20:.2f} | {r['peak_rss_mb']:.0f} |")
     print("\n".join(lines))
     import jax
