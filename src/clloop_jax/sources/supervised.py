@@ -227,16 +227,19 @@ class SupervisedSource:
         del key, hparams
         return jax.tree.map(lambda a: a[None], batch)
 
-    def init_params(self, key):
+    def _zero_input(self):
+        """One sample's input of zeros, as the model reads it (pixel bytes are read as float32)."""
         x = self.stream.x
-        variables = self.model.init(key, jnp.zeros(x.shape[2:], jnp.float32 if x.dtype == jnp.uint8 else x.dtype))
+        return jnp.zeros(x.shape[2:], jnp.float32 if x.dtype == jnp.uint8 else x.dtype)
+
+    def init_params(self, key):
+        variables = self.model.init(key, self._zero_input())
         return {"params": variables["params"]} if self.model_state else variables
 
     def init_model_state(self, key):
         """The model's non-trainable collections before training (``{"batch_stats": ...}``: means 0, variances 1);
         ``{}`` for a model without any."""
-        x = self.stream.x
-        variables = self.model.init(key, jnp.zeros(x.shape[2:], jnp.float32 if x.dtype == jnp.uint8 else x.dtype))
+        variables = self.model.init(key, self._zero_input())
         return {c: variables[c] for c in self._collections}
 
     def with_model_state(self, model_state) -> "SupervisedSource":
