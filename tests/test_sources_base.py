@@ -18,9 +18,9 @@ def test_a_source_without_a_capability_gets_its_default():
     assert capability(bare, "rehearse") is None and capability(bare, "mixture_batch") is None
     given = types.SimpleNamespace(streaming=True, minibatch_passes=4)
     assert capability(given, "streaming") is True and capability(given, "minibatch_passes") == 4
-    assert capability(bare, "model_state") is False
+    assert capability(bare, "model_state") is False and capability(bare, "features") is None
     assert set(CAPABILITIES) == {"hparams", "streaming", "minibatch_passes", "rehearse", "mixture_batch",
-                                 "model_state"}
+                                 "features", "model_state"}
 
 
 def test_an_unknown_capability_is_refused_by_name():
