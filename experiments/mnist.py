@@ -79,14 +79,20 @@ def experiment_for(scenario: str, name: str, updates: int, seeds: int, lam=None)
     """The study's configuration of strategy ``name``: MNIST, MLP 400-400, Adam 1e-3, batches of 128, no clipping,
     no monitors; ``lam`` (default: the tuned strength) for the penalties, the memory for rehearsal."""
     stream, setting = scenario.split("/")
-    rehearsal = name in MEMORY_STRATEGIES
-    if lam is None and name in LAMBDA:
-        lam = tuned_lambda(scenario, name)
+    rehearsal = _part(name, MEMORY_STRATEGIES)       # a chain (ewc+replay) takes its parts' settings
+    penalty = _part(name, LAMBDA)
+    if lam is None and penalty:
+        lam = tuned_lambda(scenario, penalty)
     train = TrainConfig(strategy=name, episodes_per_task=updates, learning_rate=1e-3, lam=lam, monitors=(),
                         max_grad_norm=None, memory=MEMORY if rehearsal else None,
-                        memory_batch=MEMORY_BATCH[name] if rehearsal else None)
+                        memory_batch=MEMORY_BATCH[rehearsal] if rehearsal else None)
     data = DataConfig(stream=stream, scenario=setting, mlp_hidden=(400, 400), batch_size=128, fisher_size=256)
     return ExperimentConfig(source="mnist", data=data, train=train, seeds=seeds)
+
+
+def _part(name: str, names) -> str:
+    """The first part of the strategy or chain ``name`` (``"ewc+replay"``) that is among ``names``; "" if none."""
+    return next((part for part in name.split("+") if part in names), "")
 
 
 def tune(scenario: str, updates: int, runs: str) -> dict:
@@ -153,7 +159,7 @@ def table_for(scenario: str, args, stem: str) -> None:
         seconds[name] = time.perf_counter() - t0  # compilation included; ~0 for a folder read back
         lam = experiment.train.lam
         extra[name] = {"lambda": f"{lam:g}" if lam is not None else "-",
-                       "memory": f"{MEMORY} images" if name in MEMORY_STRATEGIES else "-",
+                       "memory": f"{MEMORY} images" if _part(name, MEMORY_STRATEGIES) else "-",
                        "published ACC (%)": PUBLISHED.get(scenario, {}).get(name, "-")}
         print(f"{name:>10}: final average accuracy {cell(results[name][0][:, -1].mean(axis=1))}  "
               f"[{seconds[name]:.0f} s, {folders[name]}]", flush=True)
