@@ -75,7 +75,8 @@ PUBLISHED = {
 }
 
 
-def experiment_for(scenario: str, name: str, updates: int, seeds: int, lam=None) -> ExperimentConfig:
+def experiment_for(scenario: str, name: str, updates: int, seeds: int, lam=None, memory: int = MEMORY
+                   ) -> ExperimentConfig:
     """The study's configuration of strategy ``name``: MNIST, MLP 400-400, Adam 1e-3, batches of 128, no clipping,
     no monitors; ``lam`` (default: the tuned strength) for the penalties, the memory for rehearsal."""
     stream, setting = scenario.split("/")
@@ -84,7 +85,7 @@ def experiment_for(scenario: str, name: str, updates: int, seeds: int, lam=None)
     if lam is None and penalty:
         lam = tuned_lambda(scenario, penalty)
     train = TrainConfig(strategy=name, episodes_per_task=updates, learning_rate=1e-3, lam=lam, monitors=(),
-                        max_grad_norm=None, memory=MEMORY if rehearsal else None,
+                        max_grad_norm=None, memory=memory if rehearsal else None,
                         memory_batch=MEMORY_BATCH[rehearsal] if rehearsal else None)
     data = DataConfig(stream=stream, scenario=setting, mlp_hidden=(400, 400), batch_size=128, fisher_size=256)
     return ExperimentConfig(source="mnist", data=data, train=train, seeds=seeds)
@@ -123,6 +124,7 @@ def main(argv=None):
     p.add_argument("--updates", type=int, default=300)
     p.add_argument("--scenario", default="split/class", choices=SCENARIOS + ("all",))
     p.add_argument("--strategies", default="none,ewc,online_ewc,si,lwf,agem,derpp,replay,er_ace,gem,icarl,gdumb")
+    p.add_argument("--memory", type=int, default=MEMORY, help=f"rehearsal memory in images (default {MEMORY})")
     p.add_argument("--tune", action="store_true", help="sweep the penalties' strengths on the held-out seed")
     p.add_argument("--no-joint", action="store_true")
     p.add_argument("--no-cache", action="store_true")
@@ -146,20 +148,21 @@ def main(argv=None):
 
 
 def runs_for(args, scenario: str) -> str:
-    return os.path.join(args.runs, f"{scenario.replace('/', '_')}_{args.updates}")
+    memory = f"_memory{args.memory}" if getattr(args, "memory", MEMORY) != MEMORY else ""
+    return os.path.join(args.runs, f"{scenario.replace('/', '_')}_{args.updates}{memory}")
 
 
 def table_for(scenario: str, args, stem: str) -> None:
     results, extra, seconds, folders = {}, {}, {}, {}
     for name in args.strategies.split(","):
-        experiment = experiment_for(scenario, name, args.updates, args.seeds)
+        experiment = experiment_for(scenario, name, args.updates, args.seeds, memory=args.memory)
         folders[name] = os.path.join(runs_for(args, scenario), name)
         t0 = time.perf_counter()
         results[name] = run_or_read(experiment, folders[name], name)
         seconds[name] = time.perf_counter() - t0  # compilation included; ~0 for a folder read back
         lam = experiment.train.lam
         extra[name] = {"lambda": f"{lam:g}" if lam is not None else "-",
-                       "memory": f"{MEMORY} images" if _part(name, MEMORY_STRATEGIES) else "-",
+                       "memory": f"{args.memory} images" if _part(name, MEMORY_STRATEGIES) else "-",
                        "published ACC (%)": PUBLISHED.get(scenario, {}).get(name, "-")}
         print(f"{name:>10}: final average accuracy {cell(results[name][0][:, -1].mean(axis=1))}  "
               f"[{seconds[name]:.0f} s, {folders[name]}]", flush=True)
@@ -191,7 +194,7 @@ def table_for(scenario: str, args, stem: str) -> None:
     write_atomic(stem + ".md", text + "\n")
     write_atomic(stem + ".json", json.dumps(jsonable(
         {"settings": {**vars(args), "scenario": scenario}, "seconds": seconds, "folders": folders,
-         "configs": {n: experiment_for(scenario, n, args.updates, args.seeds) for n in results},
+         "configs": {n: experiment_for(scenario, n, args.updates, args.seeds, memory=args.memory) for n in results},
          "device": str(jax.devices()[0]), "joint": None if joint is None else joint.tolist(),
          "strategies": {n: {"R": r[0].tolist(), "baseline": r[1].tolist()} for n, r in results.items()}}),
         indent=1) + "\n")
