@@ -271,8 +271,7 @@ class GymnaxSource:
 
     def _apply(self, params, carry, obs, feedback):
         """``(new_carry, policy_out [..., P or 2A], value [...])`` for any leading batch shape."""
-        obs = jnp.reshape(obs, obs.shape[:carry.ndim - 1] + self._modalities).astype(jnp.float32)
-        new_carry, out = self.model.apply(params["model"], carry, obs, feedback)
+        new_carry, out = self.model.apply(params["model"], carry, self._model_obs(carry, obs), feedback)
         pol, value = out[..., :self._policy_dim], out[..., self._policy_dim]
         if not self._discrete:
             pol = jnp.concatenate([pol, jnp.broadcast_to(params["log_std"], pol.shape)], axis=-1)
@@ -460,5 +459,9 @@ class GymnaxSource:
         """The agent's hidden layers at per-sample states ``(carry [N, H], obs [N, D], feedback [N, F])``:
         ``(fused [N, H], new_carry [N, H])`` (:meth:`~clloop_jax.model.CrossModalModel.features`)."""
         carry, obs, feedback = inputs
-        obs = jnp.reshape(obs, obs.shape[:carry.ndim - 1] + self._modalities).astype(jnp.float32)
-        return self.model.apply(params["model"], carry, obs, feedback, method=self.model.features)
+        return self.model.apply(params["model"], carry, self._model_obs(carry, obs), feedback,
+                                method=self.model.features)
+
+    def _model_obs(self, carry, obs):
+        """The observation as the model's modalities (``[..., M, D]``), float32, for ``carry``'s batch shape."""
+        return jnp.reshape(obs, obs.shape[:carry.ndim - 1] + self._modalities).astype(jnp.float32)

@@ -264,9 +264,11 @@ def _write_summary(sweep: SweepConfig, res: SweepResults, folder) -> None:
     names = [sweep.point_name(p) for p in res.points]
     options = [name for name, _ in sweep.grid]
     H = res.held_out.shape[1]
-    head = "| " + " | ".join(_label(o) for o in options) + (f" | held-out mean ({H} seed{'s' if H > 1 else ''})" if H else "") + \
-        f" | {sweep.metric} (reported seeds, mean ± 95% interval) | |"
-    lines = [f"Sweep of {', '.join(_label(o) for o in options)} over {len(res.points)} points x {res.reported.shape[1]} reported seeds"
+    held = f" | held-out mean ({H} seed{'s' if H > 1 else ''})" if H else ""
+    head = ("| " + " | ".join(_label(o) for o in options) + held
+            + f" | {sweep.metric} (reported seeds, mean ± 95% interval) | |")
+    lines = [f"Sweep of {', '.join(_label(o) for o in options)} over {len(res.points)} points x "
+             f"{res.reported.shape[1]} reported seeds"
              + (f" (+ {H} held-out)" if H else "") + f"; metric: {sweep.metric}, {METRIC_MEANINGS[sweep.metric]}.",
              "", head, "|" + "---:|" * (len(options) + (2 if H else 1)) + "---|"]
     for p, point in enumerate(res.points):
