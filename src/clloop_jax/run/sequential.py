@@ -191,7 +191,7 @@ class Run(Hyperparameters, Evaluation):
             strategy_state, new_params, reset = strat.renew(strategy_state, new_params, samples, src,
                                                             jax.random.fold_in(key, 3), hp.strategy)
             opt_state = self.reset_moments(hp, opt_state, reset)
-        finite = jnp.isfinite(loss) & jnp.isfinite(penalty) & all_finite(grads) & all_finite(new_params)
+        finite = all_finite(loss, penalty, grads, new_params)
         new = state._replace(params=new_params, opt_state=opt_state, strategy=strategy_state, model_state=model_state)
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         trace = {"loss": loss, "penalty": penalty, "finite": finite}
