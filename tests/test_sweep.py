@@ -1,6 +1,8 @@
 """``clloop sweep``: a grid of traced hyperparameters over seeds as one batch, its folders, its choice on held-out
 seeds, its refusals and its resume."""
 import dataclasses
+import glob
+import importlib.util
 import json
 import os
 import shutil
@@ -17,13 +19,14 @@ from clloop_jax.workflow.sweep import SweepConfig, best_point, run_sweep, split_
 BASE = PRESETS["tiny-digits"].with_strategy("ewc")          # 2 reported seeds
 GRID = (("lam", (1.0, 1000.0)), ("learning_rate", (1e-3, 1e-2)))
 HELD_OUT = (5,)
+LOG = "tensorboard" if importlib.util.find_spec("tensorboardX") else ""   # the points mirrored live
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("sweep") / "s")
     sweep = SweepConfig(BASE, GRID, select_on=HELD_OUT)
-    return sweep, run_sweep(sweep, RunFolder(path)), path
+    return sweep, run_sweep(sweep, RunFolder(path), log=LOG), path
 
 
 def test_every_point_equals_its_own_run(swept):
@@ -45,6 +48,31 @@ def test_every_point_equals_its_own_run(swept):
         assert (stored["lam"], stored["learning_rate"]) == (point["lam"], point["learning_rate"])
     # the points differ: the grid is not the same run four times
     assert np.ptp([r.mean() for r in res.R]) > 1e-3
+
+
+@pytest.mark.skipif(not LOG, reason="tensorboardX is not installed")
+def test_each_point_is_mirrored_as_its_own_run_of_its_reported_seeds(swept):
+    """``--log tensorboard``: one event file per point, holding that point's folder's numbers, its reported seeds
+    only (the held-out seed chooses the point and is not part of its record)."""
+    from test_trackers import tensorboard_scalars
+    sweep, res, path = swept
+    for point in sweep.points():
+        name = sweep.point_name(point)
+        (events,) = glob.glob(os.path.join(path, "tensorboard", name, "events.out.tfevents.*"))
+        scalars, texts = tensorboard_scalars(events)
+        summary = json.load(open(os.path.join(path, name, "summary.json")))
+        mean_R = np.asarray(summary["mean_R"])
+        T = mean_R.shape[0]
+        for j in range(T):
+            assert scalars[f"score/task_{j + 1}/mean"] == pytest.approx(
+                {i + 1: mean_R[i, j] for i in range(T)}, abs=1e-6)
+        seeds = {tag.split("/seed_")[1] for tag in scalars if "/seed_" in tag}
+        assert seeds == {str(s) for s in range(BASE.seeds)}
+        stats = summary["metrics"]["average_performance"]
+        assert scalars["summary/average_performance/mean"] == {T: pytest.approx(stats["mean"], abs=1e-6)}
+        config = json.loads("\n".join(line[4:] for line in texts["config/text_summary"].splitlines()))
+        assert (config["config"]["train"]["lam"], config["config"]["train"]["learning_rate"]) == (
+            point["lam"], point["learning_rate"])
 
 
 def test_the_choice_is_the_best_held_out_mean(swept):
@@ -157,6 +185,7 @@ def test_a_strategy_hyperparameter_sweep_is_one_program_whose_points_are_their_o
     (["--strategy", "ewc", "--lam", "1,10", "--metric", "accuracy"], "metric must be one of"),
     (["--strategy", "ewc", "--lam", "1,10", "--boundaries", "detect"], "known boundaries"),
     (["--strategy", "ewc"], "nothing to sweep"),
+    (["--strategy", "ewc", "--lam", "1,10", "--log", "tensorbord"], "--log: unknown tracker 'tensorbord'"),
 ])
 def test_refusals_are_one_line_and_touch_nothing(argv, words, tmp_path):
     out = str(tmp_path / "never")

@@ -22,12 +22,14 @@ estimate. Without them the best point is chosen on the reported seeds themselves
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
 import os
 from typing import Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import tyro
 
 from clloop_jax.workflow.experiment import ExperimentConfig
@@ -186,7 +188,6 @@ class SweepResults:
 def best_point(values, metric: str) -> int:
     """The index of the point whose values (one row per point, one value per seed) have the best mean for
     ``metric`` (the smallest for :data:`LOWER_IS_BETTER`, else the largest); the first of equal ones."""
-    import numpy as np
     means = np.asarray([np.mean(v) for v in values])
     target = means.min() if metric in LOWER_IS_BETTER else means.max()
     return int(np.flatnonzero(means == target)[0])
@@ -212,17 +213,52 @@ class _CountCompilations:
         jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
-def run_sweep(sweep: SweepConfig, folder, devices=None, progress=None) -> SweepResults:
+class _PointTrackers:
+    """The sweep's batch mirrored as one tracker run per grid point (a
+    :class:`~clloop_jax.workflow.trackers.Tracker` for :func:`~clloop_jax.workflow.execute.execute`): each task's
+    rows and traces are cut into points, and each point's trackers see its reported seeds only, as its run folder
+    holds them (the held-out seeds choose the point; they are not part of its record). ``finish`` is each point's
+    own summary, given by :func:`run_sweep` once the points' folders are written."""
+
+    def __init__(self, groups, experiments, held_out: int, seeds: int):
+        self.groups, self.experiments, self.H, self.S = groups, experiments, held_out, seeds
+
+    def _cut(self, x):
+        x = np.asarray(x)
+        return x.reshape((len(self.groups), self.H + self.S) + x.shape[1:])[:, self.H:]
+
+    def start(self, config, seeds, first_task: int = 0) -> None:
+        for group, experiment in zip(self.groups, self.experiments):
+            group.start(experiment, range(self.S), first_task)
+
+    def task(self, task_index: int, rows, traces) -> None:
+        rows, traces = self._cut(rows), {name: self._cut(v) for name, v in traces.items()}
+        for p, group in enumerate(self.groups):
+            group.task(task_index, rows[p], {name: v[p] for name, v in traces.items()})
+
+    def finish(self, metrics, num_tasks: int) -> None:
+        pass   # the batch's summary mixes the points: run_sweep gives each point its own
+
+    def close(self) -> None:
+        pass   # run_sweep closes the points' trackers, after their summaries
+
+
+def run_sweep(sweep: SweepConfig, folder, devices=None, progress=None, log: str = "") -> SweepResults:
     """Trains every point of ``sweep`` on the held-out and the reported seeds as one batch into ``folder`` (a
     :class:`~clloop_jax.workflow.runs.RunFolder`: ``resume`` continues an interrupted sweep), then writes one run
-    folder per point, ``sweep.md`` / ``sweep.json`` and a figure per swept option (see the module)."""
+    folder per point, ``sweep.md`` / ``sweep.json`` and a figure per swept option (see the module).
+
+    ``log`` (``"tensorboard,wandb"``, see :mod:`clloop_jax.workflow.trackers`) mirrors every grid point live as a
+    run of its own, its reported seeds only: TensorBoard's files in ``SWEEP/tensorboard/<point>/``, the W&B runs
+    named after the points in a group named after the sweep's folder."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from clloop_jax import report
     from clloop_jax.workflow.execute import execute
     from clloop_jax.workflow.runs import RunFolder
+    from clloop_jax.workflow.trackers import Trackers, open_trackers, tracker_names
+    tracker_names(log)   # every tracker's package, before anything is compiled
     points = sweep.points()
     experiments = [sweep.experiment_at(p) for p in points]
     names = [sweep.point_name(p) for p in points]
@@ -232,10 +268,13 @@ def run_sweep(sweep: SweepConfig, folder, devices=None, progress=None) -> SweepR
     hps = [e.hparams_of(run) for e in experiments]
     member_hp = jax.tree.map(lambda *v: jnp.repeat(jnp.stack(v), len(seeds), axis=0), *hps)
     members = [f"{name} seed {s}" for name in names for s in seeds]
-    with folder:   # locked from the first checkpoint to the last summary file
+    with folder, contextlib.ExitStack() as stack:   # locked from the first checkpoint to the last summary file
+        groups = [stack.enter_context(Trackers(open_trackers(log, folder.path, point=name))) for name in names]
+        trackers = [_PointTrackers(groups, experiments, H, S)] if log else []
         with _CountCompilations() as counted:
             _, res = execute(run, member_hp, seeds * P, folder=folder, config=sweep, label="sweep", devices=devices,
-                             progress=progress, batched_hp=True, members=members, write_results=False)
+                             progress=progress, batched_hp=True, members=members, write_results=False,
+                             trackers=trackers)
         R = np.asarray(res.R, np.float64).reshape(P, H + S, *res.R.shape[1:])
         baseline = np.asarray(res.baseline, np.float64).reshape(P, H + S, -1)
         traces = {k: np.asarray(v).reshape(P, H + S, *v.shape[1:]) for k, v in res.traces.items()}
@@ -253,11 +292,12 @@ def run_sweep(sweep: SweepConfig, folder, devices=None, progress=None) -> SweepR
                                else "the reported seeds (optimistic: no seed was held out)", R[:, H:],
                                baseline[:, H:], counted.count)
         _write_summary(sweep, results, folder)
+        for p, group in enumerate(groups):
+            group.finish(R[p, H:], baseline[p, H:])
     return results
 
 
 def _write_summary(sweep: SweepConfig, res: SweepResults, folder) -> None:
-    import numpy as np
 
     from clloop_jax import report
     from clloop_jax.metrics import METRIC_MEANINGS
@@ -330,6 +370,10 @@ class SweepArgs:
     """leave JAX's persistent compilation cache off (it is kept in ~/.cache/clloop_jax/xla or CLLOOP_JAX_CACHE_DIR)"""
     devices: Optional[int] = None
     """spread the members (points x seeds) over this many devices (0 = every device); unset: the default device"""
+    log: str = ""
+    """mirror each grid point live to these trackers, comma-separated: tensorboard (event files in
+    OUT/tensorboard/POINT), wandb (offline W&B runs in OUT/wandb, one per point, grouped by the sweep); each an
+    optional extra"""
 
 
 def split_grid(argv: Sequence[str]):
@@ -389,11 +433,13 @@ def sweep_command(args: SweepArgs, grid) -> SweepResults:
     """``clloop sweep``: every check first (the grid, the held-out seeds, the folder), then :func:`run_sweep`."""
     from clloop_jax.workflow.compilation import enable_compilation_cache
     from clloop_jax.workflow.runs import RunFolder
+    from clloop_jax.workflow.trackers import tracker_names
     sweep = SweepConfig(args.experiment, grid, select_on=_seeds(args.select_on), metric=args.metric)
+    tracker_names(args.log)   # a bad --log is refused before the folder is made
     folder = RunFolder(args.out, overwrite=args.overwrite, resume=args.resume)
     enable_compilation_cache(enabled=not args.no_cache)
     from clloop_jax.workflow.cli import devices_option   # here: the command line imports this module
-    res = run_sweep(sweep, folder, devices=devices_option(args.devices))
+    res = run_sweep(sweep, folder, devices=devices_option(args.devices), log=args.log)
     if not args.quiet:
         print(open(folder.file("sweep.md")).read())
         print(f"{sweep_text(res, sweep)}\nwrote {args.out} (sweep.md, sweep.json, sweep_<option>.png; one run folder "

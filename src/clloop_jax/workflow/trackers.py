@@ -92,10 +92,11 @@ def summary_scalars(metrics: Mapping[str, dict]) -> dict[str, float]:
 
 class TensorBoardTracker:
     """Event files under ``<folder>/tensorboard/`` (tensorboardX): ``tensorboard --logdir RUN/tensorboard``, or
-    ``--logdir`` a comparison's folder to see its strategies side by side. The configuration is a text entry."""
+    ``--logdir`` a comparison's folder to see its strategies side by side. The configuration is a text entry.
+    ``point``: one run of several in the folder (a sweep's grid point), in ``<folder>/tensorboard/<point>/``."""
 
-    def __init__(self, folder: str):
-        self.logdir = os.path.join(os.fspath(folder), "tensorboard")
+    def __init__(self, folder: str, point: str | None = None):
+        self.logdir = os.path.join(os.fspath(folder), "tensorboard", *([point] if point else []))
         self.writer, self.seeds = None, ()
 
     def start(self, config: dict, seeds: Sequence[int], first_task: int = 0) -> None:
@@ -128,18 +129,19 @@ class WandbTracker:
     """A Weights & Biases run in ``<folder>/wandb/`` (project ``clloop_jax``, named after the folder, the run's
     configuration as its config): offline unless ``WANDB_MODE`` says otherwise (``wandb sync RUN/wandb/offline-run-*``
     uploads it later). Scores are plotted against ``tasks_finished``, per-episode records against ``episode``; the
-    summary's metrics are the W&B run's summary."""
+    summary's metrics are the W&B run's summary. ``group``: the W&B group of several runs (a sweep's points)."""
 
-    def __init__(self, folder: str, name: str | None = None):
+    def __init__(self, folder: str, name: str | None = None, group: str | None = None):
         self.folder = os.fspath(folder)
         self.name = name or os.path.basename(os.path.normpath(self.folder))
+        self.group = group
         self.run, self.seeds, self.finished = None, (), False
 
     def start(self, config: dict, seeds: Sequence[int], first_task: int = 0) -> None:
         import wandb
         self.seeds = list(seeds)
         mode = None if os.environ.get("WANDB_MODE") else "offline"
-        self.run = wandb.init(project="clloop_jax", dir=self.folder, name=self.name, mode=mode,
+        self.run = wandb.init(project="clloop_jax", dir=self.folder, name=self.name, group=self.group, mode=mode,
                               config={**config, "seeds": self.seeds}, tags=["resumed"] if first_task else None,
                               settings=wandb.Settings(silent=True, console="off"))
         self.run.define_metric("tasks_finished")
@@ -232,10 +234,15 @@ def tracker_names(text: str | Sequence[str]) -> tuple:
     return tuple(items)
 
 
-def open_trackers(names: str | Sequence[str], folder: str, label: str | None = None) -> list:
+def open_trackers(names: str | Sequence[str], folder: str, label: str | None = None,
+                  point: str | None = None) -> list:
     """The trackers ``names`` (see :func:`tracker_names`) mirroring the run folder ``folder``; ``label`` names the
-    W&B run (default: the folder's name). Nothing is written until :func:`~clloop_jax.workflow.execute.execute`
-    starts them."""
-    made = {"tensorboard": lambda: TensorBoardTracker(folder), "wandb": lambda: WandbTracker(folder, label)}
+    W&B run (default: the folder's name). ``point``: one run of several in ``folder`` (a sweep's grid point):
+    TensorBoard's files go to ``folder/tensorboard/<point>/`` (``tensorboard --logdir folder/tensorboard`` shows the
+    points side by side) and the W&B run is named ``point`` in a group named after the folder. Nothing is written
+    until :func:`~clloop_jax.workflow.execute.execute` starts them."""
+    group = os.path.basename(os.path.normpath(os.fspath(folder))) if point else None
+    made = {"tensorboard": lambda: TensorBoardTracker(folder, point),
+            "wandb": lambda: WandbTracker(folder, point or label, group)}
     return [made[name]() for name in tracker_names(names)]
 
