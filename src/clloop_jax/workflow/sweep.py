@@ -18,6 +18,7 @@ estimate. Without them the best point is chosen on the reported seeds themselves
     SWEEP/<point>/                                   one complete run folder per grid point (reported seeds)
     SWEEP/sweep.md, sweep.json                       the metric at every point, held-out and reported, the choice
     SWEEP/sweep_<option>.png                         the metric against each swept option (the others at the choice)
+    SWEEP/tensorboard/<point>/, SWEEP/wandb/         with ``log``: each point mirrored live as a run of its own
 """
 
 from __future__ import annotations
