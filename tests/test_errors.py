@@ -48,3 +48,25 @@ def test_one_reduction_for_a_whole_tree():
     leaves = [jnp.ones((i + 1, 3)) for i in range(33)]
     text = jax.jit(all_finite).lower(leaves).as_text()
     assert text.count("stablehlo.reduce") == 1
+
+
+
+def test_the_task_loop_resumes_and_stops_where_its_check_raises():
+    """``task_loop``: the host's one loop over tasks (``Run.run_stepwise`` and the folder driver ``execute``)."""
+    from clloop_jax.run.sequential import task_loop
+    step = lambda s, t: (s + 10 * t, 100 + t, f"t{t}")  # noqa: E731
+    seen = []
+    rows, traces = [-1], ["t0"]                      # resumed after task 0
+    state = task_loop(step, 1, 4, start=1, rows=rows, traces=traces,
+                      after=lambda *a: seen.append((a[0], a[1], a[2], list(a[3]), list(a[4]))))
+    assert state == 1 + 10 + 20 + 30
+    assert rows == [-1, 101, 102, 103] and traces == ["t0", "t1", "t2", "t3"]
+    assert seen == [(1, 1, 11, [-1, 101], ["t0", "t1"]), (2, 11, 31, [-1, 101, 102], ["t0", "t1", "t2"]),
+                    (3, 31, 61, [-1, 101, 102, 103], ["t0", "t1", "t2", "t3"])]
+
+    def check(task, before, new, rows, traces):
+        if new > 20:
+            raise FloatingPointError(f"task {task}: {before} -> {new}")
+
+    with pytest.raises(FloatingPointError, match="task 2: 11 -> 31"):   # task 3 never runs
+        task_loop(step, 1, 4, start=1, after=check)

@@ -64,7 +64,7 @@ from clloop_jax.tree import task_at
 from clloop_jax.validation import check_int, check_key, is_int
 from clloop_jax.workflow.sharding import shard_seeds
 
-__all__ = ["Run", "RunResults", "TrainState", "make_run", "task_at"]
+__all__ = ["Run", "RunResults", "TrainState", "make_run", "task_at", "task_loop"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,12 +415,10 @@ class Run(Hyperparameters, Evaluation):
             if start_task:
                 raise ValueError("start_task > 0 needs the results recorded so far (results=...)")
             baseline = self.evaluate(state.params, key, hp, state.model_state, self.evaluated_state(state))
-        for task_id in range(start_task, n):
-            state, row, trace = self.train_task(state, key, task_id, hp)
-            rows.append(row)
-            traces.append(trace)
-            if callback is not None:
-                callback(task_id, state, row, trace)
+        after = None if callback is None else (
+            lambda task_id, before, state, rows, traces: callback(task_id, state, rows[-1], traces[-1]))
+        state = task_loop(lambda st, task_id: self.train_task(st, key, task_id, hp), state, n, start_task, rows,
+                          traces, after)
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *traces)
         return state, RunResults(jnp.stack(rows), baseline, stacked)
 
@@ -435,6 +433,27 @@ _jit_task_step = Program(Run.task_step_on)
 
 
 _jit_evaluate_strategy = Program(Run.evaluate_on)
+
+
+def task_loop(step: Callable, state, num_tasks: int, start: int = 0, rows: Optional[list] = None,
+              traces: Optional[list] = None, after: Optional[Callable] = None):
+    """The host's loop over tasks, the one that :meth:`Run.run_stepwise` (one seed) and
+    :func:`clloop_jax.workflow.execute.execute` (seeds vmapped, checkpoints, resume, the NaN alarm) both drive.
+
+    For each task from ``start`` to ``num_tasks - 1``: ``new, row, trace = step(state, task)``, ``row`` and ``trace``
+    appended to the lists ``rows`` and ``traces`` (those recorded before ``start`` when resuming), then
+    ``after(task, state, new, rows, traces)`` (progress, checkpoints, checks: the state before the task is still
+    there to compare with; raising stops the loop, and the new state is not kept). Returns the last state."""
+    rows = [] if rows is None else rows
+    traces = [] if traces is None else traces
+    for task in range(start, num_tasks):
+        new, row, trace = step(state, task)
+        rows.append(row)
+        traces.append(trace)
+        if after is not None:
+            after(task, state, new, rows, traces)
+        state = new
+    return state
 
 
 def make_run(config: RunConfig, source) -> Run:

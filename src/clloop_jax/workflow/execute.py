@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clloop_jax.run.errors import NonFiniteError, check_finite
-from clloop_jax.run.sequential import Run, RunResults
+from clloop_jax.run.sequential import Run, RunResults, task_loop
 from clloop_jax.workflow.runs import RunFolder
 from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
 from clloop_jax.workflow.trackers import Trackers
@@ -286,12 +286,9 @@ def _execute(run, hp, seeds, folder, config, progress, label, stop, trackers, me
             start = last + 1
             not_learned = folder.checkpoint_notes(last).get("not_learned", {})
     trackers.start(config if config is not None else run.config, seeds, first_task=start)
-    for task in range(start, T):
-        if stop is not None:
-            stop.check(task)
-        before = jax.tree.map(np.asarray, state.params)
-        new_state, row, trace = step(state, keys, jnp.int32(task), hp)
-        finite = np.asarray(trace["finite"])  # [S, E], or [S] with one summary per task
+
+    def after(task, before, new, rows, traces):
+        finite = np.asarray(traces[-1]["finite"])  # [S, E], or [S] with one summary per task
         if not finite.all():
             try:
                 check_finite(finite.reshape(finite.shape[0], 1, -1), where=label)
@@ -304,20 +301,23 @@ def _execute(run, hp, seeds, folder, config, progress, label, stop, trackers, me
                                       f"the penalty strength); nothing of task {task} was written, the last good "
                                       f"checkpoint is kept", seed=seed, task=task,
                                       episode=err.episode if finite.ndim == 2 else None) from None
-        state = new_state
-        still = np.flatnonzero(unmoved(before, state.params))
+        still = np.flatnonzero(unmoved(before.params, new.params))
         if still.size:
             not_learned[str(task)] = [seeds[i] if members is None else members[i] for i in still]
             print(f"{label}: {not_learned_text(task, not_learned[str(task)], hp)}", file=sys.stderr, flush=True)
-        rows.append(row)
-        traces.append(trace)
         if folder is not None:
-            folder.save_checkpoint(task, {"state": state, "rows": jnp.stack(rows),
+            folder.save_checkpoint(task, {"state": new, "rows": jnp.stack(rows),
                                           "traces": jax.tree.map(lambda *x: jnp.stack(x), *traces),
                                           "baseline": baseline}, digest, notes={"not_learned": not_learned})
-        trackers.task(task, row, trace)
+        trackers.task(task, rows[-1], traces[-1])
         if progress is not None:
             progress(task + 1, T)
+        if stop is not None:
+            stop.check(task + 1)
+
+    if stop is not None:
+        stop.check(start)
+    state = task_loop(lambda st, task: step(st, keys, jnp.int32(task), hp), state, T, start, rows, traces, after)
     R = jnp.stack(rows, axis=1)                                              # [S, T, T]
     stacked = jax.tree.map(lambda *x: jnp.stack(x, axis=1), *traces)      # [S, T, E]
     return state, RunResults(R, baseline, stacked), not_learned
