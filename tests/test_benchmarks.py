@@ -73,3 +73,19 @@ def test_profile_of_a_compiled_loop_finds_its_matrix_product_once_per_step():
     sources = op_sources(compiled.as_text())
     assert op_kind("copy.3", "") == "copy" and op_kind("wrapped_compare", "") == "control"
     assert op_kind("f", "jit(_normal)/erf_inv") == "rng" and any("tanh" in s for s in sources.values())
+
+
+@pytest.mark.slow
+def test_rehearsal_benchmark_counts_the_arithmetic_each_strategy_adds(tmp_path):
+    """Replay adds one forward and backward pass on a memory batch as large as the task's (twice fine-tuning's
+    arithmetic), A-GEM one on a reference batch of twice that (three times)."""
+    out = tmp_path / "rehearsal.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + str(ROOT), JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    proc = subprocess.run([sys.executable, "benchmarks/bench_rehearsal.py", "--updates", "2", "--repeats", "1",
+                           "--seeds", "1", "--strategies", "none,replay,agem", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["strategies"]
+    assert rows["none"]["flops_multiple"] == 1.0
+    assert 1.9 < rows["replay"]["flops_multiple"] < 2.1 and 2.85 < rows["agem"]["flops_multiple"] < 3.1
+    assert all(r["update_ms"] > 0 and len(r["times_s"]) == 1 for r in rows.values())

@@ -53,7 +53,7 @@ def test_one_reduction_for_a_whole_tree():
 
 def test_the_task_loop_resumes_and_stops_where_its_check_raises():
     """``task_loop``: the host's one loop over tasks (``Run.run_stepwise`` and the folder driver ``execute``)."""
-    from clloop_jax.run.sequential import task_loop
+    from clloop_jax.run import task_loop
     step = lambda s, t: (s + 10 * t, 100 + t, f"t{t}")  # noqa: E731
     seen = []
     rows, traces = [-1], ["t0"]                      # resumed after task 0

@@ -55,6 +55,7 @@ from clloop_jax.importance import fisher as fisher_lib
 from clloop_jax.monitors import Monitor, get_monitor
 from clloop_jax.run.config import HParams, Hyperparameters, RunConfig
 from clloop_jax.run.errors import all_finite
+from clloop_jax.run.host import task_loop
 from clloop_jax.run.evaluation import Evaluation
 from clloop_jax.run.programs import Program, jit_evaluate
 from clloop_jax.run.state import RunResults, TrainState, summarize_trace
@@ -64,7 +65,7 @@ from clloop_jax.tree import task_at
 from clloop_jax.validation import check_int, check_key, is_int
 from clloop_jax.workflow.sharding import shard_seeds
 
-__all__ = ["Run", "RunResults", "TrainState", "make_run", "task_at", "task_loop"]
+__all__ = ["Run", "RunResults", "TrainState", "make_run", "task_at"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,27 +434,6 @@ _jit_task_step = Program(Run.task_step_on)
 
 
 _jit_evaluate_strategy = Program(Run.evaluate_on)
-
-
-def task_loop(step: Callable, state, num_tasks: int, start: int = 0, rows: Optional[list] = None,
-              traces: Optional[list] = None, after: Optional[Callable] = None):
-    """The host's loop over tasks, the one that :meth:`Run.run_stepwise` (one seed) and
-    :func:`clloop_jax.workflow.execute.execute` (seeds vmapped, checkpoints, resume, the NaN alarm) both drive.
-
-    For each task from ``start`` to ``num_tasks - 1``: ``new, row, trace = step(state, task)``, ``row`` and ``trace``
-    appended to the lists ``rows`` and ``traces`` (those recorded before ``start`` when resuming), then
-    ``after(task, state, new, rows, traces)`` (progress, checkpoints, checks: the state before the task is still
-    there to compare with; raising stops the loop, and the new state is not kept). Returns the last state."""
-    rows = [] if rows is None else rows
-    traces = [] if traces is None else traces
-    for task in range(start, num_tasks):
-        new, row, trace = step(state, task)
-        rows.append(row)
-        traces.append(trace)
-        if after is not None:
-            after(task, state, new, rows, traces)
-        state = new
-    return state
 
 
 def make_run(config: RunConfig, source) -> Run:

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from clloop_jax.run.errors import NonFiniteError, check_finite
-from clloop_jax.run.sequential import Run, RunResults, task_loop
+from clloop_jax.run.host import task_loop
+from clloop_jax.run.sequential import Run, RunResults
 from clloop_jax.workflow.runs import RunFolder
 from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
 from clloop_jax.workflow.trackers import Trackers

@@ -30,7 +30,6 @@ import math
 import os
 from typing import Dict, Optional, Sequence, Tuple
 
-import numpy as np
 import tyro
 
 from clloop_jax.workflow.experiment import ExperimentConfig
@@ -189,6 +188,7 @@ class SweepResults:
 def best_point(values, metric: str) -> int:
     """The index of the point whose values (one row per point, one value per seed) have the best mean for
     ``metric`` (the smallest for :data:`LOWER_IS_BETTER`, else the largest); the first of equal ones."""
+    import numpy as np
     means = np.asarray([np.mean(v) for v in values])
     target = means.min() if metric in LOWER_IS_BETTER else means.max()
     return int(np.flatnonzero(means == target)[0])
@@ -225,6 +225,7 @@ class _PointTrackers:
         self.groups, self.experiments, self.H, self.S = groups, experiments, held_out, seeds
 
     def _cut(self, x):
+        import numpy as np
         x = np.asarray(x)
         return x.reshape((len(self.groups), self.H + self.S) + x.shape[1:])[:, self.H:]
 
@@ -254,6 +255,7 @@ def run_sweep(sweep: SweepConfig, folder, devices=None, progress=None, log: str 
     named after the points in a group named after the sweep's folder."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from clloop_jax import report
     from clloop_jax.workflow.execute import execute
@@ -299,6 +301,7 @@ def run_sweep(sweep: SweepConfig, folder, devices=None, progress=None, log: str 
 
 
 def _write_summary(sweep: SweepConfig, res: SweepResults, folder) -> None:
+    import numpy as np
 
     from clloop_jax import report
     from clloop_jax.metrics import METRIC_MEANINGS
