@@ -49,8 +49,8 @@ def test_ace_mask_by_hand():
 
 def test_er_ace_loss_is_the_masked_incoming_cross_entropy_plus_the_plain_memory_one(source):
     """Task 1 (classes 2, 3; training mask {0, 1, 2, 3}) with an incoming batch of class 2 only and a memory of task
-    0's samples: the run's loss plus ER-ACE's replay loss is CE(incoming | {2}) + alpha * CE(memory | {0, 1, 2, 3}),
-    each recomputed in float64 from the model's logits."""
+    0's samples: ER-ACE's replay loss, which replaces the run's task loss, is CE(incoming | {2}) + alpha *
+    CE(memory | {0, 1, 2, 3}), each recomputed in float64 from the model's logits."""
     stream = source.stream
     params = source.init_params(jax.random.key(0))
     x1, y1 = np.asarray(stream.x[1]), np.asarray(stream.y[1])
@@ -60,14 +60,14 @@ def test_er_ace_loss_is_the_masked_incoming_cross_entropy_plus_the_plain_memory_
     strategy = er_ace(capacity=10, batch_size=7, alpha=0.7)
     example = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), samples)
     memory = strategy.init(params, strategy.hparams, example, source)
+    assert strategy.replaces_task_loss
     assert float(strategy.replay_loss(memory, params, samples, source, jax.random.key(1), strategy.hparams)) == \
-        pytest.approx(cross_entropy64(source.model.apply(params, batch.x), y1[rows], np.arange(10) == 2)
-                      - float(source.loss(params, batch, None)[0]), abs=1e-5)   # empty memory: no memory term
+        pytest.approx(cross_entropy64(source.model.apply(params, batch.x), y1[rows], np.arange(10) == 2),
+                      abs=1e-5)   # empty memory: no memory term
     task0 = ((stream.x[0, :10], jnp.broadcast_to(stream.train_mask[0], (10, 10))), stream.y[0, :10])
     memory = reservoir_add(memory, task0, jax.random.key(2))
     key = jax.random.key(3)
-    total = float(source.loss(params, batch, None)[0]) + float(
-        strategy.replay_loss(memory, params, samples, source, key, strategy.hparams))
+    total = float(strategy.replay_loss(memory, params, samples, source, key, strategy.hparams))
     (xm, _), ym = memory_sample(memory, jax.random.split(key)[0], 7)   # the draw the strategy makes
     incoming = cross_entropy64(source.model.apply(params, batch.x), y1[rows], np.arange(10) == 2)
     remembered = cross_entropy64(source.model.apply(params, xm), np.asarray(ym), np.arange(10) < 4)
@@ -105,6 +105,41 @@ def test_ewc_chained_with_er_ace_keeps_both_terms(source):
     penalty = np.asarray(res.traces["penalty"])
     assert np.all(penalty[0] == 0.0) and np.all(penalty[1:, 1:] > 0)   # EWC pulls from the second task on
     assert np.all(np.asarray(res.traces["replay_loss"])[1:] != 0.0)     # ER-ACE's terms throughout
+
+
+def test_a_strategy_that_replaces_the_task_loss_is_the_whole_gradient(source):
+    """``replaces_task_loss``: the update differentiates the strategy's objective alone. An objective that does not
+    depend on the parameters leaves them exactly where they were, while the source's loss is still recorded; the
+    same hook without the flag adds the source's gradient and moves them."""
+    from clloop_jax.strategies.base import Strategy
+    from clloop_jax.divergence import tree_sum
+    flat = lambda state, params, samples, source, key, hp: 0.0 * tree_sum(params)  # noqa: E731
+    moved = {}
+    for replaces in (True, False):
+        strategy = Strategy("flat", replay_loss=flat, replaces_task_loss=replaces)
+        run = make_run(RunConfig(strategy=strategy, episodes_per_task=EPISODES, monitors=(), max_grad_norm=None),
+                       source)
+        hp = run.hparams(learning_rate=1e-2)
+        state = run.init(jax.random.key(0), hp)
+        batch = source.batch(jax.random.key(1), state.params, jax.tree.map(lambda a: a[0], source.tasks), None)
+        new, trace = jax.jit(run.update)(state, batch, jax.random.key(2), hp)
+        moved[replaces] = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(new.params),
+                                                                             jax.tree.leaves(state.params)))
+        assert float(trace["loss"]) == (0.0 if replaces else pytest.approx(float(source.loss(state.params, batch,
+                                                                                               None)[0])))
+        assert 0.0 <= float(trace["score"]) <= 1.0 and bool(trace["finite"])
+    assert moved[True] == 0.0 and moved[False] > 1e-3
+
+
+def test_at_most_one_part_of_a_chain_replaces_the_task_loss():
+    from clloop_jax.strategies import chain
+    from clloop_jax.strategies.base import Strategy
+    from clloop_jax.strategies.classifiers import icarl
+    assert chain("ewc", er_ace()).replaces_task_loss and not chain("ewc", "replay").replaces_task_loss
+    with pytest.raises(ValueError, match=r"the parts \['er_ace', 'icarl'\] each replace the task loss"):
+        chain(er_ace(), icarl())
+    with pytest.raises(ValueError, match="replaces the task loss but has no replay_loss"):
+        Strategy("empty", replaces_task_loss=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -151,8 +151,8 @@ def test_icarl_distillation_loss_against_float64(T):
 
 
 def test_icarl_objective_is_its_loss_on_batch_and_exemplars(source):
-    """The run's cross-entropy plus iCaRL's replay loss is iCaRL's loss on the batch and the exemplars it draws,
-    recomputed in float64 from the logits (old classes distilled from the teacher)."""
+    """iCaRL's replay loss, which replaces the run's cross-entropy, is iCaRL's loss on the batch and the exemplars it
+    draws, recomputed in float64 from the logits (old classes distilled from the teacher)."""
     strategy = icarl(capacity=20, batch_size=5, temperature=1.0)
     run = make_run(RunConfig(strategy=strategy, episodes_per_task=2), source)
     hp = run.hparams()
@@ -164,8 +164,8 @@ def test_icarl_objective_is_its_loss_on_batch_and_exemplars(source):
     batch = source.batch(jax.random.key(2), student, jax.tree.map(lambda a: a[1], source.tasks), None)
     samples = source.samples(batch)
     key = jax.random.key(3)
-    total = float(source.loss(student, batch, None)[0]) + float(
-        strategy.replay_loss(st, student, samples, source, key, hp.strategy))
+    assert strategy.replaces_task_loss
+    total = float(strategy.replay_loss(st, student, samples, source, key, hp.strategy))
     C, P = st.exemplars.shape[:2]
     filled = (np.arange(P)[None] < np.asarray(st.count)[:, None]).reshape(-1)
     idx = np.asarray(jax.random.categorical(key, jnp.where(filled, 0.0, -jnp.inf), shape=(5,)))

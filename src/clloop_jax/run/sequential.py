@@ -151,7 +151,8 @@ class Run(Hyperparameters, Evaluation):
     def update(self, state: TrainState, batch, key, hp: HParams):
         """One optimizer step on ``batch``: ``(state, trace)``, trace a dict of scalars.
 
-        The gradient is that of the source's loss (plus the strategy's replay loss), plus the penalty's; the
+        The gradient is that of the source's loss plus the strategy's replay loss (that alone when the strategy
+        replaces the task loss), plus the penalty's; the
         strategy may project it; the optimizer (with clipping) applies it; the strategy accumulates and observes;
         then it may renew parts of the new parameters (their optimizer moments zeroed, :meth:`reset_moments`).
         A non-finite loss, gradient or new parameter leaves ``state`` unchanged and records ``finite = False``.
@@ -165,11 +166,12 @@ class Run(Hyperparameters, Evaluation):
         samples = src.samples(batch) if uses_samples else None
 
         def task_loss(p):
-            loss, aux = src.loss(p, batch, hp.source)
+            # a strategy that replaces the task loss gets the source's only for its records, not differentiated
+            loss, aux = src.loss(jax.lax.stop_gradient(p) if strat.replaces_task_loss else p, batch, hp.source)
             if strat.replay_loss is not None:
                 replay = strat.replay_loss(state.strategy, p, samples, src, k_replay, hp.strategy)
                 aux = {**aux, "replay_loss": replay}
-                loss = loss + replay
+                loss = replay if strat.replaces_task_loss else loss + replay
             return loss, aux
 
         (loss, aux), task_grads = jax.value_and_grad(task_loss, has_aux=True)(params)

@@ -51,7 +51,10 @@ and, for rehearsal methods,
   batch as per-sample ``(inputs, targets)`` and ``params`` those the batch was learned from (a reservoir memory of
   the stream, with the model's outputs for DER);
 * ``replay_loss(state, params, samples, source, key, hp) -> scalar``: a loss added to the task loss, on remembered
-  samples or on the current batch's ``samples`` (distillation); its gradient is part of the task gradient;
+  samples or on the current batch's ``samples`` (distillation); its gradient is part of the task gradient. With
+  ``replaces_task_loss`` it is the whole objective instead: the strategy computes the incoming batch's loss itself
+  (ER-ACE's masked cross-entropy, iCaRL's distillation), and the source's loss is evaluated only for its records
+  (the training score, a batch-norm model's running averages), never differentiated;
 * ``project(state, params, grads, samples, source, key, hp) -> grads``: a transformation of the gradient before
   the optimizer (A-GEM's projection).
 
@@ -120,6 +123,8 @@ class Strategy:
       uses_data: whether ``consolidate`` receives the task's per-sample data.
       init_with_example: ``init`` is called as ``init(params, hp, example, source)``, with ``example`` the shapes
         (``jax.ShapeDtypeStruct``) of one per-sample item ``(inputs, target)``: a memory of samples is sized from it.
+      replaces_task_loss: ``replay_loss`` is the whole objective, the incoming batch's loss included (see the
+        module docstring); the source's loss is then not differentiated, so no pass over the batch is spent on it.
 
     Equality and hashing ignore ``hparams`` (they are traced values, not part of the compiled program), so two
     strategies built with different default strengths share one compiled run.
@@ -142,6 +147,7 @@ class Strategy:
     renew: Optional[Callable] = None
     check_source: Optional[Callable] = None
     evaluate: Optional[Callable] = None
+    replaces_task_loss: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -159,6 +165,8 @@ class Strategy:
         if self.importance is not None and self.importance not in IMPORTANCE_KINDS:
             raise ValueError(f"Strategy.importance must be one of {list(IMPORTANCE_KINDS)} or None, "
                              f"got {self.importance!r}")
+        if self.replaces_task_loss and self.replay_loss is None:
+            raise ValueError(f"strategy {self.name!r} replaces the task loss but has no replay_loss hook to give it")
         if (self.importance is not None or self.uses_data) and self.consolidate is None:
             raise ValueError(f"strategy {self.name!r} asks for importance or data at consolidation but has no "
                              f"consolidate hook")

@@ -174,9 +174,7 @@ class _ICaRL:
         teacher = source.model.apply(state.teacher, inputs)
         per_sample = jax.vmap(lambda g, q, lab: icarl_loss(g[None], q[None], lab[None], classes, state.seen,
                                                            hp.temperature))(logits, teacher, labels)
-        loss = jnp.sum(weight * per_sample) / jnp.sum(weight)
-        # the run adds the source's cross-entropy on the batch: removing it leaves iCaRL's loss as the objective
-        return loss - source.sample_loss(params, (x, mask), y)
+        return jnp.sum(weight * per_sample) / jnp.sum(weight)   # the whole objective: it replaces the task loss
 
     def evaluate(self, state, params, source, key, hp):
         del key, hp
@@ -215,7 +213,8 @@ def icarl(capacity: int = 2000, batch_size: int = 32, temperature=1.0) -> Strate
     * **Representation learning** (Algorithm 3): on the current batch plus ``batch_size`` exemplars drawn uniformly,
       the sigmoid binary cross-entropy of :func:`icarl_loss` over the classes of the current training mask and every
       class seen before: classification targets for the new classes, the previous network's sigmoid outputs for the
-      old ones. The run's own cross-entropy on the batch is subtracted, so the objective is iCaRL's loss alone.
+      old ones. It replaces the run's own cross-entropy on the batch (``replaces_task_loss``): the objective is
+      iCaRL's loss alone.
     * **Classification** (Algorithm 1): the nearest mean of exemplars. At each task's end, the class means of the
       exemplars' normalised features are recomputed with the current network (and normalised); a test sample is
       assigned the class whose mean is nearest its normalised feature, among the classes of the task's test mask
@@ -236,7 +235,8 @@ def icarl(capacity: int = 2000, batch_size: int = 32, temperature=1.0) -> Strate
     check_hparams(hp, "strategy")
     hooks = _ICaRL(capacity, batch_size)
     return Strategy("icarl", hp, init=hooks.init, consolidate=hooks.consolidate, replay_loss=hooks.replay_loss,
-                    uses_data=True, init_with_example=True, check_source=hooks.check_source, evaluate=hooks.evaluate)
+                    uses_data=True, init_with_example=True, check_source=hooks.check_source, evaluate=hooks.evaluate,
+                    replaces_task_loss=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 The chain's parts run side by side, each on its own state and with its own hyperparameters:
 
 * its state is the tuple of the parts' states, in order;
-* ``penalty`` and ``replay_loss`` are the sums of the parts' terms; ``accumulate``, ``consolidate`` and ``observe``
-  run each part on its own state; ``project`` and ``boundary`` apply the parts' hooks one after the other, in order;
+* ``penalty`` and ``replay_loss`` are the sums of the parts' terms (a part that replaces the task loss, at most
+  one, makes the chain replace it: its objective plus the other parts' terms); ``accumulate``, ``consolidate`` and
+  ``observe`` run each part on its own state; ``project`` and ``boundary`` apply the parts' hooks one after the
+  other, in order;
 * ``renew`` runs the parts' hooks in order, each on the parameters the previous part left, and its ``reset`` marks
   a weight that any part re-initialised (the parts' masks OR-ed; None when no part marks any); ``check_source``
   asks every part that has one;
@@ -178,6 +180,10 @@ def chain(*strategies) -> Strategy:
         asking = {k: [p.name for p in parts if p.importance == k] for k in kinds}
         raise ValueError(f"chain: the parts ask for different importances {asking}; a run computes one importance "
                          f"per consolidation, so they cannot be chained")
+    replacing = [p.name for p in parts if p.replaces_task_loss]
+    if len(replacing) > 1:
+        raise ValueError(f"chain: the parts {replacing} each replace the task loss with their own objective; at most "
+                         f"one part may")
     evaluating = [p.name for p in parts if p.evaluate is not None]
     if len(evaluating) > 1:
         raise ValueError(f"chain: the parts {evaluating} each change what the run evaluates (an evaluate hook); a run "
@@ -187,4 +193,5 @@ def chain(*strategies) -> Strategy:
     hp = _hparams_type(tuple(names))(*[p.hparams for p in parts])
     return Strategy("+".join(names), hp, init=hooks.init, importance=kinds[0] if kinds else None,
                     uses_data=any(p.uses_data for p in parts),
-                    init_with_example=any(p.init_with_example for p in parts), **present)
+                    init_with_example=any(p.init_with_example for p in parts), replaces_task_loss=bool(replacing),
+                    **present)

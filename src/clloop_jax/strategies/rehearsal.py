@@ -212,13 +212,11 @@ def _check_masked_labels(example, source):
                          f"label), such as SupervisedSource; {type(source).__name__} gives {example!r}")
 
 
-def _ace_correction(source, params, samples):
-    """``L_ace(incoming) - L(incoming)``: the run adds the source's loss on the incoming batch, ``L(incoming)`` (the
-    masked cross-entropy under the training mask, equal to ``source.sample_loss`` on the batch's samples), so adding
-    this difference makes the objective the asymmetric cross-entropy's incoming term, under :func:`ace_mask`."""
+def _ace_incoming(source, params, samples):
+    """``L_ce(X_in; C_in)``: the incoming batch's cross-entropy under :func:`ace_mask`. ER-ACE replaces the run's
+    task loss with it (``replaces_task_loss``), so the batch is passed forward and backward once."""
     (x, mask), y = samples
-    ace = source.sample_loss(params, (x, ace_mask(mask, y)), y)
-    return ace - source.sample_loss(params, (x, mask), y)
+    return source.sample_loss(params, (x, ace_mask(mask, y)), y)
 
 
 def _check_size(name, value):
@@ -269,7 +267,7 @@ class _Rehearsal:
             x, y = drawn[0] if self.memory == "balanced" else drawn  # a balanced memory's items carry the labels
             loss = hp.alpha * source.sample_loss(params, rehearsed_inputs(source, x, samples), y)
             if self.kind == "er_ace":
-                return _ace_correction(source, params, samples) + jnp.where(_is_filled(memory), loss, 0.0)
+                return _ace_incoming(source, params, samples) + jnp.where(_is_filled(memory), loss, 0.0)
         else:  # derpp: outputs matching (as they were seen) on one memory sample, the label loss on another
             (x, _), z = memory_sample(memory, k1, self.batch_size)
             logit_loss = jnp.mean(jnp.square(_outputs(source, params, x) - z))
@@ -304,7 +302,7 @@ def _replay_like(name: str, capacity, batch_size, alpha, memory: str) -> Strateg
     hp = ReplayHParams(alpha)
     check_hparams(hp, "strategy")
     return Strategy(name, hp, init=hooks.init, observe=hooks.observe, replay_loss=hooks.replay_loss,
-                    init_with_example=True)
+                    init_with_example=True, replaces_task_loss=name == "er_ace")
 
 
 def agem(capacity: int = 500, batch_size: int = 64) -> Strategy:
@@ -343,8 +341,8 @@ def er_ace(capacity: int = 500, batch_size: int = 32, alpha=1.0, memory: str = "
     two agree whenever a batch holds every class of its task (almost always with split tasks of a few classes and
     batches of tens of samples). The paper weights both terms equally (``alpha = 1``).
 
-    The run's task loss is the source's, over the training mask; this strategy's ``replay_loss`` adds the difference
-    ``L_ce(X_in; C_in) - L_ce(X_in; mask)`` and the memory term, so the objective the run differentiates is ``L_ace``.
+    This strategy's ``replay_loss`` is ``L_ace`` itself and replaces the run's task loss (``replaces_task_loss``: the
+    source's cross-entropy over the training mask is not differentiated), so an update costs replay's arithmetic.
     It needs a labelled source whose per-sample inputs carry the class mask (``SupervisedSource``).
 
     Args:
