@@ -9,7 +9,10 @@ Four properties, measured over several seeds and printed as a markdown table (al
 3. training on task B after task A (plain fine-tuning) lowers A's score by a clear margin;
 4. one agent trained on all tasks jointly reaches a high score on each (tasks can be told apart).
 
-::
+The fine-tuning run (3-4) is an :class:`~clloop_jax.workflow.experiment.ExperimentConfig` (the default world,
+strategy ``none``) trained into a run folder (``runs/task_family/finetune_<tasks>x<episodes>``, ``--runs`` to move it;
+what ``clloop run --config FOLDER/config.json`` trains), read back when it is already there; the joint run uses the
+same seeds::
 
     python experiments/task_family.py              # 3 world draws, 3 training seeds, 150 episodes per task
 """
@@ -24,14 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from clloop_jax import metrics
-from clloop_jax.envs import Environment, PrivilegedPolicy, normalized_score, rollout
-from clloop_jax.model import CrossModalModel
-from clloop_jax.run.config import RunConfig
+from clloop_jax.envs import PrivilegedPolicy, normalized_score, rollout
 from clloop_jax.run.joint import make_joint_run
-from clloop_jax.run.sequential import make_run
-from clloop_jax.sources.world import EnvSource
 from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.execute import run_or_read
+from clloop_jax.workflow.experiment import ExperimentConfig
 from clloop_jax.workflow.files import write_atomic
+from clloop_jax.workflow.settings import TrainConfig, WorldConfig
 
 
 def gain_policy(gain, max_action):
@@ -68,11 +70,15 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="training seeds")
     p.add_argument("--episodes", type=int, default=150)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "task_family"))
+    p.add_argument("--runs", default="runs/task_family", help="where the run folder is (default runs/task_family)")
     p.add_argument("--no-cache", action="store_true", help="leave JAX's persistent compilation cache off")
     args = p.parse_args(argv)
     enable_compilation_cache(enabled=not args.no_cache)
 
-    env = Environment(observation_dim=64, action_dim=32, num_modalities=2, num_tasks=args.tasks)
+    experiment = ExperimentConfig(world=WorldConfig(num_tasks=args.tasks), seeds=args.seeds,
+                                  train=TrainConfig(strategy="none", episodes_per_task=args.episodes, monitors=()))
+    run, hp = experiment.build()
+    env = run.source.env
     # 1-2: experts, the zero action and cross-task experts, over several world draws.
     world_keys = jax.random.split(jax.random.key(1), args.worlds)
     S, zero = jax.jit(jax.vmap(lambda wk: expert_matrix(env, wk, args.tasks, jax.random.key(2))))(world_keys)
@@ -80,17 +86,13 @@ def main(argv=None):
     diag = np.diagonal(S, axis1=1, axis2=2)                         # [W, T]
     off = S[:, ~np.eye(args.tasks, dtype=bool)]                     # [W, T*(T-1)]
 
-    # 3-4: fine-tuning A then B, and the joint run, over several training seeds (the default world).
-    model = CrossModalModel(input_dim=64, hidden_dim=64, output_dim=32, num_modalities=2,
-                            feedback_dim=env.feedback_dim)
-    source = EnvSource(model, env, num_tasks=args.tasks, num_envs=8)
-    keys = jax.random.split(jax.random.key(0), args.seeds)
-    config = RunConfig(strategy="none", episodes_per_task=args.episodes, monitors=())
-    run = make_run(config, source)
-    hp = run.hparams(learning_rate=1e-3, feedback_weight=0.3)
-    _, res = jax.vmap(run, in_axes=(0, None))(keys, hp)
-    R, base = np.asarray(res.R, np.float64), np.asarray(res.baseline, np.float64)
-    joint = np.asarray(jax.vmap(make_joint_run(config, source), in_axes=(0, None))(keys, hp), np.float64)
+    # 3-4: fine-tuning A then B (from its run folder), and the joint run on the same seeds.
+    folder = os.path.join(args.runs, f"finetune_{args.tasks}x{args.episodes}")
+    R, base = run_or_read(experiment, folder, "none")
+    R, base = np.asarray(R, np.float64), np.asarray(base, np.float64)
+    keys = jax.vmap(jax.random.key)(np.arange(args.seeds, dtype=np.uint32))   # the folder's seeds
+    joint = np.asarray(jax.jit(jax.vmap(make_joint_run(run.config, run.source), in_axes=(0, None)))(keys, hp),
+                       np.float64)
 
     def cell(x):
         m, h = metrics.mean_ci(np.ravel(x))
@@ -114,7 +116,7 @@ def main(argv=None):
         "| measurement | over | normalized score |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
     print(text)
     write_atomic(args.out + ".md", text + "\n")
-    write_atomic(args.out + ".json", json.dumps({"settings": vars(args), "expert_matrix": S.tolist(),
+    write_atomic(args.out + ".json", json.dumps({"settings": vars(args), "folder": folder, "expert_matrix": S.tolist(),
                                                  "zero_action": zero.tolist(), "untrained": base.tolist(),
                                                  "R_finetune": R.tolist(), "joint": joint.tolist()}, indent=1))
 
