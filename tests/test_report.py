@@ -163,3 +163,7 @@ def test_comparison_plot_positional_path_still_writes_a_png(tmp_path):
     fig = report.plot_comparison({"x": (R, np.zeros((3, 2))), "y": (R * 0.5, np.zeros((3, 2)))},
                                  str(tmp_path / "cmp.png"))
     assert len(fig.axes) == 2 and open(tmp_path / "cmp.png", "rb").read(8) == PNG
+    for ax, metric in zip(fig.axes, ("average_performance", "backward_transfer")):   # the bars are the summaries
+        want = [report.summary(r, np.zeros((3, 2)))[metric]["mean"] for r in (R, R * 0.5)]
+        assert ax.get_title() == metric
+        np.testing.assert_allclose([bar.get_height() for bar in ax.patches], want, rtol=1e-12)
