@@ -178,7 +178,7 @@ def example(draw, command, name, tmp):
         return ["--strategy", "replay", opt, text], text in ("reservoir", "balanced", "None")
     if name == "memory_batch":
         text, n = draw(integer_text(name))
-        if command == "compare":                             # neither none nor online_ewc draws from a memory: unset only
+        if command == "compare":                             # none and online_ewc draw from no memory: unset only
             return [opt, text], text == "None"
         if text == "None":
             return ["--strategy", "replay", opt, text], True
