@@ -95,7 +95,8 @@ def main(argv=None):
     joint = None
     if not args.no_joint:
         experiment = experiment_for(args, "none", 0.0)
-        config, source = experiment.run_config(), experiment.make_source()
+        source = experiment.make_source()
+        config = experiment.run_config(source)
         hp = experiment.hparams_of(make_run(config, source))
         joint_fn = make_joint_run(config, source)
         keys = jax.vmap(jax.random.key)(np.arange(args.seeds, dtype=np.uint32))   # the folders' seeds

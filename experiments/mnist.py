@@ -170,8 +170,9 @@ def table_for(scenario: str, args, stem: str) -> None:
     if not args.no_joint:
         experiment = experiment_for(scenario, "none", args.updates, args.seeds)
         source = experiment.make_source().joint()
-        joint_fn = make_joint_run(experiment.run_config(), source)
-        hp = make_run(experiment.run_config(), source).hparams(learning_rate=experiment.train.learning_rate)
+        config = experiment.run_config(source)
+        joint_fn = make_joint_run(config, source)
+        hp = make_run(config, source).hparams(learning_rate=experiment.train.learning_rate)
         keys = jax.vmap(jax.random.key)(np.arange(args.seeds, dtype=np.uint32))   # the folders' seeds
         joint = np.asarray(jax.jit(jax.vmap(joint_fn, in_axes=(0, None)))(keys, hp), np.float64)
         print(f"{'joint':>10}: average accuracy {cell(joint.mean(axis=1))}", flush=True)

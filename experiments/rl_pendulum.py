@@ -1,11 +1,12 @@
 """Returns are real on a continuous action space: PPO on Pendulum-v1 (default parameters) from scratch.
 
-Trains :class:`clloop_jax.sources.gymnax.GymnaxSource` (Gaussian policy, learned log-std) on Pendulum-v1 through the
-same ``make_run`` as every continual run (one task, strategy ``none``), several seeds at once with ``vmap``. Each update
-collects ``num_envs x num_steps`` steps from environments that keep running between updates (``persistent_envs``),
-then takes ``epochs`` passes of ``num_minibatches`` clipped-PPO steps over them. Reports each seed's evaluation return
-(the mean over ``eval_envs`` episodes of 200 steps, stochastic policy) next to the untrained policy's and the
-uniform random policy's (Pendulum counts as learned at about -200 to -400)::
+The ``pendulum`` preset's learner (:class:`~clloop_jax.sources.gymnax.GymnaxSource`: Gaussian policy, learned log-std)
+on one task, strategy ``none``, trained into a run folder (``runs/rl/pendulum``, read back when it is there) with every
+seed in one compiled program. Each update collects ``num_envs x num_steps`` steps from environments that keep running
+between updates (``persistent_envs``), then takes ``epochs`` passes of ``num_minibatches`` clipped-PPO steps over
+them, the learning rate decaying linearly to 0 over all of them. Reports each seed's evaluation return (the mean over
+``eval_envs`` episodes of 200 steps, stochastic policy) next to the untrained policy's and the uniform random
+policy's (Pendulum counts as learned at about -200 to -400)::
 
     python experiments/rl_pendulum.py     # 3 seeds, 60 updates of 16 x 256 steps (246k steps each)
 
@@ -14,52 +15,47 @@ Writes ``experiments/results/rl_pendulum.json`` atomically.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
 import jax
-import numpy as np
-import optax
-from rl_cartpole import from_scratch
+from rl_cartpole import RUNS, from_scratch
 
-from clloop_jax.run.config import RunConfig
-from clloop_jax.run.sequential import make_run
-from clloop_jax.sources.gymnax import GymnaxSource
 from clloop_jax.workflow.compilation import enable_compilation_cache
+from clloop_jax.workflow.experiment import PRESETS
 from clloop_jax.workflow.files import write_atomic
 
-#: The PPO settings of Pendulum-v1 from scratch (``continual_rl.py`` takes 5 epochs of 16 minibatches).
-PENDULUM = dict(num_envs=16, num_steps=256, epochs=10, num_minibatches=32, persistent_envs=True)
-PENDULUM_HP = dict(learning_rate=1e-3, discount=0.9, gae_lambda=0.95, reward_scale=0.1, entropy_coef=0.0,
-                   feedback_weight=0.1)
-
-
-def pendulum_optimizer(updates: int, passes: int):
-    """Adam whose rate decays linearly to 0 over ``updates * passes`` optimizer steps (one task)."""
-    return lambda lr: optax.adam(optax.linear_schedule(lr, 0.0, updates * passes))
+#: The ``pendulum`` preset's settings from scratch: 10 epochs of 32 minibatches per rollout (its continual runs take
+#: 5 of 16).
+EPOCHS, MINIBATCHES = 10, 32
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--episodes", type=int, default=60, help="updates, one per collected rollout")
-    p.add_argument("--epochs", type=int, default=PENDULUM["epochs"])
-    p.add_argument("--num-minibatches", type=int, default=PENDULUM["num_minibatches"])
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--num-minibatches", type=int, default=MINIBATCHES)
     p.add_argument("--eval-envs", type=int, default=16)
+    p.add_argument("--runs", default=RUNS, help="where the run folder lives")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "rl_pendulum.json"))
     p.add_argument("--no-cache", action="store_true")
     args = p.parse_args(argv)
     enable_compilation_cache(enabled=not args.no_cache)
-    settings = dict(PENDULUM, epochs=args.epochs, num_minibatches=args.num_minibatches)
-    source = GymnaxSource("Pendulum-v1", [{}], eval_envs=args.eval_envs, **settings)
-    run = make_run(RunConfig(strategy="none", episodes_per_task=args.episodes, monitors=(), max_grad_norm=0.5,
-                             optimizer=pendulum_optimizer(args.episodes, source.minibatch_passes)), source)
-    hp = run.hparams(**PENDULUM_HP)
-    res, summary = from_scratch(run, hp, source, args.seeds, "Pendulum-v1")
+    base = PRESETS["pendulum"]
+    experiment = dataclasses.replace(
+        base, seeds=args.seeds,
+        gymnax=dataclasses.replace(base.gymnax, variants="[{}]", ppo_epochs=args.epochs,
+                                   ppo_minibatches=args.num_minibatches, eval_envs=args.eval_envs),
+        train=dataclasses.replace(base.train, strategy="none", episodes_per_task=args.episodes))
+    path = os.path.join(args.runs, f"pendulum_{args.episodes}x{args.epochs}x{args.num_minibatches}")
+    traces, summary = from_scratch(experiment, path, "Pendulum-v1")
     write_atomic(args.out, json.dumps({
-        "settings": {**vars(args), **settings, **PENDULUM_HP}, "device": str(jax.devices()[0]), **summary,
-        "train_batch_return": np.asarray(res.traces["score"])[:, 0, ::5].tolist(),
-        "clip_fraction": np.asarray(res.traces["clip_fraction"])[:, 0, ::5].tolist()}, indent=1))
+        "settings": {**vars(args), "runs": os.path.relpath(args.runs)}, "device": str(jax.devices()[0]),
+        "experiment": dataclasses.asdict(experiment), **summary,
+        "train_batch_return": traces["score"][:, 0, ::5].tolist(),
+        "clip_fraction": traces["clip_fraction"][:, 0, ::5].tolist()}, indent=1))
 
 
 if __name__ == "__main__":

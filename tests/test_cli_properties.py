@@ -27,7 +27,7 @@ from clloop_jax.strategies import get_strategy
 from clloop_jax.workflow import cli
 from clloop_jax.workflow.experiment import (BOUNDARY_MODES, FISHER_VARIANTS, MONITOR_NAMES, PRESETS, SOURCES, STRATEGY_NAMES,
                                            DataConfig, GymnaxConfig)
-from clloop_jax.workflow.settings import TRACE_MODES
+from clloop_jax.workflow.settings import LR_SCHEDULES, TRACE_MODES
 
 TINY = PRESETS["tiny"]
 COUNTS = Counter()
@@ -62,7 +62,7 @@ FLOAT32_MAX = 3.4028234663852886e38
 FLOATS = {"learning_rate": (0.0, math.inf, True), "lam": (0.0, math.inf, False), "gamma": (0.0, 1.0, False),
           "feedback_weight": (0.0, math.inf, False)}
 CHOICES = {"strategy": STRATEGY_NAMES, "fisher_variant": FISHER_VARIANTS, "boundaries": BOUNDARY_MODES,
-           "traces": TRACE_MODES}
+           "traces": TRACE_MODES, "lr_schedule": LR_SCHEDULES}
 FLAGS = {"overwrite", "resume", "quiet", "no_cache"}
 OTHERS = {"out", "devices", "world_seed", "monitors", "strategies", "memory", "memory_batch", "memory_policy",
           "max_grad_norm", "source", "log", "evaluate_every", "strategy_hparams"}

@@ -235,6 +235,37 @@ def test_a_gymnax_experiment_builds_its_tasks_and_traced_hyperparameters():
     assert set(experiment.resolved()) == {"source", "gymnax", "train", "seeds", "boundaries"}
 
 
+def test_a_linear_schedule_decays_each_tasks_rate_to_zero_over_its_optimizer_steps():
+    """Hand-worked: under a constant gradient Adam's bias-corrected step is the rate itself (over 1 + eps), so the
+    parameter moves by lr * (1 - k / steps) at step k and no more once the steps are spent. An experiment's linear
+    schedule spans a task's updates times gymnax's PPO passes."""
+    import optax
+    from clloop_jax.run.config import AdamLinearDecay
+    from clloop_jax.workflow.experiment import GymnaxConfig
+    opt = AdamLinearDecay(4)(0.1)
+    x = jax.numpy.zeros(())
+    state, moves = opt.init(x), []
+    for _ in range(6):
+        update, state = opt.update(jax.numpy.ones(()), state, x)
+        moves.append(float(update))
+    np.testing.assert_allclose(moves, [-0.1, -0.075, -0.05, -0.025, 0.0, 0.0], rtol=3e-5, atol=1e-12)  # float32
+    pendulum = PRESETS["pendulum"]
+    assert (pendulum.train.lr_schedule, pendulum.gymnax.env_id) == ("linear", "Pendulum-v1")
+    e = dataclasses.replace(pendulum, gymnax=dataclasses.replace(pendulum.gymnax, ppo_epochs=3, ppo_minibatches=2,
+                                                                 eval_envs=5),
+                            train=dataclasses.replace(pendulum.train, episodes_per_task=7))
+    source = e.make_source()
+    assert (source.eval_envs, source.minibatch_passes) == (5, 6)
+    assert e.run_config(source).optimizer == e.run_config().optimizer == AdamLinearDecay(7 * 6)
+    assert PRESETS["cartpole"].run_config().optimizer is optax.adam and PRESETS["cartpole"].make_source().eval_envs == 16
+    with pytest.raises(ValueError, match="train.lr_schedule must be one of"):
+        TrainConfig(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="gymnax.eval_envs must be an integer >= 1"):
+        GymnaxConfig(eval_envs=0)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        AdamLinearDecay(0)
+
+
 def test_random_variants_are_a_seeded_draw_inside_their_ranges():
     from clloop_jax.rl.tasks import VARIANT_RANGES, random_variants, task_params
     from clloop_jax.workflow.experiment import GymnaxConfig

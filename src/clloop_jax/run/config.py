@@ -22,7 +22,7 @@ from clloop_jax.strategies.base import (NoHParams, Strategy, check_hparam, check
 from clloop_jax.sources.base import capability
 from clloop_jax.validation import check_bool, check_choice, check_float, check_key, is_int
 
-__all__ = ["HParams", "RunConfig", "Hyperparameters", "FISHER_VARIANTS", "TRACE_MODES"]
+__all__ = ["HParams", "RunConfig", "Hyperparameters", "FISHER_VARIANTS", "TRACE_MODES", "AdamLinearDecay"]
 
 
 FISHER_VARIANTS = ("empirical", "sampled", "exact")
@@ -178,6 +178,23 @@ class RunConfig:
         if not callable(self.optimizer):
             raise TypeError(f"optimizer must be a callable learning_rate -> optax.GradientTransformation, "
                             f"got {self.optimizer!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamLinearDecay:
+    """Adam whose learning rate decays linearly from ``learning_rate`` to 0 over ``steps`` optimizer steps (and stays
+    0 after them): a :class:`RunConfig` ``optimizer``. With ``reset_optimizer`` (the default) the count starts again
+    with every task, so each task's rate decays over its own ``steps`` (its episodes times the source's
+    ``minibatch_passes``). A value, so that equal configurations compare equal."""
+
+    steps: int
+
+    def __post_init__(self):
+        if not is_int(self.steps) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1 (optimizer steps to decay over), got {self.steps!r}")
+
+    def __call__(self, learning_rate) -> optax.GradientTransformation:
+        return optax.adam(optax.linear_schedule(learning_rate, 0.0, self.steps))
 
 
 class Hyperparameters:

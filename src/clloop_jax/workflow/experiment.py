@@ -130,7 +130,8 @@ class ExperimentConfig:
         """The run and its hyperparameters. The world (or the benchmark's stream), the agent and the run's
         configuration are made (and checked by the library) before the first computation that compiles."""
         from clloop_jax.run.sequential import make_run
-        run = make_run(self.run_config(), self.make_source())
+        source = self.make_source()
+        run = make_run(self.run_config(source), source)
         return run, self.hparams_of(run)
 
     def build_taskfree(self):
@@ -140,19 +141,28 @@ class ExperimentConfig:
         if self.boundaries == "known":
             raise ValueError("build_taskfree needs boundaries detect, oracle or none; build() makes the run with "
                              "known boundaries")
-        config, source = self.run_config(), self.make_source()
+        source = self.make_source()
+        config = self.run_config(source)
         run = make_taskfree_run(config, source, boundaries=self.boundaries)
         schedule = abrupt_schedule([self.train.episodes_per_task] * source.num_tasks)
         return run, self.hparams_of(run), schedule
 
-    def run_config(self):
-        """The :class:`~clloop_jax.run.config.RunConfig` of ``train`` (its strategy's options checked first)."""
-        from clloop_jax.run.config import RunConfig
+    def run_config(self, source=None):
+        """The :class:`~clloop_jax.run.config.RunConfig` of ``train`` (its strategy's options checked first). A
+        linear ``lr_schedule`` decays over each task's optimizer steps: the episodes times the source's
+        ``minibatch_passes`` (``source``: the one :meth:`make_source` gives, made here when not passed)."""
+        import optax
+        from clloop_jax.run.config import AdamLinearDecay, RunConfig
+        from clloop_jax.sources.base import capability
         t = self.train
         t.check_strategy_options()
+        optimizer = optax.adam
+        if t.lr_schedule == "linear":
+            passes = capability(self.make_source() if source is None else source, "minibatch_passes")
+            optimizer = AdamLinearDecay(t.episodes_per_task * int(passes))
         return RunConfig(strategy=t.strategy_value(), episodes_per_task=t.episodes_per_task,
                          fisher_variant=t.fisher_variant, monitors=t.monitors, max_grad_norm=t.max_grad_norm,
-                         evaluate_every=t.evaluate_every, traces=t.traces)
+                         evaluate_every=t.evaluate_every, traces=t.traces, optimizer=optimizer)
 
     def hparams_of(self, run) -> "HParams":
         """``run``'s hyperparameters with this experiment's values, each set where the run has it; the strategy's own
@@ -249,6 +259,13 @@ PRESETS = {
     "cartpole": ExperimentConfig(
         source="gymnax", gymnax=GymnaxConfig(reward_scale=0.1),
         train=TrainConfig(episodes_per_task=1000, num_envs=8, monitors=(), fisher_variant="exact", max_grad_norm=0.5)),
+    # Continual Pendulum-v1 (its task family): PPO proper, 5 epochs of 16 minibatches over each rollout of 16
+    # environments x 256 steps that keep running between updates, each task's learning rate decaying to 0.
+    "pendulum": ExperimentConfig(
+        source="gymnax", gymnax=GymnaxConfig(env_id="Pendulum-v1", rollout_steps=256, ppo_epochs=5, ppo_minibatches=16,
+                                             persistent_envs=True, discount=0.9, entropy_coef=0.0, reward_scale=0.1),
+        train=TrainConfig(episodes_per_task=40, num_envs=16, feedback_weight=0.1, lr_schedule="linear", monitors=(),
+                          fisher_variant="exact", max_grad_norm=0.5)),
     "tiny-cartpole": ExperimentConfig(
         source="gymnax", gymnax=GymnaxConfig(rollout_steps=16, policy_hidden=8, reward_scale=0.1),
         train=TrainConfig(episodes_per_task=5, num_envs=4, monitors=(), fisher_variant="exact", max_grad_norm=0.5),
@@ -284,8 +301,10 @@ def describe_preset(name: str) -> str:
     if e.source == "gymnax":
         g = e.gymnax
         tasks = "its task family" if g.variants == "family" else f"{len(g.overrides())} tasks"
+        ppo = f", PPO {g.ppo_epochs} epochs x {g.ppo_minibatches} minibatches" if g.ppo_epochs > 1 else ""
+        decay = ", rate decaying to 0" if e.train.lr_schedule == "linear" else ""
         return (f"{g.env_id} ({tasks}) x {e.train.episodes_per_task} updates of {e.train.num_envs} x "
-                f"{g.rollout_steps} steps, policy hidden {g.policy_hidden}, strategy {e.train.strategy}, "
+                f"{g.rollout_steps} steps{ppo}{decay}, policy hidden {g.policy_hidden}, strategy {e.train.strategy}, "
                 f"{e.seeds} seeds")
     if e.source != "world":
         d = e.data

@@ -64,3 +64,7 @@ DEFAULT_MEMORY = 500
 
 #: What a run's traces keep, as :data:`clloop_jax.run.config.TRACE_MODES`.
 TRACE_MODES = ("episodes", "tasks")
+
+#: How the learning rate moves within a task (``train.lr_schedule``): held, or decayed linearly to 0
+#: (:class:`clloop_jax.run.config.AdamLinearDecay`).
+LR_SCHEDULES = ("constant", "linear")

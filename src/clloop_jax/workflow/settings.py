@@ -21,12 +21,12 @@ if TYPE_CHECKING:  # annotations only: importing these loads JAX
 
 __all__ = ["WorldConfig", "ModelConfig", "DataConfig", "GymnaxConfig", "TrainConfig", "DEFAULT_LAMBDA", "DATA_LAMBDA",
            "DEFAULT_GAMMA", "DEFAULT_MEMORY", "STRATEGY_NAMES", "MONITOR_NAMES", "FISHER_VARIANTS", "SOURCES",
-           "MEMORY_STRATEGIES", "BOUNDARY_MODES", "TRACE_MODES", "count_setting", "default_strength"]
+           "MEMORY_STRATEGIES", "BOUNDARY_MODES", "TRACE_MODES", "LR_SCHEDULES", "count_setting", "default_strength"]
 
 
 from clloop_jax.workflow.names import (BACKBONES, BOUNDARY_MODES, BUNDLED_DATASETS, DATA_LAMBDA,  # noqa: F401
                                        DEFAULT_GAMMA, DEFAULT_LAMBDA, DEFAULT_MEMORY, FILE_DATASETS, FISHER_VARIANTS,
-                                       MEMORY_POLICIES, MEMORY_STRATEGIES, POLICY_STRATEGIES, SOURCES,
+                                       LR_SCHEDULES, MEMORY_POLICIES, MEMORY_STRATEGIES, POLICY_STRATEGIES, SOURCES,
                                        STRATEGY_NAMES, TRACE_MODES)
 
 
@@ -236,6 +236,8 @@ class GymnaxConfig:
     """weight of the policy's entropy bonus (>= 0)"""
     reward_scale: float = 1.0
     """rewards are multiplied by this before the advantages (> 0)"""
+    eval_envs: int = 16
+    """environments whose first episode's return is a task's score"""
 
     def __post_init__(self):
         if not isinstance(self.env_id, str) or not self.env_id:
@@ -245,7 +247,7 @@ class GymnaxConfig:
                             f"{self.variants!r}")
         if self.variants != "family":
             self.overrides()
-        for name in ("rollout_steps", "ppo_epochs", "ppo_minibatches", "policy_hidden"):
+        for name in ("rollout_steps", "ppo_epochs", "ppo_minibatches", "policy_hidden", "eval_envs"):
             count_setting("gymnax", name, getattr(self, name))
         if not isinstance(self.persistent_envs, bool):
             raise TypeError(f"gymnax.persistent_envs must be True or False, got {self.persistent_envs!r}")
@@ -288,7 +290,7 @@ class GymnaxConfig:
         from clloop_jax.sources.gymnax import GymnaxSource
         return GymnaxSource(self.env_id, self.overrides(), hidden_dim=self.policy_hidden, num_envs=num_envs,
                             num_steps=self.rollout_steps, epochs=self.ppo_epochs, num_minibatches=self.ppo_minibatches,
-                            persistent_envs=self.persistent_envs)
+                            persistent_envs=self.persistent_envs, eval_envs=self.eval_envs)
 
     def hparams(self) -> dict:
         """The actor-critic's traced hyperparameters set here."""
@@ -314,6 +316,9 @@ class TrainConfig:
     """worlds run in parallel in each episode"""
     learning_rate: float = 1e-3
     """the optimizer's (Adam's) learning rate (> 0)"""
+    lr_schedule: str = "constant"
+    """constant: the learning rate throughout; linear: it decays linearly to 0 over each task's optimizer steps
+    (episodes-per-task times gymnax's ppo-epochs x ppo-minibatches; the optimizer restarts with every task)"""
     lam: Optional[float] = None
     """penalty strength (>= 0), for the strategies that have one (refused for the others); unset: the strategy's
     default (in the world: l2 0.3, ewc 3, online_ewc 3, si 30, mas 1, ewc_budget 3; on the other sources: ewc
@@ -359,6 +364,8 @@ class TrainConfig:
         count_setting("train", "episodes_per_task", self.episodes_per_task)
         count_setting("train", "num_envs", self.num_envs)
         _number("train", "learning_rate", self.learning_rate, 0, open_low=True)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"train.lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.lam is not None:
             _number("train", "lam", self.lam, 0)
         if self.gamma is not None:
