@@ -266,6 +266,37 @@ def test_a_linear_schedule_decays_each_tasks_rate_to_zero_over_its_optimizer_ste
         AdamLinearDecay(0)
 
 
+def test_the_world_learned_from_its_reward_is_a_gymnax_experiment_of_the_worlds_own_tasks():
+    """--env-id LatentWorld: the tasks are the world options' (its seed draws them), scored like imitation; the
+    world options are used (recorded in config.json), --variants is refused."""
+    from clloop_jax.workflow.experiment import GymnaxConfig, WorldConfig
+    world = WorldConfig(observation_dim=8, action_dim=4, latent_dim=4, episode_length=8, num_tasks=2, world_seed=3)
+    e = dataclasses.replace(PRESETS["tiny-cartpole"], world=world, gymnax=dataclasses.replace(
+        PRESETS["tiny-cartpole"].gymnax, env_id="LatentWorld", rollout_steps=8))
+    source = e.make_source()
+    assert (source.score_kind, source.num_tasks) == ("imitation", 2)
+    for a, b in zip(jax.tree.leaves(source.tasks), jax.tree.leaves(world.make().tasks())):
+        np.testing.assert_array_equal(a, b)
+    other = dataclasses.replace(e, world=dataclasses.replace(world, world_seed=4)).make_source()
+    assert not np.array_equal(jax.tree.leaves(other.tasks)[0], jax.tree.leaves(source.tasks)[0])
+    with pytest.raises(ValueError, match="the tasks of LatentWorld are the world's own"):
+        GymnaxConfig(env_id="LatentWorld", variants="[{}]")
+    assert set(e.resolved()) == {"source", "gymnax", "world", "train", "seeds", "boundaries"}
+
+
+@pytest.mark.slow
+def test_clloop_runs_the_world_from_its_reward_into_a_folder(tmp_path):
+    folder = tmp_path / "reward"
+    assert cli.main(["run", "--preset", "tiny-cartpole", "--quiet", "--no-cache", "--env-id", "LatentWorld",
+                     "--rollout-steps", "8", "--observation-dim", "8", "--action-dim", "4", "--latent-dim", "4",
+                     "--episode-length", "8", "--num-tasks", "2", "--world-seed", "3", "--out", str(folder)]) == 0
+    stored = json.load(open(folder / "config.json"))["config"]
+    assert stored["world"]["world_seed"] == 3 and stored["gymnax"]["env_id"] == "LatentWorld"
+    summary = json.load(open(folder / "summary.json"))
+    scores = np.array(summary["mean_R"] + [summary["mean_baseline"]], dtype=float)
+    assert np.all((scores >= -1.0) & (scores <= 1.0)) and np.all(np.isfinite(scores))  # imitation scores, not returns
+
+
 def test_random_variants_are_a_seeded_draw_inside_their_ranges():
     from clloop_jax.rl.tasks import VARIANT_RANGES, random_variants, task_params
     from clloop_jax.workflow.experiment import GymnaxConfig

@@ -30,7 +30,7 @@ from clloop_jax.workflow.settings import (  # noqa: F401 (the parts, importable 
     BOUNDARY_MODES, WorldConfig, ModelConfig, DataConfig, GymnaxConfig, TrainConfig, DEFAULT_LAMBDA, DATA_LAMBDA,  # noqa: F401
     DEFAULT_GAMMA, DEFAULT_MEMORY, STRATEGY_NAMES, MONITOR_NAMES, FISHER_VARIANTS, SOURCES, MEMORY_STRATEGIES,  # noqa: F401
     count_setting)
-from clloop_jax.workflow.settings import BUNDLED_DATASETS, FILE_DATASETS, default_strength
+from clloop_jax.workflow.settings import BUNDLED_DATASETS, FILE_DATASETS, WORLD_ID, default_strength
 
 __all__ = ["ExperimentConfig", "PRESETS", "describe_preset", "experiment_from_dict", "load_experiment"]
 
@@ -78,7 +78,7 @@ class ExperimentConfig:
     def unused_options(self) -> list:
         """The options (as ``--name value``) set away from their defaults in a part the source does not use: for the
         world, the data and gymnax parts; for a labelled benchmark, the world, the agent, gymnax, ``num_envs`` and
-        ``feedback_weight``; for gymnax, the world, the agent and the data."""
+        ``feedback_weight``; for gymnax, the agent, the data and (unless it learns the world) the world."""
         used = self.used_parts()
         defaults = {"world": WorldConfig(), "model": ModelConfig(), "data": DataConfig(), "gymnax": GymnaxConfig()}
         out = []
@@ -97,7 +97,9 @@ class ExperimentConfig:
 
     def used_parts(self) -> tuple:
         """The parts of the configuration this source uses (besides ``train``)."""
-        return {"world": ("world", "model"), "gymnax": ("gymnax",)}.get(self.source, ("data",))
+        if self.source == "gymnax":
+            return ("gymnax", "world") if self.gymnax.env_id == WORLD_ID else ("gymnax",)
+        return {"world": ("world", "model")}.get(self.source, ("data",))
 
     @property
     def strength(self) -> float:
@@ -178,7 +180,7 @@ class ExperimentConfig:
     def make_source(self):
         """The task source: the closed loop in the world, or the benchmark's stream of labelled tasks."""
         if self.source == "gymnax":
-            return self.gymnax.make_source(self.train.num_envs)
+            return self.gymnax.make_source(self.train.num_envs, self.world)
         if self.source != "world":
             return self.data.make_source(self.source)
         from clloop_jax.model import CrossModalModel

@@ -68,3 +68,6 @@ TRACE_MODES = ("episodes", "tasks")
 #: How the learning rate moves within a task (``train.lr_schedule``): held, or decayed linearly to 0
 #: (:class:`clloop_jax.run.config.AdamLinearDecay`).
 LR_SCHEDULES = ("constant", "linear")
+
+#: ``gymnax.env_id`` of the library's own closed-loop world learned from its reward (``--source gymnax``).
+WORLD_ID = "LatentWorld"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import struct
 from typing import TYPE_CHECKING, Annotated, Optional, Tuple
 
 import tyro
@@ -24,39 +23,11 @@ __all__ = ["WorldConfig", "ModelConfig", "DataConfig", "GymnaxConfig", "TrainCon
            "MEMORY_STRATEGIES", "BOUNDARY_MODES", "TRACE_MODES", "LR_SCHEDULES", "count_setting", "default_strength"]
 
 
+from clloop_jax.workflow.fields import count_setting, number_setting
 from clloop_jax.workflow.names import (BACKBONES, BOUNDARY_MODES, BUNDLED_DATASETS, DATA_LAMBDA,  # noqa: F401
                                        DEFAULT_GAMMA, DEFAULT_LAMBDA, DEFAULT_MEMORY, FILE_DATASETS, FISHER_VARIANTS,
                                        LR_SCHEDULES, MEMORY_POLICIES, MEMORY_STRATEGIES, POLICY_STRATEGIES, SOURCES,
-                                       STRATEGY_NAMES, TRACE_MODES)
-
-
-def count_setting(owner: str, name: str, value) -> None:
-    """``ValueError`` naming ``owner.name`` unless ``value`` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{owner}.{name} must be an integer >= 1, got {value!r}")
-
-
-_FLOAT32_MAX = 3.4028234663852886e38
-
-
-def _float32(value: float) -> float:
-    """``value`` rounded to float32 (the dtype the run traces hyperparameters in); for ``|value| <= _FLOAT32_MAX``."""
-    return struct.unpack("f", struct.pack("f", value))[0]
-
-
-def _number(owner, name, value, low, high=math.inf, open_low=False):
-    """A finite real number in ``[low, high]`` (``(low, high]`` with ``open_low``) that stays so in float32."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if open_low else value >= low) and value <= high
-    hint = ""
-    if ok and abs(value) > _FLOAT32_MAX:
-        ok, hint = False, " (it overflows float32 to inf)"
-    elif ok and open_low and not _float32(value) > low:
-        ok, hint = False, f" (it rounds to {_float32(value):g} in float32)"
-    if not ok:
-        what = f"a finite number {'>' if open_low else '>='} {low:g}" + (f" and <= {high:g}" if high < math.inf
-                                                                         else "")
-        raise ValueError(f"{owner}.{name} must be {what}, got {value!r}{hint}")
+                                       STRATEGY_NAMES, TRACE_MODES, WORLD_ID)
 
 
 #: The built-in monitors by name, as :data:`clloop_jax.monitors.MONITORS` before anything else is added there.
@@ -212,7 +183,9 @@ class GymnaxConfig:
     """A gymnax environment learned from reward by an actor-critic (--source gymnax): its tasks and the learner."""
 
     env_id: str = "CartPole-v1"
-    """a registered gymnax environment with a flat observation: CartPole-v1, Acrobot-v1, Pendulum-v1, ..."""
+    """a registered gymnax environment with a flat observation: CartPole-v1, Acrobot-v1, Pendulum-v1, ...; or
+    LatentWorld: the closed-loop world of the world options (its num-tasks tasks) learned from its reward alone and
+    scored like imitation (1 = the expert's action, 0 = the zero action)"""
     variants: str = "family"
     """the tasks: family (the library's variants of CartPole-v1 or Pendulum-v1: a longer, heavier pole or
     pendulum, stronger gravity), random:N or random:N:SEED (N variants of CartPole-v1 or Pendulum-v1 with their
@@ -251,13 +224,19 @@ class GymnaxConfig:
             count_setting("gymnax", name, getattr(self, name))
         if not isinstance(self.persistent_envs, bool):
             raise TypeError(f"gymnax.persistent_envs must be True or False, got {self.persistent_envs!r}")
-        _number("gymnax", "discount", self.discount, 0, 1)
-        _number("gymnax", "gae_lambda", self.gae_lambda, 0, 1)
-        _number("gymnax", "entropy_coef", self.entropy_coef, 0)
-        _number("gymnax", "reward_scale", self.reward_scale, 0, open_low=True)
+        number_setting("gymnax", "discount", self.discount, 0, 1)
+        number_setting("gymnax", "gae_lambda", self.gae_lambda, 0, 1)
+        number_setting("gymnax", "entropy_coef", self.entropy_coef, 0)
+        number_setting("gymnax", "reward_scale", self.reward_scale, 0, open_low=True)
 
     def overrides(self) -> list:
-        """The tasks' ``EnvParams`` overrides: the family's, or the JSON list of ``variants``."""
+        """The tasks' ``EnvParams`` overrides: the family's, or the JSON list of ``variants`` (none for the world,
+        whose tasks are its own)."""
+        if self.env_id == WORLD_ID:
+            if self.variants != "family":
+                raise ValueError(f"gymnax.variants: the tasks of {WORLD_ID} are the world's own (--num-tasks, "
+                                 f"--world-seed); leave --variants unset, got {self.variants!r}")
+            return []
         if self.variants == "family":
             from clloop_jax.rl.tasks import TASK_FAMILIES
             if self.env_id not in TASK_FAMILIES:
@@ -285,12 +264,17 @@ class GymnaxConfig:
                              f"{self.variants!r}")
         return values
 
-    def make_source(self, num_envs: int):
-        """The :class:`~clloop_jax.sources.gymnax.GymnaxSource` of these tasks with ``num_envs`` environments."""
+    def make_source(self, num_envs: int, world: Optional[WorldConfig] = None):
+        """The :class:`~clloop_jax.sources.gymnax.GymnaxSource` of these tasks with ``num_envs`` environments (for
+        ``LatentWorld``, the tasks of ``world``, scored like imitation)."""
         from clloop_jax.sources.gymnax import GymnaxSource
-        return GymnaxSource(self.env_id, self.overrides(), hidden_dim=self.policy_hidden, num_envs=num_envs,
-                            num_steps=self.rollout_steps, epochs=self.ppo_epochs, num_minibatches=self.ppo_minibatches,
-                            persistent_envs=self.persistent_envs, eval_envs=self.eval_envs)
+        settings = dict(hidden_dim=self.policy_hidden, num_envs=num_envs, num_steps=self.rollout_steps,
+                        epochs=self.ppo_epochs, num_minibatches=self.ppo_minibatches,
+                        persistent_envs=self.persistent_envs, eval_envs=self.eval_envs)
+        if self.env_id != WORLD_ID:
+            return GymnaxSource(self.env_id, self.overrides(), **settings)
+        env = (world or WorldConfig()).make()
+        return GymnaxSource(WORLD_ID, environment=env, tasks=env.tasks(), score_kind="imitation", **settings)
 
     def hparams(self) -> dict:
         """The actor-critic's traced hyperparameters set here."""
@@ -363,14 +347,14 @@ class TrainConfig:
             get_strategy(self.strategy)
         count_setting("train", "episodes_per_task", self.episodes_per_task)
         count_setting("train", "num_envs", self.num_envs)
-        _number("train", "learning_rate", self.learning_rate, 0, open_low=True)
+        number_setting("train", "learning_rate", self.learning_rate, 0, open_low=True)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"train.lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.lam is not None:
-            _number("train", "lam", self.lam, 0)
+            number_setting("train", "lam", self.lam, 0)
         if self.gamma is not None:
-            _number("train", "gamma", self.gamma, 0, 1)
-        _number("train", "feedback_weight", self.feedback_weight, 0)
+            number_setting("train", "gamma", self.gamma, 0, 1)
+        number_setting("train", "feedback_weight", self.feedback_weight, 0)
         if self.fisher_variant not in FISHER_VARIANTS:
             raise ValueError(f"train.fisher_variant must be one of {list(FISHER_VARIANTS)}, got "
                              f"{self.fisher_variant!r}")
@@ -385,7 +369,7 @@ class TrainConfig:
         if self.memory_policy is not None and self.memory_policy not in MEMORY_POLICIES:
             raise ValueError(f"train.memory_policy must be one of {list(MEMORY_POLICIES)}, got {self.memory_policy!r}")
         if self.max_grad_norm is not None:
-            _number("train", "max_grad_norm", self.max_grad_norm, 0, open_low=True)
+            number_setting("train", "max_grad_norm", self.max_grad_norm, 0, open_low=True)
         count_setting("train", "evaluate_every", self.evaluate_every)
         if self.traces not in TRACE_MODES:
             raise ValueError(f"train.traces must be one of {list(TRACE_MODES)}, got {self.traces!r}")
