@@ -30,7 +30,7 @@ from clloop_jax.run.joint import make_joint_run
 from clloop_jax.run.sequential import make_run
 from clloop_jax.strategies import get_strategy
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.execute import run_or_read
+from clloop_jax.workflow.execute import run_or_read, run_seconds
 from clloop_jax.workflow.experiment import DEFAULT_LAMBDA, PRESETS, ExperimentConfig
 from clloop_jax.workflow.files import jsonable, write_atomic
 
@@ -85,11 +85,10 @@ def main(argv=None):
     results, timing, configs = {}, {}, {}
     for name, lam in strategies:
         configs[name] = experiment_for(args, name, lam)
-        t0 = time.perf_counter()
         R, b = run_or_read(configs[name], os.path.join(runs, name), name)
-        timing[name] = time.perf_counter() - t0   # compilation included; ~0 for a folder read back
+        timing[name] = run_seconds(os.path.join(runs, name))   # training, compilation included (None: older folder)
         results[name] = {"lambda": lam, "R": R, "baseline": b}
-        print(f"{name:>10} (lambda {lam:g}): ACC {cell(metrics.average_performance(R))}  [{timing[name]:.0f} s]",
+        print(f"{name:>10} (lambda {lam:g}): ACC {cell(metrics.average_performance(R))}  [{timing[name] or 0:.0f} s]",
               flush=True)
 
     joint = None

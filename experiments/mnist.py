@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import jax
 import numpy as np
@@ -46,7 +45,7 @@ from clloop_jax.report import cell, paired_table, summary_table
 from clloop_jax.run.joint import make_joint_run
 from clloop_jax.run.sequential import make_run
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.execute import run_or_read
+from clloop_jax.workflow.execute import run_or_read, run_seconds
 from clloop_jax.workflow.experiment import ExperimentConfig
 from clloop_jax.workflow.files import jsonable, write_atomic
 from clloop_jax.workflow.runs import RunFolder
@@ -157,15 +156,14 @@ def table_for(scenario: str, args, stem: str) -> None:
     for name in args.strategies.split(","):
         experiment = experiment_for(scenario, name, args.updates, args.seeds, memory=args.memory)
         folders[name] = os.path.join(runs_for(args, scenario), name)
-        t0 = time.perf_counter()
         results[name] = run_or_read(experiment, folders[name], name)
-        seconds[name] = time.perf_counter() - t0  # compilation included; ~0 for a folder read back
+        seconds[name] = run_seconds(folders[name])  # training, compilation included (None: an older folder)
         lam = experiment.train.lam
         extra[name] = {"lambda": f"{lam:g}" if lam is not None else "-",
                        "memory": f"{args.memory} images" if _part(name, MEMORY_STRATEGIES) else "-",
                        "published ACC (%)": PUBLISHED.get(scenario, {}).get(name, "-")}
         print(f"{name:>10}: final average accuracy {cell(results[name][0][:, -1].mean(axis=1))}  "
-              f"[{seconds[name]:.0f} s, {folders[name]}]", flush=True)
+              f"[{seconds[name] or 0:.0f} s, {folders[name]}]", flush=True)
     joint = None
     if not args.no_joint:
         experiment = experiment_for(scenario, "none", args.updates, args.seeds)

@@ -41,7 +41,7 @@ import numpy as np
 
 from clloop_jax import metrics
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.execute import run_or_read
+from clloop_jax.workflow.execute import run_or_read, run_seconds
 from clloop_jax.workflow.experiment import PRESETS, ExperimentConfig
 from clloop_jax.workflow.files import jsonable, write_atomic
 from clloop_jax.workflow.runs import RunFolder
@@ -88,7 +88,6 @@ def study(args) -> dict:
     for name in args.strategies:
         experiment = experiment_for(args, name)
         path = os.path.join(folders, name)
-        t0 = time.perf_counter()
         done = os.path.isfile(os.path.join(path, "summary.json")) and RunFolder(path, resume=True).holds(experiment)
         if not done:
             # Each strategy trains in a process of its own: a compiled run keeps its source alive, and with it the
@@ -96,7 +95,7 @@ def study(args) -> dict:
             subprocess.run([sys.executable, os.path.abspath(__file__), "--train-only", "--strategies", name]
                            + args.forward, check=True)
         R, baseline = run_or_read(experiment, path, name)
-        seconds = time.perf_counter() - t0
+        seconds = run_seconds(path)   # training, compilation included (None: a folder older than its timing)
         traces = RunFolder(path, resume=True).read_traces()
         learning = np.diagonal(R, axis1=1, axis2=2)                                 # [S, T]
         out[name] = {"R_last": R[:, -1], "learning": learning, "seconds": seconds, "baseline": baseline,
@@ -104,7 +103,7 @@ def study(args) -> dict:
                         if k in traces}}
         first, last = learning[:, :args.window].mean(1), learning[:, -args.window:].mean(1)
         print(f"{name:>18}: learning {args.measure}, first {args.window} tasks {_cell(first)}, last {args.window} "
-              f"{_cell(last)}; average {args.measure} at the end {_cell(R[:, -1].mean(1))}  [{seconds:.0f} s]",
+              f"{_cell(last)}; average {args.measure} at the end {_cell(R[:, -1].mean(1))}  [{seconds or 0:.0f} s]",
               flush=True)
     return out
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import jax
 import numpy as np
 
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.execute import run_or_read
+from clloop_jax.workflow.execute import run_or_read, run_seconds
 from clloop_jax.workflow.experiment import ExperimentConfig, GymnaxConfig, TrainConfig
 from clloop_jax.workflow.files import write_atomic
 from clloop_jax.workflow.runs import RunFolder
@@ -33,9 +32,8 @@ def from_scratch(experiment: ExperimentConfig, path: str, name: str):
     """``experiment`` (one task) trained into the folder ``path`` (or read from it): prints and returns each seed's
     evaluation return next to the untrained policy's and the uniform random policy's. Returns ``(traces, summary)``,
     the folder's traces by name ``[S, 1, E]``."""
-    t0 = time.perf_counter()
     R, baseline = run_or_read(experiment, path, label=name)
-    seconds = time.perf_counter() - t0   # compilation included; ~0 for a folder read back
+    seconds = run_seconds(path)   # training, compilation included (None: a folder older than its timing)
     returns, untrained = R[:, 0, 0], baseline[:, 0]
     source = experiment.make_source()
     task = jax.tree.map(lambda x: x[0], source.tasks)
@@ -44,7 +42,7 @@ def from_scratch(experiment: ExperimentConfig, path: str, name: str):
     steps = experiment.train.episodes_per_task * source.num_envs * source.num_steps
     print(f"{name}, {steps} environment steps per seed: trained return per seed {np.round(returns, 1)}, "
           f"untrained {np.round(untrained, 1)}, uniform random policy {np.round(random, 1)}  "
-          f"[{seconds:.0f} s, {path}]")
+          f"[{seconds or 0:.0f} s, {path}]")
     return RunFolder(path, resume=True).read_traces(), {
         "folder": os.path.relpath(path), "env_steps_per_seed": steps, "trained_return": returns.tolist(),
         "untrained_return": untrained.tolist(), "random_return": random.tolist(), "seconds": seconds}

@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import jax
 import numpy as np
 
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.execute import run_or_read
+from clloop_jax.workflow.execute import run_or_read, run_seconds
 from clloop_jax.workflow.experiment import ExperimentConfig, GymnaxConfig, ModelConfig, TrainConfig, WorldConfig
 from clloop_jax.workflow.files import write_atomic
 from clloop_jax.workflow.runs import RunFolder
@@ -76,9 +75,8 @@ def main(argv=None):
     out = {"settings": {**vars(args), "runs": os.path.relpath(args.runs)}, "device": str(jax.devices()[0])}
     for name, experiment in experiments(args).items():
         path = os.path.join(args.runs, f"{name}_{experiment.train.episodes_per_task}x{args.num_envs}")
-        t0 = time.perf_counter()
         R, baseline = run_or_read(experiment, path, label=name)
-        seconds = time.perf_counter() - t0   # compilation included; ~0 for a folder read back
+        seconds = run_seconds(path)   # training, compilation included (None: a folder older than its timing)
         steps = experiment.train.episodes_per_task * args.num_envs * experiment.world.episode_length
         out[name] = {"folder": os.path.relpath(path), "score": R[:, 0, 0].tolist(),
                      "untrained": baseline[:, 0].tolist(), "env_steps_per_seed": steps, "seconds": seconds}
@@ -93,7 +91,7 @@ def main(argv=None):
             out[name]["train_batch_return"] = RunFolder(path, resume=True).read_traces()["score"][:, 0, ::10].tolist()
             extra = f", uniform random actions {np.round(random, 3)}"
         print(f"{name}: imitation-normalized score per seed {np.round(R[:, 0, 0], 3)}, untrained "
-              f"{np.round(baseline[:, 0], 3)}{extra}; {steps} env steps per seed  [{seconds:.0f} s, {path}]",
+              f"{np.round(baseline[:, 0], 3)}{extra}; {steps} env steps per seed  [{seconds or 0:.0f} s, {path}]",
               flush=True)
     write_atomic(args.out, json.dumps(out, indent=1))
 

@@ -19,7 +19,7 @@ import pytest
 from test_workflow import ROOT, TINY
 
 from clloop_jax.workflow import cli, memory
-from clloop_jax.workflow.execute import RunInterrupted, execute, resume_command, unmoved
+from clloop_jax.workflow.execute import RunInterrupted, execute, resume_command, run_seconds, unmoved
 from clloop_jax.workflow.lock import LOCK_NAME, RunFolderBusy, RunFolderError
 from clloop_jax.workflow.runs import RunFolder
 
@@ -60,6 +60,12 @@ def assert_same_run(folder, reference):
     same arrays in the last checkpoint."""
     assert temporaries(folder) == []
     got, want = files(folder), files(reference)
+    # timing.json holds wall-clock seconds, the one file that is not bitwise a function of the run
+    timing = RunFolder(folder, resume=True).read_timing()
+    starts = timing["session_starts"]
+    assert starts[0] == 0 and starts == sorted(set(starts)) and len(starts) <= 2
+    assert len(timing["task_seconds"]) == 3 and all(t > 0 for t in timing["task_seconds"])
+    got.pop("timing.json"), want.pop("timing.json")
     assert sorted(got) == sorted(want)
     for name in want:
         assert got[name] == want[name], name
@@ -400,6 +406,11 @@ def test_resume_after_a_kill_during_a_write_gives_the_uninterrupted_files(where,
     assert run(out, "--resume") == (0, "")
     assert message in capsys.readouterr().err
     assert_same_run(out, reference)
+    # the tasks the resumed session restored keep the seconds the first session measured
+    timing, first = (RunFolder(f, resume=True).read_timing() for f in (out, reference))
+    start = timing["session_starts"][-1]
+    assert first["session_starts"] == [0] and timing["task_seconds"][:start] == first["task_seconds"][:start]
+    assert run_seconds(out) == pytest.approx(sum(timing["task_seconds"]), abs=1e-2)
 
 
 def test_a_folder_stopped_before_its_configuration_is_reused_by_a_plain_run(reference, tmp_path, capsys):

@@ -359,6 +359,8 @@ def test_a_stream_with_hidden_switches_runs_into_a_folder_with_its_detection(tmp
     assert code == 0, said
     folder = tmp_path / "tf"
     detection = json.load(open(folder / "detection.json"))
+    timing = json.load(open(folder / "timing.json"))                               # one program, timed whole
+    assert timing["task_seconds"] == [] and timing["seconds"] > 0 and timing["session_starts"] == [0]
     assert len(detection["missed"]) == 2 and len(detection["delay"][0]) == 4      # 2 seeds, 4 hidden switches
     assert all(c >= 1 for c in detection["consolidations"])
     rows = [json.loads(line) for line in open(folder / "traces.jsonl")]

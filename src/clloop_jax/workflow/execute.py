@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -22,7 +23,7 @@ from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
 from clloop_jax.workflow.trackers import Trackers
 
 __all__ = ["execute", "execute_taskfree", "RunInterrupted", "resume_command",
-           "check_memory", "unmoved", "not_learned_text", "run_or_read"]
+           "check_memory", "unmoved", "not_learned_text", "run_or_read", "run_seconds"]
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -181,6 +182,14 @@ def run_or_read(experiment, path: str, label: Optional[str] = None):
     return R, baseline
 
 
+def run_seconds(path: str) -> Optional[float]:
+    """The wall-clock seconds the run in the folder ``path`` trained for, summed over the sessions that trained it
+    (each session's compilation included), from its ``timing.json``; None for a folder written before timings were
+    kept. What an experiment reports as a run's time, also when it reads the folder back."""
+    timing = RunFolder(path, resume=True).read_timing()
+    return None if timing is None else timing.get("seconds")
+
+
 def execute_taskfree(run, hp, schedule, seeds, folder: RunFolder, config=None, label: str = "run"):
     """Runs the task-free ``run`` (:class:`~clloop_jax.taskfree.run.TaskFreeRun`) over ``schedule`` for every seed
     in one compiled program and writes ``folder``: the configuration, the performance matrix at the true switches
@@ -201,8 +210,11 @@ def execute_taskfree(run, hp, schedule, seeds, folder: RunFolder, config=None, l
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     with folder:
         folder.write_config(config if config is not None else run.run.config, seeds)
+        t0 = time.perf_counter()
         state, res = run.seeds(keys, hp, schedule)
         res = jax.tree.map(np.asarray, res)
+        seconds = round(time.perf_counter() - t0, 3)   # one program: no time of its own for each task
+        folder.write_json("timing.json", {"task_seconds": [], "seconds": seconds, "session_starts": [0]})
         S, K, L = len(seeds), len(lengths), int(lengths[0])
         per_task = {name: v.reshape(S, K, L) for name, v in res.traces.items()}
         per_task["alarm"] = res.alarms.reshape(S, K, L)
@@ -262,6 +274,8 @@ def _member(i: int, seeds, members) -> str:
 
 
 def _execute(run, hp, seeds, folder, config, progress, label, stop, trackers, mesh, batched_hp, members):
+    clock = [time.perf_counter()]
+    timing = {"task_seconds": [], "session_starts": [0]}
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     T = run.source.num_tasks
     tasks = run.source.tasks
@@ -286,6 +300,10 @@ def _execute(run, hp, seeds, folder, config, progress, label, stop, trackers, me
             traces = [jax.tree.map(lambda x: x[i], saved["traces"]) for i in range(last + 1)]
             start = last + 1
             not_learned = folder.checkpoint_notes(last).get("not_learned", {})
+            timing = folder.read_timing() or {}
+            kept = list(timing.get("task_seconds", []))[:start]
+            timing = {"task_seconds": kept + [None] * (start - len(kept)),
+                      "session_starts": [t for t in timing.get("session_starts", [0]) if t < start] + [start]}
     trackers.start(config if config is not None else run.config, seeds, first_task=start)
 
     def after(task, before, new, rows, traces):
@@ -302,6 +320,10 @@ def _execute(run, hp, seeds, folder, config, progress, label, stop, trackers, me
                                       f"the penalty strength); nothing of task {task} was written, the last good "
                                       f"checkpoint is kept", seed=seed, task=task,
                                       episode=err.episode if finite.ndim == 2 else None) from None
+        now = time.perf_counter()   # the task's results are on the host: its work is done
+        timing["task_seconds"].append(round(now - clock[0], 3))
+        timing["seconds"] = round(sum(t for t in timing["task_seconds"] if t is not None), 3)
+        clock[0] = now
         still = np.flatnonzero(unmoved(before.params, new.params))
         if still.size:
             not_learned[str(task)] = [seeds[i] if members is None else members[i] for i in still]
@@ -310,6 +332,7 @@ def _execute(run, hp, seeds, folder, config, progress, label, stop, trackers, me
             folder.save_checkpoint(task, {"state": new, "rows": jnp.stack(rows),
                                           "traces": jax.tree.map(lambda *x: jnp.stack(x), *traces),
                                           "baseline": baseline}, digest, notes={"not_learned": not_learned})
+            folder.write_json("timing.json", timing)
         trackers.task(task, rows[-1], traces[-1])
         if progress is not None:
             progress(task + 1, T)

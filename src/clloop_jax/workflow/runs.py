@@ -51,8 +51,8 @@ from clloop_jax.workflow.lock import LOCK_NAME, FolderLock, RunFolderError, chec
 __all__ = ["RunFolder"]
 
 
-_RESULT_FILES = ("config.json", "seeds.json", "traces.jsonl", "summary.md", "summary.json", "plots", "checkpoints",
-                 "tensorboard", "wandb")   # the last two: what the trackers of clloop run --log write
+_RESULT_FILES = ("config.json", "seeds.json", "traces.jsonl", "summary.md", "summary.json", "timing.json", "plots",
+                 "checkpoints", "tensorboard", "wandb")   # the last two: what the trackers of clloop run --log write
 
 
 _TEMP = re.compile(r"^\..+\.tmp\d+$|.+\.tmp\.png$|.+\.orbax-checkpoint-tmp.*$")
@@ -434,6 +434,18 @@ class RunFolder:
     def read_results(self):
         """``(R [S, T, T], baseline [S, T], seeds)`` of the finished run (:func:`~clloop_jax.workflow.results.read_results`)."""
         return results_lib.read_results(self)
+
+    def read_timing(self) -> Optional[dict]:
+        """The run's ``timing.json``, written after each task: ``task_seconds`` (each task's wall-clock seconds in
+        the session that trained it; None for a task trained before timings were kept), their sum ``seconds``, and
+        ``session_starts`` (the first task of each session: its time includes that session's compilation); None for
+        a folder without the file. The one file of a folder that depends on the machine's speed, not only on the
+        run."""
+        try:
+            with open(self.file("timing.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
 
     def read_traces(self) -> Dict[str, np.ndarray]:
         """The finished run's traces by name (:func:`~clloop_jax.workflow.results.read_traces`)."""
