@@ -1,6 +1,6 @@
 """A run killed with SIGKILL in the middle (no handler runs, no file is closed) and resumed ends bitwise where the
-uninterrupted run ends: class-incremental split MNIST with replay, and gymnax Pendulum with EWC. Each run is its own
-``clloop`` process, as a user's would be."""
+uninterrupted run ends: class-incremental split MNIST with replay, and gymnax Pendulum with EWC (PPO, persistent
+environments, a decaying learning rate). Each run is its own ``clloop`` process, as a user's would be."""
 import os
 import signal
 import subprocess
@@ -12,8 +12,10 @@ import pytest
 KINDS = {
     "mnist-replay": ["--preset", "split-mnist", "--strategy", "replay", "--memory", "100", "--seeds", "2",
                      "--episodes-per-task", "300"],
-    "pendulum-ewc": ["--preset", "cartpole", "--env-id", "Pendulum-v1", "--strategy", "ewc", "--seeds", "2",
-                     "--episodes-per-task", "150", "--num-envs", "4", "--rollout-steps", "32", "--policy-hidden", "16"],
+    # the pendulum preset: PPO epochs over environments that keep running, each task's rate decaying to 0
+    "pendulum-ewc": ["--preset", "pendulum", "--strategy", "ewc", "--seeds", "2", "--episodes-per-task", "40",
+                     "--num-envs", "4", "--rollout-steps", "32", "--ppo-epochs", "2", "--ppo-minibatches", "4",
+                     "--policy-hidden", "16"],
 }
 COMPARED = ("R_seed0.csv", "R_seed1.csv", "traces.jsonl", "summary.json")
 
