@@ -13,8 +13,11 @@ test samples):
   domain-incremental (one 2-way head: even/odd position) and class-incremental (a 10-way head, trained on the
   classes seen so far, evaluated on all).
 
-Every (stream, scenario, strategy) cell is ONE compiled program that runs all seeds at once
-(``jax.vmap(run, in_axes=(0, None))(keys, hparams)``). The score of a task is its test accuracy; the table
+Every (stream, scenario, strategy) cell is an :class:`~clloop_jax.workflow.experiment.ExperimentConfig` (``clloop run
+--source digits --stream split --scenario class --strategy ewc ...``; the recurrent model is ``--backbone
+recurrent``) trained into a run folder under ``--runs`` (named by the cell, the strategy and the configuration's
+hash; read back when it is there), ONE compiled program that runs all seeds at once. The score of a task is its test
+accuracy; the table
 reports the final average accuracy (ACC, the mean of the last row of R) and backward transfer (BWT), as the mean
 and 95% Student t interval over the seeds. Penalty strengths were chosen with ``--tune`` on a seed (100) that the
 reported seeds (0..S-1) do not include.
@@ -48,20 +51,19 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from clloop_jax import metrics
-from clloop_jax.data.loaders import load_dataset
-from clloop_jax.data.streams import permuted_stream, split_stream
-from clloop_jax.model import MLP, CrossModalModel, SequenceClassifier
 from clloop_jax.report import cell as report_cell
-from clloop_jax.run.config import HParams, RunConfig
 from clloop_jax.run.joint import make_joint_run
 from clloop_jax.run.sequential import make_run
-from clloop_jax.sources.supervised import SupervisedSource
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.files import write_atomic
+from clloop_jax.workflow.execute import run_or_read, run_seconds
+from clloop_jax.workflow.experiment import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from clloop_jax.workflow.files import config_hash, write_atomic
+from clloop_jax.workflow.names import RECURRENT_CHUNK
+from clloop_jax.workflow.runs import RunFolder
+from clloop_jax.workflow.sweep import SweepConfig, run_sweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -70,8 +72,6 @@ STRATEGIES = ("none", "l2", "ewc", "online_ewc", "si", "mas")
 CELLS = (("permuted", "domain"), ("permuted", "task"), ("split", "task"), ("split", "domain"), ("split", "class"))
 MODELS = ("mlp", "sequence")
 DATASETS = ("digits", "mnist1d")
-#: Signal values the recurrent model reads per step: MNIST-1D's 40 values as 10 steps, digits' 64 pixels as 8.
-CHUNK = {"mnist1d": 4, "digits": 8}
 #: The recurrent model's default cells and strategies (split stream, the penalties of van de Ven & Tolias 2019).
 SEQUENCE_CELLS = (("split", "task"), ("split", "domain"), ("split", "class"))
 SEQUENCE_STRATEGIES = ("none", "ewc", "online_ewc", "si")
@@ -156,7 +156,8 @@ class Experiment:
 
     @property
     def chunk(self) -> int:
-        return CHUNK[self.dataset]
+        """Signal values the recurrent model reads per step (:data:`RECURRENT_CHUNK`)."""
+        return RECURRENT_CHUNK[self.dataset]
 
     @property
     def is_default(self) -> bool:
@@ -174,74 +175,58 @@ def experiment(model: str = "mlp", dataset: str = "digits", strategies=None, cel
                       tune_grid=TUNE_GRID_SEQUENCE if seq else TUNE_GRID)
 
 
-def make_network(num_classes: int, setup: Setup, exp: Experiment):
-    if exp.model == "mlp":
-        return MLP(output_dim=num_classes, hidden=setup.hidden)
-    core = CrossModalModel(input_dim=exp.chunk, hidden_dim=exp.seq_hidden, output_dim=num_classes,
-                           num_modalities=1, num_heads=exp.seq_heads, feedback_dim=0)
-    return SequenceClassifier(core, chunk=exp.chunk)
-
-
-def make_stream(x, y, xt, yt, kind, scenario, setup: Setup):
-    if kind == "permuted":
-        return permuted_stream(x, y, setup.permuted_tasks, seed=0, x_test=xt, y_test=yt, scenario=scenario)
-    return split_stream(x, y, classes_per_task=2, seed=0, x_test=xt, y_test=yt, scenario=scenario)
-
-
-def make_source(stream, setup: Setup, exp: Experiment = Experiment()) -> SupervisedSource:
-    return SupervisedSource(make_network(stream.num_classes, setup, exp), stream,
-                            batch_size=setup.batch_size, fisher_size=setup.fisher_size)
-
-
-def run_config(strategy: str, setup: Setup) -> RunConfig:
-    return RunConfig(strategy=strategy, episodes_per_task=setup.steps, fisher_variant="exact",
-                     fisher_chunk_size=64, max_grad_norm=None, monitors=(), reset_optimizer=True)
-
-
-def hparams(run, setup: Setup, lam: float = 0.0) -> HParams:
-    """The run's hyperparameters: the learning rate, and those of ``lam``, ``gamma``, ``xi`` the strategy has."""
-    names = run.hparams().names()
-    own = {k: v for k, v in (("lam", lam), ("gamma", setup.gamma), ("xi", setup.xi)) if k in names}
-    return run.hparams(learning_rate=setup.learning_rate, **own)
-
-
 def strength(cell: str, strategy: str, lambdas=None) -> float:
     return 0.0 if strategy == "none" else (LAMBDA if lambdas is None else lambdas)[cell][strategy]
 
 
-def seed_keys(setup: Setup):
-    return jax.vmap(jax.random.key)(jnp.arange(setup.num_seeds))
+def experiment_config(cell: tuple, strategy: str, setup: Setup, exp: Experiment, lam=None,
+                      seeds=None) -> ExperimentConfig:
+    """One (stream, scenario) cell under ``strategy`` as an experiment: the dataset's stream of 5 tasks, the MLP or the
+    recurrent backbone, the exact Fisher, no clipping; ``lam`` the cell's tuned strength unless given."""
+    kind, scenario = cell
+    recurrent = exp.model == "sequence"
+    data = DataConfig(stream=kind, scenario=scenario, classes_per_task=2, permuted_tasks=setup.permuted_tasks,
+                      mlp_hidden=setup.hidden, batch_size=setup.batch_size, fisher_size=setup.fisher_size,
+                      backbone="recurrent" if recurrent else "mlp")
+    model = ModelConfig(hidden_dim=exp.seq_hidden, num_heads=exp.seq_heads) if recurrent else ModelConfig()
+    lam = strength(f"{kind}/{scenario}", strategy, exp.lambdas) if lam is None else lam
+    train = TrainConfig(strategy=strategy, episodes_per_task=setup.steps, learning_rate=setup.learning_rate,
+                        lam=None if strategy == "none" else lam,
+                        gamma=setup.gamma if strategy == "online_ewc" else None,
+                        strategy_hparams=(f"xi={setup.xi}",) if strategy == "si" else (),
+                        fisher_variant="exact", monitors=(), max_grad_norm=None)
+    return ExperimentConfig(source=exp.dataset, data=data, model=model, train=train,
+                            seeds=setup.num_seeds if seeds is None else seeds)
 
 
-def run_cell(source, strategy, setup: Setup, lam: float):
-    """All seeds of one strategy in one compiled run: ``R [S, T, T]`` (NumPy)."""
-    run = make_run(run_config(strategy, setup), source)
-    _, res = jax.jit(jax.vmap(run, in_axes=(0, None)))(seed_keys(setup), hparams(run, setup, lam))
-    return np.asarray(res.R, np.float64)
+def folder_for(runs: str, experiment: ExperimentConfig) -> str:
+    """The run folder of ``experiment``: named by its cell, strategy and configuration hash."""
+    d, t = experiment.data, experiment.train
+    return os.path.join(runs, f"{d.stream}_{d.scenario}", f"{t.strategy}_{config_hash(experiment)[:8]}")
 
 
-def run_joint(source, setup: Setup):
-    """The multi-task upper bound (every task's evaluation mask as its training mask): ``[S, T]``."""
-    joint = make_joint_run(run_config("none", setup), source.joint())
-    hp = hparams(make_run(run_config("none", setup), source.joint()), setup)
-    scores = jax.jit(jax.vmap(joint, in_axes=(0, None)))(seed_keys(setup), hp)
-    return np.asarray(scores, np.float64)
+def run_joint(experiment: ExperimentConfig):
+    """The multi-task upper bound of ``experiment``'s cell (every task's evaluation mask as its training mask) on its
+    seeds: ``[S, T]``."""
+    source = experiment.make_source().joint()
+    config = experiment.run_config(source)
+    hp = experiment.hparams_of(make_run(config, source))
+    keys = jax.vmap(jax.random.key)(np.arange(experiment.seeds, dtype=np.uint32))   # the folders' seeds
+    return np.asarray(jax.jit(jax.vmap(make_joint_run(config, source), in_axes=(0, None)))(keys, hp), np.float64)
 
 
-def tune(data, setup: Setup, exp: Experiment = Experiment()):
-    """Sweeps each strategy's strength on the tuning seed, vmapped over the grid; prints ACC per value."""
+def tune(setup: Setup, exp: Experiment, runs: str):
+    """Sweeps each strategy's strength, one program per strategy and cell (:func:`run_sweep`), chosen on the held-out
+    tuning seed; prints ACC per value."""
     out = {}
-    key = jax.random.key(setup.tune_seed)
     for kind, scenario in exp.cells:
-        source = make_source(make_stream(*data, kind, scenario, setup), setup, exp)
         for strategy, grid in exp.tune_grid.items():
-            run = make_run(run_config(strategy, setup), source)
-            lams = jnp.asarray(grid, jnp.float32)
-            hp = hparams(run, setup).replace(lam=lams)
-            in_axes = (None, hp.axes("lam"))
-            _, res = jax.jit(jax.vmap(run, in_axes=in_axes))(key, hp)
-            acc = np.asarray(metrics.average_performance(np.asarray(res.R, np.float64)))
-            out[f"{kind}/{scenario}/{strategy}"] = dict(zip(map(float, grid), map(float, acc)))
+            sweep = SweepConfig(experiment_config((kind, scenario), strategy, setup, exp, lam=grid[0], seeds=1),
+                                (("lam", grid),), select_on=(setup.tune_seed,))
+            res = run_sweep(sweep, RunFolder(os.path.join(runs, f"tune_{kind}_{scenario}_{strategy}"),
+                                             overwrite=True))
+            acc = [float(a[0]) for a in res.held_out]
+            out[f"{kind}/{scenario}/{strategy}"] = dict(zip(map(float, grid), acc))
             best = grid[int(np.argmax(acc))]
             print(f"{kind:8s} {scenario:6s} {strategy:10s} " + "  ".join(f"{g:g}:{a:.3f}" for g, a in zip(grid, acc))
                   + f"   best {best:g}", flush=True)
@@ -425,6 +410,8 @@ def main():
     parser.add_argument("--out", default=None,
                         help="output stem (default scenarios, or scenarios_sequence for --model sequence; "
                              "--quick appends _quick, --tune writes <stem>_tune.json)")
+    parser.add_argument("--runs", default=os.path.join(HERE, "..", "runs", "scenarios"),
+                        help="where the run folders are (one per cell and strategy, named by its configuration)")
     parser.add_argument("--no-cache", action="store_true", help="leave JAX's persistent compilation cache off")
     args = parser.parse_args()
     enable_compilation_cache(enabled=not args.no_cache)
@@ -450,13 +437,13 @@ def main():
         setup = dataclasses.replace(setup, steps=args.steps)
     if args.batch_size is not None:
         setup = dataclasses.replace(setup, batch_size=args.batch_size)
-    data = load_dataset(exp.dataset)
     os.makedirs(RESULTS, exist_ok=True)
     stem = args.out or ("scenarios_sequence" if exp.model == "sequence" else "scenarios")
+    runs = os.path.join(os.path.normpath(args.runs), os.path.basename(stem) + ("_quick" if args.quick else ""))
     t_start = time.perf_counter()
 
     if args.tune:
-        out = tune(data, setup, exp)
+        out = tune(setup, exp, runs)
         record = {"setup": dataclasses.asdict(setup), "acc": out}
         if not exp.is_default:
             record.update(model=exp.model, dataset=exp.dataset, chunk=exp.chunk,
@@ -468,24 +455,24 @@ def main():
 
     results = {}
     for kind, scenario in exp.cells:
-        stream = make_stream(*data, kind, scenario, setup)
-        source = make_source(stream, setup, exp)
         cell = {}
         for strategy in exp.strategies:
-            t0 = time.perf_counter()
+            config = experiment_config((kind, scenario), strategy, setup, exp)
+            folder = folder_for(runs, config)
+            R, _ = run_or_read(config, folder, strategy)
+            seconds = run_seconds(folder)   # training, compilation included
             lam = strength(f"{kind}/{scenario}", strategy, exp.lambdas)
-            R = run_cell(source, strategy, setup, lam)
             summ = metrics.summarize(R)
             acc_m, acc_h = metrics.mean_ci(summ["average_performance"])
             bwt_m, bwt_h = metrics.mean_ci(summ["backward_transfer"])
             cell[strategy] = dict(acc_mean=float(acc_m), acc_ci=float(acc_h), bwt_mean=float(bwt_m),
                                   bwt_ci=float(bwt_h), acc=summ["average_performance"].tolist(),
-                                  R_mean=R.mean(0).tolist(), lam=lam,
-                                  seconds=time.perf_counter() - t0)
+                                  R_mean=R.mean(0).tolist(), lam=lam, seconds=seconds,
+                                  folder=os.path.relpath(folder))
             print(f"{kind:8s} {scenario:6s} {strategy:10s} ACC {acc_m:.3f} ± {acc_h:.3f}  BWT {bwt_m:+.3f} ± "
-                  f"{bwt_h:.3f}  ({time.perf_counter() - t0:.1f} s)", flush=True)
+                  f"{bwt_h:.3f}  ({seconds or 0:.1f} s, {folder})", flush=True)
         t0 = time.perf_counter()
-        scores = run_joint(source, setup)
+        scores = run_joint(experiment_config((kind, scenario), "none", setup, exp))
         acc = scores.mean(axis=1)
         acc_m, acc_h = metrics.mean_ci(acc)
         cell["joint"] = dict(acc_mean=float(acc_m), acc_ci=float(acc_h), acc=acc.tolist(),

@@ -13,7 +13,7 @@ from clloop_jax.backbones import ConvNet, ResNet18
 from clloop_jax.data import PIXEL_VALUES, load_image_benchmark
 from clloop_jax.data.files import IDX_FILES, load_cifar
 from clloop_jax.workflow import cli
-from clloop_jax.workflow.experiment import PRESETS, DataConfig, ExperimentConfig
+from clloop_jax.workflow.experiment import PRESETS, DataConfig, ExperimentConfig, ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +68,33 @@ def test_a_file_source_builds_bytes_a_backbone_and_the_augmentation(cifar_dir):
     (lambda: dict(source="mnist1d", data=DataConfig(augment=True)), "data.augment (--augment True) needs images"),
     (lambda: dict(source="digits", data=DataConfig(backbone="vgg")), "data.backbone must be one of ['mlp', 'convnet'"),
     (lambda: dict(source="cifar10", data=DataConfig(data_dir="/data", pixel_bytes=True)), "files are read as bytes"),
+    (lambda: dict(source="cifar10", data=DataConfig(data_dir="/data", backbone="recurrent")),
+     "reads digits, mnist1d, mnist as sequences of chunks, not 'cifar10'"),
+    (lambda: dict(source="digits", data=DataConfig(backbone="recurrent", augment=True)),
+     "crops and flips images for the convolutional backbones"),
+    (lambda: dict(source="digits", model=ModelConfig(hidden_dim=16, num_heads=2)),
+     "--hidden-dim 16, --num-heads 2 are not used with --source digits"),
 ])
 def test_settings_a_source_cannot_take_are_refused(config, message):
     with pytest.raises(ValueError) as refused:
         ExperimentConfig(**config()).make_source()
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("dataset, chunk", [("digits", 8), ("mnist1d", 4)])
+def test_the_recurrent_backbone_is_the_agent_reading_the_signal_in_chunks(dataset, chunk):
+    """--backbone recurrent: a SequenceClassifier around a one-modality CrossModalModel of the agent's sizes (the
+    model options), reading the dataset's chunk per step; the configuration records the agent's sizes."""
+    from clloop_jax.model import CrossModalModel, SequenceClassifier
+    e = ExperimentConfig(source=dataset, data=DataConfig(backbone="recurrent", stream="split", scenario="task"),
+                         model=ModelConfig(hidden_dim=16, num_heads=2))
+    source = e.make_source()
+    core = CrossModalModel(input_dim=chunk, hidden_dim=16, output_dim=source.stream.num_classes, num_modalities=1,
+                           num_heads=2, feedback_dim=0)
+    assert source.model == SequenceClassifier(core, chunk=chunk)
+    assert source.stream.x.shape[-1] % chunk == 0
+    assert e.resolved()["model"] == ModelConfig(hidden_dim=16, num_heads=2) and "model" not in dataclasses.replace(
+        e, data=DataConfig(stream="split", scenario="task"), model=ModelConfig()).resolved()
 
 
 def run_on_files(root, out, *options):

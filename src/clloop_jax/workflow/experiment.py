@@ -77,8 +77,9 @@ class ExperimentConfig:
 
     def unused_options(self) -> list:
         """The options (as ``--name value``) set away from their defaults in a part the source does not use: for the
-        world, the data and gymnax parts; for a labelled benchmark, the world, the agent, gymnax, ``num_envs`` and
-        ``feedback_weight``; for gymnax, the agent, the data and (unless it learns the world) the world."""
+        world, the data and gymnax parts; for a labelled benchmark, the world, gymnax, ``num_envs``,
+        ``feedback_weight`` and (unless the backbone is the recurrent agent) the agent; for gymnax, the agent, the
+        data and (unless it learns the world) the world."""
         used = self.used_parts()
         defaults = {"world": WorldConfig(), "model": ModelConfig(), "data": DataConfig(), "gymnax": GymnaxConfig()}
         out = []
@@ -99,7 +100,9 @@ class ExperimentConfig:
         """The parts of the configuration this source uses (besides ``train``)."""
         if self.source == "gymnax":
             return ("gymnax", "world") if self.gymnax.env_id == WORLD_ID else ("gymnax",)
-        return {"world": ("world", "model")}.get(self.source, ("data",))
+        if self.source == "world":
+            return ("world", "model")
+        return ("data", "model") if self.data.backbone == "recurrent" else ("data",)
 
     @property
     def strength(self) -> float:
@@ -182,7 +185,7 @@ class ExperimentConfig:
         if self.source == "gymnax":
             return self.gymnax.make_source(self.train.num_envs, self.world)
         if self.source != "world":
-            return self.data.make_source(self.source)
+            return self.data.make_source(self.source, self.model)
         from clloop_jax.model import CrossModalModel
         from clloop_jax.sources.world import EnvSource
         env = self.world.make()

@@ -4,7 +4,7 @@ benchmark can take."""
 
 from __future__ import annotations
 
-from clloop_jax.workflow.names import FILE_DATASETS
+from clloop_jax.workflow.names import FILE_DATASETS, RECURRENT_CHUNK
 
 __all__ = ["BUNDLED_IMAGES", "make_labelled_source", "check_labelled_source"]
 
@@ -12,14 +12,17 @@ __all__ = ["BUNDLED_IMAGES", "make_labelled_source", "check_labelled_source"]
 BUNDLED_IMAGES = {"mnist": (28, 28, 1), "digits": (8, 8, 1)}
 
 
-def make_labelled_source(data, dataset: str):
+def make_labelled_source(data, dataset: str, model_sizes=None):
     """The :class:`~clloop_jax.sources.supervised.SupervisedSource` of ``dataset`` as the
     :class:`~clloop_jax.workflow.settings.DataConfig` ``data`` describes it: a bundled benchmark (loaded from the
     installed package that ships it: ``pip install -e ".[data]"``) or one read from the files in ``data.data_dir``
-    (:func:`~clloop_jax.data.benchmarks.load_image_benchmark`), its stream, its classifier and its augmentation."""
+    (:func:`~clloop_jax.data.benchmarks.load_image_benchmark`), its stream, its classifier and its augmentation.
+    ``model_sizes``: the :class:`~clloop_jax.workflow.settings.ModelConfig` of the recurrent backbone (default
+    sizes when None)."""
     from clloop_jax.data import (ImageAugmentation, load_dataset, load_image_benchmark, load_mnist,
                                  permuted_stream, split_stream)
-    from clloop_jax.model import MLP, ConvNet, ResNet18
+    from clloop_jax.model import MLP, ConvNet, CrossModalModel, ResNet18, SequenceClassifier
+    from clloop_jax.workflow.settings import ModelConfig
     from clloop_jax.sources.supervised import SupervisedSource
     check_labelled_source(data, dataset)
     if dataset in FILE_DATASETS and not data.data_dir:
@@ -40,6 +43,11 @@ def make_labelled_source(data, dataset: str):
                                  scenario=data.scenario)
     if data.backbone == "mlp":
         model = MLP(output_dim=stream.num_classes, hidden=data.mlp_hidden)
+    elif data.backbone == "recurrent":
+        sizes, chunk = model_sizes or ModelConfig(), RECURRENT_CHUNK[dataset]
+        core = CrossModalModel(input_dim=chunk, hidden_dim=sizes.hidden_dim, output_dim=stream.num_classes,
+                               num_modalities=1, num_heads=sizes.num_heads, feedback_dim=0)
+        model = SequenceClassifier(core, chunk=chunk)
     else:
         model = (ConvNet if data.backbone == "convnet" else ResNet18)(output_dim=stream.num_classes,
                                                                     image_shape=image_shape)
@@ -58,8 +66,14 @@ def check_labelled_source(data, dataset: str) -> None:
     if data.pixel_bytes and dataset != "mnist":
         raise ValueError(f"data.pixel_bytes keeps MNIST's images as bytes; the {dataset} source has no pixel bytes"
                          + (" to convert (its files are read as bytes)" if dataset in FILE_DATASETS else ""))
+    if data.backbone == "recurrent" and dataset not in RECURRENT_CHUNK:
+        raise ValueError(f"data.backbone (--backbone recurrent) reads {', '.join(RECURRENT_CHUNK)} as sequences of "
+                         f"chunks, not {dataset!r}")
+    if data.backbone == "recurrent" and data.augment:
+        raise ValueError("data.augment (--augment) crops and flips images for the convolutional backbones, not for "
+                         "--backbone recurrent")
     if dataset not in FILE_DATASETS and dataset not in BUNDLED_IMAGES:
         for name, value, default in (("backbone", data.backbone, "mlp"), ("augment", data.augment, False)):
-            if value != default:
+            if value != default and value != "recurrent":
                 raise ValueError(f"data.{name} (--{name} {value}) needs images; the {dataset} source holds "
                                  f"signals, not images")

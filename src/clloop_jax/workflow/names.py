@@ -38,9 +38,13 @@ FILE_DATASETS = ("cifar10", "cifar100", "mnist_idx", "fashion_mnist", "kmnist", 
 #: Where a run's tasks come from: the closed-loop world, a labelled benchmark, or a gymnax environment learned from
 #: reward.
 SOURCES = ("world",) + BUNDLED_DATASETS + FILE_DATASETS + ("gymnax",)
-#: The classifiers of a labelled benchmark: an MLP, or a convolutional backbone with batch norm
-#: (:mod:`clloop_jax.backbones`).
-BACKBONES = ("mlp", "convnet", "resnet18")
+#: The classifiers of a labelled benchmark: an MLP, a convolutional backbone with batch norm
+#: (:mod:`clloop_jax.backbones`), or the cross-modal recurrent model reading the input as a sequence of chunks.
+BACKBONES = ("mlp", "convnet", "resnet18", "recurrent")
+
+#: The values the recurrent backbone reads per step: a digit's 8-pixel rows, MNIST-1D's 40 values in 10 steps of 4,
+#: an MNIST image's 28-pixel rows.
+RECURRENT_CHUNK = {"digits": 8, "mnist1d": 4, "mnist": 28}
 
 
 #: How the run meets its tasks: in sequence with known boundaries, or as one stream whose switches are hidden

@@ -137,8 +137,10 @@ class DataConfig:
     """the folder holding a file source's data (cifar-10-batches-py, cifar-100-python, the IDX files, TinyImageNet's
     train/ and val/); required for those sources, unused by the others"""
     backbone: str = "mlp"
-    """the classifier: mlp (hidden layers mlp-hidden), convnet (a small conv net with batch norm) or resnet18 (the
-    reduced ResNet-18 of the GEM and DER papers, width 20, with batch norm); the last two need images"""
+    """the classifier: mlp (hidden layers mlp-hidden), convnet (a small conv net with batch norm), resnet18 (the
+    reduced ResNet-18 of the GEM and DER papers, width 20, with batch norm), the last two for images; or recurrent
+    (the cross-modal recurrent model of --hidden-dim and --num-heads reading the input as a sequence of chunks:
+    digits 8 values per step, mnist1d 4, mnist 28; classified from the last step's output)"""
     augment: bool = False
     """random crop (zero padding 4) and horizontal flip of every training image, drawn per sample in the program
     (image sources: mnist, digits and the file sources)"""
@@ -165,11 +167,11 @@ class DataConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"data.backbone must be one of {list(BACKBONES)}, got {self.backbone!r}")
 
-    def make_source(self, dataset: str):
-        """The :class:`~clloop_jax.sources.supervised.SupervisedSource` of ``dataset``
-        (:func:`~clloop_jax.workflow.labelled.make_labelled_source`)."""
+    def make_source(self, dataset: str, model: Optional[ModelConfig] = None):
+        """The :class:`~clloop_jax.sources.supervised.SupervisedSource` of ``dataset`` (the recurrent backbone of
+        ``model``'s sizes; :func:`~clloop_jax.workflow.labelled.make_labelled_source`)."""
         from clloop_jax.workflow.labelled import make_labelled_source
-        return make_labelled_source(self, dataset)
+        return make_labelled_source(self, dataset, model)
 
     def check_source(self, dataset: str) -> None:
         """``ValueError`` for settings the labelled source ``dataset`` cannot take
