@@ -17,9 +17,8 @@ Every (stream, scenario, strategy) cell is an :class:`~clloop_jax.workflow.exper
 --source digits --stream split --scenario class --strategy ewc ...``; the recurrent model is ``--backbone
 recurrent``) trained into a run folder under ``--runs`` (named by the cell, the strategy and the configuration's
 hash; read back when it is there), ONE compiled program that runs all seeds at once. The score of a task is its test
-accuracy; the table
-reports the final average accuracy (ACC, the mean of the last row of R) and backward transfer (BWT), as the mean
-and 95% Student t interval over the seeds. Penalty strengths were chosen with ``--tune`` on a seed (100) that the
+accuracy; the table reports the final average accuracy (ACC, the mean of the last row of R) and backward transfer
+(BWT), as the mean and 95% Student t interval over the seeds. Penalty strengths were chosen with ``--tune`` on a seed (100) that the
 reported seeds (0..S-1) do not include.
 
 The same experiment runs with the cross-modal recurrent model (``--model sequence``): a
