@@ -36,6 +36,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -70,10 +71,12 @@ def experiment_for(args, name: str) -> ExperimentConfig:
 
 
 def windows(x: np.ndarray, width: int) -> np.ndarray:
-    """``x [S, T]`` averaged over consecutive windows of ``width`` tasks: ``[S, ceil(T / width)]`` (the last window
-    may be shorter)."""
+    """``x [S, T]`` averaged over consecutive windows of ``width`` tasks, NaNs left out: ``[S, ceil(T / width)]`` (the
+    last window may be shorter; a window with no value is NaN)."""
     T = x.shape[1]
-    return np.stack([np.nanmean(x[:, i:i + width], axis=1) for i in range(0, T, width)], axis=1)
+    with warnings.catch_warnings():   # an all-NaN window is NaN by design, not worth NumPy's warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.stack([np.nanmean(x[:, i:i + width], axis=1) for i in range(0, T, width)], axis=1)
 
 
 def folders_of(args) -> str:
