@@ -26,11 +26,9 @@ import numpy as np
 
 from clloop_jax import metrics
 from clloop_jax.report import cell, paired_table, summary_table
-from clloop_jax.run.joint import make_joint_run
-from clloop_jax.run.sequential import make_run
 from clloop_jax.strategies import get_strategy
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.execute import run_or_read, run_seconds
+from clloop_jax.workflow.execute import joint_bound, run_or_read, run_seconds
 from clloop_jax.workflow.experiment import DEFAULT_LAMBDA, PRESETS, ExperimentConfig
 from clloop_jax.workflow.files import jsonable, write_atomic
 
@@ -93,14 +91,8 @@ def main(argv=None):
 
     joint = None
     if not args.no_joint:
-        experiment = experiment_for(args, "none", 0.0)
-        source = experiment.make_source()
-        config = experiment.run_config(source)
-        hp = experiment.hparams_of(make_run(config, source))
-        joint_fn = make_joint_run(config, source)
-        keys = jax.vmap(jax.random.key)(np.arange(args.seeds, dtype=np.uint32))   # the folders' seeds
         t0 = time.perf_counter()
-        joint = np.asarray(jax.jit(jax.vmap(joint_fn, in_axes=(0, None)))(keys, hp), np.float64)  # [S, T]
+        joint = joint_bound(experiment_for(args, "none", 0.0))   # [S, T]
         timing["joint"] = time.perf_counter() - t0
         print(f"{'joint':>10}: mean score over tasks {cell(joint.mean(axis=1))}  [{timing['joint']:.0f} s]", flush=True)
 

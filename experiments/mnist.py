@@ -39,13 +39,10 @@ import json
 import os
 
 import jax
-import numpy as np
 
 from clloop_jax.report import cell, paired_table, summary_table
-from clloop_jax.run.joint import make_joint_run
-from clloop_jax.run.sequential import make_run
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.execute import run_or_read, run_seconds
+from clloop_jax.workflow.execute import joint_bound, run_or_read, run_seconds
 from clloop_jax.workflow.experiment import ExperimentConfig
 from clloop_jax.workflow.files import jsonable, write_atomic
 from clloop_jax.workflow.runs import RunFolder
@@ -166,13 +163,7 @@ def table_for(scenario: str, args, stem: str) -> None:
               f"[{seconds[name] or 0:.0f} s, {folders[name]}]", flush=True)
     joint = None
     if not args.no_joint:
-        experiment = experiment_for(scenario, "none", args.updates, args.seeds)
-        source = experiment.make_source().joint()
-        config = experiment.run_config(source)
-        joint_fn = make_joint_run(config, source)
-        hp = make_run(config, source).hparams(learning_rate=experiment.train.learning_rate)
-        keys = jax.vmap(jax.random.key)(np.arange(args.seeds, dtype=np.uint32))   # the folders' seeds
-        joint = np.asarray(jax.jit(jax.vmap(joint_fn, in_axes=(0, None)))(keys, hp), np.float64)
+        joint = joint_bound(experiment_for(scenario, "none", args.updates, args.seeds))
         print(f"{'joint':>10}: average accuracy {cell(joint.mean(axis=1))}", flush=True)
 
     what = {"split/class": "Class-incremental split MNIST (5 tasks of 2 digits", "split/task": "Task-incremental "

@@ -54,10 +54,8 @@ import numpy as np
 
 from clloop_jax import metrics
 from clloop_jax.report import cell as report_cell
-from clloop_jax.run.joint import make_joint_run
-from clloop_jax.run.sequential import make_run
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.execute import run_or_read, run_seconds
+from clloop_jax.workflow.execute import joint_bound, run_or_read, run_seconds
 from clloop_jax.workflow.experiment import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from clloop_jax.workflow.files import config_hash, write_atomic
 from clloop_jax.workflow.names import RECURRENT_CHUNK
@@ -202,16 +200,6 @@ def folder_for(runs: str, experiment: ExperimentConfig) -> str:
     """The run folder of ``experiment``: named by its cell, strategy and configuration hash."""
     d, t = experiment.data, experiment.train
     return os.path.join(runs, f"{d.stream}_{d.scenario}", f"{t.strategy}_{config_hash(experiment)[:8]}")
-
-
-def run_joint(experiment: ExperimentConfig):
-    """The multi-task upper bound of ``experiment``'s cell (every task's evaluation mask as its training mask) on its
-    seeds: ``[S, T]``."""
-    source = experiment.make_source().joint()
-    config = experiment.run_config(source)
-    hp = experiment.hparams_of(make_run(config, source))
-    keys = jax.vmap(jax.random.key)(np.arange(experiment.seeds, dtype=np.uint32))   # the folders' seeds
-    return np.asarray(jax.jit(jax.vmap(make_joint_run(config, source), in_axes=(0, None)))(keys, hp), np.float64)
 
 
 def tune(setup: Setup, exp: Experiment, runs: str):
@@ -471,7 +459,7 @@ def main():
             print(f"{kind:8s} {scenario:6s} {strategy:10s} ACC {acc_m:.3f} ± {acc_h:.3f}  BWT {bwt_m:+.3f} ± "
                   f"{bwt_h:.3f}  ({seconds or 0:.1f} s, {folder})", flush=True)
         t0 = time.perf_counter()
-        scores = run_joint(experiment_config((kind, scenario), "none", setup, exp))
+        scores = joint_bound(experiment_config((kind, scenario), "none", setup, exp))
         acc = scores.mean(axis=1)
         acc_m, acc_h = metrics.mean_ci(acc)
         cell["joint"] = dict(acc_mean=float(acc_m), acc_ci=float(acc_h), acc=acc.tolist(),

@@ -28,9 +28,8 @@ import numpy as np
 
 from clloop_jax import metrics
 from clloop_jax.envs import PrivilegedPolicy, normalized_score, rollout
-from clloop_jax.run.joint import make_joint_run
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.execute import run_or_read
+from clloop_jax.workflow.execute import joint_bound, run_or_read
 from clloop_jax.workflow.experiment import ExperimentConfig
 from clloop_jax.workflow.files import write_atomic
 from clloop_jax.workflow.settings import TrainConfig, WorldConfig
@@ -77,8 +76,7 @@ def main(argv=None):
 
     experiment = ExperimentConfig(world=WorldConfig(num_tasks=args.tasks), seeds=args.seeds,
                                   train=TrainConfig(strategy="none", episodes_per_task=args.episodes, monitors=()))
-    run, hp = experiment.build()
-    env = run.source.env
+    env = experiment.world.make()
     # 1-2: experts, the zero action and cross-task experts, over several world draws.
     world_keys = jax.random.split(jax.random.key(1), args.worlds)
     S, zero = jax.jit(jax.vmap(lambda wk: expert_matrix(env, wk, args.tasks, jax.random.key(2))))(world_keys)
@@ -90,9 +88,7 @@ def main(argv=None):
     folder = os.path.join(args.runs, f"finetune_{args.tasks}x{args.episodes}")
     R, base = run_or_read(experiment, folder, "none")
     R, base = np.asarray(R, np.float64), np.asarray(base, np.float64)
-    keys = jax.vmap(jax.random.key)(np.arange(args.seeds, dtype=np.uint32))   # the folder's seeds
-    joint = np.asarray(jax.jit(jax.vmap(make_joint_run(run.config, run.source), in_axes=(0, None)))(keys, hp),
-                       np.float64)
+    joint = joint_bound(experiment)   # on the folder's seeds
 
     def cell(x):
         m, h = metrics.mean_ci(np.ravel(x))

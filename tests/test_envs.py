@@ -551,6 +551,9 @@ def test_action_space_without_params_uses_the_default_task_as_gymnax_does():
     box = ENV.action_space(None)
     assert box.shape == (A,) and float(box.high) == ENV.max_action and float(box.low) == -ENV.max_action
     assert ENV.action_space(ENV.default_params).shape == box.shape
+    # the bounds are the task's: another task's actuator limit gives another box, None gives the default task's
+    wider = ENV.action_space(ENV.default_params.replace(max_action=jnp.float32(2 * ENV.max_action)))
+    assert float(wider.high) == 2 * ENV.max_action and float(wider.low) == -2 * ENV.max_action
     assert ENV.observation_space(None).shape == (M, D)
 
 

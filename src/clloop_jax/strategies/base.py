@@ -124,7 +124,7 @@ class Strategy:
       init_with_example: ``init`` is called as ``init(params, hp, example, source)``, with ``example`` the shapes
         (``jax.ShapeDtypeStruct``) of one per-sample item ``(inputs, target)``: a memory of samples is sized from it.
       replaces_task_loss: ``replay_loss`` is the whole objective, the incoming batch's loss included (see the
-        module docstring); the source's loss is then not differentiated, so no pass over the batch is spent on it.
+        module docstring); the source's loss is then evaluated for its records only, no backward pass through it.
 
     Equality and hashing ignore ``hparams`` (they are traced values, not part of the compiled program), so two
     strategies built with different default strengths share one compiled run.

@@ -23,7 +23,7 @@ from clloop_jax.workflow.sharding import batch_mesh, sharded_vmap
 from clloop_jax.workflow.trackers import Trackers
 
 __all__ = ["execute", "execute_taskfree", "RunInterrupted", "resume_command",
-           "check_memory", "unmoved", "not_learned_text", "run_or_read", "run_seconds"]
+           "check_memory", "unmoved", "not_learned_text", "run_or_read", "run_seconds", "joint_bound"]
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -180,6 +180,22 @@ def run_or_read(experiment, path: str, label: Optional[str] = None):
                 label=label or experiment.train.strategy)
     R, baseline, _ = folder.read_results()
     return R, baseline
+
+
+def joint_bound(experiment) -> np.ndarray:
+    """The multi-task upper bound of ``experiment``'s tasks (:func:`~clloop_jax.run.joint.make_joint_run`: one model
+    trained on every task at once, with the experiment's settings and no strategy; a labelled benchmark's tasks under
+    their evaluation masks) on the experiment's seeds, with the keys its run folders use: scores ``[S, T]``."""
+    from clloop_jax.run.joint import make_joint_run
+    from clloop_jax.run.sequential import make_run
+    experiment = experiment.with_strategy("none")
+    source = experiment.make_source()
+    if "data" in experiment.used_parts():
+        source = source.joint()
+    config = experiment.run_config(source)
+    hp = experiment.hparams_of(make_run(config, source))
+    keys = jax.vmap(jax.random.key)(np.arange(experiment.seeds, dtype=np.uint32))
+    return np.asarray(jax.jit(jax.vmap(make_joint_run(config, source), in_axes=(0, None)))(keys, hp), np.float64)
 
 
 def run_seconds(path: str) -> Optional[float]:

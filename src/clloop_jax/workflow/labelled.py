@@ -73,7 +73,8 @@ def check_labelled_source(data, dataset: str) -> None:
         raise ValueError("data.augment (--augment) crops and flips images for the convolutional backbones, not for "
                          "--backbone recurrent")
     if dataset not in FILE_DATASETS and dataset not in BUNDLED_IMAGES:
-        for name, value, default in (("backbone", data.backbone, "mlp"), ("augment", data.augment, False)):
-            if value != default and value != "recurrent":
+        for name, value, needs_images in (("backbone", data.backbone, data.backbone in ("convnet", "resnet18")),
+                                          ("augment", data.augment, data.augment)):
+            if needs_images:
                 raise ValueError(f"data.{name} (--{name} {value}) needs images; the {dataset} source holds "
                                  f"signals, not images")
