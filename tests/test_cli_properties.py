@@ -28,6 +28,7 @@ from clloop_jax.workflow import cli
 from clloop_jax.workflow.experiment import (BOUNDARY_MODES, FISHER_VARIANTS, MONITOR_NAMES, PRESETS, SOURCES, STRATEGY_NAMES,
                                            DataConfig, GymnaxConfig)
 from clloop_jax.workflow.settings import LR_SCHEDULES, TRACE_MODES
+from clloop_jax.workflow.taskfree import TaskFreeConfig
 
 TINY = PRESETS["tiny"]
 COUNTS = Counter()
@@ -66,9 +67,10 @@ CHOICES = {"strategy": STRATEGY_NAMES, "fisher_variant": FISHER_VARIANTS, "bound
 FLAGS = {"overwrite", "resume", "quiet", "no_cache"}
 OTHERS = {"out", "devices", "world_seed", "monitors", "strategies", "memory", "memory_batch", "memory_policy",
           "max_grad_norm", "source", "log", "evaluate_every", "strategy_hparams"}
-#: Options of the parts the base experiment (the tiny world) does not use: a value is accepted only at its default
-#: (any other is refused as unused by the world), so the rule is "equals the default" for every one of them.
-UNUSED = {f.name: getattr(part, f.name) for part in (DataConfig(), GymnaxConfig()) for f in dataclasses.fields(part)}
+#: Options of the parts the base experiment (the tiny world with known boundaries) does not use: a value is accepted
+#: only at its default (any other is refused as unused), so the rule is "equals the default" for every one of them.
+UNUSED = {f.name: getattr(part, f.name) for part in (DataConfig(), GymnaxConfig(), TaskFreeConfig())
+          for f in dataclasses.fields(part)}
 HAS_LAM = {n for n in STRATEGY_NAMES if "lam" in get_strategy(n).hparams._fields}
 
 

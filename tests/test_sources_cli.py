@@ -98,6 +98,13 @@ def test_a_digits_run_resumed_after_two_tasks_equals_the_uninterrupted_one(digit
     (["--strategy", "replay", "--strategy-hparams", "alpha"], "expected name=number"),
     (["--strategy", "ewc", "--strategy-hparams", "lam=3"], "set 'lam' with --lam"),
     (["--pixel-bytes"], "data.pixel_bytes keeps MNIST's images as bytes; the digits source has no pixel bytes"),
+    (["--schedule", "gradual"], "--schedule 'gradual' is not used with --boundaries known; leave it unset"),
+    (["--boundaries", "none", "--schedule", "gradual", "--blend", "0.05"], "--blend 0.05 of 20 episodes per task is 1 "
+                                                                          "episode(s); a blend needs at least 2"),
+    (["--boundaries", "none", "--schedule", "irregular", "--min-segment", "0"], "taskfree.min_segment must be a "
+                                                                               "finite number > 0 and <= 1, got 0"),
+    (["--boundaries", "none", "--schedule", "sudden"], "taskfree.schedule must be one of ['abrupt', 'irregular', "
+                                                       "'gradual'], got 'sudden'"),
 ])
 def test_options_the_source_does_not_use_or_cannot_take_are_refused_before_the_folder(extra, message, tmp_path,
                                                                                      capsys):

@@ -165,19 +165,31 @@ def execute(run: Run, hp, seeds, folder: Optional[RunFolder] = None, config=None
     return state, results
 
 
-def run_or_read(experiment, path: str, label: Optional[str] = None):
+def run_or_read(experiment, path: str, label: Optional[str] = None, seeds: Optional[Sequence[int]] = None):
     """``(R [S, T, T], baseline [S, T])`` of ``experiment``'s run (an
-    :class:`~clloop_jax.workflow.experiment.ExperimentConfig` with known task boundaries) in the folder ``path``:
-    trained there first unless the folder already holds that run finished (resumed from its last checkpoint when it
-    was interrupted; a folder of another configuration is refused), then read from the folder's files, so that a
-    table made right after training equals one made later from the folders. What experiment scripts build their
-    tables from."""
-    folder = RunFolder(path, resume=os.path.isdir(path))
-    finished = os.path.isfile(folder.file("summary.json")) and folder.holds(experiment)
-    if not finished:
-        run, hp = experiment.build()
-        execute(run, hp, range(experiment.seeds), folder=folder, config=experiment,
-                label=label or experiment.train.strategy)
+    :class:`~clloop_jax.workflow.experiment.ExperimentConfig`) on ``seeds`` (unset: ``0 .. experiment.seeds - 1``;
+    held-out tuning seeds are others, as many) in the folder ``path``: trained there first unless the folder already
+    holds that run finished (a run with known boundaries resumed from its last checkpoint when it was interrupted; a
+    stream with hidden switches, one program, run again whole; a folder of another configuration or other seeds is
+    refused), then read from the folder's files, so that a table made right after training equals one made later
+    from the folders. What experiment scripts build their tables from."""
+    from clloop_jax.workflow.files import CheckpointError
+    seeds = list(range(experiment.seeds)) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != experiment.seeds:
+        raise ValueError(f"seeds must be experiment.seeds = {experiment.seeds} seeds, got {seeds}")
+    exists = os.path.isdir(path)
+    folder = RunFolder(path, resume=exists)
+    held = os.path.isfile(folder.file("config.json"))
+    if held and (not folder.holds(experiment) or folder.read_seeds() not in (None, seeds)):
+        raise CheckpointError(f"{path!r} holds a run of another configuration or other seeds; give another folder")
+    if not os.path.isfile(folder.file("summary.json")):
+        if experiment.boundaries != "known":
+            run, hp, schedule = experiment.build_taskfree(seeds)
+            execute_taskfree(run, hp, schedule, seeds, RunFolder(path, overwrite=exists), config=experiment,
+                             label=label or experiment.train.strategy)
+        else:
+            run, hp = experiment.build()
+            execute(run, hp, seeds, folder=folder, config=experiment, label=label or experiment.train.strategy)
     R, baseline, _ = folder.read_results()
     return R, baseline
 
@@ -207,21 +219,23 @@ def run_seconds(path: str) -> Optional[float]:
 
 
 def execute_taskfree(run, hp, schedule, seeds, folder: RunFolder, config=None, label: str = "run"):
-    """Runs the task-free ``run`` (:class:`~clloop_jax.taskfree.run.TaskFreeRun`) over ``schedule`` for every seed
-    in one compiled program and writes ``folder``: the configuration, the performance matrix at the true switches
-    (one row per segment of equal length), every episode's record (with the detector's ``alarm`` and where the run
-    ``consolidated``), the summary and plots, and ``detection.json`` (delays, missed switches, false alarms per seed).
-    The stream is one program: there is no checkpoint between tasks, so ``folder.resume`` is refused. Raises
-    :class:`NonFiniteError` naming seed, segment and episode when an update went non-finite."""
-    from clloop_jax.taskfree import taskfree_summary
-    from clloop_jax.workflow.files import jsonable
+    """Runs the task-free ``run`` (:class:`~clloop_jax.taskfree.run.TaskFreeRun`) over ``schedule`` (one
+    :class:`~clloop_jax.taskfree.schedules.Schedule` for every seed, or one per seed) for every seed in one compiled
+    program and writes ``folder``: the configuration, the performance matrix at the true switches, every episode's
+    record (``task`` the segment, ``episode`` the episode within it; with the detector's ``alarm`` and where the run
+    ``consolidated``), the summary and plots, ``schedule.json`` (each seed's hidden truth: the schedule's kind, the
+    segments' tasks, the switches and where each change begins) and ``detection.json`` (delays, missed switches,
+    false alarms, mean delay and consolidations per seed). The stream is one program: there is no checkpoint between
+    tasks, so ``folder.resume`` is refused. Raises :class:`NonFiniteError` naming seed, segment and episode when an
+    update went non-finite."""
+    from clloop_jax.taskfree import Schedule, taskfree_summary
     if folder.resume:
         raise ValueError(f"--resume: a stream with hidden boundaries is one compiled program with no checkpoint "
                          f"between tasks; run {folder.path!r} again with --overwrite")
-    lengths = np.diff(np.concatenate([[0], np.asarray(schedule.boundaries), [schedule.weights.shape[0]]]))
-    if len(set(lengths.tolist())) != 1:
-        raise ValueError(f"schedule must switch at equal intervals for a run folder, got segments of {lengths}")
     seeds = [int(s) for s in seeds]
+    schedules = [schedule] * len(seeds) if isinstance(schedule, Schedule) else list(schedule)
+    if len(schedules) != len(seeds):
+        raise ValueError(f"schedule must be one Schedule or one per seed ({len(seeds)}), got {len(schedules)}")
     check_memory(run.run, hp, seeds)
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     with folder:
@@ -231,16 +245,30 @@ def execute_taskfree(run, hp, schedule, seeds, folder: RunFolder, config=None, l
         res = jax.tree.map(np.asarray, res)
         seconds = round(time.perf_counter() - t0, 3)   # one program: no time of its own for each task
         folder.write_json("timing.json", {"task_seconds": [], "seconds": seconds, "session_starts": [0]})
-        S, K, L = len(seeds), len(lengths), int(lengths[0])
-        per_task = {name: v.reshape(S, K, L) for name, v in res.traces.items()}
-        per_task["alarm"] = res.alarms.reshape(S, K, L)
-        per_task["consolidated"] = res.consolidated.reshape(S, K, L)
-        check_finite(per_task["finite"], where=label)
-        folder.write_results(res.R, res.baseline, per_task, seeds)
+        starts = [np.concatenate([[0], s.boundaries]) for s in schedules]
+        lengths = np.stack([np.diff(np.append(b, s.num_episodes)) for b, s in zip(starts, schedules)])  # [S, K]
+        flat = dict(res.traces, alarm=res.alarms, consolidated=res.consolidated)
+        per_task = {name: _segments(v, starts, lengths) for name, v in flat.items()}
+        check_finite(per_task["finite"] | (np.arange(lengths.max()) >= lengths[..., None]), where=label)
+        folder.write_results(res.R, res.baseline, per_task, seeds, lengths=lengths)
+        folder.write_json("schedule.json", [{"seed": seed, "kind": s.kind, "order": s.order, "boundaries":
+                                             s.boundaries, "changes": s.changes, "episodes": s.num_episodes}
+                                            for seed, s in zip(seeds, schedules)])
         summary = taskfree_summary(res, schedule)
-        folder.write_json("detection.json", jsonable({k: summary[k] for k in (
-            "delay", "missed", "false_alarms", "consolidations") if k in summary}))
+        folder.write_json("detection.json", {k: summary[k] for k in (
+            "delay", "missed", "false_alarms", "mean_delay", "consolidations") if k in summary})
     return state, res
+
+
+def _segments(values: np.ndarray, starts, lengths: np.ndarray) -> np.ndarray:
+    """``[S, E]`` per-episode values cut into ``[S, K, L]`` segments (``L`` the longest; the rest of a shorter
+    segment is zero and is not written, see ``write_results``'s ``lengths``)."""
+    S, K = lengths.shape
+    out = np.zeros((S, K, int(lengths.max())), values.dtype)
+    for s in range(S):
+        for k in range(K):
+            out[s, k, :lengths[s, k]] = values[s, starts[s][k]:starts[s][k] + lengths[s, k]]
+    return out
 
 
 def check_memory(run: Run, hp, seeds, config=None, devices=None) -> None:

@@ -31,8 +31,9 @@ from clloop_jax.workflow.settings import (  # noqa: F401 (the parts, importable 
     DEFAULT_GAMMA, DEFAULT_MEMORY, STRATEGY_NAMES, MONITOR_NAMES, FISHER_VARIANTS, SOURCES, MEMORY_STRATEGIES,  # noqa: F401
     count_setting)
 from clloop_jax.workflow.settings import BUNDLED_DATASETS, FILE_DATASETS, WORLD_ID, default_strength
+from clloop_jax.workflow.taskfree import TaskFreeConfig
 
-__all__ = ["ExperimentConfig", "PRESETS", "describe_preset", "experiment_from_dict", "load_experiment"]
+__all__ = ["ExperimentConfig", "TaskFreeConfig", "PRESETS", "describe_preset", "experiment_from_dict", "load_experiment"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,15 +53,16 @@ class ExperimentConfig:
     """independent runs (seeds 0, 1, ...), trained at once in one program"""
     boundaries: str = "known"
     """known: the tasks one after the other, each learned and consolidated as such; detect, oracle or none: one
-    stream whose task switches every episodes-per-task episodes without the learner being told, consolidated where
-    a shift detector fires, at the true switches, or never (world and labelled benchmarks)"""
+    stream whose task switches without the learner being told (when: --schedule), consolidated where a shift
+    detector fires, at the true switches, or never (world and labelled benchmarks)"""
+    taskfree: TaskFreeConfig = TaskFreeConfig()
 
     def __post_init__(self):
         count_setting("experiment", "seeds", self.seeds)
         if self.source not in SOURCES:
             raise ValueError(f"experiment.source must be one of {list(SOURCES)}, got {self.source!r}")
         for name, cls in (("world", WorldConfig), ("model", ModelConfig), ("data", DataConfig),
-                          ("gymnax", GymnaxConfig), ("train", TrainConfig)):
+                          ("gymnax", GymnaxConfig), ("train", TrainConfig), ("taskfree", TaskFreeConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise TypeError(f"experiment.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         if self.boundaries not in BOUNDARY_MODES:
@@ -72,37 +74,44 @@ class ExperimentConfig:
             self.data.check_source(self.source)
         unused = self.unused_options()
         if unused:
-            raise ValueError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with --source "
-                             f"{self.source}; leave {'it' if len(unused) == 1 else 'them'} unset")
+            where = "--boundaries known" if self.unused_options(("taskfree",)) == unused else f"--source {self.source}"
+            raise ValueError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with {where}; "
+                             f"leave {'it' if len(unused) == 1 else 'them'} unset")
+        if self.boundaries != "known":
+            self.taskfree.episodes(self.train.episodes_per_task)
 
-    def unused_options(self) -> list:
-        """The options (as ``--name value``) set away from their defaults in a part the source does not use: for the
-        world, the data and gymnax parts; for a labelled benchmark, the world, gymnax, ``num_envs``,
+    def unused_options(self, parts=("world", "model", "data", "gymnax", "taskfree")) -> list:
+        """The options (as ``--name value``) set away from their defaults in a part of ``parts`` the run does not
+        use: for the world, the data and gymnax parts; for a labelled benchmark, the world, gymnax, ``num_envs``,
         ``feedback_weight`` and (unless the backbone is the recurrent agent) the agent; for gymnax, the agent, the
-        data and (unless it learns the world) the world."""
+        data and (unless it learns the world) the world; with known boundaries, the hidden switches' schedule."""
         used = self.used_parts()
-        defaults = {"world": WorldConfig(), "model": ModelConfig(), "data": DataConfig(), "gymnax": GymnaxConfig()}
+        defaults = {"world": WorldConfig(), "model": ModelConfig(), "data": DataConfig(), "gymnax": GymnaxConfig(),
+                    "taskfree": TaskFreeConfig()}
         out = []
-        for part, default in defaults.items():
+        for part in parts:
+            default = defaults[part]
             if part in used:
                 continue
             for f in dataclasses.fields(default):
                 value = getattr(getattr(self, part), f.name)
                 if value != getattr(default, f.name):
                     out.append(f"--{f.name.replace('_', '-')} {value!r}")
-        if self.source in BUNDLED_DATASETS + FILE_DATASETS:
+        if self.source in BUNDLED_DATASETS + FILE_DATASETS and "data" in parts:
             for name in ("num_envs", "feedback_weight"):
                 if getattr(self.train, name) != getattr(TrainConfig, name):
                     out.append(f"--{name.replace('_', '-')} {getattr(self.train, name)!r}")
         return out
 
     def used_parts(self) -> tuple:
-        """The parts of the configuration this source uses (besides ``train``)."""
+        """The parts of the configuration this run uses (besides ``train``): its source's, and ``taskfree`` for a
+        stream with hidden switches."""
+        hidden = ("taskfree",) if self.boundaries != "known" else ()
         if self.source == "gymnax":
             return ("gymnax", "world") if self.gymnax.env_id == WORLD_ID else ("gymnax",)
         if self.source == "world":
-            return ("world", "model")
-        return ("data", "model") if self.data.backbone == "recurrent" else ("data",)
+            return ("world", "model") + hidden
+        return (("data", "model") if self.data.backbone == "recurrent" else ("data",)) + hidden
 
     @property
     def strength(self) -> float:
@@ -139,17 +148,19 @@ class ExperimentConfig:
         run = make_run(self.run_config(source), source)
         return run, self.hparams_of(run)
 
-    def build_taskfree(self):
+    def build_taskfree(self, seeds=None):
         """``(taskfree_run, hparams, schedule)`` of a stream with hidden task boundaries (``boundaries`` detect,
-        oracle or none): the same tasks, switching abruptly every ``episodes_per_task`` episodes."""
-        from clloop_jax.taskfree import abrupt_schedule, make_taskfree_run
+        oracle or none): the same tasks in order, switching as ``taskfree`` says (:meth:`TaskFreeConfig.schedules`:
+        one schedule for every seed, or one per seed of ``seeds``, unset: ``0 .. seeds - 1``)."""
+        from clloop_jax.taskfree import make_taskfree_run
         if self.boundaries == "known":
             raise ValueError("build_taskfree needs boundaries detect, oracle or none; build() makes the run with "
                              "known boundaries")
         source = self.make_source()
         config = self.run_config(source)
         run = make_taskfree_run(config, source, boundaries=self.boundaries)
-        schedule = abrupt_schedule([self.train.episodes_per_task] * source.num_tasks)
+        seeds = range(self.seeds) if seeds is None else seeds
+        schedule = self.taskfree.schedules(source.num_tasks, self.train.episodes_per_task, seeds)
         return run, self.hparams_of(run), schedule
 
     def run_config(self, source=None):
@@ -200,7 +211,7 @@ def experiment_from_dict(values: dict, where: str = "the configuration") -> Expe
     :meth:`ExperimentConfig.resolved` gives, as JSON): sections and fields left out take their defaults; an unknown
     one is refused naming it."""
     parts = {"world": WorldConfig, "model": ModelConfig, "data": DataConfig, "gymnax": GymnaxConfig,
-             "train": TrainConfig}
+             "train": TrainConfig, "taskfree": TaskFreeConfig}
     if not isinstance(values, dict):
         raise TypeError(f"{where} must be a table of settings, got {type(values).__name__}")
     known = {"source", "seeds", "boundaries", *parts}

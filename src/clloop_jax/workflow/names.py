@@ -51,6 +51,11 @@ RECURRENT_CHUNK = {"digits": 8, "mnist1d": 4, "mnist": 28}
 #: (:mod:`clloop_jax.taskfree`: consolidations where a detector fires, at the true switches, or never).
 BOUNDARY_MODES = ("known", "detect", "oracle", "none")
 
+#: When the task of a stream with hidden switches changes (``taskfree.schedule``): every ``episodes_per_task``
+#: episodes, at irregular random episodes (each seed its own), or blended linearly around each switch
+#: (:mod:`clloop_jax.taskfree.schedules`).
+TASKFREE_SCHEDULES = ("abrupt", "irregular", "gradual")
+
 #: The strategies that keep a rehearsal memory, and its size (samples) when ``memory`` is not given.
 MEMORY_STRATEGIES = ("replay", "agem", "derpp", "er_ace", "gem", "icarl", "gdumb")
 

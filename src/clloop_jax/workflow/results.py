@@ -56,10 +56,12 @@ def read_traces(folder) -> Dict[str, np.ndarray]:
     return {n: a[..., 0] if per_task else a for n, a in out.items()}
 
 
-def write_results(folder, R, baseline, traces: Dict[str, np.ndarray], seeds, not_learned=()) -> None:
+def write_results(folder, R, baseline, traces: Dict[str, np.ndarray], seeds, not_learned=(), lengths=None) -> None:
     """``traces.jsonl``, ``R_seed{k}.csv`` (baseline first), ``summary.md`` / ``summary.json`` and the plots.
     ``not_learned``: one record per task some seeds did not learn (``task`` numbered from 1, ``task_index``,
-    ``seeds``, ``text``), in ``summary.json`` and, by its text, at the end of ``summary.md``."""
+    ``seeds``, ``text``), in ``summary.json`` and, by its text, at the end of ``summary.md``. ``lengths [S, T]``:
+    the episodes of each seed's tasks when they differ (a stream with irregular switches); the traces' episodes
+    beyond them are neither written nor plotted (:func:`read_traces` gives NaN there)."""
     from clloop_jax import report
     R, baseline = np.asarray(R, np.float64), np.asarray(baseline, np.float64)
     S, T = R.shape[:2]
@@ -68,9 +70,14 @@ def write_results(folder, R, baseline, traces: Dict[str, np.ndarray], seeds, not
     arrays = {n: np.asarray(traces[n]) for n in names}
     per_task = bool(names) and arrays[names[0]].ndim == 2   # [S, T]: one summary per task
     E = 0 if not names else 1 if per_task else arrays[names[0]].shape[-1]
+    plotted = arrays
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        kept = np.arange(E) < lengths[..., None]
+        plotted = {n: np.where(kept, a.astype(np.float64), np.nan) for n, a in arrays.items()}
     for s in range(S):
         for t in range(T):
-            for e in range(E):
+            for e in range(E if lengths is None else int(lengths[s, t])):
                 row = {"seed": int(seeds[s]), "task": t} if per_task else {"seed": int(seeds[s]), "task": t,
                                                                           "episode": e}
                 row.update({n: jsonable(arrays[n][s, t] if per_task else arrays[n][s, t, e]) for n in names})
@@ -98,5 +105,5 @@ def write_results(folder, R, baseline, traces: Dict[str, np.ndarray], seeds, not
                     + format_matrix(R.mean(axis=0), b=baseline.mean(axis=0)) + "\n"
                     + (f"\nWarnings:\n{warnings}\n" if warnings else ""))
     report.plot_matrix(R, folder.file("plots/matrix.png"))
-    report.plot_scores(R, arrays, folder.file("plots/scores.png"), per_task=per_task)
-    report.plot_divergence(arrays, folder.file("plots/divergence.png"), per_task=per_task)
+    report.plot_scores(R, plotted, folder.file("plots/scores.png"), per_task=per_task)
+    report.plot_divergence(plotted, folder.file("plots/divergence.png"), per_task=per_task)

@@ -51,8 +51,10 @@ from clloop_jax.workflow.lock import LOCK_NAME, FolderLock, RunFolderError, chec
 __all__ = ["RunFolder"]
 
 
+#: The files a run writes; tensorboard/ and wandb/ by the trackers of ``clloop run --log``, detection.json and
+#: schedule.json by a stream with hidden switches.
 _RESULT_FILES = ("config.json", "seeds.json", "traces.jsonl", "summary.md", "summary.json", "timing.json", "plots",
-                 "checkpoints", "tensorboard", "wandb")   # the last two: what the trackers of clloop run --log write
+                 "checkpoints", "tensorboard", "wandb", "detection.json", "schedule.json")
 
 
 _TEMP = re.compile(r"^\..+\.tmp\d+$|.+\.tmp\.png$|.+\.orbax-checkpoint-tmp.*$")
@@ -435,6 +437,14 @@ class RunFolder:
         """``(R [S, T, T], baseline [S, T], seeds)`` of the finished run (:func:`~clloop_jax.workflow.results.read_results`)."""
         return results_lib.read_results(self)
 
+    def read_seeds(self) -> Optional[list]:
+        """The seeds of the folder's run (``seeds.json``); None for a folder without a readable one."""
+        try:
+            with open(self.file("seeds.json")) as f:
+                return [int(s) for s in json.load(f)]
+        except (OSError, ValueError, TypeError):
+            return None
+
     def read_timing(self) -> Optional[dict]:
         """The run's ``timing.json``, written after each task: ``task_seconds`` (each task's wall-clock seconds in
         the session that trained it; None for a task trained before timings were kept), their sum ``seconds``, and
@@ -451,6 +461,6 @@ class RunFolder:
         """The finished run's traces by name (:func:`~clloop_jax.workflow.results.read_traces`)."""
         return results_lib.read_traces(self)
 
-    def write_results(self, R, baseline, traces: Dict[str, np.ndarray], seeds, not_learned=()) -> None:
+    def write_results(self, R, baseline, traces: Dict[str, np.ndarray], seeds, not_learned=(), lengths=None) -> None:
         """The run's result files (:func:`~clloop_jax.workflow.results.write_results`)."""
-        results_lib.write_results(self, R, baseline, traces, seeds, not_learned)
+        results_lib.write_results(self, R, baseline, traces, seeds, not_learned, lengths)
