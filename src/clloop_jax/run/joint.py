@@ -68,7 +68,12 @@ class _JointSource:
         return getattr(self.base, name)
 
     def loss(self, params, batches, hp_source):
-        losses, aux = jax.vmap(lambda b: self.base.loss(params, b, hp_source))(batches)
+        def one(batch):
+            loss, aux = self.base.loss(params, batch, hp_source)
+            aux.pop("outputs", None)   # one batch per task: no samples(batch) of their own to give outputs for
+            return loss, aux
+
+        losses, aux = jax.vmap(one)(batches)
         # a batch-norm model: each task's batch is normalised by its own statistics; the new running averages are
         # the mean over tasks of each task's update (the update by the mean of the tasks' batch statistics)
         return jnp.mean(losses), jax.tree.map(lambda x: jnp.mean(x, axis=0), aux)

@@ -59,7 +59,7 @@ from clloop_jax.run.host import task_loop
 from clloop_jax.run.evaluation import Evaluation
 from clloop_jax.run.programs import Program, jit_evaluate
 from clloop_jax.run.state import RunResults, TrainState, summarize_trace
-from clloop_jax.sources.base import bind_model_state, capability, check_source
+from clloop_jax.sources.base import KnownOutputs, bind_model_state, capability, check_source
 from clloop_jax.strategies.base import Strategy, get_strategy
 from clloop_jax.tree import task_at
 from clloop_jax.validation import check_int, check_key, is_int
@@ -168,8 +168,11 @@ class Run(Hyperparameters, Evaluation):
         def task_loss(p):
             # a strategy that replaces the task loss gets the source's only for its records, not differentiated
             loss, aux = src.loss(jax.lax.stop_gradient(p) if strat.replaces_task_loss else p, batch, hp.source)
+            outputs = aux.pop("outputs", None)   # the batch's outputs, for the strategy to reuse (sources.base)
             if strat.replay_loss is not None:
-                replay = strat.replay_loss(state.strategy, p, samples, src, k_replay, hp.strategy)
+                view = src if outputs is None or strat.replaces_task_loss else KnownOutputs(src, p, samples[0],
+                                                                                            outputs)
+                replay = strat.replay_loss(state.strategy, p, samples, view, k_replay, hp.strategy)
                 aux = {**aux, "replay_loss": replay}
                 loss = replay if strat.replaces_task_loss else loss + replay
             return loss, aux

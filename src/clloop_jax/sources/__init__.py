@@ -15,7 +15,7 @@ import importlib
 #: Where each public name lives.
 _EXPORTS = {
     "TaskSource": "base", "REQUIRED": "base", "CAPABILITIES": "base", "capability": "base", "check_source": "base",
-    "bind_model_state": "base",
+    "bind_model_state": "base", "KnownOutputs": "base", "sample_outputs": "base",
     "EnvHParams": "world", "EnvSource": "world", "ImitationLoss": "world", "imitation_loss": "world",
     "squared_error": "world", "sequence_actions": "world", "pair_with_env": "world", "check_model_matches_env": "world",
     "SupervisedBatch": "supervised", "SupervisedSource": "supervised", "EpochStream": "supervised",

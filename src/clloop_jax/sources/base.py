@@ -57,6 +57,12 @@ does not define it:
   The run binds the state wherever it hands the source on (:func:`bind_model_state`); a source without the
   capability is handed on as it is and its programs do not change.
 
+A source's ``loss`` may also return ``aux["outputs"]``: what ``predict`` gives on every sample of
+``samples(batch)``'s inputs, computed by the loss's own forward pass (a labelled stream's model without batch norm
+does). The run then hands the strategy's ``replay_loss`` a view of the source (:class:`KnownOutputs`) on which
+:func:`sample_outputs` of exactly those parameters and inputs returns them instead of a second forward pass, so that
+distillation on the current batch (LwF) backpropagates once through the model, not twice.
+
 Sources compare and hash by their configuration, not by their task arrays: the run passes the tasks to its compiled
 program as arguments, so equal configurations share one compilation.
 
@@ -69,7 +75,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-__all__ = ["TaskSource", "REQUIRED", "CAPABILITIES", "bind_model_state", "capability", "check_source"]
+__all__ = ["TaskSource", "REQUIRED", "CAPABILITIES", "bind_model_state", "capability", "check_source", "KnownOutputs",
+           "sample_outputs"]
 
 #: What every task source defines.
 REQUIRED = ("num_tasks", "tasks", "likelihood", "init_params", "batch", "loss", "score", "fisher_data", "predict")
@@ -133,3 +140,28 @@ class TaskSource(Protocol):
     def sample_loss(self, params, inputs, targets): ...
 
     def predict(self, params, x): ...
+
+
+class KnownOutputs:
+    """``source`` that knows its model's per-sample ``outputs`` for the parameters ``params`` on the inputs
+    ``inputs`` (the very objects the run passes on: the batch being learned and the parameters it is learned with),
+    so that :func:`sample_outputs` gives them without a forward pass; every other member is the source's."""
+
+    def __init__(self, source, params, inputs, outputs):
+        self._source, self._known = source, (params, inputs, outputs)
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def known_outputs(self, params, inputs):
+        """The known outputs when ``params`` and ``inputs`` are those they were computed for, else None."""
+        known_params, known_inputs, outputs = self._known
+        return outputs if params is known_params and inputs is known_inputs else None
+
+
+def sample_outputs(source, params, inputs):
+    """The model's output on every sample of ``inputs`` (``predict`` vmapped over them); on a :class:`KnownOutputs`
+    view, the outputs its loss already computed for those parameters and inputs."""
+    import jax
+    known = source.known_outputs(params, inputs) if isinstance(source, KnownOutputs) else None
+    return jax.vmap(source.predict, in_axes=(None, 0))(params, inputs) if known is None else known

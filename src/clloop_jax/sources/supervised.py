@@ -290,6 +290,8 @@ class SupervisedSource:
         aux = {"score": data_lib.accuracy(logits, batch.y, batch.mask)}
         if model_state is not None:
             aux["model_state"] = model_state
+        else:   # inference and training mode agree: these are predict's outputs on samples(batch)
+            aux["outputs"] = data_lib.masked_logits(logits, batch.mask)
         return loss, aux
 
     def score(self, key, params, task, hparams):

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from clloop_jax.divergence import tree_sum
 from clloop_jax.importance.fisher import Categorical
-from clloop_jax.sources.base import capability
+from clloop_jax.sources.base import capability, sample_outputs
 from clloop_jax.strategies.base import NoHParams, Strategy, check_hparams, nonnegative, positive, register
 
 __all__ = ["Memory", "memory_init", "reservoir_add", "memory_sample", "agem_project", "distillation_loss",
@@ -152,8 +152,6 @@ def ace_mask(masks, labels) -> jax.Array:
     return masks & present[None, :]
 
 
-def _outputs(source, params, inputs):
-    return jax.vmap(source.predict, in_axes=(None, 0))(params, inputs)
 
 
 def rehearsed_inputs(source, memory_inputs, current_samples):
@@ -250,7 +248,7 @@ class _Rehearsal:
 
     def observe(self, memory, params, samples, source, key, hp):
         if self.kind == "derpp":
-            samples = (samples, jax.lax.stop_gradient(_outputs(source, params, samples[0])))
+            samples = (samples, jax.lax.stop_gradient(sample_outputs(source, params, samples[0])))
         if self.memory == "balanced":
             from clloop_jax.strategies.memories import balanced_add
             return balanced_add(memory, samples, samples[1], key)
@@ -270,7 +268,7 @@ class _Rehearsal:
                 return _ace_incoming(source, params, samples) + jnp.where(_is_filled(memory), loss, 0.0)
         else:  # derpp: outputs matching (as they were seen) on one memory sample, the label loss on another
             (x, _), z = memory_sample(memory, k1, self.batch_size)
-            logit_loss = jnp.mean(jnp.square(_outputs(source, params, x) - z))
+            logit_loss = jnp.mean(jnp.square(sample_outputs(source, params, x) - z))
             x2, y2 = memory_sample(memory, k2, self.batch_size)[0]
             loss = hp.alpha * logit_loss + hp.beta * source.sample_loss(params, rehearsed_inputs(source, x2, samples), y2)
         return jnp.where(_is_filled(memory), loss, 0.0)
@@ -374,8 +372,8 @@ class _LwF:
     def replay_loss(self, state, params, samples, source, key, hp):
         inputs = samples[0]
         categorical = isinstance(source.likelihood, Categorical)
-        student = _outputs(source, params, inputs)
-        teacher = _outputs(source, state.teacher, inputs)
+        student = sample_outputs(source, params, inputs)
+        teacher = sample_outputs(source, state.teacher, inputs)
         loss = hp.alpha * distillation_loss(student, teacher, hp.temperature, categorical=categorical)
         return jnp.where(state.count > 0, loss, 0.0)
 
