@@ -16,7 +16,11 @@ and streaming SI with one long memory for importance and anchor (``decay``), the
 memory ``anchor_decay = 1 - 1 / (m * blend)``, a horizon of ``m`` blends, while the importance keeps the long
 memory; ``lam`` and ``m`` chosen by ``experiments/taskfree_tune.py`` on tuning seeds), and detect-triggered EWC. The
 performance matrix is evaluated at the true boundaries; mean ± 95% Student t interval over seeds; paired differences use
-the same seeds and streams::
+the same seeds and streams. Every cell is an :class:`~clloop_jax.workflow.experiment.ExperimentConfig` (``boundaries``
+detect, oracle or none; ``taskfree``: irregular switches, segments of at least 0.6 of a task's episodes, or gradual
+blends over half of them; seeds 0 .. S-1, seed s's switches drawn with s) trained into its own run folder under
+``--runs`` (named after the method and the configuration's hash; a finished folder is read back), all seeds in one
+compiled program::
 
     python experiments/taskfree.py                 # 5 seeds, both streams (about 10 minutes on 2 CPU cores)
     python experiments/taskfree.py --quick         # 2 seeds, short streams: a smoke run
@@ -24,67 +28,48 @@ the same seeds and streams::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import time
+import re
 
-import jax
 import numpy as np
 
-from clloop_jax.data.loaders import load_dataset
-from clloop_jax.data.streams import permuted_stream
-from clloop_jax.envs import Environment
-from clloop_jax.model import MLP, CrossModalModel
+from clloop_jax import metrics
 from clloop_jax.report import cell
-from clloop_jax.run.config import RunConfig
-from clloop_jax.sources.supervised import SupervisedSource
-from clloop_jax.sources.world import EnvSource
-from clloop_jax.taskfree.detect import PageHinkley
-from clloop_jax.taskfree.metrics import taskfree_summary
-from clloop_jax.taskfree.run import make_taskfree_run
-from clloop_jax.taskfree.schedules import gradual_schedule, irregular_schedule
 from clloop_jax.workflow.compilation import enable_compilation_cache
-from clloop_jax.workflow.files import write_atomic
+from clloop_jax.workflow.execute import run_or_read, run_seconds
+from clloop_jax.workflow.experiment import DataConfig, ExperimentConfig, TaskFreeConfig, TrainConfig
+from clloop_jax.workflow.files import config_hash, jsonable, write_atomic
 
 TASKS = 3
+RUNS = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "runs", "taskfree"))
 
-
-def world_source(args):
-    env = Environment(observation_dim=64, action_dim=32, num_modalities=2, num_tasks=TASKS)
-    model = CrossModalModel(input_dim=64, hidden_dim=64, output_dim=32, num_modalities=2,
-                            feedback_dim=env.feedback_dim)
-    return EnvSource(model, env, num_tasks=TASKS, num_envs=8)
-
-
-def digits_source(args):
-    x, y, xt, yt = load_dataset("digits")
-    stream = permuted_stream(x, y, TASKS, seed=0, x_test=xt, y_test=yt, scenario="domain")
-    return SupervisedSource(MLP(output_dim=stream.num_classes, hidden=(100, 100)), stream, batch_size=64,
-                            fisher_size=64)
-
-
-#: per stream: the source, episodes per segment, the run's settings, and each method's strength. EWC's strengths are
-#: those of the known-boundary experiments (forgetting.py, scenarios.py); the streaming strategies' with one memory
-#: were picked from {3, 30} (world) and {2, 5, 10, 20, 30, 100} (digits), decay 0.999, on gradual streams with other
-#: seeds (``jax.random.key(100)``, 3 seeds), not the reported ones; ``lagged``: ``(lam, m, importance decay)`` of the
-#: lagged-anchor variants (None: ``--decay``), chosen by ``experiments/taskfree_tune.py`` (results/taskfree_tune.md)
-#: on those tuning seeds.
+#: per stream: the experiment (the default world, 3 tasks, the agent imitating each task's expert; or permuted digits,
+#: domain-incremental, an MLP 100-100), episodes per segment, and each method's strength. EWC's strengths are those of
+#: the known-boundary experiments (forgetting.py, scenarios.py); the streaming strategies' with one memory were picked
+#: from {3, 30} (world) and {2, 5, 10, 20, 30, 100} (digits), decay 0.999, on gradual streams with held-out seeds;
+#: ``lagged``: ``(lam, m, importance decay)`` of the lagged-anchor variants (None: ``--decay``), chosen by
+#: ``experiments/taskfree_tune.py`` (results/taskfree_tune.md) on its held-out seeds (100, 101, 102).
 STREAMS = {
-    "world": dict(source=world_source, episodes=100, config=dict(fisher_variant="sampled"),
-                  hp=dict(learning_rate=1e-3, feedback_weight=0.3),
+    "world": dict(experiment=ExperimentConfig(train=TrainConfig(monitors=())), episodes=100,
                   lam={"ewc": 3.0, "streaming_ewc": 3.0, "streaming_si": 30.0},
-                  lagged={"streaming_ewc": (0.3, 1.0, None), "streaming_si": (100.0, 0.5, None)}),
-    "digits": dict(source=digits_source, episodes=200,
-                   config=dict(fisher_variant="exact", fisher_chunk_size=64, max_grad_norm=None),
-                   hp=dict(learning_rate=1e-3),
-                   lam={"ewc": 100.0, "streaming_ewc": 10.0, "streaming_si": 2.0},
-                   lagged={"streaming_ewc": (10.0, 2.0, None), "streaming_si": (2.0, 1.0, None)}),
+                  lagged={"streaming_ewc": (0.3, 1.0, 0.99), "streaming_si": (100.0, 1.0, None)}),
+    "digits": dict(experiment=ExperimentConfig(
+        source="digits", data=DataConfig(stream="permuted", scenario="domain", permuted_tasks=TASKS,
+                                         mlp_hidden=(100, 100), batch_size=64, fisher_size=64),
+        train=TrainConfig(fisher_variant="exact", max_grad_norm=None, monitors=())), episodes=200,
+        lam={"ewc": 100.0, "streaming_ewc": 10.0, "streaming_si": 2.0},
+        lagged={"streaming_ewc": (100.0, 0.5, None), "streaming_si": (2.0, 2.0, None)}),
 }
 
 #: (strategy, boundaries, lagged anchor)
 ABRUPT = (("ewc", "detect", False), ("ewc", "oracle", False), ("none", "none", False))
 GRADUAL = (("none", "none", False), ("streaming_ewc", "none", False), ("streaming_si", "none", False),
            ("streaming_ewc", "none", True), ("streaming_si", "none", True), ("ewc", "detect", False))
+#: the schedule of each kind of stream, in fractions of a segment's episodes
+SCHEDULES = {"abrupt": TaskFreeConfig(schedule="irregular", min_segment=0.6),
+             "gradual": TaskFreeConfig(schedule="gradual", blend=0.5)}
 
 
 def label(strategy, boundaries, lagged=False):
@@ -111,26 +96,32 @@ def streaming_hparams(spec, strategy, decay, lagged, blend):
             "anchor_decay": anchor_decay_for(m, blend)}
 
 
-def run_cell(source, spec, strategy, boundaries, schedules, keys, decay, lagged=False, blend=None):
-    run = make_taskfree_run(RunConfig(strategy=strategy, monitors=(), **spec["config"]), source,
-                            boundaries=boundaries, detector=PageHinkley())
-    if strategy.startswith("streaming_"):
-        extra = streaming_hparams(spec, strategy, decay, lagged, blend)
-    else:
-        extra = {"lam": spec["lam"][strategy]} if strategy in spec["lam"] else {}
-    hp = run.hparams(**spec["hp"], **extra)
-    t0 = time.perf_counter()
-    _, res = run.seeds(keys, hp, schedules)
-    res = jax.tree.map(np.asarray, res)
-    seconds = time.perf_counter() - t0
-    s = taskfree_summary(res, schedules)
-    finite = bool(np.all(res.traces["finite"]))
-    return {"strategy": strategy, "boundaries": boundaries, "hparams": {k: float(v) for k, v in extra.items()},
-            "R": np.asarray(res.R, np.float64), "baseline": np.asarray(res.baseline, np.float64),
-            "average_performance": s["average_performance"], "backward_transfer": s["backward_transfer"],
-            "mean_delay": s["mean_delay"], "delay": s["delay"], "missed": s["missed"],
-            "false_alarms": s["false_alarms"], "consolidations": s["consolidations"],
-            "finite": finite, "seconds": seconds}
+def segment_episodes(stream: str, scale: float) -> int:
+    return max(8, int(round(STREAMS[stream]["episodes"] * scale)))
+
+
+def experiment_for(stream: str, kind: str, strategy: str, boundaries: str, seeds: int, episodes: int,
+                   hparams: dict) -> ExperimentConfig:
+    """The cell's experiment: the stream's, with the method (``hparams``: ``lam`` and the strategy's own, such as a
+    streaming strategy's ``decay`` and ``anchor_decay``) and the kind's hidden schedule."""
+    base = STREAMS[stream]["experiment"]
+    own = tuple(f"{k}={v!r}" for k, v in hparams.items() if k != "lam")
+    train = dataclasses.replace(base.train, strategy=strategy, lam=hparams.get("lam"), strategy_hparams=own,
+                                episodes_per_task=episodes)
+    return dataclasses.replace(base, seeds=seeds, boundaries=boundaries, taskfree=SCHEDULES[kind], train=train)
+
+
+def trained(experiment: ExperimentConfig, runs: str, name: str, seeds=None) -> dict:
+    """The cell read from its run folder (trained there first when it holds no finished run): the performance matrix
+    at the true switches, its metrics per seed, the detection and the training time."""
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    path = os.path.join(runs, f"{slug}_{config_hash(experiment)[:8]}")
+    R, baseline = run_or_read(experiment, path, label=name, seeds=seeds)
+    with open(os.path.join(path, "detection.json")) as f:
+        detection = {k: np.asarray(v, np.float64) for k, v in json.load(f).items()}   # "nan" (text): a missed switch
+    return {"R": R, "baseline": baseline, "average_performance": metrics.average_performance(R),
+            "backward_transfer": metrics.backward_transfer(R), **detection, "seconds": run_seconds(path),
+            "folder": os.path.relpath(path)}
 
 
 def table(cells: dict, reference: str = "fine-tuning") -> str:
@@ -145,19 +136,6 @@ def table(cells: dict, reference: str = "fine-tuning") -> str:
     return "\n".join(lines)
 
 
-def to_json(value):
-    """JSON-ready values; a non-finite float (a missed switch's delay) becomes null."""
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, (np.ndarray, np.generic)):
-        return to_json(np.asarray(value).tolist())
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=5)
@@ -166,6 +144,7 @@ def main(argv=None):
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every stream's episodes per segment")
     p.add_argument("--decay", type=float, default=0.999, help="memory of the streaming strategies")
     p.add_argument("--quick", action="store_true", help="2 seeds, half the episodes")
+    p.add_argument("--runs", default=RUNS, help="where the run folders live")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "taskfree"),
                    help="output path without extension (.md and .json are written)")
     p.add_argument("--no-cache", action="store_true", help="leave JAX's persistent compilation cache off")
@@ -179,47 +158,40 @@ def main(argv=None):
         if s not in STREAMS:
             raise ValueError(f"--streams: unknown stream {s!r}; choose from {list(STREAMS)}")
     for k in kinds:
-        if k not in ("abrupt", "gradual"):
-            raise ValueError(f"--kinds: unknown kind {k!r}; choose from abrupt, gradual")
+        if k not in SCHEDULES:
+            raise ValueError(f"--kinds: unknown kind {k!r}; choose from {list(SCHEDULES)}")
 
-    keys = jax.random.split(jax.random.key(0), args.seeds)
-    record = {"settings": vars(args), "device": str(jax.devices()[0]), "results": {}}
+    record = {"settings": {**vars(args), "runs": os.path.relpath(args.runs)}, "results": {}}
     sections = []
     for stream in streams:
         spec = STREAMS[stream]
-        source = spec["source"](args)
-        L = max(8, int(round(spec["episodes"] * args.scale)))
+        L = segment_episodes(stream, args.scale)
         for kind in kinds:
-            blend = L // 2
-            if kind == "abrupt":
-                schedules = [irregular_schedule(TASKS, TASKS * L, min_length=int(0.6 * L), seed=1000 + i)
-                             for i in range(args.seeds)]
-                methods, text = ABRUPT, (f"{TASKS} tasks switching abruptly at irregular episodes (each segment "
-                                         f">= {int(0.6 * L)}, {TASKS * L} episodes in all)")
-            else:
-                # one stream per seed, all equal: the same program as the abrupt streams (compiled once)
-                schedules = [gradual_schedule([L] * TASKS, blend=blend)] * args.seeds
-                methods, text = GRADUAL, (f"{TASKS} tasks of {L} episodes blended linearly over {blend} episodes "
-                                          f"around each switch")
+            sizes = SCHEDULES[kind].episodes(L)
+            methods, text = {"abrupt": (ABRUPT, f"{TASKS} tasks switching abruptly at irregular episodes (each "
+                                                f"segment >= {sizes['min_length']}, {TASKS * L} episodes in all)"),
+                             "gradual": (GRADUAL, f"{TASKS} tasks of {L} episodes blended linearly over "
+                                                  f"{sizes['blend']} episodes around each switch")}[kind]
             cells = {}
             for strategy, boundaries, lagged in methods:
-                c = run_cell(source, spec, strategy, boundaries, schedules, keys, args.decay, lagged, blend)
-                cells[label(strategy, boundaries, lagged)] = c
-                print(f"{stream:>6} {kind:>7} {label(strategy, boundaries, lagged):>30}: ACC "
-                      f"{cell(c['average_performance'])}  delay {cell(c['mean_delay'], 1, False)}  missed "
-                      f"{c['missed'].tolist()}  false {c['false_alarms'].tolist()}  [{c['seconds']:.0f} s]",
-                      flush=True)
+                name = label(strategy, boundaries, lagged)
+                if strategy.startswith("streaming_"):
+                    hparams = streaming_hparams(spec, strategy, args.decay, lagged, sizes["blend"])
+                else:
+                    hparams = {"lam": spec["lam"][strategy]} if strategy in spec["lam"] else {}
+                experiment = experiment_for(stream, kind, strategy, boundaries, args.seeds, L, hparams)
+                c = trained(experiment, os.path.join(args.runs, f"{stream}_{kind}"), name)
+                cells[name] = dict(c, strategy=strategy, boundaries=boundaries, hparams=hparams)
+                print(f"{stream:>6} {kind:>7} {name:>30}: ACC {cell(c['average_performance'])}  delay "
+                      f"{cell(c['mean_delay'], 1, False)}  missed {c['missed'].tolist()}  false "
+                      f"{c['false_alarms'].tolist()}  [{c['seconds'] or 0:.0f} s, {c['folder']}]", flush=True)
             sections.append(f"### {stream}, {kind}\n\n{text}; {args.seeds} seeds.\n\n{table(cells)}")
-            record["results"][f"{stream}/{kind}"] = {
-                "episodes_per_segment": L, "schedules": [{"weights_shape": list(s.weights.shape),
-                                                          "order": s.order.tolist(),
-                                                          "boundaries": s.boundaries.tolist(),
-                                                          "changes": s.changes.tolist()} for s in schedules],
-                "methods": {name: to_json(c) for name, c in cells.items()}}
+            record["results"][f"{stream}/{kind}"] = {"episodes_per_segment": L, "schedule": SCHEDULES[kind],
+                                                     "methods": cells}
     text = "\n\n".join(sections)
     print(text)
     write_atomic(args.out + ".md", text + "\n")
-    write_atomic(args.out + ".json", json.dumps(record, indent=1))
+    write_atomic(args.out + ".json", json.dumps(jsonable(record), indent=1))
 
 
 if __name__ == "__main__":

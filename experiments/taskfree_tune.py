@@ -3,13 +3,14 @@
 For each stream of :mod:`taskfree` (``experiments/taskfree.py``) and each boundary-free strategy, a grid over the
 penalty strength ``lam`` and the anchor's memory: ``anchor_decay = 1 - 1 / (m * blend)``, a horizon of ``m`` times
 the blend length (in updates; one update per episode), while the importance keeps the long memory ``decay`` of the
-main experiment. Every point runs the gradual stream of the main experiment on tuning seeds
-(``jax.random.key(100)``), never the evaluation seeds (``jax.random.key(0)``); the score is the average final
-performance (ACC) over the tuning seeds, next to fine-tuning's on the same seeds (the seeds change the
-initialisation, the worlds' and minibatches' draws; the tasks and the blend schedule are those of the main
-experiment). A second stage (``EXTRA``) adds points on the world where the first left the choice open. Points
-already in the output JSON are not run again, so a stream can be extended or another added. One compiled program
-per strategy (``lam``, ``decay`` and ``anchor_decay`` are traced)::
+main experiment. Every point is the main experiment's gradual cell (an
+:class:`~clloop_jax.workflow.experiment.ExperimentConfig`) on held-out tuning seeds (100, 101, ...), never the
+reported seeds (0 .. S-1), trained into its own run folder under ``--runs`` (a finished folder is read back, so a
+stream can be extended or another added); the score is the average final performance (ACC) over the tuning seeds,
+next to fine-tuning's on the same seeds (the seeds change the initialisation, the worlds' and minibatches' draws; the
+tasks and the blend schedule are those of the main experiment). A second stage (``EXTRA``) adds points on the world
+where the first left the choice open. One compiled program per strategy (``lam``, ``decay`` and ``anchor_decay`` are
+traced)::
 
     python experiments/taskfree_tune.py                    # the world, 3 tuning seeds (about 25 minutes, 2 shared cores)
     python experiments/taskfree_tune.py --streams digits   # about 2 minutes
@@ -19,31 +20,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
-import jax
 import numpy as np
 import taskfree
 
-from clloop_jax.run.config import RunConfig
-from clloop_jax.taskfree.metrics import taskfree_summary
-from clloop_jax.taskfree.run import make_taskfree_run
-from clloop_jax.taskfree.schedules import gradual_schedule
 from clloop_jax.workflow.compilation import enable_compilation_cache
 from clloop_jax.workflow.files import write_atomic
 
+RUNS = os.path.join(taskfree.RUNS, "tune")
+#: the first held-out tuning seed; the tuning runs use ``TUNING_SEED, TUNING_SEED + 1, ...``
+TUNING_SEED = 100
 #: per strategy: the strengths tried, each at every anchor horizon ``m`` of HORIZONS and the importance's memory
 #: ``--decay``
 GRID = {"world": {"streaming_ewc": (0.3, 1.0, 3.0), "streaming_si": (10.0, 100.0, 1000.0)},
         "digits": {"streaming_ewc": (3.0, 10.0, 30.0), "streaming_si": (2.0, 20.0, 200.0)}}
 HORIZONS = (0.5, 1.0, 2.0)
 DECAY = 0.999   # the importance's memory of the main experiment (``--decay``)
-#: a second stage on the world, where the first left the choice open: a weaker EWC at every horizon, and a shorter
-#: importance memory (``decay``, horizons of 50 and 100 episodes) around the first stage's best settings
+#: a second stage where the first left the choice open: on the world a weaker EWC at every horizon, and a shorter
+#: importance memory (``decay``, horizons of 50 and 100 episodes) around the first stage's best settings; on digits a
+#: stronger EWC at every horizon (the first stage's best strength was its largest)
 EXTRA = {"world": {"streaming_ewc": [(0.1, m, None) for m in HORIZONS] + [(lam, 1.0, d) for lam in (0.3, 1.0)
                                                                          for d in (0.98, 0.99)],
                    "streaming_si": [(100.0, 0.5, d) for d in (0.98, 0.99)]},
-         "digits": {}}
+         "digits": {"streaming_ewc": [(100.0, m, None) for m in HORIZONS]}}
 
 
 def points(stream: str, decay: float):
@@ -76,51 +75,37 @@ def main(argv=None):
     p.add_argument("--streams", default="world", help="comma-separated: world, digits")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--decay", type=float, default=DECAY, help="memory of the importance (as the main experiment)")
+    p.add_argument("--runs", default=RUNS, help="where the run folders live")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "taskfree_tune"))
     args = p.parse_args(argv)
     enable_compilation_cache()
-    keys = jax.random.split(jax.random.key(100), args.seeds)
+    seeds = list(range(TUNING_SEED, TUNING_SEED + args.seeds))
     record = {"settings": {}, "horizons": HORIZONS, "results": {}}
     if os.path.exists(args.out + ".json"):            # other streams' results stay
         with open(args.out + ".json") as f:
             record = json.load(f)
     for stream in [s.strip() for s in args.streams.split(",")]:
-        spec = taskfree.STREAMS[stream]
-        source = spec["source"](args)
-        L = spec["episodes"]
-        blend = L // 2
-        schedules = [gradual_schedule([L] * taskfree.TASKS, blend=blend)] * args.seeds
-        rows = dict(record["results"].get(stream, {}))     # points already run are not run again
-        rows.pop("best", None)
-        record["settings"][stream] = vars(args)
+        L = taskfree.segment_episodes(stream, 1.0)
+        blend = taskfree.SCHEDULES["gradual"].episodes(L)["blend"]
+        record["settings"][stream] = {**vars(args), "runs": os.path.relpath(args.runs), "seeds": seeds}
 
-        def score(strategy, **extra):
-            tf = make_taskfree_run(RunConfig(strategy=strategy, monitors=(), **spec["config"]), source,
-                                   boundaries="none")
-            t0 = time.perf_counter()
-            _, res = tf.seeds(keys, tf.hparams(**spec["hp"], **extra), schedules)
-            acc = taskfree_summary(jax.tree.map(np.asarray, res), schedules)["average_performance"]
-            return np.asarray(acc, np.float64), time.perf_counter() - t0
+        def score(strategy, name, hparams):
+            experiment = taskfree.experiment_for(stream, "gradual", strategy, "none", len(seeds), L, hparams)
+            c = taskfree.trained(experiment, os.path.join(args.runs, stream), name, seeds=seeds)
+            return np.asarray(c["average_performance"], np.float64), c["seconds"] or 0.0
 
-        if "fine-tuning" in rows:
-            ref = np.asarray(rows["fine-tuning"]["acc"])
-        else:
-            ref, sec = score("none")
-            rows["fine-tuning"] = {"acc": ref.tolist()}
-            print(f"{stream} fine-tuning: {ref.mean():.3f} [{sec:.0f} s]", flush=True)
+        ref, sec = score("none", "fine-tuning", {})
+        rows = {"fine-tuning": {"acc": ref.tolist()}}
+        print(f"{stream} fine-tuning: {ref.mean():.3f} [{sec:.0f} s]", flush=True)
         for strategy, grid in points(stream, args.decay).items():
             for lam, m, decay in grid:
                 name = f"{strategy} lam={lam:g} m={m:g}" + ("" if decay == args.decay else f" decay={decay:g}")
-                if name in rows:
-                    continue
                 a = taskfree.anchor_decay_for(m, blend)
-                acc, sec = score(strategy, lam=lam, decay=decay, anchor_decay=a)
+                acc, sec = score(strategy, name, {"lam": lam, "decay": decay, "anchor_decay": a})
                 rows[name] = {"strategy": strategy, "lam": lam, "m": m, "decay": decay, "anchor_decay": a,
                               "acc": acc.tolist(), "gain": (acc - ref).tolist()}
                 print(f"{stream} {name} (anchor_decay {a:.4f}): ACC {acc.mean():.3f}, minus fine-tuning "
                       f"{(acc - ref).mean():+.3f} [{sec:.0f} s]", flush=True)
-                record["results"][stream] = rows
-                write_atomic(args.out + ".json", json.dumps(record, indent=1))
         best = {}
         for strategy in GRID[stream]:
             cands = [(np.mean(r["acc"]), n) for n, r in rows.items() if r.get("strategy") == strategy]

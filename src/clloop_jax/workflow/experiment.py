@@ -233,7 +233,8 @@ def experiment_from_dict(values: dict, where: str = "the configuration") -> Expe
 
 def load_experiment(path: str) -> ExperimentConfig:
     """The experiment a file describes: a run folder's ``config.json`` (its ``"config"``), or a JSON, TOML or YAML
-    file of the same settings (``source``, ``seeds`` and the tables ``world``, ``model``, ``data``, ``train``)."""
+    file of the same settings (``source``, ``seeds``, ``boundaries`` and the tables ``world``, ``model``, ``data``,
+    ``gymnax``, ``train``, ``taskfree``)."""
     import json
     import os
     ext = os.path.splitext(path)[1].lower()

@@ -61,7 +61,8 @@ def write_results(folder, R, baseline, traces: Dict[str, np.ndarray], seeds, not
     ``not_learned``: one record per task some seeds did not learn (``task`` numbered from 1, ``task_index``,
     ``seeds``, ``text``), in ``summary.json`` and, by its text, at the end of ``summary.md``. ``lengths [S, T]``:
     the episodes of each seed's tasks when they differ (a stream with irregular switches); the traces' episodes
-    beyond them are neither written nor plotted (:func:`read_traces` gives NaN there)."""
+    beyond them are neither written nor plotted (:func:`read_traces` gives NaN there), and the plots align the
+    seeds by task (task ``t`` drawn from episode ``t`` times the longest task's length)."""
     from clloop_jax import report
     R, baseline = np.asarray(R, np.float64), np.asarray(baseline, np.float64)
     S, T = R.shape[:2]
