@@ -10,7 +10,7 @@ included), compiled ahead of time and timed as the median of ``--repeats`` calls
 The arithmetic's multiple is XLA's own count of floating-point operations in that compiled program
 (``compiled.cost_analysis()["flops"]``) over fine-tuning's: replay and ER-ACE add a forward and backward pass on a
 memory batch of 128 (2x), A-GEM a gradient on a reference batch of 256 (3x), DER++ two memory batches (3x), LwF a
-forward pass of the previous model (about 1.3x). A time multiple above the arithmetic's is what the strategy spends
+forward pass of the previous model (about 1.4x). A time multiple above the arithmetic's is what the strategy spends
 on other work (gathers from the memory, the memory's updates, masks, copies)::
 
     python benchmarks/bench_rehearsal.py                 # a few minutes on 2 CPU cores
