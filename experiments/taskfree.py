@@ -161,7 +161,8 @@ def main(argv=None):
         if k not in SCHEDULES:
             raise ValueError(f"--kinds: unknown kind {k!r}; choose from {list(SCHEDULES)}")
 
-    record = {"settings": {**vars(args), "runs": os.path.relpath(args.runs)}, "results": {}}
+    record = {"settings": {**vars(args), "runs": os.path.relpath(args.runs), "out": os.path.relpath(args.out)},
+              "results": {}}
     sections = []
     for stream in streams:
         spec = STREAMS[stream]

@@ -8,8 +8,8 @@ main experiment. Every point is the main experiment's gradual cell (an
 reported seeds (0 .. S-1), trained into its own run folder under ``--runs`` (a finished folder is read back, so a
 stream can be extended or another added); the score is the average final performance (ACC) over the tuning seeds,
 next to fine-tuning's on the same seeds (the seeds change the initialisation, the worlds' and minibatches' draws; the
-tasks and the blend schedule are those of the main experiment). A second stage (``EXTRA``) adds points on the world
-where the first left the choice open. One compiled program per strategy (``lam``, ``decay`` and ``anchor_decay`` are
+tasks and the blend schedule are those of the main experiment). A second stage (``EXTRA``) adds points where the
+first left the choice open. One compiled program per strategy (``lam``, ``decay`` and ``anchor_decay`` are
 traced)::
 
     python experiments/taskfree_tune.py                    # the world, 3 tuning seeds (about 25 minutes, 2 shared cores)
@@ -54,12 +54,16 @@ def points(stream: str, decay: float):
     return out
 
 
+def blend_episodes(stream: str) -> int:
+    """The main experiment's blend on ``stream``, in episodes."""
+    return taskfree.SCHEDULES["gradual"].episodes(taskfree.segment_episodes(stream, 1.0))["blend"]
+
+
 def table(stream: str, rows: dict) -> str:
     """The grid of one stream as Markdown: mean ACC over the tuning seeds and its gain over fine-tuning."""
     best = rows.get("best", {})
     n_seeds = len(rows["fine-tuning"]["acc"])
-    lines = [f"### {stream}, gradual (blend {taskfree.STREAMS[stream]['episodes'] // 2} episodes), {n_seeds} tuning "
-             f"seeds", "", "| setting | decay | anchor_decay | ACC (tuning seeds) | minus fine-tuning |",
+    lines = [f"### {stream}, gradual (blend {blend_episodes(stream)} episodes), {n_seeds} tuning seeds", "", "| setting | decay | anchor_decay | ACC (tuning seeds) | minus fine-tuning |",
              "|---|---:|---:|---:|---:|", f"| fine-tuning | - | - | {np.mean(rows['fine-tuning']['acc']):.3f} | - |"]
     for name, r in rows.items():
         if isinstance(r, dict) and "strategy" in r:
@@ -85,8 +89,7 @@ def main(argv=None):
         with open(args.out + ".json") as f:
             record = json.load(f)
     for stream in [s.strip() for s in args.streams.split(",")]:
-        L = taskfree.segment_episodes(stream, 1.0)
-        blend = taskfree.SCHEDULES["gradual"].episodes(L)["blend"]
+        L, blend = taskfree.segment_episodes(stream, 1.0), blend_episodes(stream)
         record["settings"][stream] = {**vars(args), "runs": os.path.relpath(args.runs), "seeds": seeds}
 
         def score(strategy, name, hparams):

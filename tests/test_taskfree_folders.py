@@ -36,6 +36,7 @@ def test_the_configured_schedules_are_the_library_schedules_of_those_lengths():
     assert len({tuple(s.boundaries.tolist()) for s in per_seed}) == 3          # each seed its own switches
     assert np.array_equal(TaskFreeConfig(schedule="irregular", min_segment=1.0).schedules(3, 20, [4])[0].boundaries,
                           [20, 40])                                              # no room left: the abrupt stream
+    assert TaskFreeConfig("irregular", min_segment=0.29, blend=0.57).episodes(100) == {"min_length": 29, "blend": 57}
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -59,6 +60,9 @@ def test_the_schedule_is_part_of_a_hidden_stream_only():
         dataclasses.replace(hidden, boundaries="known")
     with pytest.raises(ValueError, match="--min-segment 0.01 of 20 episodes per task is shorter than one episode"):
         dataclasses.replace(hidden, taskfree=TaskFreeConfig("irregular", min_segment=0.01))
+    with pytest.raises(ValueError, match=r"^--hidden-dim 16 is not used with --source digits"):   # each by its cause
+        ExperimentConfig(source="digits", model=dataclasses.replace(known.model, hidden_dim=16),
+                         taskfree=TaskFreeConfig("gradual"))
 
 
 def test_an_irregular_stream_consolidates_at_each_seeds_own_switches_and_keeps_them_on_disk(tmp_path, monkeypatch):
@@ -93,7 +97,7 @@ def test_an_irregular_stream_consolidates_at_each_seeds_own_switches_and_keeps_t
     assert traces["loss"].shape == (2, 5, longest) and np.isnan(traces["loss"]).sum() == 2 * 5 * longest - 200
     assert R.shape == (2, 5, 5) and baseline.shape == (2, 5)
 
-    monkeypatch.setattr(ExperimentConfig, "build_taskfree", lambda self: pytest.fail("a finished folder ran again"))
+    monkeypatch.setattr(ExperimentConfig, "build_taskfree", lambda *a, **k: pytest.fail("a finished folder ran again"))
     again, _ = run_or_read(experiment, path)
     np.testing.assert_array_equal(again, R)
     other = dataclasses.replace(experiment, taskfree=TaskFreeConfig(schedule="gradual"))
@@ -105,3 +109,17 @@ def test_an_irregular_stream_consolidates_at_each_seeds_own_switches_and_keeps_t
     with pytest.raises(ValueError, match=r"seeds must be experiment.seeds = 2 seeds, got \[100\]"):
         run_or_read(experiment, path, seeds=[100])
     assert open(os.path.join(path, "config.json")).read() == before
+
+
+def test_held_out_seeds_train_their_own_folder_with_their_own_switches(tmp_path):
+    """Tuning seeds (100, 101) are trained into a folder of their own: seeds.json holds them and each one's switch
+    times are drawn with its number, as the reported seeds' are with theirs."""
+    experiment = dataclasses.replace(PRESETS["tiny-digits"], boundaries="none",
+                                     taskfree=TaskFreeConfig(schedule="irregular"))
+    path = tmp_path / "tuning"
+    R, _ = run_or_read(experiment, str(path), seeds=[100, 101])
+    assert json.loads((path / "seeds.json").read_text()) == [100, 101] and R.shape == (2, 5, 5)
+    truth = json.loads((path / "schedule.json").read_text())
+    assert [t["seed"] for t in truth] == [100, 101]
+    assert [t["boundaries"] for t in truth] == [irregular_schedule(5, 100, 12, seed=s).boundaries.tolist()
+                                                for s in (100, 101)]

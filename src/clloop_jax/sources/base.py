@@ -151,6 +151,8 @@ class KnownOutputs:
         self._source, self._known = source, (params, inputs, outputs)
 
     def __getattr__(self, name):
+        if name.startswith("_"):   # not yet set (a copy being made): no delegation, no recursion
+            raise AttributeError(name)
         return getattr(self._source, name)
 
     def known_outputs(self, params, inputs):

@@ -152,8 +152,6 @@ def ace_mask(masks, labels) -> jax.Array:
     return masks & present[None, :]
 
 
-
-
 def rehearsed_inputs(source, memory_inputs, current_samples):
     """Remembered inputs as the source trains them now (``source.rehearse``; unchanged when it has none): a labelled
     stream puts them under the current training mask, so in class-incremental learning remembered classes compete with

@@ -187,7 +187,7 @@ def run_experiment(args: RunArgs, folder, devices, label: Optional[str] = None):
                              f"runs on the default device")
         run, hp, schedule = experiment.build_taskfree()
         _, results = execute_taskfree(run, hp, schedule, seeds, folder, config=experiment, label=label)
-        files = "summary.md, summary.json, detection.json, R_seed*.csv, traces.jsonl, plots/"
+        files = "summary.md, summary.json, detection.json, schedule.json, R_seed*.csv, traces.jsonl, plots/"
     else:
         run, hp = experiment.build()  # the library's own checks, before the folder is touched
         update, bar = _progress(args.quiet, run.source.num_tasks, label)

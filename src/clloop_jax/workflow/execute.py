@@ -250,13 +250,13 @@ def execute_taskfree(run, hp, schedule, seeds, folder: RunFolder, config=None, l
         flat = dict(res.traces, alarm=res.alarms, consolidated=res.consolidated)
         per_task = {name: _segments(v, starts, lengths) for name, v in flat.items()}
         check_finite(per_task["finite"] | (np.arange(lengths.max()) >= lengths[..., None]), where=label)
-        folder.write_results(res.R, res.baseline, per_task, seeds, lengths=lengths)
         folder.write_json("schedule.json", [{"seed": seed, "kind": s.kind, "order": s.order, "boundaries":
                                              s.boundaries, "changes": s.changes, "episodes": s.num_episodes}
                                             for seed, s in zip(seeds, schedules)])
         summary = taskfree_summary(res, schedule)
         folder.write_json("detection.json", {k: summary[k] for k in (
             "delay", "missed", "false_alarms", "mean_delay", "consolidations") if k in summary})
+        folder.write_results(res.R, res.baseline, per_task, seeds, lengths=lengths)   # summary.json last: finished
     return state, res
 
 

@@ -72,11 +72,12 @@ class ExperimentConfig:
                              f"world or a labelled benchmark, not gymnax")
         if self.source in BUNDLED_DATASETS + FILE_DATASETS:
             self.data.check_source(self.source)
-        unused = self.unused_options()
-        if unused:
-            where = "--boundaries known" if self.unused_options(("taskfree",)) == unused else f"--source {self.source}"
-            raise ValueError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with {where}; "
-                             f"leave {'it' if len(unused) == 1 else 'them'} unset")
+        for parts, where in ((("world", "model", "data", "gymnax"), f"--source {self.source}"),
+                             (("taskfree",), "--boundaries known")):
+            unused = self.unused_options(parts)
+            if unused:
+                raise ValueError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with {where}; "
+                                 f"leave {'it' if len(unused) == 1 else 'them'} unset")
         if self.boundaries != "known":
             self.taskfree.episodes(self.train.episodes_per_task)
 

@@ -6,6 +6,7 @@ JAX; :meth:`TaskFreeConfig.schedules` imports :mod:`clloop_jax.taskfree` when a 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from clloop_jax.workflow.fields import number_setting
 from clloop_jax.workflow.names import TASKFREE_SCHEDULES
@@ -37,7 +38,8 @@ class TaskFreeConfig:
     def episodes(self, episodes_per_task: int) -> dict:
         """The schedule's lengths in episodes for tasks of ``episodes_per_task`` episodes: ``min_length`` (the
         shortest irregular segment) and ``blend``; ``ValueError`` naming the option when one is too short."""
-        min_length, blend = int(self.min_segment * episodes_per_task), int(self.blend * episodes_per_task)
+        # rounded first, so that a fraction such as 0.29 of 100 episodes is 29, not int(28.999999999999996)
+        min_length, blend = (math.floor(round(f * episodes_per_task, 9)) for f in (self.min_segment, self.blend))
         if self.schedule == "irregular" and min_length < 1:
             raise ValueError(f"--min-segment {self.min_segment:g} of {episodes_per_task} episodes per task is "
                              f"shorter than one episode")
