@@ -90,7 +90,8 @@ def main(argv=None):
             record = json.load(f)
     for stream in [s.strip() for s in args.streams.split(",")]:
         L, blend = taskfree.segment_episodes(stream, 1.0), blend_episodes(stream)
-        record["settings"][stream] = {**vars(args), "runs": os.path.relpath(args.runs), "seeds": seeds}
+        record["settings"][stream] = {**vars(args), "runs": os.path.relpath(args.runs), "out": os.path.relpath(args.out),
+                                      "seeds": seeds}
 
         def score(strategy, name, hparams):
             experiment = taskfree.experiment_for(stream, "gradual", strategy, "none", len(seeds), L, hparams)
