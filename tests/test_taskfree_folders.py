@@ -123,3 +123,15 @@ def test_held_out_seeds_train_their_own_folder_with_their_own_switches(tmp_path)
     assert [t["seed"] for t in truth] == [100, 101]
     assert [t["boundaries"] for t in truth] == [irregular_schedule(5, 100, 12, seed=s).boundaries.tolist()
                                                 for s in (100, 101)]
+
+
+def test_a_diverging_hidden_stream_names_the_seed_by_its_number(tmp_path):
+    """A learning rate that makes the loss non-finite: the stream stops with the seed as the folder numbers it (a
+    held-out 100, not its place in the batch), the segment and the episode, and no finished folder is left."""
+    from clloop_jax.run.errors import NonFiniteError
+    experiment = dataclasses.replace(PRESETS["tiny-digits"], boundaries="none",
+                                     train=dataclasses.replace(PRESETS["tiny-digits"].train, learning_rate=1e30))
+    with pytest.raises(NonFiniteError, match=r"diverged at seed 100, segment 0, episode \d+") as caught:
+        run_or_read(experiment, str(tmp_path / "diverged"), seeds=[100, 101])
+    assert caught.value.seed == 100 and caught.value.task == 0
+    assert not (tmp_path / "diverged" / "summary.json").exists()

@@ -249,7 +249,13 @@ def execute_taskfree(run, hp, schedule, seeds, folder: RunFolder, config=None, l
         lengths = np.stack([np.diff(np.append(b, s.num_episodes)) for b, s in zip(starts, schedules)])  # [S, K]
         flat = dict(res.traces, alarm=res.alarms, consolidated=res.consolidated)
         per_task = {name: _segments(v, starts, lengths) for name, v in flat.items()}
-        check_finite(per_task["finite"] | (np.arange(lengths.max()) >= lengths[..., None]), where=label)
+        try:
+            check_finite(per_task["finite"] | (np.arange(lengths.max()) >= lengths[..., None]), where=label)
+        except NonFiniteError as err:   # named by the seed's number and the segment, as the folder numbers them
+            raise NonFiniteError(f"{label} diverged at seed {seeds[err.seed]}, segment {err.task}, episode "
+                                 f"{err.episode}: the loss, a gradient or the parameters became non-finite (lower "
+                                 f"the learning rate or the penalty strength); the updates from there on were "
+                                 f"skipped", seed=seeds[err.seed], task=err.task, episode=err.episode) from None
         folder.write_json("schedule.json", [{"seed": seed, "kind": s.kind, "order": s.order, "boundaries":
                                              s.boundaries, "changes": s.changes, "episodes": s.num_episodes}
                                             for seed, s in zip(seeds, schedules)])
